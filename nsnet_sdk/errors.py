@@ -1,0 +1,18 @@
+"""Typed errors. Every message names the input or artifact it is about."""
+from __future__ import annotations
+
+
+class NSNetError(Exception):
+    """Base class of every error nsnet_sdk raises on purpose."""
+
+    def __init__(self, message: str, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class ImageDecodeError(NSNetError):
+    """The input could not be read or decoded as an image."""
+
+
+class ImageTooLargeError(NSNetError):
+    """The image's declared size exceeds ``max_pixels``; refused before decoding."""
