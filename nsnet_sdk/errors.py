@@ -16,3 +16,19 @@ class ImageDecodeError(NSNetError):
 
 class ImageTooLargeError(NSNetError):
     """The image's declared size exceeds ``max_pixels``; refused before decoding."""
+
+
+class ModelLoadError(NSNetError):
+    """The model artifact is missing, unreadable, of an unknown kind, or its metadata is invalid."""
+
+
+class BackendUnavailableError(ModelLoadError):
+    """The runtime library a backend needs (onnxruntime, tensorrt + cuda-python, torch) is missing."""
+
+
+class PreprocessMismatchError(NSNetError, ValueError):
+    """A preprocessing override contradicts the config recorded in the model artifact."""
+
+
+class InferenceError(NSNetError):
+    """The backend failed while running a batch; the model, not one input, is at fault."""

@@ -1,0 +1,24 @@
+"""NS-Net runtime: score images as real or AI-generated.
+
+    from nsnet_sdk import Detector
+    det = Detector("nsnet.onnx")            # .engine → TensorRT, .onnx → ONNX Runtime, run dir → PyTorch
+    det.predict("photo.jpg")                # Prediction(source, prob_fake, is_fake, logit, error)
+
+Importing this package loads numpy and OpenCV only; a backend's library (onnxruntime, tensorrt,
+torch) is imported when a `Detector` for that kind of artifact is built.
+"""
+from __future__ import annotations
+
+from . import errors
+from .detector import Detector
+from .errors import (BackendUnavailableError, ImageDecodeError, ImageTooLargeError, InferenceError,
+                     ModelLoadError, NSNetError, PreprocessMismatchError)
+from .prediction import Prediction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Detector", "Prediction", "errors", "NSNetError", "ImageDecodeError", "ImageTooLargeError",
+    "ModelLoadError", "BackendUnavailableError", "PreprocessMismatchError", "InferenceError",
+    "__version__",
+]

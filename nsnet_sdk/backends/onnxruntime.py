@@ -1,0 +1,142 @@
+"""ONNX Runtime backend: TensorRT EP → CUDA EP → CPU EP by availability, IO binding on GPU."""
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(buf, start: int, end: int):
+    """Yield (field_number, wire_type, value) of one protobuf message; len fields as (lo, hi)."""
+    pos = start
+    while pos < end:
+        tag, pos = _varint(buf, pos)
+        num, wire = tag >> 3, tag & 7
+        if wire == 0:
+            val, pos = _varint(buf, pos)
+        elif wire == 1:
+            val, pos = None, pos + 8
+        elif wire == 5:
+            val, pos = None, pos + 4
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            val, pos = (pos, pos + n), pos + n
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated message")
+        yield num, wire, val
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file, read straight from the protobuf without loading weights.
+
+    Needed before the session exists: the model's precision decides the session options. Walks
+    only the top-level ModelProto fields (field 14 = metadata_props), skipping the graph by length.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            meta: dict[str, str] = {}
+            for num, wire, val in _fields(buf, 0, len(buf)):
+                if num == 14 and wire == 2:
+                    kv = {n: bytes(buf[v[0]:v[1]]).decode("utf-8")
+                          for n, w, v in _fields(buf, *val) if w == 2 and n in (1, 2)}
+                    meta[kv.get(1, "")] = kv.get(2, "")
+            return meta
+    except (OSError, ValueError, IndexError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({e})", source=str(path)) from e
+
+
+def choose_providers(requested: Sequence[Any] | None, available: Sequence[str]) -> list[Any]:
+    """The providers to open a session with: ``requested`` as given (each must be available), or
+    the preferred order filtered by availability. Entries may be names or (name, options)."""
+    if requested:
+        for p in requested:
+            name = p[0] if isinstance(p, (tuple, list)) else p
+            if name not in available:
+                raise ModelLoadError(f"ONNX Runtime provider {name!r} is not available here "
+                                     f"(available: {', '.join(available)})")
+        return list(requested)
+    return [p for p in PREFERRED_PROVIDERS if p in available] or list(available)
+
+
+class OrtBackend:
+    """Runs an exported NS-Net ``.onnx`` file (FP32, FP16 or INT8) with ONNX Runtime."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, providers: Sequence[Any] | None = None,
+                 intra_op_threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendUnavailableError(f"{path}: onnxruntime is not installed "
+                                          "(pip install onnxruntime)", source=str(path)) from e
+        from .ort_options import session_options_for
+
+        self.path = Path(path)
+        self.metadata = read_onnx_metadata(self.path)
+        chosen = choose_providers(providers, ort.get_available_providers())
+        first = chosen[0][0] if isinstance(chosen[0], (tuple, list)) else chosen[0]
+        precision = self.metadata.get("nsnet.precision", "fp32")
+        try:
+            so = session_options_for(precision, first, intra_op_threads=intra_op_threads)
+        except ValueError as e:  # unknown nsnet.precision
+            raise ModelLoadError(f"{self.path}: {e}", source=str(self.path)) from e
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=chosen)
+        except Exception as e:  # ORT raises its own untyped errors for bad graphs
+            raise ModelLoadError(f"{self.path}: ONNX Runtime could not load the model: {e}",
+                                 source=str(self.path)) from e
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "images" not in inputs or "logit" not in outputs:
+            raise ModelLoadError(f"{self.path}: expected input 'images' and output 'logit', "
+                                 f"found inputs {inputs} and outputs {outputs}",
+                                 source=str(self.path))
+        active = self.session.get_providers()
+        self.device = active[0] if active else "CPUExecutionProvider"
+        # On a GPU provider, bind the input once per batch so ORT copies it to the device a
+        # single time and leaves outputs where we read them (see ORT's I/O binding guide).
+        self._use_binding = self.device in _GPU_PROVIDERS
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """float32 (B,3,S,S) → float32 logits (B,)."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        try:
+            if self._use_binding:
+                binding = self.session.io_binding()
+                binding.bind_cpu_input("images", images)
+                binding.bind_output("logit")
+                self.session.run_with_iobinding(binding)
+                logit = binding.copy_outputs_to_cpu()[0]
+            else:
+                logit = self.session.run(["logit"], {"images": images})[0]
+        except Exception as e:
+            raise InferenceError(f"{self.path}: ONNX Runtime failed on a batch of "
+                                 f"{len(images)}: {e}", source=str(self.path)) from e
+        return np.asarray(logit, dtype=np.float32).reshape(len(images))
+
+    def close(self) -> None:
+        self.session = None

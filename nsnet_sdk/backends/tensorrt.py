@@ -1,0 +1,162 @@
+"""TensorRT backend: a serialised engine (``nsnet.engine`` + ``nsnet.engine.json`` sidecar) run
+with the TensorRT 10 tensor API and cuda-python; pinned host buffers, one stream, async copies.
+
+Batches larger than the engine's optimisation profile are split; smaller than its minimum are
+padded. Written against the documented APIs; exercised only where CUDA and TensorRT exist.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import engine_sidecar
+from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
+
+
+def _import_cudart():
+    try:  # cuda-python >= 12.6 moved the bindings; older releases expose cuda.cudart
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart
+    return cudart
+
+
+def read_sidecar(path: str | Path) -> dict[str, str]:
+    """The engine's metadata (same keys as the ONNX metadata) as a flat string map."""
+    side = engine_sidecar(path)
+    try:
+        raw = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: metadata sidecar {side.name} not found next to the engine",
+                             source=str(path)) from None
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{side}: unreadable engine sidecar: {e}", source=str(path)) from e
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{side}: engine sidecar is not a JSON object", source=str(path))
+    return {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+            for k, v in raw.items()}
+
+
+class TensorRTBackend:
+    """Runs a TensorRT engine whose input is ``images`` [B,3,S,S] and outputs include ``logit``."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: str | Path, device_id: int = 0) -> None:
+        self.path = Path(path)
+        self.metadata = read_sidecar(self.path)
+        try:
+            import tensorrt as trt
+            self._cudart = _import_cudart()
+        except ImportError as e:
+            raise BackendUnavailableError(
+                f"{self.path}: the TensorRT backend needs tensorrt and cuda-python "
+                f"(pip install 'nsnet-sdk[gpu]'): {e}", source=str(self.path)) from e
+        self._trt = trt
+        self._allocs: list[tuple[str, int]] = []
+        self._stream = None
+        cudart = self._cudart
+        self._check(cudart.cudaSetDevice(int(device_id)), "cudaSetDevice")
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise ModelLoadError(f"{self.path}: TensorRT could not deserialise the engine (built "
+                                 "with another TensorRT version or for another GPU?)",
+                                 source=str(self.path))
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self._outputs = [n for n in names
+                         if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if "images" not in names or "logit" not in self._outputs:
+            raise ModelLoadError(f"{self.path}: engine tensors {names} lack 'images'/'logit'",
+                                 source=str(self.path))
+        lo, _opt, hi = self.engine.get_tensor_profile_shape("images", 0)
+        self.min_batch, self.max_batch = max(1, int(lo[0])), int(hi[0])
+        self._item_shape = tuple(int(d) for d in hi[1:])
+        self.device = f"cuda:{device_id}"
+
+        _, self._stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        in_bytes = self.max_batch * int(np.prod(self._item_shape)) * 4
+        self._d_in = self._malloc(in_bytes, pinned=False)
+        self._h_in_ptr = self._malloc(in_bytes, pinned=True)
+        self._h_in = self._host_view(self._h_in_ptr, np.float32, (self.max_batch, *self._item_shape))
+        self._d_out: dict[str, int] = {}
+        for n in self._outputs:
+            dt = np.dtype(trt.nptype(self.engine.get_tensor_dtype(n)))
+            self._d_out[n] = self._malloc(self.max_batch * dt.itemsize, pinned=False)
+        self._logit_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype("logit")))
+        self._h_out_ptr = self._malloc(self.max_batch * self._logit_dtype.itemsize, pinned=True)
+        self._h_out = self._host_view(self._h_out_ptr, self._logit_dtype, (self.max_batch,))
+
+    def _check(self, result, what: str):
+        err = result[0] if isinstance(result, tuple) else result
+        if int(err) != 0:
+            raise InferenceError(f"{self.path}: CUDA call {what} failed: {err}",
+                                 source=str(self.path))
+        return result
+
+    def _malloc(self, nbytes: int, pinned: bool) -> int:
+        cudart = self._cudart
+        fn = cudart.cudaMallocHost if pinned else cudart.cudaMalloc
+        _, ptr = self._check(fn(nbytes), "cudaMallocHost" if pinned else "cudaMalloc")
+        self._allocs.append(("host" if pinned else "device", int(ptr)))
+        return int(ptr)
+
+    @staticmethod
+    def _host_view(ptr: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype=dtype).reshape(shape)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """float32 (B,3,S,S) → float32 logits (B,), in chunks of at most the profile's max batch."""
+        out = np.empty(len(images), dtype=np.float32)
+        for start in range(0, len(images), self.max_batch):
+            chunk = images[start:start + self.max_batch]
+            out[start:start + len(chunk)] = self._run_chunk(chunk)
+        return out
+
+    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        cudart, ctx = self._cudart, self.context
+        n = len(chunk)
+        b = max(n, self.min_batch)  # below the profile minimum: pad with zeros, drop the rows
+        self._h_in[:n] = chunk
+        if b > n:
+            self._h_in[n:b] = 0
+        nbytes = b * self._h_in[0].nbytes
+        if not ctx.set_input_shape("images", (b, *self._item_shape)):
+            raise InferenceError(f"{self.path}: engine refused batch shape {b}", source=str(self.path))
+        ctx.set_tensor_address("images", self._d_in)
+        for name, ptr in self._d_out.items():
+            ctx.set_tensor_address(name, ptr)
+        stream = self._stream
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(cudart.cudaMemcpyAsync(self._d_in, self._h_in_ptr, nbytes, h2d, stream),
+                    "cudaMemcpyAsync H2D")
+        if not ctx.execute_async_v3(int(stream)):
+            raise InferenceError(f"{self.path}: TensorRT execution failed", source=str(self.path))
+        self._check(cudart.cudaMemcpyAsync(self._h_out_ptr, self._d_out["logit"],
+                                           b * self._logit_dtype.itemsize, d2h, stream),
+                    "cudaMemcpyAsync D2H")
+        self._check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        return self._h_out[:n].astype(np.float32)
+
+    def close(self) -> None:
+        cudart = getattr(self, "_cudart", None)
+        if cudart is None:
+            return
+        for kind, ptr in self._allocs:
+            (cudart.cudaFreeHost if kind == "host" else cudart.cudaFree)(ptr)
+        self._allocs = []
+        if self._stream is not None:
+            cudart.cudaStreamDestroy(self._stream)
+            self._stream = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,212 @@
+"""The ``nsnet`` command: ``nsnet detect`` scores images, ``nsnet info`` describes a model.
+
+Exit status: 0 when the run completed (inputs that could not be scored are rows with an
+``error``, not failures), 1 when the model cannot be loaded, 2 on usage errors.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterable, Sequence, TextIO
+
+from . import __version__
+from .errors import NSNetError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff",
+                            ".gif", ".jp2", ".pgm", ".ppm", ".pnm", ".heic", ".avif"})
+ROW_FIELDS = ("source", "prob_fake", "is_fake", "error")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nsnet", description="NS-Net AI-generated image detection.")
+    p.add_argument("--version", action="version", version=f"nsnet {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{detect,info}")
+
+    d = sub.add_parser("detect", help="score images as real or AI-generated",
+                       description="Score image files. Directories are scanned for image files "
+                       "(by extension); files named explicitly are always attempted.")
+    d.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or directories")
+    d.add_argument("--model", "-m", required=True,
+                   help=".engine (TensorRT), .onnx (ONNX Runtime) or a run directory (PyTorch)")
+    d.add_argument("--recursive", "-r", action="store_true", help="scan directories recursively")
+    d.add_argument("--json", metavar="FILE", help="write JSON Lines here ('-' = stdout)")
+    d.add_argument("--csv", metavar="FILE", help="write CSV here ('-' = stdout)")
+    d.add_argument("--threshold", type=_probability, help="decision threshold on prob_fake "
+                   "(default: the model's)")
+    d.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (32)")
+    d.add_argument("--workers", type=_nonneg_int, default=None,
+                   help="decode threads (default: one per core; 0 = none)")
+    d.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
+    d.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+
+    i = sub.add_parser("info", help="print a model's metadata and backend")
+    i.add_argument("model", metavar="MODEL")
+    i.add_argument("--json", action="store_true", help="print as one JSON object")
+    i.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
+    return p
+
+
+def iter_image_paths(paths: Sequence[str], recursive: bool) -> tuple[list[str], list[str]]:
+    """(inputs, warnings): directories expanded to their image files (sorted), other paths as given."""
+    out: list[str] = []
+    warnings: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.is_dir():
+            out.append(raw)  # explicit files are always attempted, even missing ones: they get a row
+            continue
+        walker = p.rglob("*") if recursive else p.iterdir()
+        found = sorted(str(f) for f in walker
+                       if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        if not found:
+            warnings.append(f"no image files in directory {raw}"
+                            + ("" if recursive else " (use --recursive for subdirectories)"))
+        out.extend(found)
+    return out, warnings
+
+
+def _open_output(spec: str | None, stack: ExitStack, newline: str | None = None) -> TextIO | None:
+    if spec is None:
+        return None
+    if spec == "-":
+        return sys.stdout
+    return stack.enter_context(open(spec, "w", encoding="utf-8", newline=newline))
+
+
+def _progress(total: int, quiet: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional at runtime; the summary still reports the counts
+        return None
+    return tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True)
+
+
+def _providers(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .detector import Detector
+
+    inputs, warnings = iter_image_paths(args.paths, args.recursive)
+    with ExitStack() as stack:
+        try:  # open outputs first: a bad output path is a usage error, found before model loading
+            jf = _open_output(args.json, stack)
+            cf = _open_output(args.csv, stack, newline="")
+        except OSError as e:
+            parser.error(f"cannot open output file: {e}")
+        if jf is None and cf is None:
+            jf = sys.stdout
+        try:
+            det = Detector(args.model, threshold=args.threshold, providers=_providers(args.providers),
+                           batch_size=args.batch_size, workers=args.workers)
+        except (NSNetError, ValueError) as e:
+            print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
+            return 1
+        stack.callback(det.close)
+        for w in warnings:
+            print(f"nsnet: warning: {w}", file=sys.stderr)
+        writer = None
+        if cf is not None:
+            writer = csv.DictWriter(cf, fieldnames=ROW_FIELDS)
+            writer.writeheader()
+        bar = _progress(len(inputs), args.quiet)
+        scored = fake = errors = 0
+        for pred in det.predict_iter(inputs, on_error="record"):
+            row = {k: getattr(pred, k) for k in ROW_FIELDS}
+            if jf is not None:
+                jf.write(json.dumps(row) + "\n")
+            if writer is not None:
+                writer.writerow({k: "" if v is None else v for k, v in row.items()})
+            if pred.error is None:
+                scored += 1
+                fake += bool(pred.is_fake)
+            else:
+                errors += 1
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        for f in (jf, cf):
+            if f is not None:
+                f.flush()
+    if not args.quiet:
+        print(f"nsnet: {len(inputs)} inputs: {scored} scored, {fake} fake, {errors} errors "
+              f"(threshold {det.threshold:g}, {det.backend.name} on {det.backend.device})",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .detector import Detector
+
+    try:
+        det = Detector(args.model, providers=_providers(args.providers), workers=0)
+    except (NSNetError, ValueError) as e:
+        print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
+        return 1
+    info = det.info()
+    det.close()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for key, value in info.items():
+        if key == "metadata":
+            continue
+        print(f"{key:15s} {json.dumps(value) if isinstance(value, dict) else value}")
+    print("metadata:")
+    for key, value in sorted(info["metadata"].items()):
+        print(f"  {key} = {value}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nsnet`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "detect":
+            return cmd_detect(args, parser)
+        return cmd_info(args)
+    except BrokenPipeError:  # `nsnet detect ... | head`: stop quietly like other Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

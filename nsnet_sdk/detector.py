@@ -1,0 +1,278 @@
+"""`Detector`: one class over the TensorRT, ONNX Runtime and PyTorch backends.
+
+The pipeline overlaps decoding + patch selection of the next batches (a thread pool; OpenCV and
+NumPy release the GIL) with inference of the current one on the calling thread. At most
+``prefetch`` batches are ever submitted ahead, each decoded straight into one of a few reused
+buffers, so memory stays flat however many inputs an iterator yields; results come back in input
+order, exactly one per input.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .artifact import ModelMeta, artifact_kind
+from .backends import Backend, load_backend
+from .errors import InferenceError, NSNetError, PreprocessMismatchError
+from .prediction import Prediction
+from .preprocess import PatchConfig, load_image, normalize, patch_mosaic
+
+ON_ERROR = ("raise", "record")
+DEFAULT_BATCH_SIZE = 32
+
+
+def default_workers() -> int:
+    """Decode threads: one per core, at most 8 (beyond that the backend is the bottleneck)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _is_pil(x: Any) -> bool:
+    return type(x).__module__.startswith("PIL.") and hasattr(x, "mode") and hasattr(x, "size")
+
+
+def is_single_input(x: Any) -> bool:
+    """True for one image (path, bytes, H×W[×C] array, PIL image); False for a collection of them.
+
+    A 4-D array is a stack of images and counts as a collection.
+    """
+    if isinstance(x, np.ndarray):
+        return x.ndim != 4
+    return isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview)) or _is_pil(x)
+
+
+def source_name(x: Any, index: int) -> str:
+    """How a Prediction names its input: the path as given, else ``<kind #index>``."""
+    if isinstance(x, (str, os.PathLike)):
+        return os.fspath(x) if not isinstance(os.fspath(x), bytes) else os.fsdecode(os.fspath(x))
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return f"<bytes #{index}>"
+    if isinstance(x, np.ndarray):
+        return f"<array #{index}>"
+    if _is_pil(x):
+        return f"<PIL #{index}>"
+    return f"<{type(x).__name__} #{index}>"
+
+
+def _sigmoid(logit: np.ndarray) -> np.ndarray:
+    # float64 and clipped: exact to float precision without overflow warnings at extreme logits
+    return 1.0 / (1.0 + np.exp(-np.clip(logit.astype(np.float64), -80.0, 80.0)))
+
+
+class _InlineExecutor:
+    """Runs each task at submit time: the workers=0 (single-threaded) pipeline."""
+
+    def submit(self, fn, *args) -> Future:
+        f: Future = Future()
+        f.set_result(fn(*args))
+        return f
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+class Detector:
+    """Scores images as real or AI-generated with an exported NS-Net model.
+
+    Args:
+        model: ``.engine``/``.plan`` (TensorRT, with its ``.json`` sidecar), ``.onnx`` (ONNX
+            Runtime), or a training run directory / its ``nsnet.safetensors`` (PyTorch).
+        threshold: decision threshold on ``prob_fake``; default: the one stored in the model.
+        preprocess: a `PatchConfig` (or its dict) to check against the model's; a contradiction
+            raises `PreprocessMismatchError` unless ``force=True``, which uses the override.
+        force: accept a contradicting ``preprocess``.
+        providers: ONNX Runtime providers (names or (name, options)); default TensorRT EP →
+            CUDA EP → CPU EP, whichever are available.
+        intra_op_threads: threads inside one inference (ONNX Runtime / torch); default: runtime's.
+        device: torch device for the PyTorch backend (default ``cuda`` when available, else cpu);
+            for TensorRT an int GPU index.
+        batch_size: default batch size of `predict` / `predict_iter`.
+        workers: decode/preprocess threads (0 = on the calling thread); default one per core.
+        max_pixels: images whose header declares more pixels are refused before decoding.
+
+    Raises:
+        ModelLoadError: the artifact is missing, of unknown kind, unreadable or lacks metadata
+            (`BackendUnavailableError` when its runtime library is not installed).
+        PreprocessMismatchError: see ``preprocess``.
+    """
+
+    def __init__(self, model: str | os.PathLike, *, threshold: float | None = None,
+                 preprocess: PatchConfig | Mapping[str, Any] | None = None, force: bool = False,
+                 providers: Sequence[Any] | None = None, intra_op_threads: int | None = None,
+                 device: str | int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 workers: int | None = None, max_pixels: int = 100_000_000) -> None:
+        self.model_path = Path(model)
+        self.kind = artifact_kind(self.model_path)
+        self.batch_size = _check_batch_size(batch_size)
+        self.workers = default_workers() if workers is None else _check_workers(workers)
+        self.max_pixels = int(max_pixels)
+        self.backend: Backend = load_backend(
+            self.kind, self.model_path, providers=providers, intra_op_threads=intra_op_threads,
+            device=device, device_id=device if isinstance(device, int) else None)
+        self.meta = ModelMeta.parse(self.backend.metadata, str(self.model_path))
+        self.config = self._resolve_preprocess(preprocess, force)
+        self.threshold = self.meta.threshold if threshold is None else _check_threshold(threshold)
+
+    def _resolve_preprocess(self, override, force: bool) -> PatchConfig:
+        stored = self.meta.preprocess
+        if override is None:
+            return stored
+        cfg = override if isinstance(override, PatchConfig) else PatchConfig.from_dict(dict(override))
+        if cfg != stored and not force:
+            raise PreprocessMismatchError(
+                f"{self.model_path}: preprocess override {cfg.to_json()} contradicts the model's "
+                f"{stored.to_json()}; the model was trained on the latter (force=True to override)",
+                source=str(self.model_path))
+        return cfg
+
+    # -- public API -------------------------------------------------------------------------
+
+    def predict(self, inputs: Any, *, batch_size: int | None = None, workers: int | None = None,
+                on_error: str | None = None) -> Prediction | list[Prediction]:
+        """Score one image or a collection of them.
+
+        ``inputs``: a path, bytes, numpy array (H×W, H×W×3, H×W×4; uint8/uint16) or PIL image →
+        one `Prediction`; a list/tuple/iterable of those (or a 4-D array) → a list in input
+        order. ``on_error``: ``"raise"`` raises the input's typed error, ``"record"`` returns a
+        Prediction with ``error`` set; default ``"raise"`` for one input, ``"record"`` otherwise.
+        """
+        if is_single_input(inputs):
+            mode = _check_on_error(on_error or "raise")
+            return next(self._pipeline(iter([inputs]), 1, 0, mode))
+        return list(self.predict_iter(inputs, batch_size=batch_size, workers=workers,
+                                      on_error=on_error or "record"))
+
+    def predict_iter(self, inputs: Iterable[Any], *, batch_size: int | None = None,
+                     workers: int | None = None, on_error: str = "record") -> Iterator[Prediction]:
+        """Lazily score any number of inputs: yields one `Prediction` per input, in order, while
+        the next batches are decoded in ``workers`` threads. Memory does not grow with the number
+        of inputs; ``inputs`` is consumed only a couple of batches ahead of the results."""
+        if is_single_input(inputs):
+            inputs = [inputs]
+        bs = self.batch_size if batch_size is None else _check_batch_size(batch_size)
+        nw = self.workers if workers is None else _check_workers(workers)
+        return self._pipeline(iter(inputs), bs, nw, _check_on_error(on_error))
+
+    def info(self) -> dict[str, Any]:
+        """What `nsnet info` prints: artifact, backend, device, threshold, preprocessing, metadata."""
+        return {
+            "model": str(self.model_path), "backend": self.backend.name,
+            "device": self.backend.device, "format": self.meta.format,
+            "backbone": self.meta.backbone, "precision": self.meta.precision,
+            "projector_rank": self.meta.projector_rank, "threshold": self.threshold,
+            "preprocess": self.config.to_dict(), "metadata": dict(self.meta.raw),
+        }
+
+    def close(self) -> None:
+        """Release the backend's resources (GPU buffers, sessions)."""
+        self.backend.close()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Detector({str(self.model_path)!r}, backend={self.backend.name!r}, "
+                f"device={self.backend.device!r}, threshold={self.threshold})")
+
+    # -- pipeline ---------------------------------------------------------------------------
+
+    def _prepare(self, src: Any, name: str, buf: np.ndarray, row: int) -> BaseException | None:
+        """Decode + patch mosaic + normalise ``src`` into ``buf[row]``; the error, if any."""
+        try:
+            rgb = load_image(src, max_pixels=self.max_pixels, name=name)
+            normalize(patch_mosaic(rgb, self.config), self.config, out=buf[row])
+            return None
+        except Exception as e:  # recorded per input; one bad file must not stop a batch
+            return e
+
+    def _pipeline(self, items: Iterator[Any], bs: int, workers: int,
+                  on_error: str) -> Iterator[Prediction]:
+        side = self.config.size
+        # Submitted ahead: the batch being inferred plus enough queued for every worker.
+        prefetch = 1 + max(1, math.ceil(workers / bs))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="nsnet-decode") if workers else _InlineExecutor()
+        free: list[np.ndarray] = []
+        inflight: deque = deque()
+        counter = 0
+
+        def submit_next() -> None:
+            nonlocal counter
+            while len(inflight) < prefetch:
+                chunk = list(islice(items, bs))
+                if not chunk:
+                    return
+                buf = free.pop() if free else np.empty((bs, 3, side, side), np.float32)
+                names = [source_name(x, counter + j) for j, x in enumerate(chunk)]
+                counter += len(chunk)
+                futs = [pool.submit(self._prepare, x, names[j], buf, j) for j, x in enumerate(chunk)]
+                del chunk  # do not keep the decoded inputs' sources alive longer than needed
+                inflight.append((names, futs, buf))
+
+        try:
+            submit_next()
+            while inflight:
+                names, futs, buf = inflight.popleft()
+                submit_next()  # keep the workers busy while this batch is inferred
+                errors = [f.result() for f in futs]
+                ok = [j for j, e in enumerate(errors) if e is None]
+                logits = np.full(len(names), np.nan, dtype=np.float32)
+                if ok:
+                    batch = buf[:len(ok)] if len(ok) == len(names) else buf[ok]
+                    logits[ok] = self.backend.run(batch)
+                free.append(buf)
+                probs = _sigmoid(logits)
+                for j, name in enumerate(names):
+                    err = errors[j]
+                    if err is None and not math.isfinite(float(logits[j])):
+                        err = InferenceError(f"{name}: the model returned a non-finite logit",
+                                             source=name)
+                    if err is not None:
+                        if on_error == "raise":
+                            raise err
+                        yield Prediction.failed(name, err)
+                        continue
+                    p = float(probs[j])
+                    yield Prediction(source=name, prob_fake=p, is_fake=p >= self.threshold,
+                                     logit=float(logits[j]))
+        finally:
+            for _, futs, _ in inflight:
+                for f in futs:
+                    f.cancel()
+            pool.shutdown(wait=True)
+
+
+def _check_batch_size(bs: Any) -> int:
+    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {bs!r}")
+    return int(bs)
+
+
+def _check_workers(w: Any) -> int:
+    if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0:
+        raise ValueError(f"workers must be an integer >= 0, got {w!r}")
+    return int(w)
+
+
+def _check_threshold(t: Any) -> float:
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number in [0, 1], got {t!r}") from None
+    if not (math.isfinite(t) and 0.0 <= t <= 1.0):
+        raise ValueError(f"threshold must be in [0, 1], got {t}")
+    return t
+
+
+def _check_on_error(mode: str) -> str:
+    if mode not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {mode!r}")
+    return mode
