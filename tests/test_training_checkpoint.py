@@ -1,0 +1,123 @@
+"""--epochs 0 runs, checkpoint round-trip, short-context text encoding, LoRA merging."""
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import training  # noqa: F401  (registers nsnet-tiny)
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.corpus import encode_texts, prompt_bank
+from training.lora import add_lora, has_lora, merge_lora, merged_state_dict
+from training.model import NSNet, load_clip
+from training.nullspace import project
+
+from _training_util import tiny_run
+
+
+def test_tiny_config_registered() -> None:
+    assert "nsnet-tiny" in open_clip.list_models()
+    cfg = open_clip.get_model_config("nsnet-tiny")
+    assert cfg["vision_cfg"]["image_size"] == 224 and cfg["vision_cfg"]["patch_size"] == 32
+
+
+def test_epochs0_writes_loadable_checkpoint(tmp_path) -> None:
+    from nsnet_sdk.preprocess import DEFAULT
+
+    run = tiny_run(tmp_path / "run")  # data folder does not exist: must not matter
+    meta = json.loads((run / "nsnet.json").read_text())
+    assert meta["format"] == "nsnet-checkpoint/1" and meta["backbone"] == "nsnet-tiny"
+    assert meta["preprocess"] == DEFAULT.to_dict()
+    assert meta["head"] == {"hidden": 512, "dim": 128, "activation": "gelu"}
+    assert meta["data"]["n_images"] == 0 and meta["threshold"] == 0.5
+    tensors = load_file(str(run / "nsnet.safetensors"))
+    k = meta["projector"]["rank"]
+    assert tensors["nullspace.basis"].shape == (meta["embed_dim"], k) and k >= 1
+    assert {"head.0.weight", "head.2.weight", "classifier.weight", "visual.proj"} <= set(tensors)
+    assert not any(key.startswith(("transformer.", "token_embedding", "text")) for key in tensors)
+    u = tensors["nullspace.basis"].double()
+    assert torch.allclose(u.T @ u, torch.eye(k, dtype=u.dtype), atol=1e-5)
+
+    model = NSNet.from_checkpoint(run)
+    assert not model.training
+    loaded = model.state_dict()
+    assert set(loaded) == set(tensors)
+    for key, value in tensors.items():
+        assert torch.equal(loaded[key], value), key
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        f = model.features(x)
+        z = model.embed(x)
+        expected = model.classifier(model.head(project(f, model.nullspace.basis))).squeeze(-1)
+        assert torch.allclose(model(x), expected, atol=1e-5)
+    assert z.shape == (3, 128) and model(x).shape == (3,)
+
+
+def test_same_inputs_same_checkpoint(tmp_path) -> None:
+    a = load_file(str(tiny_run(tmp_path / "a", "--seed", "3") / "nsnet.safetensors"))
+    b = load_file(str(tiny_run(tmp_path / "b", "--seed", "3") / "nsnet.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rank_flag_and_captions(tmp_path) -> None:
+    caps = tmp_path / "caps.csv"
+    caps.write_text("id,caption\n1,a red car on a street\n2,two dogs playing in the snow\n")
+    run = tiny_run(tmp_path / "run", "--rank", "7", "--captions", str(caps))
+    meta = json.loads((run / "nsnet.json").read_text())
+    assert meta["projector"]["rank"] == 7 and meta["projector"]["corpus_size"] == 82
+
+
+def test_short_context_text_encoding_is_exact() -> None:
+    model, tokenizer, _ = load_clip("nsnet-tiny", "none")
+    texts = prompt_bank("coco", 2)[:20] + ["a much longer caption with many more words in it than the prompts"]
+    ours = encode_texts(model, tokenizer, texts, batch_size=8, progress=False)
+    with torch.no_grad():
+        full = model.encode_text(tokenizer(texts)).float()
+    assert torch.allclose(ours, full, atol=1e-5)
+
+
+def test_lora_merge_is_exact_and_checkpoint_has_plain_weights(tmp_path) -> None:
+    model = NSNet.from_checkpoint(tiny_run(tmp_path / "run"))
+    plain_keys = set(model.state_dict())
+    params = add_lora(model.visual, rank=4)
+    assert has_lora(model) and params
+    with torch.no_grad():
+        for p in params:  # B starts at zero: make the adapters non-trivial
+            p.normal_(0, 0.05)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        before = model(x)
+        merged = merged_state_dict(model)
+    assert set(merged) == plain_keys
+    save_checkpoint(model, tmp_path / "lora", {"backbone": "nsnet-tiny"})
+    assert has_lora(model), "saving must not merge the live model"
+    reloaded = NSNet.from_checkpoint(tmp_path / "lora")
+    merge_lora(model)
+    assert not has_lora(model)
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=1e-5)
+        assert torch.allclose(reloaded(x), before, atol=1e-5)
+    # and the adapters really changed the network (else this test proves nothing)
+    with torch.no_grad():
+        assert not torch.allclose(NSNet.from_checkpoint(tmp_path / "run")(x), before, atol=1e-4)
+
+
+def test_missing_run_dir_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="nsnet.json"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.slow
+def test_epochs0_real_architecture(tmp_path) -> None:
+    from training.train import main
+
+    assert main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "vit"), "--backbone", "ViT-B-32",
+                 "--pretrained", "none", "--epochs", "0", "--prompt-bank", "coco", "--templates", "1",
+                 "--rank", "16", "--quiet"]) == 0
+    model = NSNet.from_checkpoint(tmp_path / "vit")
+    assert model.nullspace.basis.shape == (512, 16)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1,)

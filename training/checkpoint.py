@@ -1,0 +1,103 @@
+"""The run-directory checkpoint: ``nsnet.safetensors`` + ``nsnet.json`` (docs/formats.md).
+
+The only code that reads or writes these two files. No pickle anywhere: tensors go to safetensors,
+everything else to JSON. LoRA adapters are merged into plain weights on save; the text tower is
+never part of NSNet, so it is never saved.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from training.lora import merged_state_dict
+
+FORMAT = "nsnet-checkpoint/1"
+WEIGHTS = "nsnet.safetensors"
+CONFIG = "nsnet.json"
+
+
+def _atomic_write(path: Path, write) -> None:
+    # Write next to the target and rename: a run killed mid-save never leaves a torn checkpoint.
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.chmod(tmp, 0o644)  # safetensors creates files owner-only; a run dir is meant to be shared
+    os.replace(tmp, path)
+
+
+def build_meta(model, meta: dict[str, Any]) -> dict[str, Any]:
+    """The nsnet.json object: fields fixed by the model, then the caller's (backbone, pretrained,
+    quick_gelu, preprocess, projector, threshold, training, data)."""
+    head = {"hidden": model.head[0].out_features, "dim": model.head[2].out_features, "activation": "gelu"}
+    out: dict[str, Any] = {
+        "format": FORMAT,
+        "backbone": meta.get("backbone"),
+        "pretrained": meta.get("pretrained", "none"),
+        "quick_gelu": bool(meta.get("quick_gelu", False)),
+        "embed_dim": model.embed_dim,
+        "preprocess": meta.get("preprocess"),
+        "projector": dict(meta.get("projector") or {}, rank=model.nullspace.rank),
+        "head": head,
+        "threshold": float(meta.get("threshold", 0.5)),
+        "training": meta.get("training", {}),
+        "data": meta.get("data", {"n_images": 0, "skipped": 0, "generators": []}),
+    }
+    for key, value in meta.items():  # keep anything extra the caller recorded
+        out.setdefault(key, value)
+    return out
+
+
+def save_checkpoint(model, run_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """Write ``model`` (LoRA merged, without touching the live model) and ``meta`` to ``run_dir``."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in merged_state_dict(model).items()}
+    doc = build_meta(model, meta)
+    _atomic_write(run / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    _atomic_write(run / CONFIG, lambda p: p.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n"))
+    return run
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    """nsnet.json of a run directory, with its format checked."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"not a run directory (no {CONFIG}): {run_dir}")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """(NSNet in eval mode, meta dict) from a run directory; needs no download."""
+    from training.model import NSNet, build_visual_empty
+
+    run = Path(run_dir)
+    meta = read_meta(run)
+    weights = run / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"run directory has {CONFIG} but no {WEIGHTS}: {run}")
+    state = load_file(str(weights), device=str(device))
+    if "nullspace.basis" not in state:
+        raise ValueError(f"{weights}: no nullspace.basis tensor")
+    visual = build_visual_empty(meta["backbone"], bool(meta.get("quick_gelu", False)))
+    head = meta.get("head", {})
+    with torch.device("meta"):
+        model = NSNet(visual, torch.empty_like(state["nullspace.basis"], device="meta"),
+                      hidden=int(head.get("hidden", 512)), dim=int(head.get("dim", 128)))
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not match backbone {meta['backbone']!r}: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise ValueError(f"{weights}: tensors not in the checkpoint: {leftover[:5]}")
+    return model.to(device).eval(), meta

@@ -1,0 +1,244 @@
+"""Train NS-Net: ``python -m training.train --data ROOT --out RUN_DIR [...]``.
+
+Builds the semantic basis from the text corpus, attaches the head to the (frozen, optionally
+LoRA-adapted) visual tower, trains with SupCon + λ·BCE and writes a checkpoint every epoch.
+``--epochs 0`` writes the initial checkpoint without reading a single image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from training.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from training.corpus import BANKS, encode_texts, prompt_bank, read_captions
+from training.lora import add_lora, lora_state_dict, unmerge_lora
+from training.losses import DEFAULT_TEMPERATURE, nsnet_loss
+from training.model import NSNet, load_clip
+from training.nullspace import DEFAULT_ENERGY, semantic_basis
+
+log = logging.getLogger("training.train")
+
+METRICS = "metrics.jsonl"
+TRAIN_STATE = "train_state.safetensors"
+TRAIN_STATE_JSON = "train_state.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset root (may be empty/absent with --epochs 0)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--layout", default="auto", choices=["auto", "genimage", "ufd", "flat"])
+    p.add_argument("--generators", default=None,
+                   help="comma-separated generator names to train on (default: all found)")
+    p.add_argument("--backbone", default="ViT-L-14", help="open_clip model name (nsnet-tiny for tests)")
+    p.add_argument("--pretrained", default="openai", help="open_clip tag, a local weights file, or 'none'")
+    g = p.add_argument_group("semantic corpus / projector")
+    g.add_argument("--prompt-bank", default="default", choices=BANKS,
+                   help="built-in prompts: ImageNet+COCO names (default), COCO only (cheap), or none")
+    g.add_argument("--templates", type=int, default=None, help="use only the first N prompt templates")
+    g.add_argument("--captions", default=None, help="captions file (.txt / .csv / .json) added to the corpus")
+    g.add_argument("--energy", type=float, default=DEFAULT_ENERGY, help="energy kept by the semantic basis")
+    g.add_argument("--rank", type=int, default=None, help="fixed basis rank k (overrides --energy)")
+    g.add_argument("--text-batch-size", type=int, default=256)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="SupCon temperature τ")
+    g.add_argument("--supcon-weight", type=float, default=1.0)
+    g.add_argument("--bce-weight", type=float, default=1.0, help="λ on the BCE term")
+    g.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on the visual blocks (0 = frozen)")
+    g.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default = rank)")
+    g.add_argument("--cache-features", action="store_true",
+                   help="frozen backbone: compute each image's features once, train the head on them")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    g = p.add_argument_group("augmentation (training images only)")
+    g.add_argument("--no-slot-shuffle", action="store_true", help="keep mosaic slots in entropy order")
+    g.add_argument("--flip", type=float, default=0.5, help="horizontal flip probability")
+    g.add_argument("--jpeg-prob", type=float, default=0.0, help="JPEG re-compression probability")
+    g.add_argument("--jpeg-quality", type=int, nargs=2, default=[30, 100], metavar=("LO", "HI"))
+    g.add_argument("--blur-prob", type=float, default=0.0, help="Gaussian blur probability")
+    g.add_argument("--blur-sigma", type=float, nargs=2, default=[0.0, 3.0], metavar=("LO", "HI"))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but CUDA is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def initial_model(args, device: torch.device) -> tuple[NSNet, dict[str, Any]]:
+    """Backbone + semantic basis from the text corpus + fresh head; and the run's base metadata."""
+    from nsnet_sdk.preprocess import DEFAULT
+
+    clip, tokenizer, quick_gelu = load_clip(args.backbone, args.pretrained, device)
+    texts = prompt_bank(args.prompt_bank, args.templates)
+    n_captions = 0
+    if args.captions:
+        captions = read_captions(args.captions)
+        n_captions = len(captions)
+        texts += captions
+    t0 = time.perf_counter()
+    feats = encode_texts(clip, tokenizer, texts, args.text_batch_size, device, progress=not args.quiet)
+    text_s = time.perf_counter() - t0
+    basis, info = semantic_basis(feats, rank=args.rank, energy=args.energy)
+    log.info("corpus: %d prompts + %d captions encoded in %.1fs; projector rank %d (energy %.3f, "
+             "||T·P||/||T|| %.3f)", len(texts) - n_captions, n_captions, text_s, info.rank, info.energy,
+             info.residual_ratio)
+    visual = clip.visual
+    del clip  # the text tower is not needed (nor saved) past this point
+    model = NSNet(visual, basis.to(device)).to(device)
+    meta = {
+        "backbone": args.backbone,
+        "pretrained": args.pretrained,
+        "quick_gelu": quick_gelu,
+        "preprocess": DEFAULT.to_dict(),
+        "projector": dict(info.to_dict(), requested_energy=args.energy, requested_rank=args.rank,
+                          prompt_bank=args.prompt_bank, templates=args.templates,
+                          captions=str(args.captions) if args.captions else None),
+        "threshold": 0.5,
+    }
+    return model, meta
+
+
+def training_summary(args, epochs_done: int) -> dict[str, Any]:
+    return {
+        "epochs": epochs_done,
+        "epochs_requested": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "temperature": args.temperature,
+        "supcon_weight": args.supcon_weight,
+        "bce_weight": args.bce_weight,
+        "lora_rank": args.lora_rank,
+        "cache_features": bool(args.cache_features),
+        "seed": args.seed,
+        "layout": args.layout,
+        "generators": args.generators,
+        "augment": {"slot_shuffle": not args.no_slot_shuffle, "flip": args.flip, "jpeg_prob": args.jpeg_prob,
+                    "jpeg_quality": list(args.jpeg_quality), "blur_prob": args.blur_prob,
+                    "blur_sigma": list(args.blur_sigma)},
+    }
+
+
+def trainable_parameters(model: NSNet) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def save_train_state(run: Path, model: NSNet, optimizer: torch.optim.Optimizer, epoch: int,
+                     extra: dict[str, Any]) -> None:
+    """Optimizer moments and LoRA adapters (unmerged) for --resume, as safetensors + JSON."""
+    tensors: dict[str, torch.Tensor] = {f"lora/{k}": v for k, v in lora_state_dict(model).items()}
+    opt = optimizer.state_dict()
+    for idx, st in opt["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"opt/{idx}/{name}"] = value
+    scalars = {str(idx): {n: v for n, v in st.items() if not torch.is_tensor(v)} for idx, st in opt["state"].items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(run / TRAIN_STATE))
+    doc = {"epoch": epoch, "param_groups": opt["param_groups"], "scalars": scalars,
+           "rng": {"torch": torch.get_rng_state().tolist()}, **extra}
+    (run / TRAIN_STATE_JSON).write_text(json.dumps(doc))
+
+
+def load_train_state(run: Path, model: NSNet, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    doc = json.loads((run / TRAIN_STATE_JSON).read_text())
+    tensors = load_file(str(run / TRAIN_STATE))
+    adapters = {k[len("lora/"):]: v for k, v in tensors.items() if k.startswith("lora/")}
+    if adapters:
+        unmerge_lora(model, adapters)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, sc in doc.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(sc)
+    optimizer.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+    torch.set_rng_state(torch.tensor(doc["rng"]["torch"], dtype=torch.uint8))
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # open_clip logs every construction step at INFO on the root logger; keep ours only.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("training").setLevel(logging.INFO)
+    if args.epochs < 0 or args.batch_size < 2:
+        build_parser().error("--epochs must be >= 0 and --batch-size >= 2 (SupCon needs pairs)")
+    if args.lora_rank and args.cache_features:
+        build_parser().error("--cache-features needs a frozen backbone; drop --lora-rank")
+    device = pick_device(args.device)
+    run = Path(args.out)
+    seed_everything(args.seed)
+
+    start_epoch = 0
+    resume_state = run / TRAIN_STATE_JSON
+    if args.resume and (run / "nsnet.json").is_file():
+        model, meta = load_checkpoint(run, device=device)
+        meta = {k: v for k, v in meta.items() if k not in ("format", "embed_dim", "head")}
+        start_epoch = int(meta.get("training", {}).get("epochs", 0))
+        log.info("resuming %s after epoch %d", run, start_epoch)
+    else:
+        if args.resume:
+            log.warning("--resume: no checkpoint in %s yet, starting fresh", run)
+        model, meta = initial_model(args, device)
+    model.requires_grad_(False)
+    model.head.requires_grad_(True)
+    model.classifier.requires_grad_(True)
+    if args.lora_rank:
+        add_lora(model.visual, args.lora_rank, args.lora_alpha)
+
+    meta["training"] = training_summary(args, start_epoch)
+    meta.setdefault("data", {"n_images": 0, "skipped": 0, "generators": []})
+    if args.epochs == 0 or start_epoch >= args.epochs:
+        save_checkpoint(model, run, meta)
+        log.info("wrote %s (no training: --epochs %d)", run, args.epochs)
+        return 0
+
+    from training.loop import fit  # data + loop need images; --epochs 0 never imports them
+
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=args.lr, weight_decay=args.weight_decay)
+    if start_epoch and resume_state.is_file():
+        load_train_state(run, model, optimizer)
+    return fit(args, model, optimizer, meta, run, device, start_epoch,
+               save=lambda ep, data_summary: _save_epoch(args, run, model, optimizer, meta, ep, data_summary))
+
+
+def _save_epoch(args, run: Path, model: NSNet, optimizer, meta: dict[str, Any], epoch: int,
+                data_summary: dict[str, Any]) -> None:
+    meta["training"] = training_summary(args, epoch)
+    meta["data"] = data_summary
+    save_checkpoint(model, run, meta)
+    save_train_state(run, model, optimizer, epoch, {})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
