@@ -1,0 +1,380 @@
+"""Export a run directory to ONNX: folded NS-Net, FP32 / FP16 / INT8, optional ORT fusions.
+
+    python export/to_onnx.py --ckpt RUN_DIR --out nsnet.onnx [--fp16] [--opset N] [--optimize] [--int8]
+
+Graph: input ``images`` float32 [B,3,S,S] (dynamic B) -> outputs ``logit`` [B], ``prob_fake`` [B];
+``metadata_props`` per docs/formats.md. Every export is parity-checked against the unfolded
+PyTorch model on random inputs before it is reported written (FP16 in a child process, see
+export/ort_run.py); INT8 parity is reported, not bounded.
+
+- ``--optimize``: ONNX Runtime's transformer optimizer (model_type "clip"): Attention,
+  SkipLayerNormalization, BiasGelu fusions, saved into the file (offline, provider-neutral:
+  opt_level 0, so no hardware-specific layout is baked in).
+- ``--fp16``: FP16 weights and compute, float32 I/O; LayerNorm (incl. the fused
+  SkipLayerNormalization), Softmax and the sigmoid stay float32: CLIP ViTs have activation
+  outliers that overflow fp16 in those reductions.
+- ``--int8``: dynamic INT8 (per-channel symmetric weights, MatMul + fused Attention) of the
+  optimised FP32 graph, for CPU serving.
+- Models over 1 GiB of weights (ViT-L-14 FP32) are written with external data ``<out>.data``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "nsnet-onnx/1"
+DEFAULT_OPSET = 17            # first opset with LayerNormalization: LN exports as one op
+EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to <out>.data (protobuf's hard limit is 2 GiB)
+FP32_LOGIT_BOUND = 1e-4
+FP16_PROB_BOUND = 5e-3
+# Ops kept in float32 in FP16 models: reductions that overflow with CLIP's activation outliers.
+FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "Softmax", "Sigmoid"]
+# Fused operators reported after --optimize (what the optimizer reports for model_type "clip").
+FUSED_OPS = ("Attention", "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization",
+             "Gelu", "FastGelu", "BiasGelu", "QuickGelu")
+
+log = logging.getLogger("export.to_onnx")
+
+
+class ExportError(Exception):
+    """Export could not produce a valid model (failed check, parity past bounds)."""
+
+
+class CheckpointError(ExportError):
+    """The run directory is missing or cannot be loaded (CLI exit code 2)."""
+
+
+@dataclass
+class Parity:
+    """Outputs of an exported model against the PyTorch reference on the same inputs."""
+
+    precision: str
+    n: int
+    max_abs_logit: float
+    max_abs_prob: float
+    agreement: float          # fraction of equal decisions at the checkpoint's threshold
+    logit_corr: float
+
+    def passes(self) -> bool:
+        if self.precision == "fp32":
+            return self.max_abs_logit <= FP32_LOGIT_BOUND
+        if self.precision == "fp16":
+            return self.max_abs_prob <= FP16_PROB_BOUND and self.agreement >= 0.999
+        return True  # int8: reported, not bounded
+
+    def __str__(self) -> str:
+        return (f"{self.precision}: n={self.n} max|Δlogit|={self.max_abs_logit:.3g} "
+                f"max|Δprob|={self.max_abs_prob:.3g} agreement={100 * self.agreement:.2f}% "
+                f"corr={self.logit_corr:.5f}")
+
+
+def compare(precision: str, ref_logit: np.ndarray, logit: np.ndarray, prob: np.ndarray,
+            threshold: float) -> Parity:
+    """`Parity` of (logit, prob) against reference logits, decisions taken at ``threshold``."""
+    ref_logit = np.asarray(ref_logit, np.float64)
+    ref_prob = 1.0 / (1.0 + np.exp(-ref_logit))
+    logit, prob = np.asarray(logit, np.float64), np.asarray(prob, np.float64)
+    if len(ref_logit) > 1 and np.std(ref_logit) > 0 and np.std(logit) > 0:
+        corr = float(np.corrcoef(ref_logit, logit)[0, 1])
+    else:
+        corr = float("nan")
+    return Parity(
+        precision=precision, n=len(ref_logit),
+        max_abs_logit=float(np.max(np.abs(logit - ref_logit))) if len(logit) else 0.0,
+        max_abs_prob=float(np.max(np.abs(prob - ref_prob))) if len(prob) else 0.0,
+        agreement=float(np.mean((prob >= threshold) == (ref_prob >= threshold))) if len(prob) else 1.0,
+        logit_corr=corr,
+    )
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_run(ckpt_dir: str | Path):
+    """(NSNet, meta) of a run directory; `ExportError` with the path when missing or corrupt."""
+    from training.checkpoint import WEIGHTS, load_checkpoint
+
+    run = Path(ckpt_dir)
+    if not run.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {run}")
+    try:
+        model, meta = load_checkpoint(run)
+    except Exception as e:  # safetensors/json/open_clip raise assorted types for a damaged run dir
+        raise CheckpointError(f"cannot load checkpoint {run}: {type(e).__name__}: {e}") from e
+    meta = dict(meta, source_sha256=sha256_file(run / WEIGHTS))
+    return model, meta
+
+
+def metadata_for(meta: dict, rank: int, precision: str) -> dict[str, str]:
+    """The ``nsnet.*`` metadata_props of docs/formats.md (all strings)."""
+    from nsnet_sdk.preprocess import PatchConfig
+
+    return {
+        "nsnet.format": FORMAT,
+        "nsnet.backbone": str(meta["backbone"]),
+        "nsnet.preprocess": PatchConfig.from_dict(meta["preprocess"]).to_json(),
+        "nsnet.threshold": repr(float(meta.get("threshold", 0.5))),
+        "nsnet.precision": precision,
+        "nsnet.projector_rank": str(int(rank)),
+        "nsnet.source_sha256": str(meta["source_sha256"]),
+    }
+
+
+def read_metadata(onnx_path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file as a dict (weights are not loaded)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def op_counts(model) -> dict[str, int]:
+    """Node count per op type of a ModelProto or path (top-level graph)."""
+    import onnx
+
+    if not hasattr(model, "graph"):
+        model = onnx.load(str(model), load_external_data=False)
+    return dict(Counter(n.op_type for n in model.graph.node))
+
+
+def _torch_export(folded, path: Path, size: int, opset: int) -> None:
+    import torch
+
+    dummy = torch.zeros(2, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation notice
+        # dynamo=False: the TorchScript exporter emits attention as plain MatMul/Reshape/Transpose/
+        # Softmax, the pattern ORT's optimizer fuses; the dynamo exporter's decomposition is not matched.
+        torch.onnx.export(
+            folded, (dummy,), str(path), input_names=["images"], output_names=["logit", "prob_fake"],
+            dynamic_axes={"images": {0: "batch"}, "logit": {0: "batch"}, "prob_fake": {0: "batch"}},
+            opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+
+
+def _optimize(model_path: Path, heads: int, width: int):
+    """ORT transformer fusions; returns (ModelProto, fused-op counts)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    opt = optimize_model(str(model_path), model_type="clip", num_heads=heads, hidden_size=width, opt_level=0)
+    fused = {k: v for k, v in op_counts(opt.model).items() if k in FUSED_OPS}
+    return opt.model, fused
+
+
+def _to_fp16(model):
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    wrapped = OnnxModel(model)
+    wrapped.convert_float_to_float16(keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    return wrapped.model
+
+
+def _save(model, path: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    # Rewritten graphs (fusions, fp16 casts) need sorting and the com.microsoft opset declared.
+    OnnxModel(model).topological_sort()
+    if any(n.domain == "com.microsoft" for n in model.graph.node) and \
+            not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.add(domain="com.microsoft", version=1)
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()  # onnx appends to an existing external-data file
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    external = size > EXTERNAL_DATA_BYTES
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # DefaultTensorType: ONNX shape inference cannot type com.microsoft ops' outputs; they are float.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Attention"],
+                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def parity_inputs(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Random inputs distributed like normalised images (unit scale), reproducible."""
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+def reference_logits(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Logits of the unfolded PyTorch NSNet (float64 array)."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            out.append(model(torch.from_numpy(images[i:i + batch])).double().numpy().reshape(-1))
+    return np.concatenate(out)
+
+
+def check_onnx(onnx_path: Path, precision: str, images: np.ndarray, ref_logit: np.ndarray,
+               threshold: float) -> Parity:
+    """Parity of an exported file; FP16 runs in a child process (a crash raises OrtCrashError)."""
+    from export import ort_run
+
+    runner = ort_run.run_isolated if precision == "fp16" else ort_run.run
+    logit, prob = runner(onnx_path, images, precision)
+    return compare(precision, ref_logit, logit, prob, threshold)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    precision: str
+    parity: Parity | None
+    fused: dict[str, int]
+
+
+def export_onnx(ckpt_dir: str | Path, out_path: str | Path, *, fp16: bool = False, opset: int | None = None,
+                optimize: bool = False, int8: bool = False) -> Path:
+    """Export ``ckpt_dir`` to ``out_path`` (parity-checked); returns the path written.
+
+    ``int8`` quantises the optimised FP32 graph (so it implies ``optimize``) and excludes ``fp16``.
+    Raises `CheckpointError` for a missing/corrupt run directory, `ExportError` when a check fails.
+    """
+    return export_model(ckpt_dir, out_path, fp16=fp16, opset=opset, optimize=optimize, int8=int8).path
+
+
+def export_model(ckpt_dir: str | Path, out_path: str | Path, *, fp16: bool = False, opset: int | None = None,
+                 optimize: bool = False, int8: bool = False, parity_n: int = 4) -> ExportResult:
+    """`export_onnx` returning the parity and fused-operator counts as well.
+
+    The file is parity-checked on ``parity_n`` random inputs (0 skips it); past the bounds
+    (FP32 ≤ 1e-4 logit, FP16 ≤ 5e-3 prob and ≥ 99.9 % agreement) or if ONNX Runtime crashes,
+    `ExportError` is raised and nothing is left at ``out_path``.
+    """
+    import onnx
+
+    from export.fold import fold_model
+
+    if fp16 and int8:
+        raise ExportError("--fp16 and --int8 are exclusive")
+    out = Path(out_path)
+    if out.suffix != ".onnx":
+        raise ExportError(f"output must be an .onnx file: {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    optimize = optimize or int8
+    opset = int(opset or DEFAULT_OPSET)
+    if opset < DEFAULT_OPSET:
+        raise ExportError(f"opset {opset} < {DEFAULT_OPSET}: LayerNormalization needs opset 17")
+
+    model, meta = load_run(ckpt_dir)
+    folded = fold_model(model)
+    visual = model.visual
+    size = int(visual.image_size[0])
+    width = int(visual.transformer.width)
+    heads = int(visual.transformer.resblocks[0].attn.num_heads)
+    rank = int(model.nullspace.basis.shape[1])
+
+    fused: dict[str, int] = {}
+    parity = None
+    with tempfile.TemporaryDirectory(prefix="nsnet-export-", dir=out.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        _torch_export(folded, raw, size, opset)
+        if optimize:
+            proto, fused = _optimize(raw, heads, width)
+            log.info("fused operators: %s", fused)
+            if fused.get("Attention", 0) != len(visual.transformer.resblocks):
+                raise ExportError(f"--optimize: attention fusion did not fire in every block ({fused})")
+        else:
+            proto = onnx.load(str(raw))
+        if fp16:
+            proto = _to_fp16(proto)
+        if int8:
+            fp32_opt = Path(tmp) / "opt.onnx"
+            _save(proto, fp32_opt)
+            _quantize_int8(fp32_opt, Path(tmp) / "q.onnx")
+            proto = onnx.load(str(Path(tmp) / "q.onnx"))
+        del proto.metadata_props[:]
+        for k, v in metadata_for(meta, rank, precision).items():
+            proto.metadata_props.add(key=k, value=v)
+        staged = Path(tmp) / out.name
+        _save(proto, staged)
+        del proto
+        onnx.checker.check_model(str(staged))  # by path: works with external data
+
+        if parity_n > 0:
+            from export.ort_run import OrtCrashError
+
+            images = parity_inputs(parity_n, size)
+            try:
+                parity = check_onnx(staged, precision, images, reference_logits(model, images),
+                                    float(meta.get("threshold", 0.5)))
+            except OrtCrashError as e:
+                raise ExportError(str(e)) from e
+            log.info("parity %s", parity)
+            if not parity.passes():
+                raise ExportError(f"{out}: parity past bounds: {parity}")
+        # Move into place only after every check passed.
+        data = staged.with_name(staged.name + ".data")
+        out_data = out.with_name(out.name + ".data")
+        if out_data.exists():
+            out_data.unlink()
+        if data.exists():
+            os.replace(data, out_data)
+        os.replace(staged, out)
+    return ExportResult(out, precision, parity, fused)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python export/to_onnx.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True, help="run directory (nsnet.safetensors + nsnet.json)")
+    p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--fp16", action="store_true", help="FP16 weights/compute, float32 I/O")
+    p.add_argument("--int8", action="store_true", help="dynamic INT8 quantisation for CPU (implies --optimize)")
+    p.add_argument("--opset", type=int, default=None, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--optimize", action="store_true", help="apply ONNX Runtime transformer fusions")
+    p.add_argument("--parity-n", type=int, default=4, help="random inputs for the parity check (0 skips)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.fp16 and args.int8:
+        _parser().error("--fp16 and --int8 are exclusive")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        res = export_model(args.ckpt, args.out, fp16=args.fp16, opset=args.opset, optimize=args.optimize,
+                           int8=args.int8, parity_n=args.parity_n)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    report = {"out": str(res.path), "metadata": read_metadata(res.path), "fused_ops": res.fused,
+              "parity": asdict(res.parity) if res.parity else None}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
