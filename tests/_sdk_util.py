@@ -2,7 +2,11 @@
 contract of docs/formats.md, and the real nsnet-tiny export when training/export are present."""
 from __future__ import annotations
 
+import atexit
+import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +28,8 @@ def contract_metadata(cfg: PatchConfig = DEFAULT, threshold: float = 0.5,
 
 
 def stand_in_weights(seed: int = 0) -> tuple[np.ndarray, float]:
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(3,)).astype(np.float32), float(rng.normal())
+    rng = np.random.default_rng(seed)  # large weights: scores of different pictures differ clearly
+    return (8 * rng.normal(size=(3,))).astype(np.float32), float(rng.normal())
 
 
 def stand_in_logit(batch: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -72,3 +76,40 @@ def write_engine_pair(path: Path, metadata: dict[str, str]) -> Path:
                              "nsnet.trt.opt_batch": 8, "nsnet.trt.max_batch": 32})
     path.with_name(path.name + ".json").write_text(json.dumps(side))
     return path
+
+
+@functools.cache
+def tiny_export() -> dict[str, Path]:
+    """A real nsnet-tiny run directory (random weights, --epochs 0) and its FP32 ONNX export,
+    built once per test process: {"run": run_dir, "onnx": path}."""
+    from export.to_onnx import export_onnx
+    from training.train import main as train_main
+
+    root = Path(tempfile.mkdtemp(prefix="nsnet-sdk-tiny-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    run = root / "run"
+    rc = train_main(["--data", str(root / "no-data"), "--out", str(run), "--backbone", "nsnet-tiny",
+                     "--pretrained", "none", "--epochs", "0", "--templates", "1", "--quiet"])
+    assert rc in (0, None), f"training.train exited {rc}"
+    onnx_path = export_onnx(run, root / "nsnet.onnx")
+    return {"run": run, "onnx": Path(onnx_path), "root": root}
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    """Lossless file of exactly these pixels (RGB or gray, uint8 or uint16)."""
+    import cv2
+
+    arr = rgb[..., ::-1] if rgb.ndim == 3 and rgb.shape[2] == 3 else rgb
+    if rgb.ndim == 3 and rgb.shape[2] == 4:
+        arr = rgb[..., [2, 1, 0, 3]]
+    assert cv2.imwrite(str(path), np.ascontiguousarray(arr))
+    return path
+
+
+def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """An RGB uint8 picture with structure at several scales (distinct patch entropies)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = (127 + 60 * np.sin(x / (3 + seed % 5)) * np.cos(y / 7.0))[..., None]
+    noise = rng.normal(0, 1, (h, w, 3)) * (8 + 40 * (x[..., None] > w // 2))
+    return np.clip(base + noise + rng.integers(-60, 60, 3), 0, 255).astype(np.uint8)

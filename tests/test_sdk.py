@@ -1,0 +1,250 @@
+"""Detector API, metadata handling and the batch pipeline, on a small stand-in ONNX model with the
+exact NS-Net I/O and metadata contract (tests/_sdk_util.py). Real-model parity: test_sdk_parity.py."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _sdk_util import (build_stand_in_onnx, contract_metadata, stand_in_logit, textured,
+                       write_engine_pair)
+from nsnet_sdk import (BackendUnavailableError, Detector, ImageDecodeError, ModelLoadError,
+                       Prediction, PreprocessMismatchError)
+from nsnet_sdk.backends.onnxruntime import read_onnx_metadata
+from nsnet_sdk.preprocess import DEFAULT, PatchConfig, preprocess
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return build_stand_in_onnx(tmp_path_factory.mktemp("standin") / "nsnet.onnx")
+
+
+@pytest.fixture(scope="module")
+def det(model) -> Detector:
+    return Detector(model, workers=2)
+
+
+def pictures(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [textured(int(rng.integers(40, 300)), int(rng.integers(40, 300)), seed=seed + i)
+            for i in range(n)]
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def test_scores_are_the_model_output_on_the_preprocessed_mosaic(det):
+    imgs = pictures(11)
+    preds = det.predict(imgs, batch_size=4)
+    expected = stand_in_logit(np.stack([preprocess(im) for im in imgs]))
+    assert [p.source for p in preds] == [f"<array #{i}>" for i in range(11)]
+    logits = np.array([p.logit for p in preds])
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([p.prob_fake for p in preds], sigmoid(logits), rtol=1e-12)
+    assert [p.is_fake for p in preds] == [p.prob_fake >= 0.5 for p in preds]
+    assert all(p.error is None and p.ok for p in preds)
+    assert np.ptp(logits) > 0.1, "stand-in should separate different pictures"
+
+
+def test_single_input_returns_one_prediction_and_collections_a_list(det):
+    img = pictures(1)[0]
+    one = det.predict(img)
+    assert isinstance(one, Prediction) and one.source == "<array #0>"
+    stack = np.stack([img, img])  # a 4-D array is a stack of images
+    two = det.predict(stack)
+    assert isinstance(two, list) and len(two) == 2 and two[0].logit == pytest.approx(one.logit)
+    gen = det.predict(iter([img]))
+    assert isinstance(gen, list) and gen[0].logit == pytest.approx(one.logit)
+    assert det.predict([]) == []
+
+
+@pytest.mark.parametrize("workers,batch_size", [(0, 1), (0, 7), (3, 1), (3, 5), (2, 64)])
+def test_results_do_not_depend_on_workers_or_batch_size(det, workers, batch_size):
+    imgs = pictures(13, seed=3)
+    base = [p.logit for p in det.predict(imgs, workers=0, batch_size=13)]
+    got = det.predict(imgs, workers=workers, batch_size=batch_size)
+    np.testing.assert_allclose([p.logit for p in got], base, rtol=1e-6, atol=1e-6)
+
+
+def test_threshold_comes_from_the_model_and_can_be_overridden(tmp_path):
+    path = build_stand_in_onnx(tmp_path / "m.onnx", metadata=contract_metadata(threshold=0.25))
+    d = Detector(path, workers=0)
+    assert d.threshold == 0.25
+    imgs = pictures(8, seed=5)
+    preds = d.predict(imgs)
+    assert [p.is_fake for p in preds] == [p.prob_fake >= 0.25 for p in preds]
+    d2 = Detector(path, workers=0, threshold=0.999)
+    assert d2.threshold == 0.999
+    assert [p.is_fake for p in d2.predict(imgs)] == [p.prob_fake >= 0.999 for p in preds]
+    for bad in (-0.1, 1.5, float("nan"), "x"):
+        with pytest.raises(ValueError):
+            Detector(path, threshold=bad)
+
+
+def test_preprocess_override_must_agree_unless_forced(model):
+    same = PatchConfig.from_dict(DEFAULT.to_dict())
+    assert Detector(model, preprocess=same, workers=0).config == DEFAULT
+    assert Detector(model, preprocess=DEFAULT.to_dict(), workers=0).config == DEFAULT
+    other = PatchConfig(patch=16, grid=14)  # same 224 input side, different selection
+    with pytest.raises(PreprocessMismatchError, match="contradicts"):
+        Detector(model, preprocess=other)
+    forced = Detector(model, preprocess=other, force=True, workers=0)
+    assert forced.config == other
+    img = pictures(1, seed=9)[0]
+    assert forced.predict(img).logit == pytest.approx(
+        float(stand_in_logit(preprocess(img, other)[None])[0]), abs=1e-5)
+
+
+def test_unusable_models_raise_model_load_error(tmp_path, model):
+    with pytest.raises(ModelLoadError, match="not found"):
+        Detector(tmp_path / "missing.onnx")
+    (tmp_path / "weights.pt").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="unknown model type"):
+        Detector(tmp_path / "weights.pt")
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(ModelLoadError, match="nsnet.json"):
+        Detector(tmp_path / "emptydir")
+    (tmp_path / "garbage.onnx").write_bytes(b"\xff" * 100)
+    with pytest.raises(ModelLoadError):
+        Detector(tmp_path / "garbage.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ModelLoadError):
+        Detector(tmp_path / "empty.onnx")
+    bare = build_stand_in_onnx(tmp_path / "bare.onnx", metadata={})
+    with pytest.raises(ModelLoadError, match="nsnet.preprocess"):
+        Detector(bare)
+    bad_thr = build_stand_in_onnx(tmp_path / "thr.onnx", metadata=contract_metadata(threshold=3.0))
+    with pytest.raises(ModelLoadError, match="threshold"):
+        Detector(bad_thr)
+    engine = tmp_path / "nsnet.engine"
+    engine.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="sidecar"):
+        Detector(engine)
+
+
+def test_engine_without_tensorrt_is_refused_with_install_hint(tmp_path):
+    pytest.importorskip("numpy")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here; covered by test_sdk_tensorrt.py")
+    except ImportError:
+        pass
+    engine = write_engine_pair(tmp_path / "nsnet.engine", contract_metadata())
+    with pytest.raises(BackendUnavailableError, match="tensorrt"):
+        Detector(engine)
+
+
+def test_onnx_metadata_reader_agrees_with_onnx(model):
+    import onnx
+
+    m = onnx.load(str(model))
+    assert read_onnx_metadata(model) == {p.key: p.value for p in m.metadata_props}
+    assert read_onnx_metadata(model) == contract_metadata()
+
+
+def test_on_error_defaults_raise_for_one_input_record_for_many(det, tmp_path):
+    bad = tmp_path / "nope.jpg"
+    with pytest.raises(ImageDecodeError, match="nope.jpg"):
+        det.predict(bad)
+    rec = det.predict(bad, on_error="record")
+    assert rec.source == str(bad) and rec.prob_fake is None and rec.is_fake is None
+    assert rec.logit is None and rec.error.startswith("ImageDecodeError: ") and not rec.ok
+    good = pictures(2)
+    preds = det.predict([good[0], bad, good[1]])
+    assert [p.ok for p in preds] == [True, False, True]
+    with pytest.raises(ImageDecodeError):
+        det.predict([good[0], bad, good[1]], on_error="raise")
+    it = det.predict_iter([good[0], bad], on_error="raise")
+    assert next(it).ok
+    with pytest.raises(ImageDecodeError):
+        next(it)
+    with pytest.raises(ValueError, match="on_error"):
+        det.predict(good, on_error="ignore")
+    with pytest.raises(ValueError, match="batch_size"):
+        det.predict(good, batch_size=0)
+
+
+def test_unsupported_objects_are_recorded_not_crashing(det):
+    preds = det.predict([42, None, object(), pictures(1)[0]])
+    assert [p.ok for p in preds] == [False, False, False, True]
+    assert preds[0].source == "<int #0>" and "ImageDecodeError" in preds[0].error
+
+
+def _lagged_images(n: int, log: list[int]):
+    for i in range(n):
+        log.append(i)
+        img = np.empty((48, 40, 3), np.uint8)
+        img[:] = np.array([i % 251, (7 * i) % 256, (13 * i) % 256], np.uint8)
+        img[::3, ::5] = 255 - img[::3, ::5]
+        yield img
+
+
+def test_predict_iter_keeps_order_and_reads_input_only_a_bounded_way_ahead(det):
+    n, bs, workers = 3000, 16, 2
+    pulled: list[int] = []
+    reference = {i: det.predict(img).logit
+                 for i, img in enumerate(_lagged_images(n, [])) if i % 397 == 0}
+    max_ahead = 0
+    count = 0
+    for i, pred in enumerate(det.predict_iter(_lagged_images(n, pulled), batch_size=bs,
+                                              workers=workers)):
+        assert pred.source == f"<array #{i}>" and pred.ok
+        if i in reference:
+            assert pred.logit == pytest.approx(reference[i], abs=1e-5)
+        max_ahead = max(max_ahead, len(pulled) - i)
+        count += 1
+    assert count == n
+    # the batch being scored plus the prefetched ones, never the whole input
+    assert max_ahead <= 3 * bs
+
+
+def _peak_bytes(det, n: int) -> int:
+    tracemalloc.start()
+    try:
+        for _ in det.predict_iter(_lagged_images(n, []), batch_size=8, workers=2):
+            pass
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_predict_iter_memory_stays_flat_over_thousands_of_inputs(det):
+    small, large = _peak_bytes(det, 200), _peak_bytes(det, 3000)
+    assert large < small * 1.25 + (1 << 20), (small, large)
+    assert large < 40 << 20  # a few 8-image float32 buffers, not 3000 images' worth (1.8 GB)
+
+
+def test_import_nsnet_sdk_never_imports_torch_or_tensorrt(model):
+    code = textwrap.dedent(f"""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "tensorrt", "training", "export"):
+                    raise ImportError("blocked for the test: " + name)
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        import nsnet_sdk
+        from nsnet_sdk import Detector, Prediction, errors
+        d = Detector({str(model)!r}, workers=2)
+        p = d.predict(np.full((64, 64, 3), 100, np.uint8))
+        assert p.ok, p
+        bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "tensorrt")]
+        assert not bad, bad
+        print("OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stderr[-2000:]
+
+
+def test_prediction_record_shape():
+    p = Prediction("a.jpg", 0.75, True, 1.0986)
+    assert p.to_dict() == {"source": "a.jpg", "prob_fake": 0.75, "is_fake": True,
+                           "logit": 1.0986, "error": None}
+    f = Prediction.failed("b.jpg", ImageDecodeError("b.jpg: no such file"))
+    assert f.error == "ImageDecodeError: b.jpg: no such file" and f.prob_fake is None and not f.ok
