@@ -27,30 +27,36 @@ def contract_metadata(cfg: PatchConfig = DEFAULT, threshold: float = 0.5,
     }
 
 
-def stand_in_weights(seed: int = 0) -> tuple[np.ndarray, float]:
-    rng = np.random.default_rng(seed)  # large weights: scores of different pictures differ clearly
-    return (8 * rng.normal(size=(3,))).astype(np.float32), float(rng.normal())
+def stand_in_weights(seed: int = 0, size: int = 224) -> tuple[np.ndarray, float]:
+    """(w, b) of the stand-in: w over the flattened (3,S,S) input = a per-channel mean term (large,
+    so different pictures score clearly apart) + a random per-pixel term (so that any change of
+    the mosaic, e.g. a rotation or another patch order, changes the score)."""
+    rng = np.random.default_rng(seed)
+    n = size * size
+    channel = np.repeat(8 * rng.normal(size=3) / n, n)
+    pixel = rng.normal(size=3 * n) / np.sqrt(3 * n)
+    return (channel + pixel).astype(np.float32), float(rng.normal())
 
 
 def stand_in_logit(batch: np.ndarray, seed: int = 0) -> np.ndarray:
-    """What the stand-in model computes, in numpy: per-channel mean of the input · w + b."""
-    w, b = stand_in_weights(seed)
-    return batch.astype(np.float64).mean(axis=(2, 3)) @ w.astype(np.float64) + b
+    """What the stand-in model computes, in numpy."""
+    w, b = stand_in_weights(seed, batch.shape[-1])
+    return batch.reshape(len(batch), -1).astype(np.float64) @ w.astype(np.float64) + b
 
 
 def build_stand_in_onnx(path: Path, *, seed: int = 0, metadata: dict[str, str] | None = None,
                         size: int = 224) -> Path:
-    """A tiny ONNX model honouring the NS-Net contract: input ``images`` float32 [B,3,S,S]
-    (dynamic B), outputs ``logit`` [B] = mean over pixels per channel · w + b and
-    ``prob_fake`` = sigmoid(logit). Depends on every pixel, so decoding differences show."""
+    """A small ONNX model honouring the NS-Net contract: input ``images`` float32 [B,3,S,S]
+    (dynamic B), outputs ``logit`` [B] = flatten(images)·w + b and ``prob_fake`` =
+    sigmoid(logit). Depends on every pixel, so decoding differences show."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w, b = stand_in_weights(seed)
+    w, b = stand_in_weights(seed, size)
     nodes = [
-        helper.make_node("ReduceMean", ["images"], ["m"], axes=[2, 3], keepdims=0),
-        helper.make_node("MatMul", ["m", "w"], ["mw"]),
-        helper.make_node("Add", ["mw", "b"], ["logit"]),
+        helper.make_node("Flatten", ["images"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["prob_fake"]),
     ]
     graph = helper.make_graph(
