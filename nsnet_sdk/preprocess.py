@@ -219,10 +219,9 @@ def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool) -> np.ndarray:
         return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ImageDecodeError(f"{src}: unsupported array shape {arr.shape} (need HxW, HxWx3 or HxWx4)", src)
-    arr = arr[:, :, :3]
     if bgr:
-        arr = arr[:, :, ::-1]
-    return np.ascontiguousarray(arr)
+        return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(arr[:, :, :3])
 
 
 def _check_pixels(w: int, h: int, max_pixels: int, src: str) -> None:
@@ -361,16 +360,23 @@ def _check_rgb(rgb: np.ndarray) -> None:
 
 def _entropies(padded: np.ndarray, p: int) -> np.ndarray:
     nr, nc = padded.shape[0] // p, padded.shape[1] // p
+    # Bands of ~128 patches keep every intermediate in cache; whole large images are memory-bound.
+    band = max(1, 128 // nc)
+    return np.concatenate([_band_entropies(padded[r * p : (r + band) * p, : nc * p], p) for r in range(0, nr, band)])
+
+
+def _band_entropies(rgb: np.ndarray, p: int) -> np.ndarray:
+    nr, nc = rgb.shape[0] // p, rgb.shape[1] // p
     w = nc * p
     rows, cross, weights = _dft_mats(p)
     k = p // 2 + 1
     # R+G+B instead of their mean: the entropy of A/ΣA does not change when A is scaled.
-    g = cv2.transform(np.ascontiguousarray(padded[: nr * p, :w]).astype(np.float32), np.ones((1, 3), np.float32))
+    g = cv2.transform(np.ascontiguousarray(rgb[: nr * p]).astype(np.float32), np.ones((1, 3), np.float32))
     g = g.reshape(nr, p, w)
     dc = g.sum(1).reshape(nr, nc, p).sum(-1)  # patch sums: exact, integers below 2**24
     # Removing each patch's mean makes a flat patch exactly zero, so its non-DC spectrum is exactly
     # zero (as with an FFT) instead of rounding noise that would break the ties the definition needs.
-    g = g - np.repeat(dc * np.float32(1.0 / (p * p)), p, axis=1)[:, None, :]
+    g -= np.repeat(dc * np.float32(1.0 / (p * p)), p, axis=1)[:, None, :]
     x = np.matmul(rows, g)  # (nr, 2k, w): DFT down every patch column
     x = x.reshape(nr, 2, k, nc, p).transpose(0, 2, 3, 1, 4).reshape(-1, 2 * p)  # rows (r,u,c): [Xr|Xi]
     y = x @ cross  # [Re | Im] of the DFT along every patch row
