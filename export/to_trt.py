@@ -1,0 +1,237 @@
+"""Build a TensorRT engine from an exported NS-Net ONNX file.
+
+    python export/to_trt.py --onnx nsnet.onnx --out nsnet.engine [--fp16] [--min-batch 1]
+                            [--opt-batch 32] [--max-batch 128] [--workspace-gb 8]
+                            [--timing-cache FILE]
+
+Precision lives in the ONNX graph (strong typing). TensorRT deprecated weakly typed builds
+(BuilderFlag.FP16) in 10.12 and removed them in 11.x, so ``--fp16`` does not set a builder flag:
+an FP32 ONNX file is first converted with export's own FP16 conversion (FP16 weights and compute,
+LayerNormalization / Softmax / Sigmoid kept in FP32, float32 I/O: the same graph as
+``to_onnx.py --fp16``), and the network is parsed as strongly typed, so TensorRT runs each layer
+in exactly the type the graph gives it. An FP16 ONNX file is used as is.
+
+One optimisation profile covers the dynamic batch (min/opt/max). The timing cache is loaded from
+and saved back to ``--timing-cache``, so rebuilds (other batch ranges, new weights) skip kernel
+timing. The metadata travels in the sidecar ``<engine>.json`` (docs/formats.md).
+
+Written against the TensorRT 10/11 Python API; exercised only where TensorRT and CUDA exist.
+Without them the CLI prints one line and exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class TrtUnavailableError(RuntimeError):
+    """TensorRT or a CUDA device is missing on this machine."""
+
+
+class TrtBuildError(RuntimeError):
+    """The ONNX file could not be parsed or the engine could not be built."""
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    """``nsnet.engine`` → ``nsnet.engine.json``."""
+    p = Path(engine_path)
+    return p.with_name(p.name + ".json")
+
+
+def _require_trt():
+    """(tensorrt module) or `TrtUnavailableError` naming what is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise TrtUnavailableError(f"TensorRT is not installed (pip install 'nsnet-sdk[gpu]'): {e}") from None
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        raise TrtUnavailableError("no CUDA device available: TensorRT engines are built and run on a GPU")
+    return trt
+
+
+def _parse_errors(parser) -> str:
+    """Every parser error with the ONNX node it is about."""
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        where = ""
+        name = err.node_name() if hasattr(err, "node_name") else ""
+        op = err.node_operator() if hasattr(err, "node_operator") else ""
+        if name or op:
+            where = f" at node {name!r} ({op})"
+        elif err.node() >= 0:
+            where = f" at node #{err.node()}"
+        lines.append(f"  {err.code()}{where}: {err.desc()}")
+    return "\n".join(lines)
+
+
+def _fp16_onnx(onnx_path: Path, tmp: Path) -> Path:
+    """FP32 ONNX → mixed-precision FP16 ONNX (export's conversion), saved in ``tmp``."""
+    import onnx
+
+    from export.to_onnx import _save, _to_fp16
+
+    model = onnx.load(str(onnx_path))
+    if any(n.domain == "com.microsoft" for n in model.graph.node):
+        raise TrtBuildError(f"{onnx_path}: contains ONNX Runtime contrib ops (an --optimize'd graph); "
+                            "TensorRT needs the plain export (to_onnx.py without --optimize/--int8)")
+    out = tmp / "fp16.onnx"
+    _save(_to_fp16(model), out)
+    return out
+
+
+def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool = True, min_batch: int = 1,
+                 opt_batch: int = 32, max_batch: int = 128, workspace_gb: float | None = None,
+                 timing_cache: str | Path | None = None, verbose: bool = False) -> Path:
+    """Build ``engine_path`` (+ sidecar ``<engine>.json``) from ``onnx_path``; returns the engine path.
+
+    Raises `TrtUnavailableError` without TensorRT/CUDA, `TrtBuildError` for parse/build failures
+    (parser errors list the ONNX node names), ValueError for an invalid batch range.
+    """
+    from export.to_onnx import read_metadata
+
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}/{opt_batch}/{max_batch}")
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if not onnx_path.is_file():
+        raise TrtBuildError(f"ONNX file not found: {onnx_path}")
+    meta = read_metadata(onnx_path)
+    src_precision = meta.get("nsnet.precision", "fp32")
+    if src_precision == "int8":
+        raise TrtBuildError(f"{onnx_path}: an ONNX Runtime INT8 (dynamic quantisation) model cannot be built")
+    trt = _require_trt()
+
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # accepted (and implied) on 11.x
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+
+    with tempfile.TemporaryDirectory(prefix="nsnet-trt-") as tmp:
+        src = onnx_path
+        precision = src_precision
+        if fp16 and src_precision == "fp32":
+            src, precision = _fp16_onnx(onnx_path, Path(tmp)), "fp16"
+        # parse_from_file resolves external data relative to the file.
+        if not parser.parse_from_file(str(src)):
+            raise TrtBuildError(f"{onnx_path}: TensorRT's ONNX parser failed:\n{_parse_errors(parser)}")
+
+    config = builder.create_builder_config()
+    if workspace_gb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    inp = network.get_input(0)
+    if inp.name != "images":
+        raise TrtBuildError(f"{onnx_path}: first input is {inp.name!r}, expected 'images'")
+    item = tuple(int(d) for d in inp.shape[1:])
+    profile = builder.create_optimization_profile()
+    profile.set_shape("images", (min_batch, *item), (opt_batch, *item), (max_batch, *item))
+    config.add_optimization_profile(profile)
+
+    cache_file = Path(timing_cache) if timing_cache else None
+    cache_bytes = cache_file.read_bytes() if cache_file and cache_file.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=True)  # a cache from another GPU/version is rebuilt
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise TrtBuildError(f"{onnx_path}: TensorRT could not build an engine (see the log above)")
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_engine = engine_path.with_name(engine_path.name + ".tmp")
+    tmp_engine.write_bytes(bytes(plan))
+    os.replace(tmp_engine, engine_path)
+    if cache_file:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+    side = dict(meta)
+    side.update({"nsnet.precision": precision, "nsnet.trt.min_batch": int(min_batch),
+                 "nsnet.trt.opt_batch": int(opt_batch), "nsnet.trt.max_batch": int(max_batch)})
+    sidecar_path(engine_path).write_text(json.dumps(side, indent=2, sort_keys=True) + "\n")
+    return engine_path
+
+
+def run_engine(engine_path: str | Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(logit, prob_fake) float64 of ``images`` (N,3,S,S) float32 through an engine (verification).
+
+    Buffers are torch CUDA tensors (torch is an export dependency anyway); batches are split at
+    the profile maximum and padded up to its minimum.
+    """
+    trt = _require_trt()
+    import torch
+
+    side = json.loads(sidecar_path(engine_path).read_text())
+    lo, hi = int(side.get("nsnet.trt.min_batch", 1)), int(side.get("nsnet.trt.max_batch", 1))
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+    if engine is None:
+        raise TrtBuildError(f"{engine_path}: could not deserialise the engine (other TensorRT version or GPU?)")
+    ctx = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    torch_dtype = {trt.float32: torch.float32, trt.float16: torch.float16}
+    stream = torch.cuda.Stream()
+    logits, probs = [], []
+    for start in range(0, len(images), hi):
+        chunk = images[start:start + hi]
+        n = len(chunk)
+        x = torch.zeros((max(n, lo), *chunk.shape[1:]), dtype=torch.float32, device="cuda")
+        x[:n] = torch.from_numpy(np.ascontiguousarray(chunk, np.float32)).cuda()
+        ctx.set_input_shape("images", tuple(x.shape))
+        outs = {}
+        for name in names:
+            if name == "images":
+                ctx.set_tensor_address(name, x.data_ptr())
+                continue
+            shape = tuple(ctx.get_tensor_shape(name))
+            outs[name] = torch.empty(shape, dtype=torch_dtype[engine.get_tensor_dtype(name)], device="cuda")
+            ctx.set_tensor_address(name, outs[name].data_ptr())
+        if not ctx.execute_async_v3(stream.cuda_stream):
+            raise TrtBuildError(f"{engine_path}: execution failed")
+        stream.synchronize()
+        logits.append(outs["logit"].float().cpu().numpy().reshape(-1)[:n])
+        probs.append(outs["prob_fake"].float().cpu().numpy().reshape(-1)[:n])
+    return np.concatenate(logits).astype(np.float64), np.concatenate(probs).astype(np.float64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python export/to_trt.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--onnx", required=True, help="exported ONNX file (plain FP32 or FP16, not --optimize'd)")
+    p.add_argument("--out", required=True, help="engine path; the sidecar <out>.json is written beside it")
+    p.add_argument("--fp16", action="store_true", help="FP16 engine (LayerNorm/Softmax kept in FP32)")
+    p.add_argument("--min-batch", type=int, default=1)
+    p.add_argument("--opt-batch", type=int, default=32)
+    p.add_argument("--max-batch", type=int, default=128)
+    p.add_argument("--workspace-gb", type=float, default=None, help="builder workspace limit (default: TensorRT's)")
+    p.add_argument("--timing-cache", default=None, help="timing cache file, read if present and written back")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if not 1 <= args.min_batch <= args.opt_batch <= args.max_batch:
+        p.error("need 1 <= --min-batch <= --opt-batch <= --max-batch")
+    if not Path(args.onnx).is_file():
+        p.error(f"--onnx: file not found: {args.onnx}")
+    try:
+        path = build_engine(args.onnx, args.out, fp16=args.fp16, min_batch=args.min_batch,
+                            opt_batch=args.opt_batch, max_batch=args.max_batch,
+                            workspace_gb=args.workspace_gb, timing_cache=args.timing_cache, verbose=args.verbose)
+    except (TrtUnavailableError, TrtBuildError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} and {sidecar_path(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
