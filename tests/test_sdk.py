@@ -247,3 +247,50 @@ def test_prediction_record_shape():
                            "logit": 1.0986, "error": None}
     f = Prediction.failed("b.jpg", ImageDecodeError("b.jpg: no such file"))
     assert f.error == "ImageDecodeError: b.jpg: no such file" and f.prob_fake is None and not f.ok
+
+
+class _FakeBackend:
+    """Returns fixed logits: stands in for a model that misbehaves on some inputs."""
+
+    name, device, metadata = "fake", "cpu", {}
+
+    def __init__(self, logits=None, exc=None):
+        self.logits, self.exc = logits, exc
+
+    def run(self, images):
+        if self.exc is not None:
+            raise self.exc
+        return np.asarray(self.logits[: len(images)], np.float32)
+
+    def close(self):
+        pass
+
+
+def test_non_finite_logit_is_an_error_row_and_backend_failure_raises(model):
+    from nsnet_sdk import InferenceError
+
+    d = Detector(model, workers=0)
+    d.backend = _FakeBackend(logits=[np.nan, 2.0, np.inf])
+    preds = d.predict(pictures(3))
+    assert [p.ok for p in preds] == [False, True, False]
+    assert preds[0].error.startswith("InferenceError: ") and preds[1].prob_fake == pytest.approx(
+        1 / (1 + np.exp(-2.0)))
+    d.backend = _FakeBackend(exc=InferenceError("model exploded"))
+    with pytest.raises(InferenceError, match="exploded"):
+        d.predict(pictures(2))
+
+
+def test_provider_choice(model):
+    from nsnet_sdk.backends.onnxruntime import choose_providers
+
+    avail = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(None, avail) == avail
+    assert choose_providers(None, ["CPUExecutionProvider", "TensorrtExecutionProvider"]) == \
+        ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(["CPUExecutionProvider"], avail) == ["CPUExecutionProvider"]
+    with pytest.raises(ModelLoadError, match="not available"):
+        choose_providers(["TensorrtExecutionProvider"], avail)
+    with pytest.raises(ModelLoadError, match="not available"):
+        Detector(model, providers=["NoSuchExecutionProvider"])
+    assert Detector(model, providers=["CPUExecutionProvider"], intra_op_threads=1,
+                    workers=0).backend.device == "CPUExecutionProvider"

@@ -98,17 +98,24 @@ class OrtBackend:
         self.path = Path(path)
         self.metadata = read_onnx_metadata(self.path)
         chosen = choose_providers(providers, ort.get_available_providers())
-        first = chosen[0][0] if isinstance(chosen[0], (tuple, list)) else chosen[0]
         precision = self.metadata.get("nsnet.precision", "fp32")
-        try:
-            so = session_options_for(precision, first, intra_op_threads=intra_op_threads)
-        except ValueError as e:  # unknown nsnet.precision
-            raise ModelLoadError(f"{self.path}: {e}", source=str(self.path)) from e
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=chosen)
-        except Exception as e:  # ORT raises its own untyped errors for bad graphs
-            raise ModelLoadError(f"{self.path}: ONNX Runtime could not load the model: {e}",
-                                 source=str(self.path)) from e
+        while True:
+            first = chosen[0][0] if isinstance(chosen[0], (tuple, list)) else chosen[0]
+            try:
+                so = session_options_for(precision, first, intra_op_threads=intra_op_threads)
+            except ValueError as e:  # unknown nsnet.precision
+                raise ModelLoadError(f"{self.path}: {e}", source=str(self.path)) from e
+            try:
+                self.session = ort.InferenceSession(str(self.path), sess_options=so,
+                                                    providers=chosen)
+                break
+            except Exception as e:  # ORT raises its own untyped errors for bad graphs
+                # An EP can be compiled in yet unusable (TensorRT EP without TensorRT's
+                # libraries): when we picked the providers, fall back to the next one.
+                if providers or len(chosen) == 1:
+                    raise ModelLoadError(f"{self.path}: ONNX Runtime could not load the model: "
+                                         f"{e}", source=str(self.path)) from e
+                chosen = chosen[1:]
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if "images" not in inputs or "logit" not in outputs:
