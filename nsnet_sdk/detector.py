@@ -144,7 +144,7 @@ class Detector:
         """
         if is_single_input(inputs):
             mode = _check_on_error(on_error or "raise")
-            return next(self._pipeline(iter([inputs]), 1, 0, mode))
+            return list(self._pipeline(iter([inputs]), 1, 0, mode))[0]
         return list(self.predict_iter(inputs, batch_size=batch_size, workers=workers,
                                       on_error=on_error or "record"))
 
