@@ -5,9 +5,10 @@ at native resolution: the ones with the highest and the lowest spectral entropy.
 definition (README, "Patch selection") is implemented by :func:`patch_entropies` and
 :func:`patch_mosaic`; :func:`preprocess` adds CLIP normalisation.
 
-Speed: the per-patch 2-D DFTs are done as two BLAS matrix products over the whole image (a 32-point
-DFT as a dense 32×32 matrix costs more flops than an FFT, but one large GEMM runs near peak while
-thousands of tiny FFT calls are dominated by call overhead).
+Speed: the per-patch 2-D DFTs are done as two matrix products over a whole band of patches (a 32-point
+DFT as a dense matrix costs more flops than an FFT, but one large GEMM runs near peak while thousands
+of tiny FFT calls are dominated by call overhead), inside a small ONNX Runtime graph
+(``entropy.onnx``, written by ``tools/make_entropy_graph.py``) that runs on the calling thread.
 """
 from __future__ import annotations
 
@@ -360,9 +361,35 @@ def _check_rgb(rgb: np.ndarray) -> None:
 
 def _entropies(padded: np.ndarray, p: int) -> np.ndarray:
     nr, nc = padded.shape[0] // p, padded.shape[1] // p
-    # Bands of ~128 patches keep every intermediate in cache; whole large images are memory-bound.
-    band = max(1, 128 // nc)
+    # Bands of ~512 patches bound the kernel's intermediates (large images otherwise go memory-bound)
+    # while keeping the per-call overhead small.
+    band = max(1, 512 // nc)
     return np.concatenate([_band_entropies(padded[r * p : (r + band) * p, : nc * p], p) for r in range(0, nr, band)])
+
+
+_SESSIONS: dict[int, Any] = {}
+
+
+def _entropy_session() -> Any:
+    """The patch-entropy kernel (nsnet_sdk/entropy.onnx) in ONNX Runtime, one per process.
+
+    Why ONNX Runtime and not numpy's matmul: numpy's OpenBLAS starts its own threads for these
+    GEMMs, and called from several decode workers at once (under any other load) that runs ~20×
+    slower than single-threaded. An ORT session with one intra-op thread runs the same GEMMs at
+    full single-core speed on the calling thread, and Run() is thread-safe.
+    """
+    pid = os.getpid()  # a session must not be shared across fork()
+    if pid not in _SESSIONS:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        path = Path(__file__).with_name("entropy.onnx")
+        _SESSIONS[pid] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return _SESSIONS[pid]
 
 
 def _band_entropies(rgb: np.ndarray, p: int) -> np.ndarray:
@@ -371,21 +398,20 @@ def _band_entropies(rgb: np.ndarray, p: int) -> np.ndarray:
     rows, cross, weights = _dft_mats(p)
     k = p // 2 + 1
     # R+G+B instead of their mean: the entropy of A/ΣA does not change when A is scaled.
-    g = cv2.transform(np.ascontiguousarray(rgb[: nr * p]).astype(np.float32), np.ones((1, 3), np.float32))
-    g = g.reshape(nr, p, w)
-    dc = g.sum(1).reshape(nr, nc, p).sum(-1)  # patch sums: exact, integers below 2**24
-    # Removing each patch's mean makes a flat patch exactly zero, so its non-DC spectrum is exactly
-    # zero (as with an FFT) instead of rounding noise that would break the ties the definition needs.
-    g -= np.repeat(dc * np.float32(1.0 / (p * p)), p, axis=1)[:, None, :]
-    x = np.matmul(rows, g)  # (nr, 2k, w): DFT down every patch column
-    x = x.reshape(nr, 2, k, nc, p).transpose(0, 2, 3, 1, 4).reshape(-1, 2 * p)  # rows (r,u,c): [Xr|Xi]
-    y = x @ cross  # [Re | Im] of the DFT along every patch row
-    a = cv2.magnitude(y[:, :p], y[:, p:]).reshape(nr, k, nc, p)
-    a[:, 0, :, 0] = 0.0  # DC handled exactly below
-    alog = cv2.multiply(a, cv2.log(cv2.max(a, 1e-30)))
-    ones = np.ones(p, np.float32)
-    s_ac = np.einsum("rkn,k->rn", (a.reshape(-1, p) @ ones).reshape(nr, k, nc).astype(np.float64), weights)
-    l_ac = np.einsum("rkn,k->rn", (alog.reshape(-1, p) @ ones).reshape(nr, k, nc).astype(np.float64), weights)
+    gray = cv2.transform(np.ascontiguousarray(rgb[: nr * p]).astype(np.float32), np.ones((1, 3), np.float32))
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    dc, a_sum, alog_sum, a_v0 = _entropy_session().run(None, {
+        "gray": gray, "rows": rows, "cross": cross,
+        "patch_shape": i64(nr, p, nc, p), "band_shape": i64(nr, p, w), "x_shape": i64(nr, 2, k, nc, p),
+        "row_shape": i64(nr * k * nc, 2 * p), "halves": i64(p, p), "inv_area": np.array(1.0 / (p * p), np.float32),
+    })
+    # Per (patch row r, frequency u, patch c) sums over v; the graph removed each patch's mean, so
+    # the v=0 entry of u=0 is rounding noise: drop it and add the exact DC below.
+    a_sum, alog_sum, a_v0 = (t.reshape(nr, k, nc).astype(np.float64) for t in (a_sum, alog_sum, a_v0))
+    a_sum[:, 0] -= a_v0[:, 0]
+    alog_sum[:, 0] -= a_v0[:, 0] * np.log(np.maximum(a_v0[:, 0], 1e-30))
+    s_ac = np.einsum("rkn,k->rn", a_sum, weights)
+    l_ac = np.einsum("rkn,k->rn", alog_sum, weights)
     dc = np.abs(dc.astype(np.float64))
     s = dc + s_ac
     with np.errstate(divide="ignore", invalid="ignore"):

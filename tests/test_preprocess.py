@@ -241,3 +241,24 @@ def test_wrong_array_types_are_refused():
         patch_mosaic(np.zeros((10, 10), np.uint8))
     with pytest.raises(TypeError):
         patch_mosaic(np.zeros((10, 10, 3), np.float32))
+
+
+def test_shipped_entropy_graph_is_up_to_date():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "tools" / "make_entropy_graph.py"), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_patch_selection_from_worker_threads_matches_single_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    imgs = [textured(200 + 13 * i, 300 - 11 * i, i) for i in range(12)]
+    want = [patch_mosaic(x) for x in imgs]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(patch_mosaic, imgs * 3))
+    for i, g in enumerate(got):
+        assert np.array_equal(g, want[i % 12])
