@@ -84,12 +84,15 @@ def test_fp16_and_int8_models_run_on_the_cpu_provider(tiny, images, tmp_path):
         out = {{}}
         for path in ({str(fp16)!r}, {str(int8)!r}):
             d = Detector(path, workers=2)
-            out[d.meta.precision] = [p.prob_fake for p in d.predict(imgs, batch_size=5)]
+            preds = d.predict(imgs, batch_size=5)
+            out[d.meta.precision] = [p.prob_fake for p in preds]
+            out[d.meta.precision + "_errors"] = [p.error for p in preds if not p.ok]
         print(json.dumps(out))
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
     got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["fp16_errors"] == [] and got["int8_errors"] == [], got
     ref = np.array([p.prob_fake for p in Detector(tiny["onnx"], workers=0).predict(images)])
     np.testing.assert_allclose(got["fp16"], ref, atol=5e-3, rtol=0)
     np.testing.assert_allclose(got["int8"], ref, atol=5e-2, rtol=0)
