@@ -214,7 +214,6 @@ class Detector:
                 names = [source_name(x, counter + j) for j, x in enumerate(chunk)]
                 counter += len(chunk)
                 futs = [pool.submit(self._prepare, x, names[j], buf, j) for j, x in enumerate(chunk)]
-                del chunk  # do not keep the decoded inputs' sources alive longer than needed
                 inflight.append((names, futs, buf))
 
         try:
