@@ -76,6 +76,17 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def update_meta(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """Set top-level nsnet.json fields (e.g. a recalibrated ``threshold``); tensors untouched."""
+    run = Path(run_dir)
+    meta = read_meta(run)
+    if "threshold" in fields:
+        fields["threshold"] = float(fields["threshold"])
+    meta.update(fields)
+    _atomic_write(run / CONFIG, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    return meta
+
+
 def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu"):
     """(NSNet in eval mode, meta dict) from a run directory; needs no download."""
     from training.model import NSNet, build_visual_empty

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bce-weight", type=float, default=1.0, help="λ on the BCE term")
     g.add_argument("--lora-rank", type=int, default=0, help="LoRA rank on the visual blocks (0 = frozen)")
     g.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default = rank)")
+    g.add_argument("--train-backbone", action="store_true",
+                   help="fine-tune the whole visual tower (small backbones such as nsnet-tiny)")
     g.add_argument("--cache-features", action="store_true",
                    help="frozen backbone: compute each image's features once, train the head on them")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -137,6 +139,7 @@ def training_summary(args, epochs_done: int) -> dict[str, Any]:
         "supcon_weight": args.supcon_weight,
         "bce_weight": args.bce_weight,
         "lora_rank": args.lora_rank,
+        "train_backbone": bool(args.train_backbone),
         "cache_features": bool(args.cache_features),
         "seed": args.seed,
         "layout": args.layout,
@@ -193,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("training").setLevel(logging.INFO)
     if args.epochs < 0 or args.batch_size < 2:
         build_parser().error("--epochs must be >= 0 and --batch-size >= 2 (SupCon needs pairs)")
-    if args.lora_rank and args.cache_features:
-        build_parser().error("--cache-features needs a frozen backbone; drop --lora-rank")
+    if args.cache_features and (args.lora_rank or args.train_backbone):
+        build_parser().error("--cache-features needs a frozen backbone; drop --lora-rank / --train-backbone")
+    if args.lora_rank and args.train_backbone:
+        build_parser().error("--lora-rank and --train-backbone are alternatives; pick one")
     device = pick_device(args.device)
     run = Path(args.out)
     seed_everything(args.seed)
@@ -215,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     model.classifier.requires_grad_(True)
     if args.lora_rank:
         add_lora(model.visual, args.lora_rank, args.lora_alpha)
+    elif args.train_backbone:
+        model.visual.requires_grad_(True)
 
     meta["training"] = training_summary(args, start_epoch)
     meta.setdefault("data", {"n_images": 0, "skipped": 0, "generators": []})

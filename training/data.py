@@ -1,0 +1,261 @@
+"""Datasets on disk: layout discovery, augmentation, and a torch Dataset over nsnet_sdk.preprocess.
+
+Layouts (``--layout``):
+
+- ``genimage``: ``<generator>/[<subset>/]{train,val}/{ai,nature}/…``
+- ``ufd`` (UniversalFakeDetect / CNNDetection): ``<generator>/[<class>/]{0_real,1_fake}/…``
+  (or ``{0_real,1_fake}`` directly under the root: one generator named after the root)
+- ``flat``: ``real/…`` and ``fake/…`` (one generator named after the root)
+- ``auto``: the first of those whose marker folders exist.
+
+Every image goes through :mod:`nsnet_sdk.preprocess`, the code inference runs. An unreadable file
+yields no tensor; the loader reports it once and the run goes on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from nsnet_sdk.errors import NSNetError
+from nsnet_sdk.preprocess import DEFAULT, PatchConfig, load_image, normalize, patch_mosaic
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("auto", "genimage", "ufd", "flat")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".pnm"}
+REAL, FAKE = 0, 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int  # 0 real, 1 fake
+    generator: str
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _dir_names(root: Path, depth: int = 4) -> set[str]:
+    """Names of folders up to ``depth`` levels below ``root``, without listing image files deeper
+    (a benchmark root holds millions of them)."""
+    names: set[str] = set()
+    level = [root]
+    for _ in range(depth):
+        nxt = []
+        for d in level:
+            try:
+                nxt += [Path(e.path) for e in os.scandir(d) if e.is_dir()]
+            except OSError:
+                continue
+        names |= {d.name for d in nxt}
+        level = nxt
+    return names
+
+
+def detect_layout(root: Path) -> str:
+    """The layout of ``root`` by its marker folders; ValueError naming the root when none fits."""
+    if not root.is_dir():
+        raise ValueError(f"dataset root {root} is not a directory")
+    names = _dir_names(root)
+    if {"ai", "nature"} & names and {"train", "val"} & names:
+        return "genimage"
+    if {"0_real", "1_fake"} & names:
+        return "ufd"
+    if (root / "real").is_dir() or (root / "fake").is_dir():
+        return "flat"
+    raise ValueError(f"{root}: no known dataset layout (GenImage <gen>/{{train,val}}/{{ai,nature}}, "
+                     "UFD <gen>/[<class>/]{0_real,1_fake}, or flat real/ + fake/)")
+
+
+def _genimage(root: Path, split: str | None) -> list[Sample]:
+    out = []
+    for label_dir, label in (("nature", REAL), ("ai", FAKE)):
+        for d in sorted(root.rglob(label_dir)):
+            if not d.is_dir() or d.parent.name not in ("train", "val"):
+                continue
+            if split is not None and d.parent.name != split:
+                continue
+            rel = d.relative_to(root).parts
+            generator = rel[0] if len(rel) > 2 else root.name
+            out += [Sample(p, label, generator) for p in _images(d)]
+    return out
+
+
+def _ufd(root: Path) -> list[Sample]:
+    out = []
+    for label_dir, label in (("0_real", REAL), ("1_fake", FAKE)):
+        for d in sorted(root.rglob(label_dir)):
+            if not d.is_dir():
+                continue
+            rel = d.relative_to(root).parts
+            generator = rel[0] if len(rel) > 1 else root.name
+            out += [Sample(p, label, generator) for p in _images(d)]
+    return out
+
+
+def _flat(root: Path) -> list[Sample]:
+    out = []
+    for label_dir, label in (("real", REAL), ("fake", FAKE)):
+        if (root / label_dir).is_dir():
+            out += [Sample(p, label, root.name) for p in _images(root / label_dir)]
+    return out
+
+
+def discover(root: str | Path, layout: str = "auto", split: str | None = None,
+             generators: Iterable[str] | None = None) -> list[Sample]:
+    """All labelled images under ``root``, sorted by (generator, label, path).
+
+    ``split`` ('train' / 'val') selects GenImage split folders and is ignored by the other layouts
+    (their roots are already one split). ``generators`` keeps only those generator names.
+    """
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        layout = detect_layout(root)
+    elif not root.is_dir():
+        raise ValueError(f"dataset root {root} is not a directory")
+    samples = {"genimage": lambda: _genimage(root, split), "ufd": lambda: _ufd(root), "flat": lambda: _flat(root)}[layout]()
+    if generators is not None:
+        wanted = set(generators)
+        unknown = wanted - {s.generator for s in samples}
+        if unknown:
+            raise ValueError(f"{root}: generator(s) {sorted(unknown)} not found")
+        samples = [s for s in samples if s.generator in wanted]
+    return sorted(samples, key=lambda s: (s.generator, s.label, str(s.path)))
+
+
+@dataclass(frozen=True)
+class Augment:
+    """CNNDetection-style augmentation on the decoded image (before patch selection), plus the
+    mosaic slot shuffle. Probabilities 0 disable a step."""
+
+    slot_shuffle: bool = True
+    flip: float = 0.5
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 100)
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.0, 3.0)
+
+    def apply(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.blur_prob and rng.random() < self.blur_prob:
+            rgb = gaussian_blur(rgb, float(rng.uniform(*self.blur_sigma)))
+        if self.jpeg_prob and rng.random() < self.jpeg_prob:
+            rgb = jpeg(rgb, int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)))
+        if self.flip and rng.random() < self.flip:
+            rgb = np.ascontiguousarray(rgb[:, ::-1])
+        return rgb
+
+
+def gaussian_blur(rgb: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur with standard deviation ``sigma`` pixels (kernel ±3σ); σ ≤ 0 is a no-op."""
+    if sigma <= 0:
+        return rgb
+    return cv2.GaussianBlur(rgb, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+
+
+def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG re-compression at ``quality`` (1–100), decoded back to RGB uint8."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def downscale(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """Resize by ``factor`` (area interpolation: what a photo pipeline's downsizing does)."""
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+
+
+@dataclass
+class ImageDataset(Dataset):
+    """Items: (tensor (3,S,S) or None, label, index, error message or None).
+
+    ``augment`` None → deterministic inference preprocessing. ``transform`` (rgb → rgb) is applied
+    after decoding, e.g. a robustness perturbation at evaluation. Randomness per item is seeded by
+    (seed, epoch, index), so runs are reproducible whatever the worker count.
+    """
+
+    samples: list[Sample]
+    cfg: PatchConfig = DEFAULT
+    augment: Augment | None = None
+    seed: int = 0
+    transform: object = None
+    epoch: int = field(default=0)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        try:
+            rgb = load_image(s.path)
+        except NSNetError as exc:
+            return None, s.label, i, f"{type(exc).__name__}: {exc}"
+        if self.transform is not None:
+            rgb = self.transform(rgb)
+        rng = None
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            rgb = self.augment.apply(rgb, rng)
+            if not self.augment.slot_shuffle:
+                rng = None
+        x = normalize(patch_mosaic(rgb, self.cfg, rng=rng), self.cfg)
+        return torch.from_numpy(x), s.label, i, None
+
+
+def collate(batch):
+    """(images (B,3,S,S) or None, labels (B,), indices (B,), [(index, error)]) of the readable items."""
+    good = [b for b in batch if b[0] is not None]
+    errors = [(b[2], b[3]) for b in batch if b[0] is None]
+    if not good:
+        return None, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), errors
+    images = torch.stack([b[0] for b in good])
+    labels = torch.tensor([b[1] for b in good], dtype=torch.long)
+    indices = torch.tensor([b[2] for b in good], dtype=torch.long)
+    return images, labels, indices, errors
+
+
+class SkipLog:
+    """Counts unreadable files and warns once per file."""
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
+        self.bad: dict[str, str] = {}
+
+    def add(self, errors: list[tuple[int, str]]) -> None:
+        for idx, msg in errors:
+            path = str(self.samples[idx].path)
+            if path not in self.bad:
+                self.bad[path] = msg
+                log.warning("skipping unreadable image %s (%s)", path, msg)
+
+    @property
+    def count(self) -> int:
+        return len(self.bad)
+
+
+def loader(dataset: ImageDataset, batch_size: int, shuffle: bool = False, workers: int = 0,
+           seed: int = 0) -> torch.utils.data.DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                                       collate_fn=collate, generator=gen, drop_last=False,
+                                       persistent_workers=False)
+
+
+def summary(samples: list[Sample], skipped: int) -> dict:
+    """The checkpoint's ``data`` section."""
+    return {"n_images": len(samples) - skipped, "skipped": skipped,
+            "generators": sorted({s.generator for s in samples}),
+            "n_real": sum(s.label == REAL for s in samples), "n_fake": sum(s.label == FAKE for s in samples)}
