@@ -1,0 +1,264 @@
+"""Child process of benchmarks/throughput.py: measures ONE configuration and writes its rows.
+
+    python benchmarks/_measure.py SPEC.json
+
+Each (backend, precision) runs in its own process so that its peak RSS is its own (the kernel's
+VmHWM, reset before every measured stage through /proc/self/clear_refs) and so that a native crash
+in a runtime is reported by the parent as a failed configuration instead of ending the run.
+
+SPEC keys: ``kind`` ("model" | "preprocess"), ``label`` (backend name written in the rows),
+``precision``, ``model`` (artifact path for `nsnet_sdk.Detector`), ``device`` ("cpu" | "cuda"),
+``providers`` (ONNX Runtime providers or null), ``threads``, ``batch_sizes``, ``workers``,
+``e2e_batch_size``, ``files``, ``iters``, ``warmup``, ``parity_inputs`` (.npy or null),
+``autocast_fp16``, ``cuda_graphs``, ``out`` (JSON written here; logits next to it as .npy).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROW_KEYS = ("backend", "precision", "stage", "batch_size", "workers", "images_per_s", "p50_ms",
+            "p99_ms", "peak_rss_mb")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM (Linux ≥ 4.0: writing 5 to clear_refs); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size since the last reset: VmHWM, else ru_maxrss (whole-process peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def row(spec: dict, stage: str, batch_size: int, workers: int, images: int, seconds: float,
+        latencies_s: list[float]) -> dict[str, Any]:
+    """One result row (exactly `ROW_KEYS`); latencies are per batch (per image for preprocess)."""
+    lat = np.asarray(latencies_s, dtype=np.float64) * 1e3
+    return {
+        "backend": spec["label"], "precision": spec["precision"], "stage": stage,
+        "batch_size": int(batch_size), "workers": int(workers),
+        "images_per_s": images / seconds if seconds > 0 else float("nan"),
+        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+class _Cuda:
+    """Device-side synchronisation and peak memory when a CUDA torch is importable, else no-ops.
+
+    Every runtime here (ORT CUDA, TensorRT, torch) returns host arrays, so its ``run`` already
+    waits for the device; the extra synchronize only guards against a runtime that does not.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.torch = None
+        if device == "cuda":
+            try:
+                import torch
+                if torch.cuda.is_available():
+                    self.torch = torch
+            except ImportError:
+                pass
+
+    def sync(self) -> None:
+        if self.torch is not None:
+            self.torch.cuda.synchronize()
+
+    def reset(self) -> None:
+        if self.torch is not None:
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def used_mb(self) -> float | None:
+        """Device memory in use by every allocator on the GPU (cudaMemGetInfo), MiB."""
+        if self.torch is None:
+            return None
+        free, total = self.torch.cuda.mem_get_info()
+        return (total - free) / 2**20
+
+    def torch_peak_mb(self) -> float | None:
+        return None if self.torch is None else self.torch.cuda.max_memory_allocated() / 2**20
+
+
+def time_calls(fn: Callable[[], object], iters: int, warmup: int, cuda: _Cuda) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    cuda.sync()
+    lat = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        cuda.sync()
+        lat.append(time.perf_counter() - t)
+    return lat
+
+
+def _autocast_fp16(backend) -> None:
+    """Make the PyTorch backend run under FP16 autocast on CUDA (the PyTorch FP16 baseline)."""
+    import torch
+
+    run = backend.run
+
+    def run_fp16(images: np.ndarray) -> np.ndarray:
+        with torch.autocast("cuda", dtype=torch.float16):
+            return run(images)
+
+    backend.run = run_fp16
+
+
+def _cuda_graph_runner(backend, batch: np.ndarray, autocast: bool) -> Callable[[], np.ndarray]:
+    """One captured CUDA graph of the PyTorch model at this batch shape: copy in, replay, copy out."""
+    import torch
+
+    model = backend.model
+    static_in = torch.empty(batch.shape, dtype=torch.float32, device="cuda")
+    host = torch.from_numpy(np.ascontiguousarray(batch)).pin_memory()
+    static_in.copy_(host)
+    ctx = (lambda: torch.autocast("cuda", dtype=torch.float16)) if autocast else torch.no_grad
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(3):  # warm-up on a side stream, as graph capture requires
+            with ctx():
+                model(static_in)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        with ctx():
+            static_out = model(static_in)
+
+    def run() -> np.ndarray:
+        static_in.copy_(host, non_blocking=True)
+        graph.replay()
+        return static_out.float().cpu().numpy()
+
+    return run
+
+
+def model_inputs(files: list[str], cfg, n: int) -> np.ndarray:
+    """(n,3,S,S) network inputs: the first files preprocessed, repeated to fill the batch.
+    Throughput does not depend on the values; real mosaics keep the inputs representative."""
+    from nsnet_sdk.preprocess import load_image, preprocess
+
+    base = np.stack([preprocess(load_image(f), cfg) for f in files[:min(n, 8, len(files))]])
+    return np.ascontiguousarray(np.resize(base, (n, *base.shape[1:])))
+
+
+def measure_model(spec: dict) -> dict[str, Any]:
+    from nsnet_sdk import Detector
+
+    cuda = _Cuda(spec["device"])
+    threads = int(spec["threads"])
+    kwargs: dict[str, Any] = {"intra_op_threads": threads, "workers": 0}
+    if spec.get("providers"):
+        kwargs["providers"] = spec["providers"]
+    if spec["backend"] == "torch":
+        kwargs["device"] = spec["device"]
+    det = Detector(spec["model"], **kwargs)
+    if spec["backend"] == "torch":
+        import torch
+
+        torch.set_num_threads(threads)  # also done by the backend; explicit: same count everywhere
+        if spec.get("autocast_fp16"):
+            _autocast_fp16(det.backend)
+    out: dict[str, Any] = {"rows": [], "extra_rows": [], "device_memory": [], "device": det.backend.device}
+
+    if spec.get("parity_inputs"):
+        x = np.load(spec["parity_inputs"])
+        bs = max(spec["batch_sizes"])
+        logits = np.concatenate([det.backend.run(x[i:i + bs]) for i in range(0, len(x), bs)])
+        np.save(Path(spec["out"]).with_suffix(".logits.npy"), logits.astype(np.float64))
+
+    for bs in spec["batch_sizes"]:
+        batch = model_inputs(spec["files"], det.config, bs)
+        fn = lambda: det.backend.run(batch)  # noqa: E731
+        fn()  # first call outside the reset: allocator/arena growth belongs to the model load
+        reset_peak_rss()
+        cuda.reset()
+        lat = time_calls(fn, spec["iters"], spec["warmup"], cuda)
+        out["rows"].append(row(spec, "model", bs, 0, bs * len(lat), sum(lat), lat))
+        if cuda.torch is not None:
+            out["device_memory"].append({"backend": spec["label"], "precision": spec["precision"],
+                                         "batch_size": bs, "gpu_used_mb": cuda.used_mb(),
+                                         "torch_peak_allocated_mb": cuda.torch_peak_mb()})
+        if spec.get("cuda_graphs"):
+            graph_fn = _cuda_graph_runner(det.backend, batch, bool(spec.get("autocast_fp16")))
+            lat = time_calls(graph_fn, spec["iters"], spec["warmup"], cuda)
+            r = row(spec, "model", bs, 0, bs * len(lat), sum(lat), lat)
+            out["extra_rows"].append(dict(r, variant="cuda_graphs"))
+
+    files = spec["files"]
+    bs = int(spec["e2e_batch_size"])
+    for w in spec["workers"] if spec.get("e2e", True) else []:
+        reset_peak_rss()
+        stamps, errors = [], []
+        t0 = time.perf_counter()
+        for i, pred in enumerate(det.predict_iter(files, batch_size=bs, workers=w), 1):
+            if pred.error is not None:
+                errors.append(pred.error)
+            if i % bs == 0 or i == len(files):
+                stamps.append(time.perf_counter())
+        cuda.sync()
+        total = time.perf_counter() - t0
+        if errors:
+            raise RuntimeError(f"end-to-end: {len(errors)} of {len(files)} inputs failed, e.g. {errors[0]}")
+        gaps = np.diff([t0, *stamps]).tolist()  # time per batch of results as the caller sees them
+        out["rows"].append(row(spec, "end_to_end", bs, w, len(files), total, gaps))
+    det.close()
+    return out
+
+
+def measure_preprocess(spec: dict) -> dict[str, Any]:
+    """Decode + patch mosaic + normalise from files, ``workers`` threads; per-image latencies."""
+    from nsnet_sdk.preprocess import PatchConfig, load_image, normalize, patch_mosaic
+
+    cfg = PatchConfig.from_dict(spec["preprocess"])
+    files = spec["files"]
+    buf = np.empty((len(files), 3, cfg.size, cfg.size), np.float32)
+
+    def one(i: int) -> float:
+        t = time.perf_counter()
+        normalize(patch_mosaic(load_image(files[i]), cfg), cfg, out=buf[i])
+        return time.perf_counter() - t
+
+    one(0)  # lazily built DFT matrices, decoder initialisation
+    rows = []
+    for w in spec["workers"]:
+        w_eff = max(1, int(w))  # 0 = on the calling thread, the same work as one worker
+        reset_peak_rss()
+        with ThreadPoolExecutor(w_eff) as pool:
+            t0 = time.perf_counter()
+            lat = list(pool.map(one, range(len(files))))
+            total = time.perf_counter() - t0
+        rows.append(row(spec, "preprocess", 1, w, len(files), total, lat))
+    return {"rows": rows, "extra_rows": [], "device_memory": []}
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    result = measure_preprocess(spec) if spec["kind"] == "preprocess" else measure_model(spec)
+    Path(spec["out"]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

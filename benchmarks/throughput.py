@@ -1,0 +1,476 @@
+"""Throughput, latency and memory of every backend and of the whole pipeline, against PyTorch in the same run.
+
+    python benchmarks/throughput.py --model nsnet.onnx [--engine nsnet.engine] [--ckpt RUN_DIR]
+        [--batch-sizes 1,8,32,128] [--images DIR | --synthetic N [--size 512]] [--workers 1,2,4]
+        [--json out.json] [--plot out.png] [--threads T] [--iters N] [--warmup N] [--device auto]
+
+Given only the FP32 ``--model``, the optimised (ONNX Runtime fusions) and INT8 variants are derived
+through export/ and their parity (max |Δlogit|, correlation) is reported beside their speed; the
+reference is the unfolded PyTorch checkpoint (``--ckpt``), else the given FP32 graph. The PyTorch
+eager FP32 baseline (``--ckpt``) runs in the same run with the same thread count as ONNX Runtime.
+
+Stages: ``model`` (the backend's ``run`` on ready batches: images/s, per-batch latency p50/p99),
+``preprocess`` (decode + patch mosaic + normalise from files per worker count; per-image latency),
+``end_to_end`` (files → `Detector.predict_iter`: decode, preprocess and inference overlapped;
+latency = time between consecutive batches of results). Each backend × precision runs in its own
+child process (benchmarks/_measure.py), so its peak RSS is its own and a crash is a failed row, not
+a failed run.
+"""
+from __future__ import annotations
+
+import os
+
+# Decode workers are the parallelism of preprocessing; BLAS inside one worker stays single-threaded
+# (set before numpy loads, inherited by the child processes) as in benchmarks/preprocess.py.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from importlib import metadata as importlib_metadata  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # sibling helper modules when imported from tests
+    sys.path.insert(0, str(HERE))
+
+import _variants  # noqa: E402
+from _measure import ROW_KEYS  # noqa: E402
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "onnx", "torch",
+             "open_clip_torch", "tensorrt", "cuda-python")
+
+
+class BenchError(Exception):
+    """A usage problem the CLI reports in one line (exit 2)."""
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+def positive_ints(text: str) -> list[int]:
+    """'1,8,32' → [1, 8, 32] (argparse type; each value ≥ 1)."""
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return sorted(set(vals))
+
+
+def synthetic_files(n: int, size: int, root: Path) -> list[str]:
+    """``n`` photo-like ``size``×``size`` JPEGs (q90) under ``root``: decode cost like a camera image."""
+    import cv2
+    from preprocess import photo_like  # benchmarks/preprocess.py (the lead's), same synthetic photos
+
+    root.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        p = root / f"synthetic_{i:05d}.jpg"
+        cv2.imwrite(str(p), photo_like(size, size, i)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        out.append(str(p))
+    return out
+
+
+def image_files(root: Path) -> list[str]:
+    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BenchError(f"--images {root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
+    return files
+
+
+# -- environment --------------------------------------------------------------------------------
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count()}
+    try:
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    gpu = cuda_device_name()
+    if gpu:
+        info["gpu"] = gpu
+    return info
+
+
+def cuda_device_name() -> str | None:
+    """The CUDA device torch sees, or None (no torch, no CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def ort_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+# -- configurations -----------------------------------------------------------------------------
+
+def plan(args, variants: list[_variants.Variant], device: str, cuda_ort: bool) -> list[dict]:
+    """The (backend, precision) configurations of this run, each one child process.
+
+    ``reference``: a configuration whose rows go to ``reference_results`` (the plain FP32 export,
+    kept to show what the fusions buy) rather than to ``results``.
+    """
+    by = {v.name: v for v in variants}
+    cfgs: list[dict] = []
+    if args.ckpt:
+        cfgs.append(dict(name="torch fp32", backend="torch", label="torch", precision="fp32",
+                         model=str(args.ckpt), device=device))
+        if device == "cuda":
+            cfgs.append(dict(name="torch fp16 autocast", backend="torch", label="torch", precision="fp16",
+                             model=str(args.ckpt), device=device, autocast_fp16=True, cuda_graphs=True))
+    cpu = ["CPUExecutionProvider"]
+    if device == "cpu":
+        for v in variants:
+            cfgs.append(dict(name=f"onnxruntime {v.name}", backend="onnxruntime", label="onnxruntime",
+                             precision=v.precision, model=str(v.path), device="cpu", providers=cpu,
+                             variant=v.name, reference=v.name == "plain"))
+    elif cuda_ort:
+        gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        for name in ("optimized", "fp16"):
+            if name in by:
+                v = by[name]
+                cfgs.append(dict(name=f"onnxruntime-cuda {v.name}", backend="onnxruntime", label="onnxruntime",
+                                 precision=v.precision, model=str(v.path), device="cuda", providers=gpu,
+                                 variant=v.name))
+    if args.engine:
+        meta = json.loads(Path(str(args.engine) + ".json").read_text()) if Path(str(args.engine) + ".json").is_file() else {}
+        cfgs.append(dict(name="tensorrt", backend="tensorrt", label="tensorrt",
+                         precision=str(meta.get("nsnet.precision", "fp16")), model=str(args.engine), device="cuda"))
+    return cfgs
+
+
+def run_child(spec: dict, workdir: Path, timeout: float) -> tuple[dict | None, str | None]:
+    """Run benchmarks/_measure.py on ``spec``; (result, None) or (None, why it failed)."""
+    slug = spec["name"].replace(" ", "_")
+    spec = dict(spec, out=str(workdir / f"{slug}.json"))
+    spec_path = workdir / f"{slug}.spec.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
+    cmd = [sys.executable, str(HERE / "_measure.py"), str(spec_path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"did not finish in {timeout:.0f} s"
+    if proc.returncode != 0:
+        rc = proc.returncode
+        how = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
+        tail = " | ".join((proc.stderr or "").strip().splitlines()[-3:])
+        return None, f"{how}: {tail}"
+    return json.loads(Path(spec["out"]).read_text()), None
+
+
+def parity_report(cfgs: list[dict], workdir: Path, threshold: float) -> list[dict]:
+    """max |Δlogit|, |Δprob|, agreement and correlation of every configuration against the
+    reference: PyTorch FP32 (the unfolded checkpoint) if it ran, else the given FP32 graph."""
+    from export.to_onnx import compare
+
+    logits = {}
+    for c in cfgs:
+        p = workdir / (c["name"].replace(" ", "_") + ".logits.npy")
+        if p.is_file():
+            logits[c["name"]] = np.load(p)
+    ref_name = "torch fp32" if "torch fp32" in logits else next(
+        (c["name"] for c in cfgs if c.get("variant") in ("plain", "optimized") and c["name"] in logits), None)
+    if ref_name is None:
+        return []
+    ref = logits[ref_name]
+    out = []
+    for c in cfgs:
+        if c["name"] == ref_name or c["name"] not in logits:
+            continue
+        lo = logits[c["name"]]
+        par = compare(c["precision"], ref, lo, 1.0 / (1.0 + np.exp(-lo)), threshold)
+        out.append({"config": c["name"], "reference": ref_name, "precision": c["precision"], "n": par.n,
+                    "max_abs_logit": par.max_abs_logit, "max_abs_prob": par.max_abs_prob,
+                    "agreement": par.agreement, "logit_corr": par.logit_corr})
+    return out
+
+
+# -- output -------------------------------------------------------------------------------------
+
+def ratios(results: list[dict]) -> dict[tuple, float]:
+    """images/s of each model row over PyTorch FP32 at the same batch size (same run)."""
+    base = {r["batch_size"]: r["images_per_s"] for r in results
+            if r["stage"] == "model" and r["backend"] == "torch" and r["precision"] == "fp32"}
+    return {(r["backend"], r["precision"], r["batch_size"]): r["images_per_s"] / base[r["batch_size"]]
+            for r in results if r["stage"] == "model" and r["batch_size"] in base}
+
+
+def e2e_fraction(results: list[dict]) -> list[dict]:
+    """Best end-to-end rate over the worker counts as a fraction of model-only at that batch size."""
+    out = []
+    model = {(r["backend"], r["precision"], r["batch_size"]): r["images_per_s"]
+             for r in results if r["stage"] == "model"}
+    best: dict[tuple, dict] = {}
+    for r in results:
+        if r["stage"] == "end_to_end":
+            k = (r["backend"], r["precision"], r["batch_size"])
+            if k not in best or r["images_per_s"] > best[k]["images_per_s"]:
+                best[k] = r
+    for k, r in best.items():
+        if k in model:
+            out.append({"backend": k[0], "precision": k[1], "batch_size": k[2], "workers": r["workers"],
+                        "end_to_end_images_per_s": r["images_per_s"], "model_images_per_s": model[k],
+                        "fraction": r["images_per_s"] / model[k]})
+    return out
+
+
+def print_report(report: dict, out=None) -> None:
+    """The human-readable table (and parity, fused operators, end-to-end fractions) on ``out``."""
+    out = out or sys.stdout
+    rel = ratios(report["results"])
+    print(f"\nthreads: {report['threads']} (torch.set_num_threads = ORT intra_op_num_threads), "
+          f"device: {report['device']}, inputs: {report['inputs']}", file=out)
+    hdr = (f"{'backend':<12} {'prec':<5} {'stage':<11} {'batch':>5} {'work':>4} {'images/s':>10} "
+           f"{'p50 ms':>9} {'p99 ms':>9} {'RSS MB':>8} {'vs torch':>8}")
+    print(hdr, file=out)
+    print("-" * len(hdr), file=out)
+    rows = report["results"] + [dict(r, backend=r["backend"] + "*") for r in report["reference_results"]]
+    for r in rows:
+        x = rel.get((r["backend"].rstrip("*"), r["precision"], r["batch_size"])) \
+            if r["stage"] == "model" and not r["backend"].endswith("*") else None
+        if r["backend"].endswith("*") and r["stage"] == "model":
+            base = [b for b in report["results"] if b["stage"] == "model" and b["backend"] == "torch"
+                    and b["precision"] == "fp32" and b["batch_size"] == r["batch_size"]]
+            x = r["images_per_s"] / base[0]["images_per_s"] if base else None
+        print(f"{r['backend']:<12} {r['precision']:<5} {r['stage']:<11} {r['batch_size']:>5} {r['workers']:>4} "
+              f"{r['images_per_s']:>10.2f} {r['p50_ms']:>9.2f} {r['p99_ms']:>9.2f} {r['peak_rss_mb']:>8.0f} "
+              f"{'' if x is None else f'{x:.2f}x':>8}", file=out)
+    if report["reference_results"]:
+        print("* reference_results: " + "; ".join(sorted({r.get("variant", "") for r in report["reference_results"]})),
+              file=out)
+    if report["parity"]:
+        print("\nparity (same inputs, against " + report["parity"][0]["reference"] + ")", file=out)
+        for p in report["parity"]:
+            print(f"  {p['config']:<26} max|Δlogit| {p['max_abs_logit']:.3g}  max|Δprob| {p['max_abs_prob']:.3g}  "
+                  f"agreement {100 * p['agreement']:.1f}%  corr {p['logit_corr']:.5f}  (n={p['n']})", file=out)
+    if report["models"]:
+        print("\noperators per graph (fusions fired when Attention/SkipLayerNormalization appear):", file=out)
+        for m in report["models"]:
+            print(f"  {m['variant']:<10} {m['precision']:<5} {m['ops']}", file=out)
+    for f in report["end_to_end_vs_model"]:
+        print(f"end-to-end {f['backend']} {f['precision']} batch {f['batch_size']}: {100 * f['fraction']:.0f}% "
+              f"of model-only ({f['workers']} workers)", file=out)
+    for fail in report["failed"]:
+        print(f"FAILED {fail['config']}: {fail['error']}", file=out)
+    for s in report["not_run"]:
+        print(f"not run: {s}", file=out)
+
+
+def plot(report: dict, path: Path) -> None:
+    """images/s against batch size (model stage), one line per backend × precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list] = {}
+    for r in report["results"]:
+        if r["stage"] == "model":
+            name = f"{r['backend']} {r['precision']}" + (" (optimized)" if r["backend"] == "onnxruntime" else "")
+            series.setdefault(name, []).append((r["batch_size"], r["images_per_s"]))
+    for r in report["reference_results"]:
+        if r["stage"] == "model":
+            series.setdefault(f"{r['backend']} {r['precision']} ({r.get('variant')})", []).append(
+                (r["batch_size"], r["images_per_s"]))
+    for name, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images/s (model only)")
+    ax.set_title(f"{report['backbone']} — {report['device']}, {report['threads']} threads")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python benchmarks/throughput.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, type=Path, help="the FP32 .onnx export")
+    p.add_argument("--engine", type=Path, help="TensorRT engine (CUDA machines)")
+    p.add_argument("--ckpt", type=Path, help="run directory: PyTorch eager baseline and parity reference")
+    p.add_argument("--batch-sizes", type=positive_ints, default=[1, 8, 32, 128], help="e.g. 1,8,32,128")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--images", type=Path, help="directory of image files (recursive)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic photo-like JPEGs (default 64)")
+    p.add_argument("--size", type=int, default=512, help="side of the synthetic images (default 512)")
+    p.add_argument("--workers", type=positive_ints, default=[1, 2, 4], help="decode worker counts, e.g. 1,2,4")
+    p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--plot", type=Path, help="PNG of images/s against batch size")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="intra-op threads for every backend (default: all cores)")
+    p.add_argument("--iters", type=int, default=20, help="timed batches per model row (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
+    p.add_argument("--parity-n", type=int, default=32, help="inputs for the parity report (0 skips)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA rows when a CUDA device is visible, else CPU rows")
+    p.add_argument("--no-int8", action="store_true", help="skip the INT8 variant")
+    p.add_argument("--workdir", type=Path, help="keep derived models and child outputs here")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration (default 3600)")
+    return p
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> dict:
+    """Everything but printing: derive variants, run every configuration, collect the report."""
+    from tqdm import tqdm
+
+    if not args.model.is_file() or args.model.suffix != ".onnx":
+        raise BenchError(f"--model {args.model}: not an .onnx file")
+    if args.ckpt and not (args.ckpt / "nsnet.json").is_file():
+        raise BenchError(f"--ckpt {args.ckpt}: not a run directory (no nsnet.json)")
+    if args.engine and not args.engine.is_file():
+        raise BenchError(f"--engine {args.engine}: not found")
+    if args.threads < 1 or args.iters < 1 or args.warmup < 0 or args.size < 32:
+        raise BenchError("--threads and --iters must be >= 1, --warmup >= 0, --size >= 32")
+    from export.to_onnx import read_metadata
+
+    meta = read_metadata(args.model)
+    gpu = cuda_device_name()
+    device = args.device if args.device != "auto" else ("cuda" if gpu else "cpu")
+    if device == "cuda" and not gpu:
+        raise BenchError("--device cuda: no CUDA device visible to torch")
+    cuda_ort = "CUDAExecutionProvider" in ort_providers()
+    not_run = []
+    if device == "cpu":
+        not_run.append("CUDA rows (PyTorch FP16 autocast + CUDA graphs, ONNX Runtime CUDA, TensorRT): "
+                       + ("no CUDA device" if not gpu else "--device cpu"))
+    if device == "cuda" and not cuda_ort:
+        not_run.append("ONNX Runtime CUDA: CUDAExecutionProvider not available (onnxruntime-gpu not installed)")
+    if not args.engine:
+        not_run.append("TensorRT: no --engine given")
+    if not args.ckpt:
+        not_run.append("PyTorch baseline: no --ckpt given (parity against the given FP32 graph)")
+
+    tmp = tempfile.TemporaryDirectory(prefix="nsnet-bench-") if args.workdir is None else None
+    workdir = Path(tmp.name) if tmp else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        files = image_files(args.images) if args.images else \
+            synthetic_files(args.synthetic or 64, args.size, workdir / "images")
+        logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice to pre-process
+        t = time.perf_counter()
+        variants = _variants.derive(args.model, workdir / "models", int8=not args.no_int8 and device == "cpu",
+                                    fp16=device == "cuda" and cuda_ort)
+        derive_s = time.perf_counter() - t
+        cfgs = plan(args, variants, device, cuda_ort)
+
+        parity_path = None
+        if args.parity_n > 0:
+            from export.verify import synthetic_images
+            from nsnet_sdk.preprocess import PatchConfig
+
+            cfg = PatchConfig.from_dict(json.loads(meta["nsnet.preprocess"]))
+            parity_path = workdir / "parity_inputs.npy"
+            np.save(parity_path, synthetic_images(args.parity_n, cfg, seed=0))
+
+        common = dict(threads=args.threads, batch_sizes=args.batch_sizes, workers=args.workers,
+                      e2e_batch_size=max(args.batch_sizes), files=files, iters=args.iters,
+                      warmup=args.warmup, parity_inputs=str(parity_path) if parity_path else None)
+        results, reference, device_mem, failed = [], [], [], []
+        label = "tensorrt" if args.engine and device == "cuda" else "onnxruntime"
+        pre = dict(common, kind="preprocess", name="preprocess", label=label,
+                   precision="fp16" if label == "tensorrt" else "fp32",
+                   preprocess=json.loads(meta["nsnet.preprocess"]))
+        for spec in tqdm([pre] + [dict(common, kind="model", **c) for c in cfgs], desc="configurations",
+                         unit="config", file=sys.stderr):
+            tqdm.write(f"  {spec['name']} ...", file=sys.stderr)
+            if spec.get("reference"):
+                spec = dict(spec, e2e=False)  # the plain graph is a model-stage reference only
+            res, err = run_child(spec, workdir, args.timeout)
+            if err:
+                failed.append({"config": spec["name"], "error": err})
+                continue
+            dest = reference if spec.get("reference") else results
+            dest.extend(dict(r, variant=spec["variant"]) if spec.get("reference") else r for r in res["rows"])
+            reference.extend(res["extra_rows"])
+            device_mem.extend(res["device_memory"])
+
+        report = {
+            "command": " ".join(shlex.quote(a) for a in [sys.executable, "benchmarks/throughput.py", *argv]),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "libraries": library_versions(),
+            "backbone": meta.get("nsnet.backbone", ""), "device": device, "threads": args.threads,
+            "inputs": (f"{len(files)} files from {args.images}" if args.images
+                       else f"{len(files)} synthetic {args.size}x{args.size} JPEGs"),
+            "iters": args.iters, "warmup": args.warmup,
+            "models": [{"variant": v.name, "precision": v.precision, "path": str(v.path), "derived": v.derived,
+                        "ops": v.ops} for v in variants],
+            "derive_seconds": round(derive_s, 1),
+            "results": results,
+            "reference_results": reference,
+            "parity": parity_report(cfgs, workdir, float(meta.get("nsnet.threshold", 0.5))),
+            "end_to_end_vs_model": [], "device_memory": device_mem,
+            "failed": failed, "not_run": not_run,
+        }
+        report["end_to_end_vs_model"] = e2e_fraction(results)
+        report["speedup_vs_torch_fp32"] = [
+            {"backend": k[0], "precision": k[1], "batch_size": k[2], "ratio": v}
+            for k, v in ratios(results).items() if k[0] != "torch" or k[1] != "fp32"]
+        return report
+    finally:
+        if tmp:
+            tmp.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        report = run(args, argv)
+    except BenchError as e:
+        parser.error(str(e))  # exit 2 with the usage line
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"\nwrote {args.json}", file=sys.stderr)
+    if args.plot:
+        plot(report, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 1 if report["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

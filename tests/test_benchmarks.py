@@ -1,0 +1,169 @@
+"""benchmarks/throughput.py smoke test on nsnet-tiny: report schema and sanity, nothing timed.
+
+One real run (PyTorch baseline, derived optimised + INT8 graphs, preprocessing, end-to-end through
+the SDK, each configuration in its own child process) shared by the tests below; plus the pieces
+whose failure would silently corrupt figures: peak-RSS accounting, ratio arithmetic, crash isolation.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+pytest.importorskip("onnx")
+pytest.importorskip("matplotlib")
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _measure  # noqa: E402
+import throughput  # noqa: E402
+from _sdk_util import tiny_export  # noqa: E402
+
+BATCHES, WORKERS = (1, 3), (1, 2)
+BACKENDS, PRECISIONS, STAGES = {"onnxruntime", "tensorrt", "torch"}, {"fp32", "fp16", "int8"}, \
+    {"model", "preprocess", "end_to_end"}
+KEYS = {"backend", "precision", "stage", "batch_size", "workers", "images_per_s", "p50_ms", "p99_ms",
+        "peak_rss_mb"}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    art = tiny_export()
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--model", str(art["onnx"]), "--ckpt", str(art["run"]), "--batch-sizes", "1,3",
+            "--synthetic", "6", "--size", "96", "--workers", "1,2", "--iters", "2", "--warmup", "1",
+            "--parity-n", "4", "--threads", "1", "--device", "cpu",
+            "--json", str(out / "r.json"), "--plot", str(out / "r.png")]
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = throughput.main(argv)
+    return {"rc": rc, "report": json.loads((out / "r.json").read_text()), "stdout": buf.getvalue(),
+            "png": out / "r.png"}
+
+
+def test_run_completes_with_machine_and_versions(bench):
+    rep = bench["report"]
+    assert bench["rc"] == 0, rep["failed"]
+    assert rep["failed"] == []
+    assert rep["machine"]["cpu_count"] >= 1 and rep["libraries"]["onnxruntime"] and rep["libraries"]["torch"]
+    assert "--batch-sizes 1,3" in rep["command"] and rep["threads"] == 1 and rep["backbone"] == "nsnet-tiny"
+    assert any("TensorRT" in s for s in rep["not_run"])  # no engine, no CUDA here: said, not hidden
+
+
+def test_every_row_has_exactly_the_contract_keys_and_sane_values(bench):
+    rows = bench["report"]["results"]
+    assert rows
+    for r in rows:
+        assert set(r) == KEYS, r
+        assert r["backend"] in BACKENDS and r["precision"] in PRECISIONS and r["stage"] in STAGES, r
+        assert math.isfinite(r["images_per_s"]) and r["images_per_s"] > 0, r
+        assert 0 < r["p50_ms"] <= r["p99_ms"], r
+        assert r["peak_rss_mb"] > 10, r  # a Python process with numpy is tens of MB at least
+        assert r["workers"] == 0 if r["stage"] == "model" else r["workers"] in WORKERS, r
+
+
+def test_expected_backend_stage_combinations_present(bench):
+    got = {(r["backend"], r["precision"], r["stage"], r["batch_size"], r["workers"]) for r in bench["report"]["results"]}
+    want = set()
+    for backend, prec in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")):
+        want |= {(backend, prec, "model", b, 0) for b in BATCHES}
+        want |= {(backend, prec, "end_to_end", max(BATCHES), w) for w in WORKERS}
+    want |= {("onnxruntime", "fp32", "preprocess", 1, w) for w in WORKERS}
+    assert want <= got, sorted(want - got)
+    assert len(got) == len(bench["report"]["results"])  # no configuration reported twice
+
+
+def test_torch_model_rows_use_more_memory_than_ort(bench):
+    # The torch child holds torch + open_clip + the unfolded model; ORT children hold neither.
+    # Equal figures would mean RSS is not measured per configuration.
+    rows = bench["report"]["results"]
+    torch_rss = min(r["peak_rss_mb"] for r in rows if r["backend"] == "torch")
+    ort_rss = max(r["peak_rss_mb"] for r in rows if r["backend"] == "onnxruntime")
+    assert torch_rss > ort_rss + 50
+
+
+def test_derived_variants_fused_quantised_and_in_parity(bench):
+    rep = bench["report"]
+    models = {m["variant"]: m for m in rep["models"]}
+    assert set(models) == {"plain", "optimized", "int8"}
+    assert "Attention" not in models["plain"]["ops"]
+    assert models["optimized"]["ops"].get("Attention") == 2  # nsnet-tiny has 2 blocks
+    assert models["optimized"]["ops"].get("SkipLayerNormalization", 0) > 0
+    assert models["int8"]["ops"].get("MatMulInteger", 0) + models["int8"]["ops"].get("DynamicQuantizeMatMul", 0) > 0
+    par = {p["config"]: p for p in rep["parity"]}
+    assert {p["reference"] for p in rep["parity"]} == {"torch fp32"}
+    for name in ("onnxruntime plain", "onnxruntime optimized"):
+        assert par[name]["max_abs_logit"] <= 1e-4 and par[name]["n"] == 4
+    q = par["onnxruntime int8"]
+    assert 1e-7 < q["max_abs_logit"] < 1.0  # INT8 is a different (quantised) graph, yet close
+    # The plain graph is kept as a reference figure, out of "results".
+    assert {r.get("variant") for r in rep["reference_results"]} == {"plain"}
+
+
+def test_outputs_table_and_png(bench):
+    out = bench["stdout"]
+    n_rows = len(bench["report"]["results"]) + len(bench["report"]["reference_results"])
+    table = [line for line in out.splitlines() if line[:1] != " " and line.split()[:1] and line.split()[0] in
+             {"torch", "onnxruntime", "onnxruntime*", "tensorrt"}]
+    assert len(table) == n_rows
+    assert "parity" in out and "vs torch" in out
+    assert bench["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peak_rss_is_reset_per_stage():
+    if not _measure.reset_peak_rss():
+        pytest.skip("/proc/self/clear_refs not writable: per-stage peak RSS unsupported here")
+    base = _measure.peak_rss_mb()
+    a = np.ones(40 * 2**20 // 8)  # 40 MiB, touched
+    high = _measure.peak_rss_mb()
+    del a
+    _measure.reset_peak_rss()
+    after = _measure.peak_rss_mb()
+    assert high >= base + 35
+    assert after < high - 30
+
+
+def test_ratio_arithmetic():
+    rows = [
+        {"backend": "torch", "precision": "fp32", "stage": "model", "batch_size": 8, "workers": 0, "images_per_s": 10.0},
+        {"backend": "onnxruntime", "precision": "int8", "stage": "model", "batch_size": 8, "workers": 0, "images_per_s": 35.0},
+        {"backend": "onnxruntime", "precision": "int8", "stage": "end_to_end", "batch_size": 8, "workers": 1, "images_per_s": 14.0},
+        {"backend": "onnxruntime", "precision": "int8", "stage": "end_to_end", "batch_size": 8, "workers": 2, "images_per_s": 33.25},
+    ]
+    assert throughput.ratios(rows)[("onnxruntime", "int8", 8)] == pytest.approx(3.5)
+    (f,) = throughput.e2e_fraction(rows)
+    assert f["workers"] == 2 and f["fraction"] == pytest.approx(0.95)
+
+
+def test_a_crashing_configuration_is_a_failed_row_not_a_failed_run(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage that is no ONNX model")
+    spec = dict(kind="model", name="onnxruntime broken", backend="onnxruntime", label="onnxruntime",
+                precision="fp32", model=str(bad), device="cpu", providers=["CPUExecutionProvider"],
+                threads=1, batch_sizes=[1], workers=[1], e2e_batch_size=1, files=[], iters=1, warmup=0,
+                parity_inputs=None)
+    res, err = throughput.run_child(spec, tmp_path, timeout=120)
+    assert res is None and "exit code" in err and "ModelLoadError" in err
+
+
+@pytest.mark.parametrize("argv", [["--batch-sizes", "0"], ["--workers", "x"]])
+def test_usage_errors_exit_2(argv, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        throughput.main(["--model", str(tmp_path / "m.onnx"), *argv])
+    assert e.value.code == 2
+
+
+def test_missing_model_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        throughput.main(["--model", str(tmp_path / "absent.onnx"), "--synthetic", "2"])
+    assert e.value.code == 2 and "absent.onnx" in capsys.readouterr().err
