@@ -1,0 +1,410 @@
+"""export/: folding, ONNX (FP32 / FP16 / INT8 / fused), metadata, CLIs, TensorRT (skipped without it).
+
+Run directories are real `training.train --epochs 0` outputs with random weights; each is built once
+per module. ViT-B-32 and ViT-L-14 checks are marked slow (they run in CI).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from _export_util import make_run, random_inputs, script, torch_logits, weight_matmuls  # noqa: E402
+
+from export import ort_run  # noqa: E402
+from export.fold import fold_model, folded_weights  # noqa: E402
+from export.to_onnx import (CheckpointError, export_model, export_onnx, read_metadata,  # noqa: E402
+                            reference_logits)
+from nsnet_sdk.backends.ort_options import session_options_for  # noqa: E402
+from training.checkpoint import load_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("tiny") / "run", "nsnet-tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny):
+    return load_checkpoint(tiny)
+
+
+@pytest.fixture(scope="module")
+def tiny_fp32(tiny, tmp_path_factory):
+    return export_model(tiny, tmp_path_factory.mktemp("onnx") / "nsnet.onnx")
+
+
+# ---------------------------------------------------------------- folding
+
+
+def _check_fold(model, n: int, seed: int = 3) -> float:
+    images = torch.from_numpy(random_inputs(n, seed))
+    folded = fold_model(model)
+    with torch.inference_mode():
+        ref = model(images)
+        logit, prob = folded(images)
+    assert logit.shape == (n,) and prob.shape == (n,)
+    torch.testing.assert_close(prob, torch.sigmoid(logit))
+    return float((logit.double() - ref.double()).abs().max())
+
+
+def test_fold_equivalence_tiny(tiny_model):
+    model, _ = tiny_model
+    assert _check_fold(model, 8) <= 1e-5
+
+
+def test_folded_weights_equal_explicit_projector(tiny_model):
+    # Independent algebra: form P = I − UUᵀ explicitly (the fold never does) and multiply through.
+    model, _ = tiny_model
+    u = model.nullspace.basis.double()
+    p = torch.eye(u.shape[0], dtype=torch.float64) - u @ u.T
+    want = model.visual.proj.double() @ p @ model.head[0].weight.double().T
+    w = folded_weights(model)
+    torch.testing.assert_close(w["proj"].double(), want, rtol=0, atol=1e-6)
+    want_out = model.classifier.weight.double() @ model.head[2].weight.double()
+    torch.testing.assert_close(w["out_weight"].double(), want_out, rtol=0, atol=1e-6)
+
+
+def test_fold_changes_with_basis(tiny_model):
+    # The projector must really be in the folded weights: another basis gives another proj'.
+    model, _ = tiny_model
+    before = folded_weights(model)["proj"]
+    saved = model.nullspace.basis.clone()
+    try:
+        q, _ = torch.linalg.qr(torch.randn_like(saved))
+        model.nullspace.basis.copy_(q)
+        assert (folded_weights(model)["proj"] - before).abs().max() > 1e-3
+    finally:
+        model.nullspace.basis.copy_(saved)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["ViT-B-32", "ViT-L-14"])
+def test_fold_equivalence_real_architectures(backbone, tmp_path_factory):
+    model, _ = load_checkpoint(make_run(tmp_path_factory.mktemp(backbone) / "run", backbone))
+    assert _check_fold(model, 2) <= 1e-5
+
+
+# ---------------------------------------------------------------- ONNX FP32
+
+
+def test_onnx_fp32_parity_and_io(tiny, tiny_model, tiny_fp32):
+    model, _ = tiny_model
+    path = tiny_fp32.path
+    sess = ort.InferenceSession(str(path), session_options_for("fp32", "cpu"), providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()
+    assert inp.name == "images" and inp.type == "tensor(float)" and inp.shape[1:] == [3, 224, 224]
+    assert isinstance(inp.shape[0], str)  # dynamic batch
+    assert [o.name for o in sess.get_outputs()] == ["logit", "prob_fake"]
+    for n in (1, 5):  # two batch sizes through one session: the batch axis really is dynamic
+        x = random_inputs(n, seed=10 + n)
+        logit, prob = sess.run(None, {"images": x})
+        assert logit.shape == (n,) and prob.shape == (n,)
+        assert np.abs(logit - torch_logits(model, x)).max() <= 1e-4
+        np.testing.assert_allclose(prob, 1 / (1 + np.exp(-logit.astype(np.float64))), atol=1e-6)
+    onnx.checker.check_model(str(path))
+
+
+def _macs(shapes):
+    return sum(int(np.prod(s)) for s in shapes)
+
+
+def test_no_separate_projection_in_graph(tiny_model, tiny_fp32, tmp_path):
+    """Against plain CLIP's visual tower exported the same way: the only differences are the Q/K/V
+    split (same MACs, 2 more MatMuls per block) and proj (width×d) becoming proj' (width×hidden)
+    plus the 1-output classifier. An unfolded projector would add d×d (or d×k, k×d) and d×hidden."""
+    model, _ = tiny_model
+    plain = tmp_path / "plain.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.visual, (torch.zeros(2, 3, 224, 224),), str(plain), input_names=["images"],
+                          dynamic_axes={"images": {0: "b"}}, opset_version=17, dynamo=False)
+    plain_w, ours = weight_matmuls(plain), weight_matmuls(tiny_fp32.path)
+    layers = len(model.visual.transformer.resblocks)
+    width, d = model.visual.proj.shape
+    hidden = model.head[0].out_features
+    assert len(ours) == len(plain_w) + 2 * layers + 1
+    assert _macs(ours) == _macs(plain_w) - width * d + width * hidden + hidden
+
+
+# ---------------------------------------------------------------- fused graph, INT8, FP16
+
+
+def test_optimize_fuses_attention_layernorm_gelu(tiny, tiny_model, tmp_path):
+    model, _ = tiny_model
+    res = export_model(tiny, tmp_path / "opt.onnx", optimize=True)
+    layers = len(model.visual.transformer.resblocks)
+    ops = _ops(res.path)
+    assert ops.get("Attention", 0) == layers and "Softmax" not in ops
+    assert ops.get("SkipLayerNormalization", 0) >= 2 * layers - 1
+    assert ops.get("BiasGelu", 0) + ops.get("Gelu", 0) + ops.get("FastGelu", 0) >= layers
+    x = random_inputs(6, seed=21)
+    logit, _ = ort_run.run(res.path, x, "fp32")
+    assert np.abs(logit - torch_logits(model, x)).max() <= 1e-4
+
+
+def _ops(path):
+    from export.to_onnx import op_counts
+
+    return op_counts(path)
+
+
+def test_int8_is_quantised_and_correlates(tiny, tiny_model, tmp_path):
+    model, _ = tiny_model
+    res = export_model(tiny, tmp_path / "int8.onnx", int8=True)
+    assert read_metadata(res.path)["nsnet.precision"] == "int8"
+    ops = _ops(res.path)
+    assert ops.get("MatMulInteger", 0) + ops.get("DynamicQuantizeMatMul", 0) + ops.get("QAttention", 0) > 0
+    x = random_inputs(32, seed=5)
+    logit, _ = ort_run.run(res.path, x, "int8")
+    ref = torch_logits(model, x)
+    assert np.corrcoef(ref, logit)[0, 1] >= 0.99
+    assert np.abs(logit - ref).max() > 0  # really quantised, not the FP32 graph relabelled
+
+
+def _value_types(model) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return types
+
+
+def test_fp16_graph_keeps_io_and_norms_in_fp32(tiny, tmp_path):
+    res = export_model(tiny, tmp_path / "fp16.onnx", fp16=True)
+    model = onnx.load(str(res.path))
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [f32]
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [f32, f32]
+    types = _value_types(model)
+    big = [t for t in model.graph.initializer if len(t.dims) == 2]
+    assert big and all(t.data_type == f16 for t in big)  # weights really FP16
+    guarded = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
+    assert guarded
+    for n in guarded:
+        assert types[n.input[0]] == f32 and types[n.output[0]] == f32, n.name
+    assert any(n.op_type == "MatMul" and types.get(n.output[0]) == f16 for n in model.graph.node)
+
+
+def test_fp16_parity_in_child_process(tiny, tiny_model, tmp_path):
+    # Run in a child process: an ONNX Runtime crash is reported here as a failure, not a dead run.
+    model, _ = tiny_model
+    path = export_onnx(tiny, tmp_path / "fp16.onnx", fp16=True)
+    x = random_inputs(16, seed=7)
+    logit, prob = ort_run.run_isolated(path, x, "fp16")
+    ref = torch_logits(model, x)
+    assert np.abs(prob - 1 / (1 + np.exp(-ref))).max() <= 5e-3
+    assert np.mean((prob >= 0.5) == (ref >= 0)) >= 0.999
+
+
+def test_isolated_runner_reports_a_crash(tmp_path, monkeypatch):
+    # A child that dies by a signal must come back as OrtCrashError naming the signal.
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"\x00")
+    real_run = subprocess.run
+
+    def fake_run(cmd, **kw):
+        return real_run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], **kw)
+
+    monkeypatch.setattr(ort_run.subprocess, "run", fake_run)
+    with pytest.raises(ort_run.OrtCrashError, match="SIGSEGV"):
+        ort_run.run_isolated(bad, random_inputs(1), "fp16")
+
+
+def test_session_options_by_precision_and_provider():
+    lvl = ort.GraphOptimizationLevel
+    assert session_options_for("fp16", "CPUExecutionProvider").graph_optimization_level == lvl.ORT_ENABLE_EXTENDED
+    assert session_options_for("fp16", "cpu").graph_optimization_level == lvl.ORT_ENABLE_EXTENDED
+    assert session_options_for("fp16", ("CUDAExecutionProvider", {})).graph_optimization_level == lvl.ORT_ENABLE_ALL
+    assert session_options_for("fp32", "cpu").graph_optimization_level == lvl.ORT_ENABLE_ALL
+    assert session_options_for("int8", "cpu", intra_op_threads=3).intra_op_num_threads == 3
+    with pytest.raises(ValueError):
+        session_options_for("bf16", "cpu")
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def test_metadata_round_trip(tiny, tiny_model, tiny_fp32):
+    from nsnet_sdk.artifact import ModelMeta
+    from nsnet_sdk.preprocess import PatchConfig
+
+    model, meta = tiny_model
+    md = read_metadata(tiny_fp32.path)
+    assert md["nsnet.format"] == "nsnet-onnx/1"
+    assert md["nsnet.backbone"] == meta["backbone"] == "nsnet-tiny"
+    assert PatchConfig.from_dict(json.loads(md["nsnet.preprocess"])) == PatchConfig.from_dict(meta["preprocess"])
+    assert md["nsnet.preprocess"] == PatchConfig.from_dict(meta["preprocess"]).to_json()
+    assert float(md["nsnet.threshold"]) == meta["threshold"]
+    assert md["nsnet.precision"] == "fp32"
+    assert int(md["nsnet.projector_rank"]) == model.nullspace.basis.shape[1]
+    assert md["nsnet.source_sha256"] == hashlib.sha256((tiny / "nsnet.safetensors").read_bytes()).hexdigest()
+    parsed = ModelMeta.parse(md, str(tiny_fp32.path))  # the SDK accepts what we write
+    assert parsed.threshold == meta["threshold"] and parsed.precision == "fp32"
+
+
+def test_external_data_when_large(tiny, tmp_path, monkeypatch):
+    import export.to_onnx as to_onnx
+
+    monkeypatch.setattr(to_onnx, "EXTERNAL_DATA_BYTES", 1000)  # force the large-model path on tiny
+    path = export_onnx(tiny, tmp_path / "ext.onnx")
+    data = tmp_path / "ext.onnx.data"
+    assert data.is_file() and data.stat().st_size > path.stat().st_size
+    onnx.checker.check_model(str(path))
+    assert read_metadata(path)["nsnet.precision"] == "fp32"
+    # Re-export over it: the data file is replaced, not appended to.
+    size = data.stat().st_size
+    export_onnx(tiny, path)
+    assert data.stat().st_size == size
+
+
+@pytest.mark.slow
+def test_vit_l14_export_external_data_and_parity(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("l14x") / "run", "ViT-L-14")
+    out = tmp_path_factory.mktemp("l14onnx") / "nsnet.onnx"
+    res = export_model(run, out, parity_n=2)
+    assert res.parity.max_abs_logit <= 1e-4
+    data = out.with_name("nsnet.onnx.data")
+    assert data.is_file() and data.stat().st_size > 1_000_000_000 and out.stat().st_size < 10_000_000
+    onnx.checker.check_model(str(out))
+    layers = 24
+    shapes = weight_matmuls(out)
+    # 6 per block (q, k, v, out, fc, proj), proj' (width×hidden), classifier; no d×d (768×768).
+    assert len(shapes) == 6 * layers + 2 and (1024, 512) in shapes and (768, 768) not in shapes
+
+
+# ---------------------------------------------------------------- CLIs
+
+
+def _cli(name, *args, cwd=None):
+    return subprocess.run([*script(name), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_to_onnx_cli_missing_checkpoint(tmp_path):
+    out = tmp_path / "x.onnx"
+    proc = _cli("to_onnx", "--ckpt", tmp_path / "nope", "--out", out)
+    assert proc.returncode == 2
+    assert "checkpoint directory not found" in proc.stderr and "nope" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_to_onnx_cli_corrupt_checkpoint(tiny, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "nsnet.json").write_text((tiny / "nsnet.json").read_text())
+    (bad / "nsnet.safetensors").write_bytes((tiny / "nsnet.safetensors").read_bytes()[:5000])
+    out = tmp_path / "x.onnx"
+    proc = _cli("to_onnx", "--ckpt", bad, "--out", out)
+    assert proc.returncode == 2 and "cannot load checkpoint" in proc.stderr and str(bad) in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+    with pytest.raises(CheckpointError):
+        export_onnx(bad, out)
+
+
+def test_to_onnx_cli_usage_error(tmp_path):
+    proc = _cli("to_onnx", "--out", tmp_path / "x.onnx")
+    assert proc.returncode == 2 and "--ckpt" in proc.stderr
+
+
+def test_to_onnx_cli_writes_report(tiny, tmp_path):
+    out = tmp_path / "cli.onnx"
+    proc = _cli("to_onnx", "--ckpt", tiny, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["metadata"] == read_metadata(out)
+    assert rep["parity"]["max_abs_logit"] <= 1e-4
+
+
+def test_verify_cli_passes_and_fails(tiny, tiny_fp32, tmp_path):
+    fp16 = export_onnx(tiny, tmp_path / "fp16.onnx", fp16=True)
+    report = tmp_path / "r.json"
+    ok = _cli("verify", "--ckpt", tiny, "--onnx", tiny_fp32.path, "--onnx-fp16", fp16,
+              "--synthetic", 24, "--json", report)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    rows = {r["name"]: r for r in json.loads(report.read_text())["rows"]}
+    assert rows["onnx"]["max_abs_logit"] <= 1e-4 and rows["onnx-fp16"]["max_abs_prob"] <= 5e-3
+    assert "onnx" in ok.stdout and "fp16" in ok.stdout
+
+    # A model of another checkpoint must fail the bound (exit 1) and be flagged.
+    other = make_run(tmp_path / "other", "nsnet-tiny", seed=1)
+    wrong = export_onnx(other, tmp_path / "other.onnx")
+    bad = _cli("verify", "--ckpt", tiny, "--onnx", wrong, "--synthetic", 8)
+    assert bad.returncode == 1 and "FAIL" in bad.stdout and "source_sha256 differs" in bad.stdout
+
+
+def test_verify_cli_images_dir(tiny, tiny_fp32, tmp_path):
+    import cv2
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(d / f"{i}.png"), rng.integers(0, 256, (250 + 10 * i, 300, 3), dtype=np.uint8))
+    (d / "broken.jpg").write_bytes(b"not an image")
+    proc = _cli("verify", "--ckpt", tiny, "--onnx", tiny_fp32.path, "--images", d)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 inputs" in proc.stdout and "broken.jpg" in proc.stderr
+
+
+def test_verify_cli_errors(tiny, tiny_fp32, tmp_path):
+    missing = _cli("verify", "--ckpt", tmp_path / "nope", "--onnx", tiny_fp32.path, "--synthetic", 2)
+    assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+    no_model = _cli("verify", "--ckpt", tiny, "--onnx", tmp_path / "none.onnx")
+    assert no_model.returncode == 2 and "none.onnx" in no_model.stderr
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"garbage")
+    bad = _cli("verify", "--ckpt", tiny, "--onnx", junk, "--synthetic", 2)
+    assert bad.returncode == 1 and "FAIL" in bad.stdout and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------- TensorRT
+
+
+def _have_trt() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "tensorrt is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
+def test_to_trt_cli_clear_error_without_tensorrt(tiny_fp32, tmp_path):
+    if _have_trt() is None:
+        pytest.skip("TensorRT and CUDA are present: the missing-TensorRT path cannot be exercised")
+    proc = _cli("to_trt", "--onnx", tiny_fp32.path, "--out", tmp_path / "x.engine", "--fp16")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.engine").exists()
+
+
+@pytest.mark.gpu
+def test_tensorrt_fp16_engine_parity(tiny, tiny_model, tiny_fp32, tmp_path):
+    reason = _have_trt()
+    if reason:
+        pytest.skip(reason)
+    from export.to_trt import build_engine, run_engine
+
+    model, _ = tiny_model
+    cache = tmp_path / "timing.cache"
+    engine = build_engine(tiny_fp32.path, tmp_path / "nsnet.engine", fp16=True, min_batch=1, opt_batch=4,
+                          max_batch=8, timing_cache=cache)
+    side = json.loads((tmp_path / "nsnet.engine.json").read_text())
+    assert side["nsnet.precision"] == "fp16" and side["nsnet.trt.max_batch"] == 8
+    assert side["nsnet.source_sha256"] == read_metadata(tiny_fp32.path)["nsnet.source_sha256"]
+    assert cache.is_file() and cache.stat().st_size > 0
+    x = random_inputs(11, seed=4)  # > max_batch: split across two executions
+    logit, prob = run_engine(engine, x)
+    ref = reference_logits(model, x)
+    assert np.abs(prob - 1 / (1 + np.exp(-ref))).max() <= 5e-3
