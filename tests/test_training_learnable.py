@@ -1,0 +1,142 @@
+"""End to end on the synthetic task: train nsnet-tiny, evaluate, resume, calibrate, LoRA.
+
+The task: "fake" = an image upsampled by a 2× transposed convolution (checkerboard fingerprint),
+"real" = procedurally generated photo-like scenes (training/synthetic.py). Held-out images only.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nsnet_sdk.preprocess import load_image, preprocess
+from training.evaluate import PERTURBATIONS
+from training.evaluate import main as evaluate_main
+from training.model import NSNet
+from training.synthetic import write_dataset
+
+from _training_util import tiny_run
+
+EPOCHS = 12
+TRAIN_FLAGS = ("--cache-features", "--lr", "1e-3", "--batch-size", "32", "--seed", "0")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = write_dataset(tmp_path_factory.mktemp("synth"), ["tconv"], n_train=64, n_val=32, seed=0, progress=False)
+    # Two unreadable training files: counted and skipped, never fatal.
+    (root / "tconv" / "train" / "ai" / "zz_truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (root / "tconv" / "train" / "nature" / "zz_empty.jpg").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(synth, tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("run") / "run", *TRAIN_FLAGS, data=synth, epochs=EPOCHS)
+
+
+@pytest.fixture(scope="module")
+def report(trained, synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    assert evaluate_main(["--ckpt", str(trained), "--data", str(synth), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_reaches_90_percent_on_held_out_images(report) -> None:
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics) == {"overall", "per_generator"}
+    overall = metrics["overall"]
+    assert set(overall) == {"acc", "ap", "real_acc", "fake_acc", "n"}
+    assert overall["n"] == 64  # the val split: 32 real + 32 fake, none seen in training
+    assert overall["acc"] >= 0.90, overall
+    assert metrics["per_generator"]["tconv"] == overall
+
+
+def test_report_files(report) -> None:
+    table = (report / "table.md").read_text()
+    assert "| tconv |" in table and "| **mean** |" in table
+    for name in ("roc.png", "pr.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["skipped"] == 0 and summary["threshold"] == 0.5
+
+
+def test_run_directory_contents(trained) -> None:
+    meta = json.loads((trained / "nsnet.json").read_text())
+    assert meta["training"]["epochs"] == EPOCHS
+    assert meta["data"]["skipped"] == 2 and meta["data"]["n_images"] == 128
+    assert meta["data"]["generators"] == ["tconv"]
+    lines = [json.loads(ln) for ln in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == list(range(1, EPOCHS + 1))
+    assert all({"loss", "supcon", "bce", "train_acc", "val_acc", "val_ap"} <= set(ln) for ln in lines)
+    assert lines[-1]["loss"] < lines[0]["loss"]
+
+
+def test_checkpoint_scores_like_the_evaluation(trained, synth, report) -> None:
+    """The saved weights + the SDK's preprocessing reproduce the evaluated accuracy."""
+    model = NSNet.from_checkpoint(trained)
+    paths = sorted((synth / "tconv" / "val").rglob("*.png"))
+    x = torch.from_numpy(np.stack([preprocess(load_image(p)) for p in paths]))
+    with torch.no_grad():
+        pred = (torch.sigmoid(model(x)) >= 0.5).numpy()
+    labels = np.array([p.parent.name == "ai" for p in paths])
+    acc = float(np.mean(pred == labels))
+    assert acc == pytest.approx(json.loads((report / "metrics.json").read_text())["overall"]["acc"])
+
+
+def test_resume_continues_exactly(synth, tmp_path) -> None:
+    straight = tiny_run(tmp_path / "straight", *TRAIN_FLAGS, data=synth, epochs=4)
+    resumed = tiny_run(tmp_path / "resumed", *TRAIN_FLAGS, data=synth, epochs=2)
+    tiny_run(tmp_path / "resumed", *TRAIN_FLAGS, "--resume", data=synth, epochs=4)
+    a = load_file(str(straight / "nsnet.safetensors"))
+    b = load_file(str(resumed / "nsnet.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_calibrate_fpr_rewrites_threshold(trained, synth, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    out = tmp_path / "rep"
+    assert evaluate_main(["--ckpt", str(run), "--data", str(synth), "--out", str(out), "--quiet",
+                          "--calibrate-fpr", "0.1"]) == 0
+    meta = json.loads((run / "nsnet.json").read_text())
+    assert meta["calibration"]["fpr"] == 0.1 and meta["calibration"]["n_real"] == 32
+    assert meta["threshold"] != 0.5
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["overall"]["real_acc"] >= 0.9  # FPR ≤ 0.1 on the calibration reals (= these reals)
+    assert json.loads((out / "summary.json").read_text())["threshold"] == meta["threshold"]
+
+
+def test_robustness_tables(trained, synth, tmp_path) -> None:
+    out = tmp_path / "rob"
+    assert evaluate_main(["--ckpt", str(trained), "--data", str(synth), "--out", str(out), "--quiet",
+                          "--robustness"]) == 0
+    rob = json.loads((out / "robustness.json").read_text())
+    assert list(rob) == list(PERTURBATIONS) == ["jpeg95", "jpeg75", "jpeg50", "blur1", "blur2", "down0.5"]
+    assert all(r["overall"]["n"] == 64 for r in rob.values())
+    clean = json.loads((out / "metrics.json").read_text())["overall"]
+    # Blur wipes out a 2-pixel-period checkerboard: the perturbation really reached the pixels.
+    assert rob["blur2"]["overall"]["fake_acc"] != clean["fake_acc"] or rob["blur2"]["overall"]["ap"] != clean["ap"]
+    table = (out / "table.md").read_text()
+    assert all(f"### {name}" in table for name in ["clean", *PERTURBATIONS])
+
+
+def test_lora_end_to_end_with_augmentation(synth, tmp_path) -> None:
+    run = tiny_run(tmp_path / "lora", "--lora-rank", "2", "--batch-size", "16", "--lr", "1e-3",
+                   "--jpeg-prob", "0.5", "--blur-prob", "0.5", "--generators", "tconv", data=synth, epochs=1)
+    init = tiny_run(tmp_path / "init")
+    trained, start = load_file(str(run / "nsnet.safetensors")), load_file(str(init / "nsnet.safetensors"))
+    assert set(trained) == set(start), "LoRA must be merged into the plain weights"
+    changed = [k for k in start if k.startswith("visual.transformer") and not torch.equal(trained[k], start[k])]
+    assert changed, "LoRA training must change the transformer weights"
+    assert torch.equal(trained["visual.conv1.weight"], start["visual.conv1.weight"])  # not adapted
+    assert (run / "train_state.safetensors").is_file()
+    tiny_run(run, "--lora-rank", "2", "--batch-size", "16", "--resume", data=synth, epochs=2)
+    assert json.loads((run / "nsnet.json").read_text())["training"]["epochs"] == 2
+    NSNet.from_checkpoint(run)
