@@ -336,8 +336,61 @@ def export_model(ckpt_dir: str | Path, out_path: str | Path, *, fp16: bool = Fal
             out_data.unlink()
         if data.exists():
             os.replace(data, out_data)
+            os.chmod(out_data, 0o644)  # onnx creates it 0600; the model file itself is 0644
         os.replace(staged, out)
     return ExportResult(out, precision, parity, fused)
+
+
+def tower_shape(backbone: str) -> tuple[int, int]:
+    """(heads, width) of an open_clip ViT backbone, from its config (no weights built)."""
+    import open_clip
+
+    import training  # noqa: F401  (registers the nsnet-tiny config with open_clip)
+
+    cfg = open_clip.get_model_config(backbone)
+    if cfg is None:
+        raise ExportError(f"unknown open_clip backbone {backbone!r}")
+    vc = cfg["vision_cfg"]
+    width = int(vc["width"])
+    return width // int(vc.get("head_width", 64)), width
+
+
+def derive_onnx(src: str | Path, dst: str | Path, *, optimize: bool = False, fp16: bool = False,
+                int8: bool = False) -> Path:
+    """Variant of an FP32 export file without its checkpoint: fused (``optimize``), FP16 and/or INT8.
+
+    The same transformations as `export_model` (INT8 implies the fusions), metadata copied with
+    ``nsnet.precision`` updated. No parity check here: the caller has no reference model, so it
+    compares the variant against ``src`` itself (as benchmarks/ does). Returns ``dst``.
+    """
+    import onnx
+
+    src, dst = Path(src), Path(dst)
+    if fp16 and int8:
+        raise ExportError("fp16 and int8 are exclusive")
+    meta = read_metadata(src)
+    if meta.get("nsnet.precision", "fp32") != "fp32":
+        raise ExportError(f"{src}: derive from the FP32 export (nsnet.precision = {meta.get('nsnet.precision')!r})")
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    already_fused = op_counts(src).get("Attention", 0) > 0
+    with tempfile.TemporaryDirectory(prefix="nsnet-derive-", dir=dst.parent) as tmp:
+        if (optimize or int8) and not already_fused:
+            proto, _ = _optimize(src, *tower_shape(meta["nsnet.backbone"]))
+        else:
+            proto = onnx.load(str(src))
+        if fp16:
+            proto = _to_fp16(proto)
+        if int8:
+            staged = Path(tmp) / "fused.onnx"
+            _save(proto, staged)
+            _quantize_int8(staged, Path(tmp) / "q.onnx")
+            proto = onnx.load(str(Path(tmp) / "q.onnx"))
+        del proto.metadata_props[:]
+        for k, v in dict(meta, **{"nsnet.precision": precision}).items():
+            proto.metadata_props.add(key=k, value=v)
+        _save(proto, dst)
+    onnx.checker.check_model(str(dst))
+    return dst
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -356,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.fp16 and args.int8:
         _parser().error("--fp16 and --int8 are exclusive")
+    if not Path(args.ckpt).is_dir():  # before importing torch: an instant answer to a typo
+        print(f"error: checkpoint directory not found: {args.ckpt}", file=sys.stderr)
+        return 2
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)

@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         if path and not Path(path).is_file():
             p.error(f"--{flag.replace('_', '-')}: file not found: {path}")
 
+    if not Path(args.ckpt).is_dir():
+        print(f"error: checkpoint directory not found: {args.ckpt}", file=sys.stderr)
+        return 2
+
     from nsnet_sdk.preprocess import PatchConfig
 
     try:

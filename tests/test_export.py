@@ -88,10 +88,24 @@ def test_fold_changes_with_basis(tiny_model):
         model.nullspace.basis.copy_(saved)
 
 
+_REAL_RUNS: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """Run directory per real backbone, built once per module (ViT-L-14: ~40 s)."""
+    def get(backbone: str) -> Path:
+        if backbone not in _REAL_RUNS:
+            _REAL_RUNS[backbone] = make_run(tmp_path_factory.mktemp(backbone) / "run", backbone)
+        return _REAL_RUNS[backbone]
+    yield get
+    _REAL_RUNS.clear()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["ViT-B-32", "ViT-L-14"])
-def test_fold_equivalence_real_architectures(backbone, tmp_path_factory):
-    model, _ = load_checkpoint(make_run(tmp_path_factory.mktemp(backbone) / "run", backbone))
+def test_fold_equivalence_real_architectures(backbone, real_run):
+    model, _ = load_checkpoint(real_run(backbone))
     assert _check_fold(model, 2) <= 1e-5
 
 
@@ -269,8 +283,8 @@ def test_external_data_when_large(tiny, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_vit_l14_export_external_data_and_parity(tmp_path_factory):
-    run = make_run(tmp_path_factory.mktemp("l14x") / "run", "ViT-L-14")
+def test_vit_l14_export_external_data_and_parity(real_run, tmp_path_factory):
+    run = real_run("ViT-L-14")
     out = tmp_path_factory.mktemp("l14onnx") / "nsnet.onnx"
     res = export_model(run, out, parity_n=2)
     assert res.parity.max_abs_logit <= 1e-4
@@ -408,3 +422,20 @@ def test_tensorrt_fp16_engine_parity(tiny, tiny_model, tiny_fp32, tmp_path):
     logit, prob = run_engine(engine, x)
     ref = reference_logits(model, x)
     assert np.abs(prob - 1 / (1 + np.exp(-ref))).max() <= 5e-3
+
+
+def test_derive_variants_from_fp32_file(tiny_fp32, tmp_path):
+    from export.to_onnx import ExportError, derive_onnx
+
+    x = random_inputs(6, seed=9)
+    base, _ = ort_run.run(tiny_fp32.path, x, "fp32")
+    fused = derive_onnx(tiny_fp32.path, tmp_path / "opt.onnx", optimize=True)
+    assert _ops(fused).get("Attention", 0) == 2 and read_metadata(fused)["nsnet.precision"] == "fp32"
+    assert np.abs(ort_run.run(fused, x, "fp32")[0] - base).max() <= 1e-4
+    q = derive_onnx(tiny_fp32.path, tmp_path / "q.onnx", int8=True)
+    md = read_metadata(q)
+    assert md["nsnet.precision"] == "int8" and _ops(q).get("QAttention", 0) == 2
+    assert {k: v for k, v in md.items() if k != "nsnet.precision"} == \
+        {k: v for k, v in read_metadata(tiny_fp32.path).items() if k != "nsnet.precision"}
+    with pytest.raises(ExportError, match="FP32 export"):
+        derive_onnx(q, tmp_path / "again.onnx", optimize=True)
