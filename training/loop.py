@@ -55,9 +55,12 @@ def fit(args, model, optimizer, meta: dict[str, Any], run: Path, device: torch.d
     progress = not args.quiet
     root = Path(args.data)
     gens = [g.strip() for g in args.generators.split(",")] if args.generators else None
-    layout = detect_layout(root) if args.layout == "auto" else args.layout
-    train = discover(root, layout, split="train", generators=gens)
-    val = discover(root, layout, split="val", generators=gens) if layout == "genimage" else []
+    try:
+        layout = detect_layout(root) if args.layout == "auto" else args.layout
+        train = discover(root, layout, split="train", generators=gens)
+        val = discover(root, layout, split="val", generators=gens) if layout == "genimage" else []
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if not train:
         raise SystemExit(f"error: no training images under {root} (layout {layout})")
     if len({s.label for s in train}) < 2:

@@ -8,7 +8,8 @@ process that leaves the kind of trace real generators leave:
                 (fixed per generator): the uneven kernel overlap prints a checkerboard.
 - ``nearest``:  2× downsampling, nearest-neighbour upsampling (2×2 pixel blocks).
 - ``bilinear``: 2× downsampling, bilinear upsampling (missing high frequencies, periodic correlation).
-- ``spectral``: a faint periodic pattern added: isolated peaks in the spectrum.
+- ``spectral``: a faint periodic pattern (period and phase fixed per generator) added: isolated
+                peaks in the spectrum.
 
 ``write_dataset`` writes the GenImage layout ``<generator>/{train,val}/{ai,nature}/NNNNN.png``.
 Everything is driven by one seed, so the same call always writes the same files.
@@ -90,14 +91,17 @@ def make_generator(name: str, seed: int = 0) -> Callable[[np.ndarray, np.random.
         return lambda img, rng: cv2.resize(_down2(img), (img.shape[1], img.shape[0]),
                                            interpolation=cv2.INTER_LINEAR)
     if name == "spectral":
-        periods = prng.choice([3.0, 4.0, 5.0, 6.0, 8.0], size=2, replace=False)
+        # A generator's periodic artefact is the same in all its images (its period and phase come
+        # from the architecture), which is what makes it a fingerprint; only the strength varies.
+        # Periods of stacked 2× upsamplers (2, 4, 8 px), as in real generator spectra.
+        periods = prng.choice([2.0, 4.0, 8.0], size=2, replace=True)
+        phase = prng.uniform(0, 2 * np.pi, 2)
 
         def spectral(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             h, w = img.shape[:2]
             yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-            phase = rng.uniform(0, 2 * np.pi, 2)
             pattern = np.cos(2 * np.pi * xx / periods[0] + phase[0]) + np.cos(2 * np.pi * yy / periods[1] + phase[1])
-            out = img.astype(np.float32) + rng.uniform(2.0, 4.0) * pattern[..., None]
+            out = img.astype(np.float32) + rng.uniform(6.0, 10.0) * pattern[..., None]
             return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
         return spectral

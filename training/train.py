@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--blur-prob", type=float, default=0.0, help="Gaussian blur probability")
     g.add_argument("--blur-sigma", type=float, nargs=2, default=[0.0, 3.0], metavar=("LO", "HI"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy shared box)")
     return p
 
 
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--cache-features needs a frozen backbone; drop --lora-rank / --train-backbone")
     if args.lora_rank and args.train_backbone:
         build_parser().error("--lora-rank and --train-backbone are alternatives; pick one")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     run = Path(args.out)
     seed_everything(args.seed)
