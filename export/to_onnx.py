@@ -283,7 +283,10 @@ def export_model(ckpt_dir: str | Path, out_path: str | Path, *, fp16: bool = Fal
         raise ExportError(f"opset {opset} < {DEFAULT_OPSET}: LayerNormalization needs opset 17")
 
     model, meta = load_run(ckpt_dir)
-    folded = fold_model(model)
+    try:
+        folded = fold_model(model)
+    except NotImplementedError as e:  # an open_clip tower variant the fold does not cover
+        raise ExportError(f"{ckpt_dir}: cannot fold backbone {meta.get('backbone')!r}: {e}") from e
     visual = model.visual
     size = int(visual.image_size[0])
     width = int(visual.transformer.width)

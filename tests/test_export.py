@@ -439,3 +439,20 @@ def test_derive_variants_from_fp32_file(tiny_fp32, tmp_path):
         {k: v for k, v in read_metadata(tiny_fp32.path).items() if k != "nsnet.precision"}
     with pytest.raises(ExportError, match="FP32 export"):
         derive_onnx(q, tmp_path / "again.onnx", optimize=True)
+
+
+def test_quick_gelu_tower_folds_and_fuses(tiny, tmp_path):
+    """OpenAI-pretrained towers use QuickGELU (x·σ(1.702x)); fold, parity and attention fusion hold."""
+    from training.checkpoint import read_meta, save_checkpoint
+    from training.model import NSNet, load_clip
+
+    clip, _, quick = load_clip("nsnet-tiny", None, quick_gelu=True)
+    assert quick
+    basis, _ = torch.linalg.qr(torch.randn(64, 9))
+    model = NSNet(clip.visual, basis).eval()
+    meta = dict(read_meta(tiny), quick_gelu=True)
+    run = save_checkpoint(model, tmp_path / "qg", meta)
+    reloaded, _ = load_checkpoint(run)
+    assert _check_fold(reloaded, 4) <= 1e-5
+    res = export_model(run, tmp_path / "qg.onnx", optimize=True)
+    assert res.fused.get("Attention", 0) == 2 and res.parity.max_abs_logit <= 1e-4
