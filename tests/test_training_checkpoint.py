@@ -12,7 +12,7 @@ import training  # noqa: F401  (registers nsnet-tiny)
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.corpus import encode_texts, prompt_bank
 from training.lora import add_lora, has_lora, merge_lora, merged_state_dict
-from training.model import NSNet, load_clip
+from training.model import NSNet, load_clip, wants_quick_gelu
 from training.nullspace import project
 
 from _training_util import tiny_run
@@ -121,3 +121,23 @@ def test_epochs0_real_architecture(tmp_path) -> None:
     assert model.nullspace.basis.shape == (512, 16)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1,)
+
+
+def test_quick_gelu_follows_the_weights_and_round_trips(tmp_path) -> None:
+    assert wants_quick_gelu("ViT-L-14", "openai")  # OpenAI weights were trained with QuickGELU
+    assert not wants_quick_gelu("ViT-L-14", "none") and not wants_quick_gelu("nsnet-tiny", "none")
+    clip, _, used = load_clip("nsnet-tiny", "none", quick_gelu=True)
+    assert used
+    model = NSNet(clip.visual, torch.linalg.qr(torch.randn(64, 3))[0])
+    save_checkpoint(model, tmp_path, {"backbone": "nsnet-tiny", "quick_gelu": used})
+    loaded = NSNet.from_checkpoint(tmp_path)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model.eval()(x), atol=1e-6)
+    # the flag matters: the same weights in a GELU tower give different outputs
+    plain, _ = load_checkpoint(tmp_path)
+    gelu_visual, _, _ = load_clip("nsnet-tiny", "none", quick_gelu=False)
+    gelu_visual = gelu_visual.visual
+    gelu_visual.load_state_dict(model.visual.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(gelu_visual(x), plain.visual(x), atol=1e-4)

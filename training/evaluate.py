@@ -26,7 +26,7 @@ from nsnet_sdk.preprocess import PatchConfig
 from training.checkpoint import load_checkpoint, update_meta
 from training.data import ImageDataset, SkipLog, detect_layout, discover, downscale, gaussian_blur, jpeg
 from training.infer import score
-from training.metrics import KEYS, detection_metrics, threshold_for_fpr
+from training.metrics import detection_metrics, threshold_for_fpr
 
 log = logging.getLogger("training.evaluate")
 

@@ -6,7 +6,6 @@ P = I − UUᵀ and ``head.0`` into ``visual.proj`` exactly.
 """
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from torch import nn
 
 import training  # noqa: F401  (registers the nsnet-tiny config)
 from training.nullspace import NullSpace
-
-log = logging.getLogger(__name__)
 
 HEAD_HIDDEN = 512
 HEAD_DIM = 128

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.corpus import BANKS, encode_texts, prompt_bank, read_captions
 from training.lora import add_lora, lora_state_dict, unmerge_lora
-from training.losses import DEFAULT_TEMPERATURE, nsnet_loss
+from training.losses import DEFAULT_TEMPERATURE
 from training.model import NSNet, load_clip
 from training.nullspace import DEFAULT_ENERGY, semantic_basis
 
