@@ -136,6 +136,12 @@ def metadata_for(meta: dict, rank: int, precision: str) -> dict[str, str]:
     }
 
 
+def _set_metadata(proto, metadata: dict[str, str]) -> None:
+    del proto.metadata_props[:]
+    for k, v in metadata.items():
+        proto.metadata_props.add(key=k, value=v)
+
+
 def read_metadata(onnx_path: str | Path) -> dict[str, str]:
     """``metadata_props`` of an ONNX file as a dict (weights are not loaded)."""
     import onnx
@@ -212,6 +218,25 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul", "Attention"],
                      extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def _transform(src: Path, tmp: Path, heads: int, width: int, *, fuse: bool, fp16: bool, int8: bool):
+    """The shipped graph transformations of an FP32 file, in order: ORT fusions, FP16, INT8.
+    Returns (ModelProto, fused-op counts); ``tmp`` holds intermediates."""
+    import onnx
+
+    fused: dict[str, int] = {}
+    if fuse:
+        proto, fused = _optimize(src, heads, width)
+    else:
+        proto = onnx.load(str(src))
+    if fp16:
+        proto = _to_fp16(proto)
+    if int8:  # quantize_dynamic works file to file
+        _save(proto, tmp / "fused.onnx")
+        _quantize_int8(tmp / "fused.onnx", tmp / "q.onnx")
+        proto = onnx.load(str(tmp / "q.onnx"))
+    return proto, fused
 
 
 def parity_inputs(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -298,23 +323,12 @@ def export_model(ckpt_dir: str | Path, out_path: str | Path, *, fp16: bool = Fal
     with tempfile.TemporaryDirectory(prefix="nsnet-export-", dir=out.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
         _torch_export(folded, raw, size, opset)
+        proto, fused = _transform(raw, Path(tmp), heads, width, fuse=optimize, fp16=fp16, int8=int8)
         if optimize:
-            proto, fused = _optimize(raw, heads, width)
             log.info("fused operators: %s", fused)
             if fused.get("Attention", 0) != len(visual.transformer.resblocks):
                 raise ExportError(f"--optimize: attention fusion did not fire in every block ({fused})")
-        else:
-            proto = onnx.load(str(raw))
-        if fp16:
-            proto = _to_fp16(proto)
-        if int8:
-            fp32_opt = Path(tmp) / "opt.onnx"
-            _save(proto, fp32_opt)
-            _quantize_int8(fp32_opt, Path(tmp) / "q.onnx")
-            proto = onnx.load(str(Path(tmp) / "q.onnx"))
-        del proto.metadata_props[:]
-        for k, v in metadata_for(meta, rank, precision).items():
-            proto.metadata_props.add(key=k, value=v)
+        _set_metadata(proto, metadata_for(meta, rank, precision))
         staged = Path(tmp) / out.name
         _save(proto, staged)
         del proto
@@ -377,20 +391,10 @@ def derive_onnx(src: str | Path, dst: str | Path, *, optimize: bool = False, fp1
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     already_fused = op_counts(src).get("Attention", 0) > 0
     with tempfile.TemporaryDirectory(prefix="nsnet-derive-", dir=dst.parent) as tmp:
-        if (optimize or int8) and not already_fused:
-            proto, _ = _optimize(src, *tower_shape(meta["nsnet.backbone"]))
-        else:
-            proto = onnx.load(str(src))
-        if fp16:
-            proto = _to_fp16(proto)
-        if int8:
-            staged = Path(tmp) / "fused.onnx"
-            _save(proto, staged)
-            _quantize_int8(staged, Path(tmp) / "q.onnx")
-            proto = onnx.load(str(Path(tmp) / "q.onnx"))
-        del proto.metadata_props[:]
-        for k, v in dict(meta, **{"nsnet.precision": precision}).items():
-            proto.metadata_props.add(key=k, value=v)
+        fuse = (optimize or int8) and not already_fused
+        heads, width = tower_shape(meta["nsnet.backbone"]) if fuse else (0, 0)
+        proto, _ = _transform(src, Path(tmp), heads, width, fuse=fuse, fp16=fp16, int8=int8)
+        _set_metadata(proto, dict(meta, **{"nsnet.precision": precision}))
         _save(proto, dst)
     onnx.checker.check_model(str(dst))
     return dst
