@@ -419,9 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.ckpt).is_dir():  # before importing torch: an instant answer to a typo
         print(f"error: checkpoint directory not found: {args.ckpt}", file=sys.stderr)
         return 2
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
+    if not log.handlers:  # main() may be called more than once in a process (demo/)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
     try:
