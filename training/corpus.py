@@ -111,12 +111,19 @@ def encode_texts(
     if not texts:
         return torch.zeros(0, int(clip_model.visual.output_dim))
     clip_model.eval()
-    out = []
+    tokens = tokenizer(list(texts))
+    # Batches of similar length: each batch is cut at its own longest prompt, so sorting by length
+    # leaves little padding. The result is put back in input order.
+    order = torch.argsort(tokens.argmax(dim=-1), stable=True)
+    out = torch.empty(len(texts), 0)
     for i in tqdm(range(0, len(texts), batch_size), desc="text features", unit="batch",
                   disable=not progress, leave=False):
-        tokens = tokenizer(list(texts[i:i + batch_size])).to(device)
-        out.append(_encode_short(clip_model, tokens).float().cpu())
-    return torch.cat(out)
+        idx = order[i:i + batch_size]
+        feats = _encode_short(clip_model, tokens[idx].to(device)).float().cpu()
+        if out.shape[1] == 0:
+            out = torch.empty(len(texts), feats.shape[1])
+        out[idx] = feats
+    return out
 
 
 def _encode_short(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
