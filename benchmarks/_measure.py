@@ -64,21 +64,21 @@ def row(spec: dict, stage: str, batch_size: int, workers: int, images: int, seco
 
 
 class _Cuda:
-    """Device-side synchronisation and peak memory when a CUDA torch is importable, else no-ops.
+    """CUDA bookkeeping of one child: synchronisation and peak memory of the PyTorch rows (torch's
+    allocator) and this process's device memory as the driver reports it (nvidia-smi, for every
+    runtime: ORT's arena and TensorRT's buffers are not visible to torch). No-ops on CPU.
 
-    Every runtime here (ORT CUDA, TensorRT, torch) returns host arrays, so its ``run`` already
-    waits for the device; the extra synchronize only guards against a runtime that does not.
+    torch is imported only for the PyTorch backend: creating a torch CUDA context inside an ORT or
+    TensorRT child would add its own memory to that child's figure.
     """
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, use_torch: bool) -> None:
+        self.on = device == "cuda"
         self.torch = None
-        if device == "cuda":
-            try:
-                import torch
-                if torch.cuda.is_available():
-                    self.torch = torch
-            except ImportError:
-                pass
+        if self.on and use_torch:
+            import torch
+            if torch.cuda.is_available():
+                self.torch = torch
 
     def sync(self) -> None:
         if self.torch is not None:
@@ -88,28 +88,49 @@ class _Cuda:
         if self.torch is not None:
             self.torch.cuda.reset_peak_memory_stats()
 
-    def used_mb(self) -> float | None:
-        """Device memory in use by every allocator on the GPU (cudaMemGetInfo), MiB."""
-        if self.torch is None:
+    def process_used_mb(self) -> float | None:
+        """Device memory held by this process (driver view, MiB); None without nvidia-smi."""
+        if not self.on:
             return None
-        free, total = self.torch.cuda.mem_get_info()
-        return (total - free) / 2**20
+        import os
+        import subprocess
+
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                                 timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        for line in out.splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 2 and parts[0] == str(os.getpid()):
+                return float(parts[1])
+        return None
 
     def torch_peak_mb(self) -> float | None:
         return None if self.torch is None else self.torch.cuda.max_memory_allocated() / 2**20
 
 
-def time_calls(fn: Callable[[], object], iters: int, warmup: int, cuda: _Cuda) -> list[float]:
+def time_calls(fn: Callable[[], object], iters: int, warmup: int, cuda: _Cuda) -> tuple[list[float], float]:
+    """(wall seconds per call, process CPU seconds over all timed calls)."""
     for _ in range(warmup):
         fn()
     cuda.sync()
     lat = []
+    cpu0 = time.process_time()
     for _ in range(iters):
         t = time.perf_counter()
         fn()
         cuda.sync()
         lat.append(time.perf_counter() - t)
-    return lat
+    return lat, time.process_time() - cpu0
+
+
+def cpu_entry(r: dict, cpu_s: float, images: int) -> dict[str, Any]:
+    """CPU seconds of the whole process (all threads) per image for row ``r``. On a shared machine
+    the wall-clock rate moves with other people's load; the CPU cost of an image much less."""
+    keys = ("backend", "precision", "stage", "batch_size", "workers")
+    return dict({k: r[k] for k in keys}, cpu_ms_per_image=1e3 * cpu_s / max(1, images))
 
 
 def _autocast_fp16(backend) -> None:
@@ -159,14 +180,26 @@ def model_inputs(files: list[str], cfg, n: int) -> np.ndarray:
     Throughput does not depend on the values; real mosaics keep the inputs representative."""
     from nsnet_sdk.preprocess import load_image, preprocess
 
-    base = np.stack([preprocess(load_image(f), cfg) for f in files[:min(n, 8, len(files))]])
+    from nsnet_sdk.errors import NSNetError
+
+    base = []
+    for f in files:
+        if len(base) >= min(n, 8):
+            break
+        try:
+            base.append(preprocess(load_image(f), cfg))
+        except NSNetError:
+            continue  # an unreadable file is the end-to-end stage's business, not the model's
+    if not base:
+        raise RuntimeError("no readable image among the input files")
+    base = np.stack(base)
     return np.ascontiguousarray(np.resize(base, (n, *base.shape[1:])))
 
 
 def measure_model(spec: dict) -> dict[str, Any]:
     from nsnet_sdk import Detector
 
-    cuda = _Cuda(spec["device"])
+    cuda = _Cuda(spec["device"], use_torch=spec["backend"] == "torch")
     threads = int(spec["threads"])
     kwargs: dict[str, Any] = {"intra_op_threads": threads, "workers": 0}
     if spec.get("providers"):
@@ -180,7 +213,8 @@ def measure_model(spec: dict) -> dict[str, Any]:
         torch.set_num_threads(threads)  # also done by the backend; explicit: same count everywhere
         if spec.get("autocast_fp16"):
             _autocast_fp16(det.backend)
-    out: dict[str, Any] = {"rows": [], "extra_rows": [], "device_memory": [], "device": det.backend.device}
+    out: dict[str, Any] = {"rows": [], "extra_rows": [], "device_memory": [], "cpu_time": [],
+                           "input_errors": [], "device": det.backend.device}
 
     if spec.get("parity_inputs"):
         x = np.load(spec["parity_inputs"])
@@ -194,15 +228,16 @@ def measure_model(spec: dict) -> dict[str, Any]:
         fn()  # first call outside the reset: allocator/arena growth belongs to the model load
         reset_peak_rss()
         cuda.reset()
-        lat = time_calls(fn, spec["iters"], spec["warmup"], cuda)
+        lat, cpu_s = time_calls(fn, spec["iters"], spec["warmup"], cuda)
         out["rows"].append(row(spec, "model", bs, 0, bs * len(lat), sum(lat), lat))
-        if cuda.torch is not None:
+        out["cpu_time"].append(cpu_entry(out["rows"][-1], cpu_s, bs * len(lat)))
+        if cuda.on:
             out["device_memory"].append({"backend": spec["label"], "precision": spec["precision"],
-                                         "batch_size": bs, "gpu_used_mb": cuda.used_mb(),
+                                         "batch_size": bs, "process_gpu_mb": cuda.process_used_mb(),
                                          "torch_peak_allocated_mb": cuda.torch_peak_mb()})
         if spec.get("cuda_graphs"):
             graph_fn = _cuda_graph_runner(det.backend, batch, bool(spec.get("autocast_fp16")))
-            lat = time_calls(graph_fn, spec["iters"], spec["warmup"], cuda)
+            lat, _ = time_calls(graph_fn, spec["iters"], spec["warmup"], cuda)
             r = row(spec, "model", bs, 0, bs * len(lat), sum(lat), lat)
             out["extra_rows"].append(dict(r, variant="cuda_graphs"))
 
@@ -211,6 +246,7 @@ def measure_model(spec: dict) -> dict[str, Any]:
     for w in spec["workers"] if spec.get("e2e", True) else []:
         reset_peak_rss()
         stamps, errors = [], []
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         for i, pred in enumerate(det.predict_iter(files, batch_size=bs, workers=w), 1):
             if pred.error is not None:
@@ -219,16 +255,21 @@ def measure_model(spec: dict) -> dict[str, Any]:
                 stamps.append(time.perf_counter())
         cuda.sync()
         total = time.perf_counter() - t0
-        if errors:
-            raise RuntimeError(f"end-to-end: {len(errors)} of {len(files)} inputs failed, e.g. {errors[0]}")
+        cpu_s = time.process_time() - cpu0
+        if len(errors) == len(files):
+            raise RuntimeError(f"end-to-end: every input failed, e.g. {errors[0]}")
+        # Failed inputs are results too (one per input); the report lists them.
+        out["input_errors"] = sorted(set(out["input_errors"]) | set(errors))
         gaps = np.diff([t0, *stamps]).tolist()  # time per batch of results as the caller sees them
         out["rows"].append(row(spec, "end_to_end", bs, w, len(files), total, gaps))
+        out["cpu_time"].append(cpu_entry(out["rows"][-1], cpu_s, len(files)))
     det.close()
     return out
 
 
 def measure_preprocess(spec: dict) -> dict[str, Any]:
     """Decode + patch mosaic + normalise from files, ``workers`` threads; per-image latencies."""
+    from nsnet_sdk.errors import NSNetError
     from nsnet_sdk.preprocess import PatchConfig, load_image, normalize, patch_mosaic
 
     cfg = PatchConfig.from_dict(spec["preprocess"])
@@ -237,20 +278,26 @@ def measure_preprocess(spec: dict) -> dict[str, Any]:
 
     def one(i: int) -> float:
         t = time.perf_counter()
-        normalize(patch_mosaic(load_image(files[i]), cfg), cfg, out=buf[i])
+        try:
+            normalize(patch_mosaic(load_image(files[i]), cfg), cfg, out=buf[i])
+        except NSNetError:
+            pass  # a refused file costs what it costs; the end-to-end stage reports it
         return time.perf_counter() - t
 
     one(0)  # lazily built DFT matrices, decoder initialisation
-    rows = []
+    rows, cpu = [], []
     for w in spec["workers"]:
         w_eff = max(1, int(w))  # 0 = on the calling thread, the same work as one worker
         reset_peak_rss()
         with ThreadPoolExecutor(w_eff) as pool:
+            cpu0 = time.process_time()
             t0 = time.perf_counter()
             lat = list(pool.map(one, range(len(files))))
             total = time.perf_counter() - t0
+            cpu_s = time.process_time() - cpu0
         rows.append(row(spec, "preprocess", 1, w, len(files), total, lat))
-    return {"rows": rows, "extra_rows": [], "device_memory": []}
+        cpu.append(cpu_entry(rows[-1], cpu_s, len(files)))
+    return {"rows": rows, "extra_rows": [], "device_memory": [], "cpu_time": cpu, "input_errors": []}
 
 
 def main(argv: list[str]) -> int:

@@ -3,9 +3,7 @@
 The benchmark is handed one FP32 ``.onnx`` file; what it compares are the graphs we ship from it:
 ONNX Runtime's transformer fusions (Attention, SkipLayerNormalization, BiasGelu), dynamic INT8 of
 the fused graph, and (for GPU providers) FP16 of the fused graph. Every transformation is
-export/to_onnx.py's own (never re-implemented here); only the plumbing from a file rather than a
-run directory is ours. NOTE: those are the module's private helpers (`_optimize`, `_quantize_int8`,
-`_to_fp16`, `_save`); see docs/benchmarks.md for the public hook proposed to export.
+`export.to_onnx.derive_onnx` (never re-implemented here).
 """
 from __future__ import annotations
 
@@ -36,35 +34,13 @@ def op_summary(path: Path) -> dict[str, int]:
     return {k: v for k, v in sorted(op_counts(path).items()) if k in FUSED}
 
 
-def tower_shape(backbone: str) -> tuple[int, int]:
-    """(heads, width) of an open_clip visual tower, for the optimizer's fusion patterns."""
-    import open_clip
-
-    import training  # noqa: F401  (registers nsnet-tiny with open_clip)
-
-    cfg = open_clip.get_model_config(backbone)
-    if cfg is None:
-        raise ValueError(f"unknown backbone {backbone!r} in the model's nsnet.backbone metadata")
-    vc = cfg["vision_cfg"]
-    width = int(vc["width"])
-    return width // int(vc.get("head_width", 64)), width
-
-
-def _set_meta(proto, meta: dict[str, str], precision: str) -> None:
-    del proto.metadata_props[:]
-    for k, v in dict(meta, **{"nsnet.precision": precision}).items():
-        proto.metadata_props.add(key=k, value=v)
-
-
 def derive(model: Path, workdir: Path, *, int8: bool = True, fp16: bool = False) -> list[Variant]:
     """The variants of FP32 ``model``: itself (``plain``, or ``optimized`` when it already carries
     fused Attention nodes), the fused graph, and, as asked, INT8 and FP16 of the fused graph.
 
-    Written under ``workdir``; metadata copied from ``model`` with ``nsnet.precision`` updated.
+    Written under ``workdir`` by `export.to_onnx.derive_onnx` (metadata copied, precision updated).
     """
-    import onnx
-
-    from export.to_onnx import _optimize, _quantize_int8, _save, _to_fp16, read_metadata
+    from export.to_onnx import derive_onnx, read_metadata
 
     meta = read_metadata(model)
     if meta.get("nsnet.precision", "fp32") != "fp32":
@@ -77,24 +53,39 @@ def derive(model: Path, workdir: Path, *, int8: bool = True, fp16: bool = False)
         optimized = model
     else:
         out = [Variant("plain", "fp32", model, False, ops)]
-        heads, width = tower_shape(meta["nsnet.backbone"])
-        proto, _ = _optimize(model, heads, width)
-        _set_meta(proto, meta, "fp32")
-        optimized = workdir / "optimized.onnx"
-        _save(proto, optimized)
-        del proto
+        optimized = derive_onnx(model, workdir / "optimized.onnx", optimize=True)
         out.append(Variant("optimized", "fp32", optimized, True, op_summary(optimized)))
     if int8:
-        q = workdir / "int8.onnx"
-        _quantize_int8(optimized, workdir / "int8.raw.onnx")
-        proto = onnx.load(str(workdir / "int8.raw.onnx"))
-        _set_meta(proto, meta, "int8")
-        _save(proto, q)
+        q = derive_onnx(optimized, workdir / "int8.onnx", int8=True)
         out.append(Variant("int8", "int8", q, True, op_summary(q)))
     if fp16:
-        h = workdir / "fp16.onnx"
-        proto = _to_fp16(onnx.load(str(optimized)))
-        _set_meta(proto, meta, "fp16")
-        _save(proto, h)
+        h = derive_onnx(optimized, workdir / "fp16.onnx", fp16=True)
         out.append(Variant("fp16", "fp16", h, True, op_summary(h)))
     return out
+
+
+def derive_in_child(model: Path, workdir: Path, *, int8: bool, fp16: bool, timeout: float) -> list[Variant]:
+    """`derive` in a child process: the optimizer and quantizer hold several copies of the weights
+    (GBs for ViT-L-14) that the benchmark's parent process should not keep for the whole run."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, __file__, str(model), str(workdir)] + ["--int8"] * int8 + ["--fp16"] * fp16
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"deriving variants of {model} failed (exit {proc.returncode}): {tail}")
+    return [Variant(v["name"], v["precision"], Path(v["path"]), v["derived"], v["ops"])
+            for v in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+if __name__ == "__main__":
+    import json
+    import logging
+    import sys
+
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice to pre-process
+    args = sys.argv[1:]
+    found = derive(Path(args[0]), Path(args[1]), int8="--int8" in args, fp16="--fp16" in args)
+    print(json.dumps([dict(v.__dict__, path=str(v.path)) for v in found]))

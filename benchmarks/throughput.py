@@ -18,34 +18,27 @@ a failed run.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
 
-# Decode workers are the parallelism of preprocessing; BLAS inside one worker stays single-threaded
-# (set before numpy loads, inherited by the child processes) as in benchmarks/preprocess.py.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import shlex  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from importlib import metadata as importlib_metadata  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # sibling helper modules when imported from tests
     sys.path.insert(0, str(HERE))
 
-import _variants  # noqa: E402
-from _measure import ROW_KEYS  # noqa: E402
+import _variants  # noqa: E402  (sibling module, found through the sys.path line above)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "onnx", "torch",
@@ -257,11 +250,14 @@ def print_report(report: dict, out=None) -> None:
     print(f"\nthreads: {report['threads']} (torch.set_num_threads = ORT intra_op_num_threads), "
           f"device: {report['device']}, inputs: {report['inputs']}", file=out)
     hdr = (f"{'backend':<12} {'prec':<5} {'stage':<11} {'batch':>5} {'work':>4} {'images/s':>10} "
-           f"{'p50 ms':>9} {'p99 ms':>9} {'RSS MB':>8} {'vs torch':>8}")
+           f"{'p50 ms':>9} {'p99 ms':>9} {'RSS MB':>8} {'vs torch':>8} {'CPU ms/img':>10}")
     print(hdr, file=out)
     print("-" * len(hdr), file=out)
     rows = report["results"] + [dict(r, backend=r["backend"] + "*") for r in report["reference_results"]]
+    keys = ("backend", "precision", "stage", "batch_size", "workers")
+    cpu = {tuple(c[k] for k in keys) + (c.get("variant"),): c["cpu_ms_per_image"] for c in report.get("cpu_time", [])}
     for r in rows:
+        c = cpu.get((r["backend"].rstrip("*"), *(r[k] for k in keys[1:]), r.get("variant")))
         x = rel.get((r["backend"].rstrip("*"), r["precision"], r["batch_size"])) \
             if r["stage"] == "model" and not r["backend"].endswith("*") else None
         if r["backend"].endswith("*") and r["stage"] == "model":
@@ -270,7 +266,7 @@ def print_report(report: dict, out=None) -> None:
             x = r["images_per_s"] / base[0]["images_per_s"] if base else None
         print(f"{r['backend']:<12} {r['precision']:<5} {r['stage']:<11} {r['batch_size']:>5} {r['workers']:>4} "
               f"{r['images_per_s']:>10.2f} {r['p50_ms']:>9.2f} {r['p99_ms']:>9.2f} {r['peak_rss_mb']:>8.0f} "
-              f"{'' if x is None else f'{x:.2f}x':>8}", file=out)
+              f"{'' if x is None else f'{x:.2f}x':>8} {'' if c is None else f'{c:.1f}':>10}", file=out)
     if report["reference_results"]:
         print("* reference_results: " + "; ".join(sorted({r.get("variant", "") for r in report["reference_results"]})),
               file=out)
@@ -286,6 +282,8 @@ def print_report(report: dict, out=None) -> None:
     for f in report["end_to_end_vs_model"]:
         print(f"end-to-end {f['backend']} {f['precision']} batch {f['batch_size']}: {100 * f['fraction']:.0f}% "
               f"of model-only ({f['workers']} workers)", file=out)
+    if report.get("input_errors"):
+        print(f"{len(report['input_errors'])} input(s) could not be scored, e.g. {report['input_errors'][0]}", file=out)
     for fail in report["failed"]:
         print(f"FAILED {fail['config']}: {fail['error']}", file=out)
     for s in report["not_run"]:
@@ -303,7 +301,7 @@ def plot(report: dict, path: Path) -> None:
     series: dict[str, list] = {}
     for r in report["results"]:
         if r["stage"] == "model":
-            name = f"{r['backend']} {r['precision']}" + (" (optimized)" if r["backend"] == "onnxruntime" else "")
+            name = f"{r['backend']} {r['precision']}" + (" (optimized)" if (r["backend"], r["precision"]) == ("onnxruntime", "fp32") else "")
             series.setdefault(name, []).append((r["batch_size"], r["images_per_s"]))
     for r in report["reference_results"]:
         if r["stage"] == "model":
@@ -316,7 +314,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("images/s (model only)")
-    ax.set_title(f"{report['backbone']} — {report['device']}, {report['threads']} threads")
+    ax.set_title(f"{report['backbone']}: {report['device']}, threads={report['threads']}, {report['date'][:10]}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -389,10 +387,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     try:
         files = image_files(args.images) if args.images else \
             synthetic_files(args.synthetic or 64, args.size, workdir / "images")
-        logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice to pre-process
         t = time.perf_counter()
-        variants = _variants.derive(args.model, workdir / "models", int8=not args.no_int8 and device == "cpu",
-                                    fp16=device == "cuda" and cuda_ort)
+        try:
+            variants = _variants.derive_in_child(args.model, workdir / "models", timeout=args.timeout,
+                                                 int8=not args.no_int8 and device == "cpu",
+                                                 fp16=device == "cuda" and cuda_ort)
+        except subprocess.TimeoutExpired as e:
+            raise RuntimeError(f"deriving variants of {args.model} took over {args.timeout:.0f} s") from e
         derive_s = time.perf_counter() - t
         cfgs = plan(args, variants, device, cuda_ort)
 
@@ -408,7 +409,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         common = dict(threads=args.threads, batch_sizes=args.batch_sizes, workers=args.workers,
                       e2e_batch_size=max(args.batch_sizes), files=files, iters=args.iters,
                       warmup=args.warmup, parity_inputs=str(parity_path) if parity_path else None)
-        results, reference, device_mem, failed = [], [], [], []
+        results, reference, device_mem, cpu_time, failed, input_errors = [], [], [], [], [], set()
         label = "tensorrt" if args.engine and device == "cuda" else "onnxruntime"
         pre = dict(common, kind="preprocess", name="preprocess", label=label,
                    precision="fp16" if label == "tensorrt" else "fp32",
@@ -426,6 +427,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             dest.extend(dict(r, variant=spec["variant"]) if spec.get("reference") else r for r in res["rows"])
             reference.extend(res["extra_rows"])
             device_mem.extend(res["device_memory"])
+            cpu_time.extend(dict(c, variant=spec["variant"]) if spec.get("reference") else c
+                            for c in res.get("cpu_time", []))
+            input_errors.update(res.get("input_errors", []))
 
         report = {
             "command": " ".join(shlex.quote(a) for a in [sys.executable, "benchmarks/throughput.py", *argv]),
@@ -441,7 +445,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             "results": results,
             "reference_results": reference,
             "parity": parity_report(cfgs, workdir, float(meta.get("nsnet.threshold", 0.5))),
-            "end_to_end_vs_model": [], "device_memory": device_mem,
+            "end_to_end_vs_model": [], "device_memory": device_mem, "cpu_time": cpu_time,
+            "input_errors": sorted(input_errors),
             "failed": failed, "not_run": not_run,
         }
         report["end_to_end_vs_model"] = e2e_fraction(results)
@@ -462,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         report = run(args, argv)
     except BenchError as e:
         parser.error(str(e))  # exit 2 with the usage line
+    except RuntimeError as e:  # a derived variant could not be built: nothing to compare
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -167,3 +167,27 @@ def test_missing_model_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         throughput.main(["--model", str(tmp_path / "absent.onnx"), "--synthetic", "2"])
     assert e.value.code == 2 and "absent.onnx" in capsys.readouterr().err
+
+
+def test_every_row_has_its_cpu_time(bench):
+    rep = bench["report"]
+    keys = ("backend", "precision", "stage", "batch_size", "workers")
+    cpu = {tuple(c[k] for k in keys): c["cpu_ms_per_image"] for c in rep["cpu_time"] if "variant" not in c}
+    for r in rep["results"]:
+        assert cpu[tuple(r[k] for k in keys)] > 0, r
+
+
+def test_unreadable_input_is_reported_not_fatal(tmp_path):
+    from _sdk_util import textured, write_png
+
+    files = [str(write_png(tmp_path / f"{i}.png", textured(64, 80, i))) for i in range(2)]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    spec = dict(kind="model", name="onnxruntime tiny", backend="onnxruntime", label="onnxruntime",
+                precision="fp32", model=str(tiny_export()["onnx"]), device="cpu",
+                providers=["CPUExecutionProvider"], threads=1, batch_sizes=[2], workers=[1],
+                e2e_batch_size=2, files=[files[0], str(bad), files[1]], iters=1, warmup=0, parity_inputs=None)
+    res, err = throughput.run_child(spec, tmp_path, timeout=120)
+    assert err is None, err
+    assert [r["stage"] for r in res["rows"]] == ["model", "end_to_end"]
+    assert len(res["input_errors"]) == 1 and "broken.jpg" in res["input_errors"][0]
