@@ -161,7 +161,10 @@ def plan(args, variants: list[_variants.Variant], device: str, cuda_ort: bool) -
                                  precision=v.precision, model=str(v.path), device="cuda", providers=gpu,
                                  variant=v.name))
     if args.engine:
-        meta = json.loads(Path(str(args.engine) + ".json").read_text()) if Path(str(args.engine) + ".json").is_file() else {}
+        from nsnet_sdk.artifact import engine_sidecar
+
+        side = engine_sidecar(args.engine)
+        meta = json.loads(side.read_text()) if side.is_file() else {}
         cfgs.append(dict(name="tensorrt", backend="tensorrt", label="tensorrt",
                          precision=str(meta.get("nsnet.precision", "fp16")), model=str(args.engine), device="cuda"))
     return cfgs

@@ -191,3 +191,24 @@ def test_unreadable_input_is_reported_not_fatal(tmp_path):
     assert err is None, err
     assert [r["stage"] for r in res["rows"]] == ["model", "end_to_end"]
     assert len(res["input_errors"]) == 1 and "broken.jpg" in res["input_errors"][0]
+
+
+def test_cuda_plan_has_the_gpu_rows(tmp_path):
+    # Planning only (no GPU here): on CUDA the run must hold the PyTorch FP32 and FP16-autocast
+    # (+ CUDA graph) baselines, ORT's CUDA EP on the fused FP32 and FP16 graphs, and the engine.
+    import argparse
+
+    from _variants import Variant
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"x")
+    (tmp_path / "m.engine.json").write_text(json.dumps({"nsnet.precision": "fp16"}))
+    args = argparse.Namespace(ckpt=tmp_path, engine=engine)
+    variants = [Variant("plain", "fp32", tmp_path / "a.onnx", False), Variant("optimized", "fp32", tmp_path / "b.onnx", True),
+                Variant("fp16", "fp16", tmp_path / "c.onnx", True)]
+    got = {(c["label"], c["precision"], c["device"], bool(c.get("cuda_graphs")), tuple(c.get("providers") or ()))
+           for c in throughput.plan(args, variants, "cuda", cuda_ort=True)}
+    gpu = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert got == {("torch", "fp32", "cuda", False, ()), ("torch", "fp16", "cuda", True, ()),
+                   ("onnxruntime", "fp32", "cuda", False, gpu), ("onnxruntime", "fp16", "cuda", False, gpu),
+                   ("tensorrt", "fp16", "cuda", False, ())}
