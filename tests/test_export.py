@@ -456,3 +456,11 @@ def test_quick_gelu_tower_folds_and_fuses(tiny, tmp_path):
     assert _check_fold(reloaded, 4) <= 1e-5
     res = export_model(run, tmp_path / "qg.onnx", optimize=True)
     assert res.fused.get("Attention", 0) == 2 and res.parity.max_abs_logit <= 1e-4
+
+
+@pytest.mark.slow
+def test_vit_b32_fused_export_parity(real_run, tmp_path):
+    # Real head count (12 × 64): every block's attention fuses and parity holds on the fused graph.
+    res = export_model(real_run("ViT-B-32"), tmp_path / "b32.onnx", optimize=True, parity_n=2)
+    assert res.fused.get("Attention", 0) == 12 and res.fused.get("SkipLayerNormalization", 0) >= 23
+    assert res.parity.max_abs_logit <= 1e-4
