@@ -143,11 +143,10 @@ def _set_metadata(proto, metadata: dict[str, str]) -> None:
 
 
 def read_metadata(onnx_path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file as a dict (weights are not loaded)."""
-    import onnx
+    """``metadata_props`` of an ONNX file as a dict (weights are not loaded): the SDK's reader."""
+    from nsnet_sdk.backends.onnxruntime import read_onnx_metadata
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+    return read_onnx_metadata(onnx_path)
 
 
 def op_counts(model) -> dict[str, int]:

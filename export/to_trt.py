@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nsnet_sdk.artifact import engine_sidecar
+
 
 class TrtUnavailableError(RuntimeError):
     """TensorRT or a CUDA device is missing on this machine."""
@@ -36,12 +38,6 @@ class TrtUnavailableError(RuntimeError):
 
 class TrtBuildError(RuntimeError):
     """The ONNX file could not be parsed or the engine could not be built."""
-
-
-def sidecar_path(engine_path: str | Path) -> Path:
-    """``nsnet.engine`` → ``nsnet.engine.json``."""
-    p = Path(engine_path)
-    return p.with_name(p.name + ".json")
 
 
 def _require_trt():
@@ -160,7 +156,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
     side = dict(meta)
     side.update({"nsnet.precision": precision, "nsnet.trt.min_batch": int(min_batch),
                  "nsnet.trt.opt_batch": int(opt_batch), "nsnet.trt.max_batch": int(max_batch)})
-    sidecar_path(engine_path).write_text(json.dumps(side, indent=2, sort_keys=True) + "\n")
+    engine_sidecar(engine_path).write_text(json.dumps(side, indent=2, sort_keys=True) + "\n")
     return engine_path
 
 
@@ -173,7 +169,7 @@ def run_engine(engine_path: str | Path, images: np.ndarray) -> tuple[np.ndarray,
     trt = _require_trt()
     import torch
 
-    side = json.loads(sidecar_path(engine_path).read_text())
+    side = json.loads(engine_sidecar(engine_path).read_text())
     lo, hi = int(side.get("nsnet.trt.min_batch", 1)), int(side.get("nsnet.trt.max_batch", 1))
     logger = trt.Logger(trt.Logger.WARNING)
     engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
@@ -229,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TrtUnavailableError, TrtBuildError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {path} and {sidecar_path(path)}")
+    print(f"wrote {path} and {engine_sidecar(path)}")
     return 0
 
 
