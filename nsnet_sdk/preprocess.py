@@ -371,7 +371,7 @@ _SESSIONS: dict[int, Any] = {}
 
 
 def _entropy_session() -> Any:
-    """The patch-entropy kernel (nsnet_sdk/entropy.onnx) in ONNX Runtime, one per process.
+    """The patch-DFT matrix products (nsnet_sdk/entropy.onnx) in ONNX Runtime, one session per process.
 
     Why ONNX Runtime and not numpy's matmul: numpy's OpenBLAS starts its own threads for these
     GEMMs, and called from several decode workers at once (under any other load) that runs ~20×
@@ -398,20 +398,21 @@ def _band_entropies(rgb: np.ndarray, p: int) -> np.ndarray:
     rows, cross, weights = _dft_mats(p)
     k = p // 2 + 1
     # R+G+B instead of their mean: the entropy of A/ΣA does not change when A is scaled.
-    gray = cv2.transform(np.ascontiguousarray(rgb[: nr * p]).astype(np.float32), np.ones((1, 3), np.float32))
-    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
-    dc, a_sum, alog_sum, a_v0 = _entropy_session().run(None, {
-        "gray": gray, "rows": rows, "cross": cross,
-        "patch_shape": i64(nr, p, nc, p), "band_shape": i64(nr, p, w), "x_shape": i64(nr, 2, k, nc, p),
-        "row_shape": i64(nr * k * nc, 2 * p), "halves": i64(p, p), "inv_area": np.array(1.0 / (p * p), np.float32),
-    })
-    # Per (patch row r, frequency u, patch c) sums over v; the graph removed each patch's mean, so
-    # the v=0 entry of u=0 is rounding noise: drop it and add the exact DC below.
-    a_sum, alog_sum, a_v0 = (t.reshape(nr, k, nc).astype(np.float64) for t in (a_sum, alog_sum, a_v0))
-    a_sum[:, 0] -= a_v0[:, 0]
-    alog_sum[:, 0] -= a_v0[:, 0] * np.log(np.maximum(a_v0[:, 0], 1e-30))
-    s_ac = np.einsum("rkn,k->rn", a_sum, weights)
-    l_ac = np.einsum("rkn,k->rn", alog_sum, weights)
+    g = cv2.transform(np.ascontiguousarray(rgb[: nr * p]).astype(np.float32), np.ones((1, 3), np.float32))
+    g = g.reshape(nr, p, w)
+    dc = g.sum(1).reshape(nr, nc, p).sum(-1)  # patch sums: exact, integers below 2**24
+    # Removing each patch's mean makes a flat patch exactly zero, so its non-DC spectrum is exactly
+    # zero (as with an FFT) instead of rounding noise that would break the ties the definition needs.
+    g -= np.repeat(dc * np.float32(1.0 / (p * p)), p, axis=1)[:, None, :]
+    (y,) = _entropy_session().run(None, {
+        "g": g, "rows": rows, "cross": cross,
+        "x_shape": np.array([nr, 2, k, nc, p], np.int64), "row_shape": np.array([nr * k * nc, 2 * p], np.int64),
+    })  # y: rows (r, u, c) of [Re | Im], the DFT of every patch at frequencies u = 0..p/2, all v
+    a = cv2.magnitude(y[:, :p], y[:, p:])
+    a.reshape(nr, k, nc, p)[:, 0, :, 0] = 0.0  # DC (rounding noise after mean removal): exact below
+    alog = cv2.multiply(a, cv2.log(cv2.max(a, 1e-30)))
+    s_ac = np.einsum("rkn,k->rn", cv2.reduce(a, 1, cv2.REDUCE_SUM).reshape(nr, k, nc).astype(np.float64), weights)
+    l_ac = np.einsum("rkn,k->rn", cv2.reduce(alog, 1, cv2.REDUCE_SUM).reshape(nr, k, nc).astype(np.float64), weights)
     dc = np.abs(dc.astype(np.float64))
     s = dc + s_ac
     with np.errstate(divide="ignore", invalid="ignore"):
