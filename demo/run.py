@@ -153,7 +153,7 @@ class Steps:
         argv = ["--data", str(self.data), "--out", str(self.run), "--layout", "genimage",
                 "--generators", ",".join(self.seen), "--backbone", "nsnet-tiny", "--pretrained", "none",
                 "--prompt-bank", a.prompt_bank, "--cache-features", "--epochs", str(a.epochs),
-                "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--seed", str(a.seed), "--quiet"]
+                "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--seed", str(a.seed), "--quiet", "--log-every", "10"]
         _call("train", "python -m training.train", train_main, argv)
         lines = (self.run / "metrics.jsonl").read_text().splitlines()
         last = json.loads(lines[-1])

@@ -141,3 +141,23 @@ def test_quick_gelu_follows_the_weights_and_round_trips(tmp_path) -> None:
     gelu_visual.load_state_dict(model.visual.state_dict())
     with torch.no_grad():
         assert not torch.allclose(gelu_visual(x), plain.visual(x), atol=1e-4)
+
+
+def test_log_every_thins_the_log_but_not_the_metrics(tmp_path, caplog):
+    import json
+    import logging
+
+    from training.synthetic import write_dataset
+    from training.train import main
+
+    data = tmp_path / "data"
+    write_dataset(data, generators=["tconv"], n_train=4, n_val=2, size=64, seed=0, progress=False)
+    argv = ["--data", str(data), "--out", str(tmp_path / "run"), "--backbone", "nsnet-tiny", "--pretrained", "none",
+            "--prompt-bank", "coco", "--templates", "1", "--cache-features", "--epochs", "5", "--batch-size", "4",
+            "--quiet", "--threads", "1", "--log-every", "2"]
+    with caplog.at_level(logging.INFO, logger="training"):
+        assert main(argv) == 0
+    logged = [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert logged == ["epoch 2", "epoch 4", "epoch 5"]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4, 5]

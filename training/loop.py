@@ -134,8 +134,9 @@ def fit(args, model, optimizer, meta: dict[str, Any], run: Path, device: torch.d
         record["seconds"] = round(time.perf_counter() - t0, 3)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                     for k, v in record.items() if k != "epoch"))
+        if (epoch + 1) % args.log_every == 0 or epoch + 1 == args.epochs:
+            log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                         for k, v in record.items() if k != "epoch"))
         save(epoch + 1, summary(train, skips.count))
     return 0
 

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--blur-prob", type=float, default=0.0, help="Gaussian blur probability")
     g.add_argument("--blur-sigma", type=float, nargs=2, default=[0.0, 3.0], metavar=("LO", "HI"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--log-every", type=int, default=1, metavar="N",
+                   help="log metrics every N epochs (and the last); metrics.jsonl always has every epoch")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy shared box)")
     return p
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("training").setLevel(logging.INFO)
     if args.epochs < 0 or args.batch_size < 2:
         build_parser().error("--epochs must be >= 0 and --batch-size >= 2 (SupCon needs pairs)")
+    if args.log_every < 1:
+        build_parser().error("--log-every must be >= 1")
     if args.cache_features and (args.lora_rank or args.train_backbone):
         build_parser().error("--cache-features needs a frozen backbone; drop --lora-rank / --train-backbone")
     if args.lora_rank and args.train_backbone:
