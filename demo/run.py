@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 from training.synthetic import GENERATORS  # the demo's data comes from training's own generator
 
 NOTICE = ("NOTE: this model is a DEMONSTRATION of the pipeline: a randomly initialised tiny CLIP "
-          "('nsnet-tiny') trained for about a minute on procedurally generated images. It is NOT a "
+          "('nsnet-tiny') trained for a few seconds on CPU on procedurally generated images. It is NOT a "
           "detector of real AI-generated images; for that, train ViT-L-14 with the 'openai' weights "
           "on a real benchmark (commands at the end).")
 # Written into --out so a re-run may clear its own earlier output, and never a folder it did not make.
