@@ -99,7 +99,7 @@ DEFAULT = PatchConfig()
 # Loading
 # --------------------------------------------------------------------------------------------------
 
-_DECODABLE = "JPEG, PNG, WebP, GIF, BMP, TIFF, PNM"
+_DECODABLE = "JPEG, PNG, WebP, GIF, BMP, TIFF, PNM, AVIF, JPEG 2000"
 
 
 def _name(src: Any, name: str | None) -> str:
@@ -141,7 +141,31 @@ def _sniff(b: memoryview) -> tuple[str, int, int] | None:
         return _sniff_tiff(b)
     if head[:1] == b"P" and head[1:2] in b"123456":
         return _sniff_pnm(bytes(b[:1024]))
+    if head[4:8] == b"ftyp" and (b"avif" in head[8:32] or b"avis" in head[8:32]):
+        return _sniff_avif(bytes(b[: 1 << 20]))
+    if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n"):
+        i = bytes(b[: 1 << 16]).find(b"ihdr")
+        if i < 0:
+            return None
+        h, w = struct.unpack(">II", b[i + 4 : i + 12])
+        return "jpeg2000", w, h
+    if head[:4] == b"\xff\x4f\xff\x51":  # raw JPEG 2000 codestream: SIZ marker first
+        xsiz, ysiz, xo, yo = struct.unpack(">IIII", b[8:24])
+        return "jpeg2000", xsiz - xo, ysiz - yo
     return None
+
+
+def _sniff_avif(head: bytes) -> tuple[str, int, int] | None:
+    # Every image item carries an 'ispe' (image spatial extents) property in the leading meta box;
+    # the largest one (a grid's full canvas, not its tiles or thumbnail) is what the decoder allocates.
+    sizes, i = [], head.find(b"ispe")
+    while i >= 0:
+        sizes.append(struct.unpack(">II", head[i + 8 : i + 16]))
+        i = head.find(b"ispe", i + 4)
+    if not sizes:
+        return None
+    w, h = max(sizes, key=lambda wh: wh[0] * wh[1])
+    return "avif", w, h
 
 
 def _sniff_jpeg(b: memoryview) -> tuple[str, int, int] | None:

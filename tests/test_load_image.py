@@ -162,6 +162,27 @@ def test_header_sizes_are_read_without_decoding():
         info = image_size(encode(Image.fromarray(rgb), fmt, **kw))
         assert info is not None and info[1:] == (77, 33), (fmt, kw, info)
     assert image_size(b"not an image") is None
+    for ext in (".avif", ".jp2"):  # formats Pillow may not write: encode with OpenCV
+        ok, enc = cv2.imencode(ext, rgb[:, :, ::-1])
+        assert ok, ext
+        assert image_size(enc.tobytes())[1:] == (77, 33), ext
+        np.testing.assert_allclose(load_image(enc.tobytes()).astype(int), rgb.astype(int), atol=40)
+
+
+def test_avif_and_jpeg2000_headers_guard_memory_too():
+    rgb = photo(33, 77)
+    ok, enc = cv2.imencode(".jp2", rgb[:, :, ::-1])
+    data = bytearray(enc.tobytes())
+    i = data.find(b"ihdr")
+    data[i + 4 : i + 12] = struct.pack(">II", 40000, 40000)  # claim 40000×40000
+    with pytest.raises(ImageTooLargeError, match="40000x40000"):
+        load_image(bytes(data))
+    ok, enc = cv2.imencode(".avif", rgb[:, :, ::-1])
+    data = bytearray(enc.tobytes())
+    i = data.find(b"ispe")
+    data[i + 8 : i + 16] = struct.pack(">II", 40000, 40000)
+    with pytest.raises(ImageTooLargeError, match="40000x40000"):
+        load_image(bytes(data))
 
 
 def test_decompression_bomb_refused_before_allocation():
