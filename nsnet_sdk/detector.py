@@ -20,7 +20,7 @@ import numpy as np
 
 from .artifact import ModelMeta, artifact_kind
 from .backends import Backend, load_backend
-from .errors import InferenceError, NSNetError, PreprocessMismatchError
+from .errors import ImageDecodeError, InferenceError, NSNetError, PreprocessMismatchError
 from .prediction import Prediction
 from .preprocess import PatchConfig, load_image, normalize, patch_mosaic
 
@@ -185,14 +185,20 @@ class Detector:
 
     # -- pipeline ---------------------------------------------------------------------------
 
-    def _prepare(self, src: Any, name: str, buf: np.ndarray, row: int) -> BaseException | None:
-        """Decode + patch mosaic + normalise ``src`` into ``buf[row]``; the error, if any."""
+    def _prepare(self, src: Any, name: str, buf: np.ndarray, row: int) -> NSNetError | None:
+        """Decode + patch mosaic + normalise ``src`` into ``buf[row]``; the error, if any, typed
+        and naming the input (anything untyped, e.g. ``ValueError: embedded null byte`` from a
+        path, becomes an `ImageDecodeError` with the original as its cause)."""
         try:
             rgb = load_image(src, max_pixels=self.max_pixels, name=name)
             normalize(patch_mosaic(rgb, self.config), self.config, out=buf[row])
             return None
-        except Exception as e:  # recorded per input; one bad file must not stop a batch
+        except NSNetError as e:  # recorded per input; one bad file must not stop a batch
             return e
+        except Exception as e:
+            err = ImageDecodeError(f"{name}: {type(e).__name__}: {e}", source=name)
+            err.__cause__ = e
+            return err
 
     def _pipeline(self, items: Iterator[Any], bs: int, workers: int,
                   on_error: str) -> Iterator[Prediction]:

@@ -175,6 +175,18 @@ def test_unsupported_objects_are_recorded_not_crashing(det):
     assert preds[0].source == "<int #0>" and "ImageDecodeError" in preds[0].error
 
 
+def test_untyped_failures_become_typed_errors_naming_the_input(det):
+    # Path() accepts these, but the OS calls raise ValueError / UnicodeEncodeError, not OSError
+    bad = ["with\x00nul.png", "lone\ud800surrogate.png"]
+    preds = det.predict([*bad, pictures(1)[0]])
+    assert [p.ok for p in preds] == [False, False, True]
+    for src, p in zip(bad, preds):
+        assert p.source == src and p.error.startswith(f"ImageDecodeError: {src}: "), p.error
+    with pytest.raises(ImageDecodeError, match="embedded null byte") as e:
+        det.predict(bad[0])
+    assert e.value.source == bad[0] and isinstance(e.value.__cause__, ValueError)
+
+
 def _lagged_images(n: int, log: list[int]):
     for i in range(n):
         log.append(i)
