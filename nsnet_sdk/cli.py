@@ -1,7 +1,8 @@
 """The ``nsnet`` command: ``nsnet detect`` scores images, ``nsnet info`` describes a model.
 
 Exit status: 0 when the run completed (inputs that could not be scored are rows with an
-``error``, not failures), 1 when the model cannot be loaded, 2 on usage errors.
+``error``, not failures), 1 when the model cannot be loaded or the backend fails on a batch
+(the rows before it are kept), 2 on usage errors.
 """
 from __future__ import annotations
 
@@ -135,24 +136,32 @@ def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             writer.writeheader()
         bar = _progress(len(inputs), args.quiet)
         scored = fake = errors = 0
-        for pred in det.predict_iter(inputs, on_error="record"):
-            row = {k: getattr(pred, k) for k in ROW_FIELDS}
-            if jf is not None:
-                jf.write(json.dumps(row) + "\n")
-            if writer is not None:
-                writer.writerow({k: "" if v is None else v for k, v in row.items()})
-            if pred.error is None:
-                scored += 1
-                fake += bool(pred.is_fake)
-            else:
-                errors += 1
-            if bar is not None:
-                bar.update(1)
+        failure = None
+        try:
+            for pred in det.predict_iter(inputs, on_error="record"):
+                row = {k: getattr(pred, k) for k in ROW_FIELDS}
+                if jf is not None:
+                    jf.write(json.dumps(row) + "\n")
+                if writer is not None:
+                    writer.writerow({k: "" if v is None else v for k, v in row.items()})
+                if pred.error is None:
+                    scored += 1
+                    fake += bool(pred.is_fake)
+                else:
+                    errors += 1
+                if bar is not None:
+                    bar.update(1)
+        except NSNetError as e:  # the backend failed on a batch: the model, not an input, is at fault
+            failure = e
         if bar is not None:
             bar.close()
         for f in (jf, cf):
             if f is not None:
                 f.flush()
+        if failure is not None:
+            print(f"nsnet: error: inference failed after {scored + errors} of {len(inputs)} inputs "
+                  f"(their rows are written): {failure}", file=sys.stderr)
+            return 1
     if not args.quiet:
         print(f"nsnet: {len(inputs)} inputs: {scored} scored, {fake} fake, {errors} errors "
               f"(threshold {det.threshold:g}, {det.backend.name} on {det.backend.device})",

@@ -130,6 +130,30 @@ def test_model_that_cannot_be_loaded_exits_1(tree, tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing.onnx")]) == 1
 
 
+def test_backend_failure_mid_run_exits_1_and_keeps_the_rows_before_it(model, tree, tmp_path,
+                                                                       capsys, monkeypatch):
+    from nsnet_sdk import InferenceError
+    from nsnet_sdk.backends.onnxruntime import OrtBackend
+
+    real_run, calls = OrtBackend.run, []
+
+    def failing_second_batch(self, images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise InferenceError("simulated device failure")
+        return real_run(self, images)
+
+    monkeypatch.setattr(OrtBackend, "run", failing_second_batch)
+    paths = [str(p) for p in tree["top"] if p.suffix == ".png"]
+    out = tmp_path / "o.jsonl"
+    rc = main(["detect", *paths, "-m", str(model), "--batch-size", "2", "--json", str(out), "-q"])
+    assert rc == 1
+    assert [r["source"] for r in read_jsonl(out)] == paths[:2]
+    err = capsys.readouterr().err
+    assert "inference failed after 2 of 3 inputs" in err and "simulated device failure" in err
+    assert "Traceback" not in err
+
+
 def test_info_prints_metadata_and_backend(model, capsys):
     assert main(["info", str(model)]) == 0
     out = capsys.readouterr().out
