@@ -76,7 +76,6 @@ def fit(args, model, optimizer, meta: dict[str, Any], run: Path, device: torch.d
     run.mkdir(parents=True, exist_ok=True)
     if start_epoch == 0:
         metrics_path.write_text("")  # a fresh run does not append to an older run's log
-    generator = torch.Generator().manual_seed(args.seed)
     model.visual.eval()  # CLIP towers have no dropout/BN to train; keeps LoRA deterministic
 
     cache = val_cache = None
@@ -99,17 +98,17 @@ def fit(args, model, optimizer, meta: dict[str, Any], run: Path, device: torch.d
         model.classifier.train()
         sums: dict[str, float] = {}
         n_seen = 0
+        # The epoch's shuffle is a function of (seed, epoch) alone, so --resume continues exactly.
+        epoch_seed = args.seed * 100_003 + epoch
         if cache is not None:
             c_feats, c_labels, _ = cache
-            g = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
-            order = torch.randperm(len(c_feats), generator=g)
+            order = torch.randperm(len(c_feats), generator=torch.Generator().manual_seed(epoch_seed))
             batches = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
             it = ((c_feats[b].to(device), c_labels[b].to(device)) for b in batches if len(b) >= 2)
             total = len(batches)
         else:
             train_ds.epoch = epoch
-            dl = loader(train_ds, args.batch_size, shuffle=True, workers=args.workers,
-                        seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) + epoch)
+            dl = loader(train_ds, args.batch_size, shuffle=True, workers=args.workers, seed=epoch_seed)
             it = _image_batches(dl, skips, device)
             total = len(dl)
         for inputs, labels in tqdm(it, total=total, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch",
