@@ -178,27 +178,30 @@ def run_engine(engine_path: str | Path, images: np.ndarray) -> tuple[np.ndarray,
     ctx = engine.create_execution_context()
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     torch_dtype = {trt.float32: torch.float32, trt.float16: torch.float16}
+    # Every copy, allocation and the engine itself on one stream: torch streams are non-blocking,
+    # so input copies queued on torch's default stream would race the engine on another one.
     stream = torch.cuda.Stream()
     logits, probs = [], []
-    for start in range(0, len(images), hi):
-        chunk = images[start:start + hi]
-        n = len(chunk)
-        x = torch.zeros((max(n, lo), *chunk.shape[1:]), dtype=torch.float32, device="cuda")
-        x[:n] = torch.from_numpy(np.ascontiguousarray(chunk, np.float32)).cuda()
-        ctx.set_input_shape("images", tuple(x.shape))
-        outs = {}
-        for name in names:
-            if name == "images":
-                ctx.set_tensor_address(name, x.data_ptr())
-                continue
-            shape = tuple(ctx.get_tensor_shape(name))
-            outs[name] = torch.empty(shape, dtype=torch_dtype[engine.get_tensor_dtype(name)], device="cuda")
-            ctx.set_tensor_address(name, outs[name].data_ptr())
-        if not ctx.execute_async_v3(stream.cuda_stream):
-            raise TrtBuildError(f"{engine_path}: execution failed")
-        stream.synchronize()
-        logits.append(outs["logit"].float().cpu().numpy().reshape(-1)[:n])
-        probs.append(outs["prob_fake"].float().cpu().numpy().reshape(-1)[:n])
+    with torch.cuda.stream(stream):
+        for start in range(0, len(images), hi):
+            chunk = images[start:start + hi]
+            n = len(chunk)
+            x = torch.zeros((max(n, lo), *chunk.shape[1:]), dtype=torch.float32, device="cuda")
+            x[:n] = torch.from_numpy(np.ascontiguousarray(chunk, np.float32)).cuda()
+            ctx.set_input_shape("images", tuple(x.shape))
+            outs = {}
+            for name in names:
+                if name == "images":
+                    ctx.set_tensor_address(name, x.data_ptr())
+                    continue
+                shape = tuple(ctx.get_tensor_shape(name))
+                outs[name] = torch.empty(shape, dtype=torch_dtype[engine.get_tensor_dtype(name)], device="cuda")
+                ctx.set_tensor_address(name, outs[name].data_ptr())
+            if not ctx.execute_async_v3(stream.cuda_stream):
+                raise TrtBuildError(f"{engine_path}: execution failed")
+            stream.synchronize()
+            logits.append(outs["logit"].float().cpu().numpy().reshape(-1)[:n])
+            probs.append(outs["prob_fake"].float().cpu().numpy().reshape(-1)[:n])
     return np.concatenate(logits).astype(np.float64), np.concatenate(probs).astype(np.float64)
 
 
