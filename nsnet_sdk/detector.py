@@ -2,9 +2,9 @@
 
 The pipeline overlaps decoding + patch selection of the next batches (a thread pool; OpenCV and
 NumPy release the GIL) with inference of the current one on the calling thread. At most
-``prefetch`` batches are ever submitted ahead, each decoded straight into one of a few reused
-buffers, so memory stays flat however many inputs an iterator yields; results come back in input
-order, exactly one per input.
+``1 + ceil(workers / batch_size)`` batches are ever submitted ahead (none with ``workers=0``), each
+decoded straight into one of a few reused buffers, so memory stays flat however many inputs an
+iterator yields; results come back in input order, exactly one per input.
 """
 from __future__ import annotations
 
@@ -203,16 +203,17 @@ class Detector:
     def _pipeline(self, items: Iterator[Any], bs: int, workers: int,
                   on_error: str) -> Iterator[Prediction]:
         side = self.config.size
-        # Submitted ahead: the batch being inferred plus enough queued for every worker.
-        prefetch = 1 + max(1, math.ceil(workers / bs))
+        # Batches queued behind the one being inferred: enough to give every worker a task plus
+        # one spare. Inline (workers=0) nothing is gained by decoding ahead, so nothing is.
+        ahead = 1 + math.ceil(workers / bs) if workers else 0
         pool = ThreadPoolExecutor(workers, thread_name_prefix="nsnet-decode") if workers else _InlineExecutor()
         free: list[np.ndarray] = []
         inflight: deque = deque()
         counter = 0
 
-        def submit_next() -> None:
+        def submit(limit: int) -> None:
             nonlocal counter
-            while len(inflight) < prefetch:
+            while len(inflight) < limit:
                 chunk = list(islice(items, bs))
                 if not chunk:
                     return
@@ -223,10 +224,11 @@ class Detector:
                 inflight.append((names, futs, buf))
 
         try:
-            submit_next()
-            while inflight:
+            while True:
+                submit(1 + ahead)  # the batch to infer next and those the workers decode meanwhile
+                if not inflight:
+                    break
                 names, futs, buf = inflight.popleft()
-                submit_next()  # keep the workers busy while this batch is inferred
                 errors = [f.result() for f in futs]
                 ok = [j for j, e in enumerate(errors) if e is None]
                 logits = np.full(len(names), np.nan, dtype=np.float32)

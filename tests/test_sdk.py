@@ -215,6 +215,16 @@ def test_predict_iter_keeps_order_and_reads_input_only_a_bounded_way_ahead(det):
     assert max_ahead <= 3 * bs
 
 
+def test_inline_pipeline_reads_no_batch_ahead(det):
+    """workers=0 gains nothing from decoding ahead: the input is pulled one batch at a time."""
+    pulled: list[int] = []
+    bs, max_ahead = 4, 0
+    for i, pred in enumerate(det.predict_iter(_lagged_images(30, pulled), batch_size=bs, workers=0)):
+        assert pred.source == f"<array #{i}>" and pred.ok
+        max_ahead = max(max_ahead, len(pulled) - i)
+    assert i == 29 and max_ahead == bs
+
+
 def _peak_bytes(det, n: int) -> int:
     tracemalloc.start()
     try:
