@@ -138,3 +138,17 @@ def test_prompt_bank_contents() -> None:
     assert len(coco) == 80
     assert len(prompt_bank("default", 1)) == len(dict.fromkeys(list(IMAGENET_CLASSNAMES) + coco))
     assert len(prompt_bank("coco", 2)) == 160 and prompt_bank("none") == []
+
+
+def test_discovery_lists_what_the_sdk_decodes(tmp_path) -> None:
+    """Training sees the files `nsnet detect` sees: a JPEG 2000 image is trained on, not ignored."""
+    from nsnet_sdk.cli import IMAGE_SUFFIXES
+    from training.data import IMAGE_EXTENSIONS
+
+    assert IMAGE_EXTENSIONS == set(IMAGE_SUFFIXES)
+    _files(tmp_path, ["real/a.png", "fake/b.jp2"])
+    samples = discover(tmp_path)
+    assert [s.path.name for s in samples] == ["a.png", "b.jp2"]
+    x, label, _, err = ImageDataset(samples)[1]
+    assert err is None and label == 1
+    assert np.array_equal(x.numpy(), preprocess(load_image(samples[1].path), DEFAULT))

@@ -30,7 +30,10 @@ from nsnet_sdk.preprocess import DEFAULT, PatchConfig, load_image, normalize, pa
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "genimage", "ufd", "flat")
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".pnm"}
+# The suffixes `nsnet detect` lists (nsnet_sdk.cli.IMAGE_SUFFIXES; a test keeps the two equal): AVIF and
+# JPEG 2000 files decode like the rest, and a file the decoder refuses (HEIC) is counted as skipped.
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jp2",
+                    ".pgm", ".ppm", ".pnm", ".heic", ".avif"}
 REAL, FAKE = 0, 1
 
 
