@@ -54,8 +54,8 @@ def run_isolated(model: str | Path, images: np.ndarray, precision: str = "fp32",
             how = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
             tail = (proc.stderr or "").strip().splitlines()[-3:]
             raise OrtCrashError(f"{model}: ONNX Runtime ({precision}) crashed with {how}: {' | '.join(tail)}")
-        out = np.load(dst)
-        return out["logit"], out["prob_fake"]
+        with np.load(dst) as out:  # NpzFile holds the file open until closed
+            return out["logit"], out["prob_fake"]
 
 
 def _main(argv: list[str]) -> int:

@@ -79,7 +79,9 @@ def _check_file(name: str, path: Path, want: str | None, images: np.ndarray, ref
     except Exception as e:  # onnx raises DecodeError/OSError/... for a damaged file
         return _row(name, str(path), None, f"cannot read {path}: {type(e).__name__}: {e}")
     precision = meta.get("nsnet.precision", want or "fp32")
-    runner = ort_run.run_isolated if precision == "fp16" else ort_run.run
+    # Isolated when either the file or the flag it came under says FP16: an FP16 graph that ONNX
+    # Runtime crashes on must end as a failed row, never take this process down.
+    runner = ort_run.run_isolated if "fp16" in (precision, want) else ort_run.run
     try:
         logit, prob = runner(path, images, precision)
     except Exception as e:  # OrtCrashError, or ORT refusing the graph

@@ -381,6 +381,21 @@ def test_verify_cli_errors(tiny, tiny_fp32, tmp_path):
     assert bad.returncode == 1 and "FAIL" in bad.stdout and "Traceback" not in bad.stderr
 
 
+
+def test_verify_runs_every_file_given_as_fp16_in_a_child(tiny_fp32, monkeypatch):
+    # A file under --onnx-fp16 whose metadata does not say fp16 (here: the FP32 export) still runs
+    # isolated: if it is an FP16 graph, an ONNX Runtime crash must be a failed row, not a dead verify.
+    from export import verify
+
+    ran = []
+    monkeypatch.setattr(ort_run, "run", lambda *a, **k: pytest.fail("--onnx-fp16 file ran in-process"))
+    monkeypatch.setattr(ort_run, "run_isolated",
+                        lambda path, images, precision: ran.append(precision) or (np.zeros(len(images)),
+                                                                                   np.full(len(images), 0.5)))
+    x = random_inputs(2)
+    row = verify._check_file("onnx-fp16", tiny_fp32.path, "fp16", x, np.zeros(2), 0.5, "sha")
+    assert ran == ["fp32"] and row["precision"] == "fp32"
+
 # ---------------------------------------------------------------- TensorRT
 
 
