@@ -127,6 +127,16 @@ def test_calibrate_fpr_rewrites_threshold(trained, synth, tmp_path) -> None:
     assert json.loads((out / "summary.json").read_text())["threshold"] == meta["threshold"]
 
 
+
+def test_calibrate_data_that_is_not_a_dataset_is_a_clean_error(trained, synth, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(["--ckpt", str(run), "--data", str(synth), "--out", str(tmp_path / "rep"), "--quiet",
+                       "--calibrate-fpr", "0.1", "--calibrate-data", str(tmp_path / "missing")])
+    assert str(e.value).startswith("error: --calibrate-data:") and "missing" in str(e.value)
+    assert json.loads((run / "nsnet.json").read_text())["threshold"] == 0.5
+
 def test_robustness_tables(trained, synth, tmp_path) -> None:
     out = tmp_path / "rob"
     assert evaluate_main(["--ckpt", str(trained), "--data", str(synth), "--out", str(out), "--quiet",

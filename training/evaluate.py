@@ -27,6 +27,7 @@ from training.checkpoint import load_checkpoint, update_meta
 from training.data import ImageDataset, SkipLog, detect_layout, discover, downscale, gaussian_blur, jpeg
 from training.infer import score
 from training.metrics import detection_metrics, threshold_for_fpr
+from training.train import pick_device
 
 log = logging.getLogger("training.evaluate")
 
@@ -131,12 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("training").setLevel(logging.INFO)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but CUDA is not available")
     if args.calibrate_fpr is not None and not 0.0 <= args.calibrate_fpr < 1.0:
         build_parser().error("--calibrate-fpr must be in [0, 1)")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.quiet
@@ -194,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
 def calibrate(model, args, cfg: PatchConfig, device: torch.device, gens) -> float:
     """Threshold giving ``--calibrate-fpr`` on the real calibration images; written to the checkpoint."""
     root = Path(args.calibrate_data or args.data)
-    layout = detect_layout(root) if args.layout == "auto" else args.layout
-    samples = [s for s in discover(root, layout, split="val" if layout == "genimage" else None, generators=gens)
-               if s.label == 0]
+    try:
+        layout = detect_layout(root) if args.layout == "auto" else args.layout
+        samples = [s for s in discover(root, layout, split="val" if layout == "genimage" else None, generators=gens)
+                   if s.label == 0]
+    except ValueError as exc:
+        raise SystemExit(f"error: --calibrate-data: {exc}") from None
     probs, labels, _ = score(model, ImageDataset(samples, cfg), args.batch_size, device, args.workers,
                              not args.quiet, SkipLog(samples), desc="calibrating")
     try:
