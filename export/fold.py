@@ -40,6 +40,15 @@ class _LayerNorm(nn.Module):
         return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
 
 
+def _norm(module: nn.Module, where: str) -> nn.Module:
+    """LayerNorm → `_LayerNorm`, Identity (``no_ln_pre``) stays; any other norm is refused, never dropped."""
+    if isinstance(module, nn.LayerNorm):
+        return _LayerNorm(module)
+    if isinstance(module, nn.Identity):
+        return nn.Identity()
+    raise NotImplementedError(f"{where}: {type(module).__name__} is not supported by export (LayerNorm only)")
+
+
 class _Block(nn.Module):
     """One pre-LN residual attention block of an open_clip ViT, attention written out explicitly."""
 
@@ -63,8 +72,8 @@ class _Block(nn.Module):
         self.out = nn.Linear(d, d)
         self.out.weight.data.copy_(mha.out_proj.weight.detach())
         self.out.bias.data.copy_(mha.out_proj.bias.detach())
-        self.ln_1 = _LayerNorm(blk.ln_1)
-        self.ln_2 = _LayerNorm(blk.ln_2)
+        self.ln_1 = _norm(blk.ln_1, "ln_1")
+        self.ln_2 = _norm(blk.ln_2, "ln_2")
         self.ls_1, self.ls_2 = blk.ls_1, blk.ls_2          # LayerScale or Identity
         self.c_fc, self.act, self.c_proj = blk.mlp.c_fc, blk.mlp.gelu, blk.mlp.c_proj
 
@@ -99,9 +108,9 @@ class FoldedNSNet(nn.Module):
         self.conv1 = visual.conv1
         self.class_embedding = nn.Parameter(visual.class_embedding.detach().clone())
         self.positional_embedding = nn.Parameter(visual.positional_embedding.detach().clone())
-        self.ln_pre = _LayerNorm(visual.ln_pre) if isinstance(visual.ln_pre, nn.LayerNorm) else nn.Identity()
+        self.ln_pre = _norm(visual.ln_pre, "ln_pre")
         self.blocks = nn.ModuleList(_Block(b) for b in visual.transformer.resblocks)
-        self.ln_post = _LayerNorm(visual.ln_post) if isinstance(visual.ln_post, nn.LayerNorm) else nn.Identity()
+        self.ln_post = _norm(visual.ln_post, "ln_post")
         self.pool_type = visual.pool_type
         self.final_ln_after_pool = bool(visual.final_ln_after_pool)
         self.proj = nn.Parameter(proj.detach().clone())

@@ -88,6 +88,17 @@ def test_fold_changes_with_basis(tiny_model):
         model.nullspace.basis.copy_(saved)
 
 
+
+def test_fold_refuses_a_norm_it_cannot_express(tiny_model):
+    # A tower whose final norm is not LayerNorm must be refused, not folded without it.
+    import copy
+
+    model, _ = tiny_model
+    other = copy.deepcopy(model)
+    other.visual.ln_post = torch.nn.RMSNorm(other.visual.ln_post.normalized_shape)
+    with pytest.raises(NotImplementedError, match="ln_post.*RMSNorm"):
+        fold_model(other)
+
 _REAL_RUNS: dict[str, Path] = {}
 
 
