@@ -9,8 +9,9 @@ The reference is the unfolded PyTorch ``NSNet`` of the run directory. Inputs are
 with the checkpoint's PatchConfig. Bounds by the artifact's precision: FP32 max |Δlogit| ≤ 1e-4;
 FP16 (ONNX or engine) max |Δprob| ≤ 5e-3 and ≥ 99.9 % decision agreement; INT8 reported only.
 
-Exit codes: 0 every artifact within bounds, 1 any past its bounds (or crashed), 2 usage error or
-a missing/corrupt checkpoint, model or image directory.
+Exit codes: 0 every artifact within bounds, 1 any past its bounds, crashed or unreadable (a damaged
+model file is a failed row), 2 usage error, a missing/corrupt checkpoint, a missing model file, or an
+image directory that is missing or holds no readable image.
 """
 from __future__ import annotations
 
