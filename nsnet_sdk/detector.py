@@ -91,7 +91,7 @@ class Detector:
             CUDA EP → CPU EP, whichever are available.
         intra_op_threads: threads inside one inference (ONNX Runtime / torch); default: runtime's.
         device: torch device for the PyTorch backend (default ``cuda`` when available, else cpu);
-            for TensorRT an int GPU index.
+            for TensorRT a GPU index or ``"cuda:N"`` (default 0).
         batch_size: default batch size of `predict` / `predict_iter`.
         workers: decode/preprocess threads (0 = on the calling thread); default one per core.
         max_pixels: images whose header declares more pixels are refused before decoding.
@@ -114,10 +114,11 @@ class Detector:
         self.max_pixels = int(max_pixels)
         self.backend: Backend = load_backend(
             self.kind, self.model_path, providers=providers, intra_op_threads=intra_op_threads,
-            device=device, device_id=device if isinstance(device, int) else None)
+            device=device)
         self.meta = ModelMeta.parse(self.backend.metadata, str(self.model_path))
         self.config = self._resolve_preprocess(preprocess, force)
         self.threshold = self.meta.threshold if threshold is None else _check_threshold(threshold)
+        self._closed = False
 
     def _resolve_preprocess(self, override, force: bool) -> PatchConfig:
         stored = self.meta.preprocess
@@ -170,7 +171,9 @@ class Detector:
         }
 
     def close(self) -> None:
-        """Release the backend's resources (GPU buffers, sessions)."""
+        """Release the backend's resources (GPU buffers, sessions); predicting afterwards raises
+        `InferenceError`."""
+        self._closed = True
         self.backend.close()
 
     def __enter__(self) -> "Detector":
@@ -233,6 +236,9 @@ class Detector:
                 ok = [j for j, e in enumerate(errors) if e is None]
                 logits = np.full(len(names), np.nan, dtype=np.float32)
                 if ok:
+                    if self._closed:  # the backend's buffers and sessions are gone
+                        raise InferenceError(f"{self.model_path}: the Detector is closed",
+                                             source=str(self.model_path))
                     batch = buf[:len(ok)] if len(ok) == len(names) else buf[ok]
                     logits[ok] = self.backend.run(batch)
                 free.append(buf)

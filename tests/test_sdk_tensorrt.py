@@ -82,3 +82,192 @@ def test_tensorrt_engine_matches_onnx_runtime(tmp_path):
         one = det.predict(imgs[0])                   # padded up to the profile minimum of 2
     np.testing.assert_allclose([p.prob_fake for p in got], [p.prob_fake for p in ref], atol=5e-3)
     assert one.prob_fake == pytest.approx(got[0].prob_fake, abs=1e-6)
+
+
+# -- the backend's host logic on stand-ins for tensorrt and cuda-python (everywhere) ----------------
+
+class _FakeCudart:
+    """cuda-python's runtime API as the backend calls it; "device" memory is host memory, copies
+    are memmoves, and every call returns cuda-python's (err, value...) tuples."""
+
+    class cudaMemcpyKind:
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = "h2d", "d2h"
+
+    def __init__(self, fail_malloc_after: int | None = None):
+        self.mem: dict[int, object] = {}
+        self.freed: list[int] = []
+        self.devices: list[int] = []
+        self.fail_malloc_after = fail_malloc_after
+
+    def _alloc(self, n):
+        import ctypes
+        if self.fail_malloc_after is not None and len(self.mem) >= self.fail_malloc_after:
+            return 2, 0  # cudaErrorMemoryAllocation
+        buf = ctypes.create_string_buffer(n)
+        self.mem[ctypes.addressof(buf)] = buf
+        return 0, ctypes.addressof(buf)
+
+    cudaMalloc = cudaMallocHost = _alloc
+
+    def cudaFree(self, ptr):
+        self.freed.append(ptr)
+        return (0,)
+
+    cudaFreeHost = cudaFree
+
+    def cudaSetDevice(self, i):
+        self.devices.append(i)
+        return (0,)
+
+    def cudaStreamCreate(self):
+        return 0, 7
+
+    def cudaStreamDestroy(self, s):
+        return (0,)
+
+    def cudaStreamSynchronize(self, s):
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
+        import ctypes
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+
+def _fake_tensorrt(min_batch: int, max_batch: int, size: int):
+    """The TensorRT 10 names the backend uses; the "engine" computes the stand-in model."""
+    import ctypes
+    import types
+
+    from _sdk_util import stand_in_logit
+
+    trt = types.ModuleType("tensorrt")
+    trt.float32 = "float32"
+    trt.nptype = lambda dt: {"float32": np.float32}[dt]
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class Context:
+        def __init__(self):
+            self.shape, self.addr, self.batches = None, {}, []
+
+        def set_input_shape(self, name, shape):
+            self.shape = tuple(shape)
+            return min_batch <= shape[0] <= max_batch
+
+        def set_tensor_address(self, name, ptr):
+            self.addr[name] = ptr
+
+        def execute_async_v3(self, stream):
+            assert set(self.addr) == {"images", "logit", "prob_fake"}, self.addr
+            n = int(np.prod(self.shape))
+            x = np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addr["images"]))
+            logit = stand_in_logit(x.reshape(self.shape)).astype(np.float32)
+            ctypes.memmove(self.addr["logit"], logit.ctypes.data, logit.nbytes)
+            self.batches.append(self.shape[0])
+            return True
+
+    class Engine:
+        num_io_tensors = 3
+        names = ["images", "logit", "prob_fake"]
+
+        def __init__(self):
+            self.contexts = []
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return "in" if name == "images" else "out"
+
+        def get_tensor_dtype(self, name):
+            return "float32"
+
+        def get_tensor_profile_shape(self, name, profile):
+            return [(min_batch, 3, size, size), (max_batch, 3, size, size), (max_batch, 3, size, size)]
+
+        def create_execution_context(self):
+            self.contexts.append(Context())
+            return self.contexts[-1]
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, blob):
+            return Engine() if blob.startswith(b"fake engine") else None
+
+    trt.Logger, trt.Runtime = Logger, Runtime
+    return trt
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch):
+    import sys
+    import types
+
+    def install(cudart=None, min_batch=2, max_batch=4, size=224):
+        cudart = cudart or _FakeCudart()
+        bindings = types.ModuleType("cuda.bindings")
+        bindings.runtime = cudart
+        cuda = types.ModuleType("cuda")
+        cuda.bindings = bindings
+        for name, mod in (("cuda", cuda), ("cuda.bindings", bindings),
+                          ("cuda.bindings.runtime", cudart),
+                          ("tensorrt", _fake_tensorrt(min_batch, max_batch, size))):
+            monkeypatch.setitem(sys.modules, name, mod)
+        return cudart
+    return install
+
+
+def _engine(tmp_path):
+    eng = write_engine_pair(tmp_path / "nsnet.engine", contract_metadata())
+    eng.write_bytes(b"fake engine")
+    return eng
+
+
+def test_engine_pipeline_splits_pads_and_matches_onnx_on_stand_ins(tmp_path, fake_gpu):
+    from _sdk_util import build_stand_in_onnx
+
+    cudart = fake_gpu()
+    imgs = [np.random.default_rng(i).integers(0, 256, (40 + 9 * i, 70, 3), np.uint8) for i in range(11)]
+    ref = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), workers=0).predict(imgs)
+    det = Detector(_engine(tmp_path), device="cuda:1", workers=2)
+    assert det.backend.name == "tensorrt" and det.backend.device == "cuda:1"
+    got = det.predict(imgs, batch_size=11)
+    one = det.predict(imgs[0])
+    ctx = det.backend.context
+    assert ctx.batches == [4, 4, 3, 2]  # split at the profile max; one image padded to its min
+    assert set(cudart.devices) == {1}
+    np.testing.assert_allclose([p.logit for p in got], [p.logit for p in ref], atol=1e-4)
+    assert one.logit == pytest.approx(got[0].logit, abs=1e-6)
+    det.close()
+    assert sorted(cudart.freed) == sorted(cudart.mem) and det.backend.context is None
+    det.close()  # idempotent
+    from nsnet_sdk import InferenceError
+    with pytest.raises(InferenceError, match="closed"):
+        det.predict(imgs[:2])
+    with pytest.raises(InferenceError, match="closed"):
+        det.backend.run(np.zeros((1, 3, 224, 224), np.float32))
+
+
+def test_engine_load_failures_are_model_load_errors_and_free_what_was_allocated(tmp_path, fake_gpu):
+    from nsnet_sdk import ModelLoadError
+
+    eng = _engine(tmp_path)
+    cudart = fake_gpu(_FakeCudart(fail_malloc_after=2))
+    with pytest.raises(ModelLoadError, match="cudaMalloc"):
+        Detector(eng)
+    assert len(cudart.mem) == 2 and sorted(cudart.freed) == sorted(cudart.mem)
+    fake_gpu()
+    eng.write_bytes(b"stale engine")
+    with pytest.raises(ModelLoadError, match="deserialise"):
+        Detector(eng)
+    for bad in ("cpu", "cuda:x", -1, True):
+        with pytest.raises(ValueError, match="GPU index"):
+            Detector(_engine(tmp_path), device=bad)

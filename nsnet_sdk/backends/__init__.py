@@ -24,6 +24,19 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def gpu_index(device: Any) -> int:
+    """The CUDA device a TensorRT engine runs on: None → 0; an int, ``"N"``, ``"cuda"`` or
+    ``"cuda:N"`` → N. Anything else (``"cpu"``) is a `ValueError`: an engine runs only on a GPU."""
+    if device is None:
+        return 0
+    text = str(device).strip().lower()
+    text = "0" if text == "cuda" else text.removeprefix("cuda:")
+    if isinstance(device, bool) or not text.isdigit():
+        raise ValueError(f"a TensorRT engine runs on a CUDA device: device must be a GPU index or "
+                         f"'cuda:N', got {device!r}")
+    return int(text)
+
+
 def load_backend(kind: str, path: str | Path, **options: Any) -> Backend:
     """Build the backend ``kind`` (see `nsnet_sdk.artifact.artifact_kind`) for ``path``."""
     if kind == "onnxruntime":
@@ -32,7 +45,7 @@ def load_backend(kind: str, path: str | Path, **options: Any) -> Backend:
                           intra_op_threads=options.get("intra_op_threads"))
     if kind == "tensorrt":
         from .tensorrt import TensorRTBackend
-        return TensorRTBackend(path, device_id=options.get("device_id") or 0)
+        return TensorRTBackend(path, device_id=gpu_index(options.get("device")))
     if kind == "torch":
         from .torch import TorchBackend
         return TorchBackend(path, device=options.get("device"),

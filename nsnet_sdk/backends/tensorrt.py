@@ -58,26 +58,45 @@ class TensorRTBackend:
         self._trt = trt
         self._allocs: list[tuple[str, int]] = []
         self._stream = None
-        cudart = self._cudart
-        self._check(cudart.cudaSetDevice(int(device_id)), "cudaSetDevice")
+        self.context = self.engine = None
+        self._device_id = int(device_id)
+        self.device = f"cuda:{self._device_id}"
+        try:
+            self._load()
+        except BaseException as e:
+            self.close()  # whatever was allocated before the failure
+            if isinstance(e, InferenceError):  # a CUDA call failed: the model cannot be loaded
+                raise ModelLoadError(str(e), source=str(self.path)) from e
+            raise
+
+    def _load(self) -> None:
+        trt, cudart = self._trt, self._cudart
+        self._check(cudart.cudaSetDevice(self._device_id), "cudaSetDevice")
+        try:
+            blob = self.path.read_bytes()
+        except OSError as e:
+            raise ModelLoadError(f"{self.path}: cannot read the engine: {e}", source=str(self.path)) from e
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        self.engine = self._runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
             raise ModelLoadError(f"{self.path}: TensorRT could not deserialise the engine (built "
                                  "with another TensorRT version or for another GPU?)",
                                  source=str(self.path))
-        self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self._outputs = [n for n in names
                          if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if "images" not in names or "logit" not in self._outputs:
             raise ModelLoadError(f"{self.path}: engine tensors {names} lack 'images'/'logit'",
                                  source=str(self.path))
+        if self.engine.get_tensor_dtype("images") != trt.float32:
+            raise ModelLoadError(f"{self.path}: engine input 'images' is "
+                                 f"{self.engine.get_tensor_dtype('images')}, expected float32",
+                                 source=str(self.path))
+        self.context = self.engine.create_execution_context()
         lo, _opt, hi = self.engine.get_tensor_profile_shape("images", 0)
         self.min_batch, self.max_batch = max(1, int(lo[0])), int(hi[0])
         self._item_shape = tuple(int(d) for d in hi[1:])
-        self.device = f"cuda:{device_id}"
 
         _, self._stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         in_bytes = self.max_batch * int(np.prod(self._item_shape)) * 4
@@ -121,6 +140,11 @@ class TensorRTBackend:
 
     def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
         cudart, ctx = self._cudart, self.context
+        if ctx is None:
+            raise InferenceError(f"{self.path}: the TensorRT backend is closed", source=str(self.path))
+        # The current device is per host thread, and the thread iterating results need not be
+        # the one that built the backend.
+        self._check(cudart.cudaSetDevice(self._device_id), "cudaSetDevice")
         n = len(chunk)
         b = max(n, self.min_batch)  # below the profile minimum: pad with zeros, drop the rows
         self._h_in[:n] = chunk
@@ -145,9 +169,13 @@ class TensorRTBackend:
         return self._h_out[:n].astype(np.float32)
 
     def close(self) -> None:
+        """Free the buffers and the stream and drop the context and engine (idempotent)."""
         cudart = getattr(self, "_cudart", None)
         if cudart is None:
             return
+        self.context = None  # before the engine it was created from
+        self.engine = None
+        self._h_in = self._h_out = None  # views of the pinned memory freed below
         for kind, ptr in self._allocs:
             (cudart.cudaFreeHost if kind == "host" else cudart.cudaFree)(ptr)
         self._allocs = []
