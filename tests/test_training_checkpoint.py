@@ -161,3 +161,29 @@ def test_log_every_thins_the_log_but_not_the_metrics(tmp_path, caplog):
     assert logged == ["epoch 2", "epoch 4", "epoch 5"]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4, 5]
+
+
+def test_train_state_round_trips_optimizer_and_loss_scale(tmp_path) -> None:
+    """--resume's state: Adam moments and the AMP loss scale come back (CPU scaler: same code as CUDA)."""
+    from training.train import TRAIN_STATE, TRAIN_STATE_JSON, load_train_state, save_train_state
+
+    run = tiny_run(tmp_path / "run")
+    model = NSNet.from_checkpoint(run)
+    opt = torch.optim.AdamW(model.head.parameters(), lr=1e-3)
+    model.head(torch.randn(4, model.embed_dim)).square().sum().backward()
+    opt.step()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
+    save_train_state(run, model, opt, scaler, epoch=1)
+    assert not list(run.glob("*.tmp")) and (run / TRAIN_STATE).is_file() and (run / TRAIN_STATE_JSON).is_file()
+
+    fresh_opt = torch.optim.AdamW(model.head.parameters(), lr=1e-3)
+    fresh_scaler = torch.amp.GradScaler("cpu")
+    assert fresh_scaler.get_scale() != 1024.0
+    doc = load_train_state(run, model, fresh_opt, fresh_scaler)
+    assert doc["epoch"] == 1
+    assert fresh_scaler.get_scale() == 1024.0 and fresh_scaler.get_growth_interval() == 7
+    saved, loaded = opt.state_dict()["state"], fresh_opt.state_dict()["state"]
+    assert saved.keys() == loaded.keys() and saved
+    for idx in saved:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(saved[idx][name], loaded[idx][name]), (idx, name)

@@ -49,9 +49,11 @@ def _step(model, optimizer, scaler, args, device, inputs, labels, from_features:
     return parts
 
 
-def fit(args, model, optimizer, meta: dict[str, Any], run: Path, device: torch.device, start_epoch: int,
-        save: Callable[[int, dict], None]) -> int:
-    """Train from ``start_epoch`` to ``args.epochs``, saving after each epoch. Returns 0."""
+def fit(args, model, optimizer, scaler: torch.amp.GradScaler, meta: dict[str, Any], run: Path,
+        device: torch.device, start_epoch: int, save: Callable[[int, dict], None]) -> int:
+    """Train from ``start_epoch`` to ``args.epochs``, saving after each epoch. Returns 0.
+
+    ``scaler`` is the AMP loss scaler (enabled on CUDA), kept by the caller for --resume."""
     progress = not args.quiet
     root = Path(args.data)
     gens = [g.strip() for g in args.generators.split(",")] if args.generators else None
@@ -71,7 +73,6 @@ def fit(args, model, optimizer, meta: dict[str, Any], run: Path, device: torch.d
     cfg = PatchConfig.from_dict(meta["preprocess"])
     skips = SkipLog(train)
     val_skips = SkipLog(val)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     metrics_path = run / "metrics.jsonl"
     run.mkdir(parents=True, exist_ok=True)
     if start_epoch == 0:

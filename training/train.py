@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import _atomic_write, load_checkpoint, save_checkpoint
 from training.corpus import BANKS, encode_texts, prompt_bank, read_captions
 from training.lora import add_lora, lora_state_dict, unmerge_lora
 from training.losses import DEFAULT_TEMPERATURE
@@ -158,9 +158,10 @@ def trainable_parameters(model: NSNet) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def save_train_state(run: Path, model: NSNet, optimizer: torch.optim.Optimizer, epoch: int,
-                     extra: dict[str, Any]) -> None:
-    """Optimizer moments and LoRA adapters (unmerged) for --resume, as safetensors + JSON."""
+def save_train_state(run: Path, model: NSNet, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                     epoch: int) -> None:
+    """Optimizer moments, LoRA adapters (unmerged), the AMP loss scale and the RNG for --resume, as
+    safetensors + JSON (each file replaced atomically)."""
     tensors: dict[str, torch.Tensor] = {f"lora/{k}": v for k, v in lora_state_dict(model).items()}
     opt = optimizer.state_dict()
     for idx, st in opt["state"].items():
@@ -169,13 +170,14 @@ def save_train_state(run: Path, model: NSNet, optimizer: torch.optim.Optimizer, 
                 tensors[f"opt/{idx}/{name}"] = value
     scalars = {str(idx): {n: v for n, v in st.items() if not torch.is_tensor(v)} for idx, st in opt["state"].items()}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(run / TRAIN_STATE))
     doc = {"epoch": epoch, "param_groups": opt["param_groups"], "scalars": scalars,
-           "rng": {"torch": torch.get_rng_state().tolist()}, **extra}
-    (run / TRAIN_STATE_JSON).write_text(json.dumps(doc))
+           "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state().tolist()}}
+    _atomic_write(run / TRAIN_STATE, lambda p: save_file(tensors, str(p)))
+    _atomic_write(run / TRAIN_STATE_JSON, lambda p: p.write_text(json.dumps(doc)))
 
 
-def load_train_state(run: Path, model: NSNet, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_train_state(run: Path, model: NSNet, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler) -> dict[str, Any]:
     doc = json.loads((run / TRAIN_STATE_JSON).read_text())
     tensors = load_file(str(run / TRAIN_STATE))
     adapters = {k[len("lora/"):]: v for k, v in tensors.items() if k.startswith("lora/")}
@@ -189,6 +191,8 @@ def load_train_state(run: Path, model: NSNet, optimizer: torch.optim.Optimizer) 
     for idx, sc in doc.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(sc)
     optimizer.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+    if doc.get("scaler"):  # {} when saved by a CPU run (a disabled scaler); a CPU scaler ignores it
+        scaler.load_state_dict(doc["scaler"])
     torch.set_rng_state(torch.tensor(doc["rng"]["torch"], dtype=torch.uint8))
     return doc
 
@@ -241,18 +245,20 @@ def main(argv: list[str] | None = None) -> int:
     from training.loop import fit  # data + loop need images; --epochs 0 never imports them
 
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=args.lr, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")  # AMP on CUDA only
     if start_epoch and resume_state.is_file():
-        load_train_state(run, model, optimizer)
-    return fit(args, model, optimizer, meta, run, device, start_epoch,
-               save=lambda ep, data_summary: _save_epoch(args, run, model, optimizer, meta, ep, data_summary))
+        load_train_state(run, model, optimizer, scaler)
+    return fit(args, model, optimizer, scaler, meta, run, device, start_epoch,
+               save=lambda ep, data_summary: _save_epoch(args, run, model, optimizer, scaler, meta, ep,
+                                                         data_summary))
 
 
-def _save_epoch(args, run: Path, model: NSNet, optimizer, meta: dict[str, Any], epoch: int,
+def _save_epoch(args, run: Path, model: NSNet, optimizer, scaler, meta: dict[str, Any], epoch: int,
                 data_summary: dict[str, Any]) -> None:
     meta["training"] = training_summary(args, epoch)
     meta["data"] = data_summary
     save_checkpoint(model, run, meta)
-    save_train_state(run, model, optimizer, epoch, {})
+    save_train_state(run, model, optimizer, scaler, epoch)
 
 
 if __name__ == "__main__":
