@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from . import __version__
-from .errors import NSNetError
+from .errors import BackendUnavailableError, NSNetError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff",
                             ".gif", ".jp2", ".pgm", ".ppm", ".pnm", ".heic", ".avif"})
@@ -169,16 +169,40 @@ def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+def _engine_info_from_sidecar(model: str) -> dict[str, Any] | None:
+    """`nsnet info` for an engine on a box without TensorRT: what its sidecar says, or None when
+    ``model`` is not an engine with a valid sidecar."""
+    from .artifact import TENSORRT, ModelMeta, artifact_kind
+    from .backends.tensorrt import read_sidecar  # imports neither tensorrt nor cuda-python
+    from .detector import model_info
+
+    try:
+        if artifact_kind(model) != TENSORRT:
+            return None
+        meta = ModelMeta.parse(read_sidecar(model), model)
+    except NSNetError:
+        return None
+    return model_info(model, TENSORRT, None, meta)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .detector import Detector
 
     try:
         det = Detector(args.model, providers=_providers(args.providers), workers=0)
+    except BackendUnavailableError as e:
+        info = _engine_info_from_sidecar(args.model)
+        if info is None:
+            print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
+            return 1
+        print(f"nsnet: warning: engine not loaded, metadata from its sidecar only: {e}",
+              file=sys.stderr)
     except (NSNetError, ValueError) as e:
         print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
         return 1
-    info = det.info()
-    det.close()
+    else:
+        info = det.info()
+        det.close()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -162,13 +162,8 @@ class Detector:
 
     def info(self) -> dict[str, Any]:
         """What `nsnet info` prints: artifact, backend, device, threshold, preprocessing, metadata."""
-        return {
-            "model": str(self.model_path), "backend": self.backend.name,
-            "device": self.backend.device, "format": self.meta.format,
-            "backbone": self.meta.backbone, "precision": self.meta.precision,
-            "projector_rank": self.meta.projector_rank, "threshold": self.threshold,
-            "preprocess": self.config.to_dict(), "metadata": dict(self.meta.raw),
-        }
+        return model_info(self.model_path, self.backend.name, self.backend.device, self.meta,
+                          threshold=self.threshold, config=self.config)
 
     def close(self) -> None:
         """Release the backend's resources (GPU buffers, sessions); predicting afterwards raises
@@ -261,6 +256,18 @@ class Detector:
                 for f in futs:
                     f.cancel()
             pool.shutdown(wait=True)
+
+
+def model_info(model: str | os.PathLike, backend: str, device: str | None, meta: ModelMeta, *,
+               threshold: float | None = None, config: PatchConfig | None = None) -> dict[str, Any]:
+    """The `Detector.info` record; threshold and config default to the model's own."""
+    return {
+        "model": str(model), "backend": backend, "device": device, "format": meta.format,
+        "backbone": meta.backbone, "precision": meta.precision,
+        "projector_rank": meta.projector_rank,
+        "threshold": meta.threshold if threshold is None else threshold,
+        "preprocess": (config or meta.preprocess).to_dict(), "metadata": dict(meta.raw),
+    }
 
 
 def _check_batch_size(bs: Any) -> int:

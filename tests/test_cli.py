@@ -174,3 +174,25 @@ def test_console_script_runs_with_progress_bar_on_stderr(model, tree, tmp_path):
     assert len(read_jsonl(out)) == len(tree["top"])
     assert "img" in r.stderr and "4 inputs: 3 scored" in r.stderr
     assert r.stdout == ""
+
+
+def test_info_on_an_engine_without_tensorrt_prints_the_sidecar(tmp_path, capsys):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed here: the engine itself is loaded")
+    except ImportError:
+        pass
+    from _sdk_util import write_engine_pair
+
+    eng = write_engine_pair(tmp_path / "nsnet.engine", contract_metadata(threshold=0.25))
+    assert main(["info", str(eng), "--json"]) == 0
+    captured = capsys.readouterr()
+    info = json.loads(captured.out)
+    assert info["backend"] == "tensorrt" and info["device"] is None and info["threshold"] == 0.25
+    assert info["metadata"]["nsnet.trt.max_batch"] == "32" and info["precision"] == "fp16"
+    assert "sidecar" in captured.err and "tensorrt" in captured.err
+    assert main(["info", str(eng)]) == 0
+    assert "nsnet.trt.max_batch = 32" in capsys.readouterr().out
+    eng.with_name(eng.name + ".json").write_text("{}")  # no usable metadata: still an error
+    assert main(["info", str(eng)]) == 1
+    assert "cannot load model" in capsys.readouterr().err
