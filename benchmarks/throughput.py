@@ -40,7 +40,6 @@ if str(HERE) not in sys.path:  # sibling helper modules when imported from tests
 
 import _variants  # noqa: E402  (sibling module, found through the sys.path line above)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "onnx", "torch",
              "open_clip_torch", "tensorrt", "cuda-python")
 
@@ -77,9 +76,12 @@ def synthetic_files(n: int, size: int, root: Path) -> list[str]:
 
 
 def image_files(root: Path) -> list[str]:
-    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files under ``root`` (recursive, sorted): what `nsnet detect --recursive` scores."""
+    from nsnet_sdk.cli import IMAGE_SUFFIXES, iter_image_paths
+
+    files, _ = iter_image_paths([str(root)], recursive=True)
     if not files:
-        raise BenchError(f"--images {root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
+        raise BenchError(f"--images {root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     return files
 
 

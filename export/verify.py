@@ -25,8 +25,6 @@ import numpy as np
 
 from export.to_onnx import CheckpointError, Parity, compare, load_run, read_metadata, reference_logits
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"}
-
 
 def synthetic_images(n: int, cfg, seed: int = 0) -> np.ndarray:
     """(n,3,S,S) inputs from seeded random images of varied size and texture, preprocessed."""
@@ -46,10 +44,11 @@ def synthetic_images(n: int, cfg, seed: int = 0) -> np.ndarray:
 
 def image_dir_inputs(root: Path, cfg) -> tuple[np.ndarray, list[str], list[str]]:
     """Preprocessed images of ``root`` (recursive): (batch, sources, errors). Bad files are skipped."""
+    from nsnet_sdk.cli import iter_image_paths
     from nsnet_sdk.errors import NSNetError
     from nsnet_sdk.preprocess import load_image, preprocess
 
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files, _ = iter_image_paths([str(root)], recursive=True)  # what `nsnet detect --recursive` scores
     batch, sources, errors = [], [], []
     for f in files:
         try:

@@ -212,3 +212,18 @@ def test_cuda_plan_has_the_gpu_rows(tmp_path):
     assert got == {("torch", "fp32", "cuda", False, ()), ("torch", "fp16", "cuda", True, ()),
                    ("onnxruntime", "fp32", "cuda", False, gpu), ("onnxruntime", "fp16", "cuda", False, gpu),
                    ("tensorrt", "fp16", "cuda", False, ())}
+
+
+def test_images_dir_lists_what_nsnet_detect_scores(tmp_path):
+    from nsnet_sdk.cli import iter_image_paths
+
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "sub/b.JPG", "sub/c.webp", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    files = throughput.image_files(tmp_path)
+    assert files == iter_image_paths([str(tmp_path)], recursive=True)[0]
+    assert [Path(f).name for f in files] == ["a.png", "b.JPG", "c.webp"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(throughput.BenchError, match="no image files"):
+        throughput.image_files(empty)
