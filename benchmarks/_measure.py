@@ -175,16 +175,14 @@ def _cuda_graph_runner(backend, batch: np.ndarray, autocast: bool) -> Callable[[
     return run
 
 
-def model_inputs(files: list[str], cfg, n: int) -> np.ndarray:
-    """(n,3,S,S) network inputs: the first files preprocessed, repeated to fill the batch.
-    Throughput does not depend on the values; real mosaics keep the inputs representative."""
-    from nsnet_sdk.preprocess import load_image, preprocess
-
+def sample_mosaics(files: list[str], cfg, k: int = 8) -> np.ndarray:
+    """(≤k,3,S,S): the first ``k`` readable files preprocessed, the model stage's input material."""
     from nsnet_sdk.errors import NSNetError
+    from nsnet_sdk.preprocess import load_image, preprocess
 
     base = []
     for f in files:
-        if len(base) >= min(n, 8):
+        if len(base) >= k:
             break
         try:
             base.append(preprocess(load_image(f), cfg))
@@ -192,8 +190,13 @@ def model_inputs(files: list[str], cfg, n: int) -> np.ndarray:
             continue  # an unreadable file is the end-to-end stage's business, not the model's
     if not base:
         raise RuntimeError("no readable image among the input files")
-    base = np.stack(base)
-    return np.ascontiguousarray(np.resize(base, (n, *base.shape[1:])))
+    return np.stack(base)
+
+
+def model_inputs(base: np.ndarray, n: int) -> np.ndarray:
+    """(n,3,S,S) network inputs: the first ``min(n, len(base))`` mosaics repeated to fill the batch.
+    Throughput does not depend on the values; real mosaics keep the inputs representative."""
+    return np.ascontiguousarray(np.resize(base[:n], (n, *base.shape[1:])))
 
 
 def measure_model(spec: dict) -> dict[str, Any]:
@@ -222,8 +225,9 @@ def measure_model(spec: dict) -> dict[str, Any]:
         logits = np.concatenate([det.backend.run(x[i:i + bs]) for i in range(0, len(x), bs)])
         np.save(Path(spec["out"]).with_suffix(".logits.npy"), logits.astype(np.float64))
 
+    base = sample_mosaics(spec["files"], det.config)  # decoded once, for every batch size
     for bs in spec["batch_sizes"]:
-        batch = model_inputs(spec["files"], det.config, bs)
+        batch = model_inputs(base, bs)
         fn = lambda: det.backend.run(batch)  # noqa: E731
         fn()  # first call outside the reset: allocator/arena growth belongs to the model load
         reset_peak_rss()
