@@ -113,6 +113,18 @@ def test_resume_continues_exactly_end_to_end(tmp_path) -> None:
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
+
+def test_resume_drops_log_records_of_an_epoch_without_checkpoint(tmp_path) -> None:
+    data = write_dataset(tmp_path / "data", ["tconv"], n_train=4, n_val=2, size=64, seed=0, progress=False)
+    flags = ("--cache-features", "--batch-size", "4", "--threads", "1")
+    run = tiny_run(tmp_path / "run", *flags, data=data, epochs=2)
+    log_path = run / "metrics.jsonl"
+    # The run died after logging epoch 3, before its checkpoint; the last line is torn.
+    log_path.write_text(log_path.read_text() + json.dumps({"epoch": 3, "loss": 9.0}) + "\n" + '{"epoch": 4, "lo')
+    tiny_run(run, *flags, "--resume", data=data, epochs=3)
+    records = [json.loads(ln) for ln in log_path.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records[2]["loss"] != 9.0
+
 def test_calibrate_fpr_rewrites_threshold(trained, synth, tmp_path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained, run)

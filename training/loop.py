@@ -75,8 +75,7 @@ def fit(args, model, optimizer, scaler: torch.amp.GradScaler, meta: dict[str, An
     val_skips = SkipLog(val)
     metrics_path = run / "metrics.jsonl"
     run.mkdir(parents=True, exist_ok=True)
-    if start_epoch == 0:
-        metrics_path.write_text("")  # a fresh run does not append to an older run's log
+    _trim_metrics(metrics_path, start_epoch)
     model.visual.eval()  # CLIP towers have no dropout/BN to train; keeps LoRA deterministic
 
     cache = val_cache = None
@@ -139,6 +138,21 @@ def fit(args, model, optimizer, scaler: torch.amp.GradScaler, meta: dict[str, An
                                                          for k, v in record.items() if k != "epoch"))
         save(epoch + 1, summary(train, skips.count))
     return 0
+
+
+def _trim_metrics(path: Path, last_epoch: int) -> None:
+    """Keep the log's records of epochs up to ``last_epoch`` (the checkpoint's): a fresh run does not
+    append to an older run's log, and a resumed one does not repeat an epoch whose record was written
+    before the run died and its checkpoint was not."""
+    kept = []
+    if last_epoch and path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["epoch"] <= last_epoch:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by the interruption
+    path.write_text("".join(kept))
 
 
 def _image_batches(dl, skips: SkipLog, device: torch.device):
