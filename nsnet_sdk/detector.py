@@ -208,11 +208,16 @@ class Detector:
         free: list[np.ndarray] = []
         inflight: deque = deque()
         counter = 0
+        source_error: Exception | None = None  # raised once every input pulled before it is scored
 
         def submit(limit: int) -> None:
-            nonlocal counter
-            while len(inflight) < limit:
-                chunk = list(islice(items, bs))
+            nonlocal counter, source_error
+            while source_error is None and len(inflight) < limit:
+                chunk: list[Any] = []
+                try:
+                    chunk.extend(islice(items, bs))
+                except Exception as e:  # the caller's iterable failed, not one of its inputs
+                    source_error = e
                 if not chunk:
                     return
                 buf = free.pop() if free else np.empty((bs, 3, side, side), np.float32)
@@ -225,6 +230,8 @@ class Detector:
             while True:
                 submit(1 + ahead)  # the batch to infer next and those the workers decode meanwhile
                 if not inflight:
+                    if source_error is not None:
+                        raise source_error
                     break
                 names, futs, buf = inflight.popleft()
                 errors = [f.result() for f in futs]

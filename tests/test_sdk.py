@@ -215,6 +215,19 @@ def test_predict_iter_keeps_order_and_reads_input_only_a_bounded_way_ahead(det):
     assert max_ahead <= 3 * bs
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_failing_input_iterable_raises_only_after_every_input_it_gave_is_scored(det, workers):
+    def source():
+        yield from _lagged_images(10, [])
+        raise RuntimeError("the input listing failed")
+
+    got = []
+    with pytest.raises(RuntimeError, match="listing failed"):
+        for pred in det.predict_iter(source(), batch_size=4, workers=workers):
+            got.append(pred)
+    assert [p.source for p in got] == [f"<array #{i}>" for i in range(10)] and all(p.ok for p in got)
+
+
 def test_inline_pipeline_reads_no_batch_ahead(det):
     """workers=0 gains nothing from decoding ahead: the input is pulled one batch at a time."""
     pulled: list[int] = []
