@@ -50,7 +50,7 @@ def is_single_input(x: Any) -> bool:
 def source_name(x: Any, index: int) -> str:
     """How a Prediction names its input: the path as given, else ``<kind #index>``."""
     if isinstance(x, (str, os.PathLike)):
-        return os.fspath(x) if not isinstance(os.fspath(x), bytes) else os.fsdecode(os.fspath(x))
+        return os.fsdecode(x)
     if isinstance(x, (bytes, bytearray, memoryview)):
         return f"<bytes #{index}>"
     if isinstance(x, np.ndarray):
@@ -115,9 +115,13 @@ class Detector:
         self.backend: Backend = load_backend(
             self.kind, self.model_path, providers=providers, intra_op_threads=intra_op_threads,
             device=device)
-        self.meta = ModelMeta.parse(self.backend.metadata, str(self.model_path))
-        self.config = self._resolve_preprocess(preprocess, force)
-        self.threshold = self.meta.threshold if threshold is None else _check_threshold(threshold)
+        try:
+            self.meta = ModelMeta.parse(self.backend.metadata, str(self.model_path))
+            self.config = self._resolve_preprocess(preprocess, force)
+            self.threshold = self.meta.threshold if threshold is None else _check_threshold(threshold)
+        except BaseException:
+            self.backend.close()  # refused after loading: free its session / GPU memory now
+            raise
         self._closed = False
 
     def _resolve_preprocess(self, override, force: bool) -> PatchConfig:

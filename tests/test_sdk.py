@@ -315,6 +315,28 @@ def test_non_finite_logit_is_an_error_row_and_backend_failure_raises(model):
         d.predict(pictures(2))
 
 
+def test_a_model_refused_after_loading_has_its_backend_closed(model, monkeypatch):
+    import nsnet_sdk.detector as detector_module
+
+    opened = []
+    real_load = detector_module.load_backend
+
+    def spy(*args, **kwargs):
+        opened.append(real_load(*args, **kwargs))
+        closed = []
+        opened[-1].close, opened[-1].closed = (lambda: closed.append(True)), closed
+        return opened[-1]
+
+    monkeypatch.setattr(detector_module, "load_backend", spy)
+    with pytest.raises(PreprocessMismatchError):
+        Detector(model, preprocess=PatchConfig(patch=16, grid=14))
+    with pytest.raises(ValueError, match="threshold"):
+        Detector(model, threshold=2.0)
+    assert [b.closed for b in opened] == [[True], [True]]
+    Detector(model, workers=0)
+    assert opened[-1].closed == []
+
+
 def test_provider_choice(model):
     from nsnet_sdk.backends.onnxruntime import choose_providers
 
