@@ -187,3 +187,15 @@ def test_train_state_round_trips_optimizer_and_loss_scale(tmp_path) -> None:
     for idx in saved:
         for name in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(saved[idx][name], loaded[idx][name]), (idx, name)
+
+
+@pytest.mark.parametrize("flags", [("--temperature", "0"), ("--lora-rank", "-1"), ("--jpeg-quality", "80", "40"),
+                                   ("--jpeg-quality", "0", "90"), ("--blur-sigma", "2", "1")])
+def test_bad_training_flags_are_usage_errors(tmp_path, flags) -> None:
+    """Refused before any work: a NaN loss (τ = 0) or a crash in the first batch is no answer."""
+    from training.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--backbone", "nsnet-tiny",
+              "--pretrained", "none", "--quiet", *flags])
+    assert e.value.code == 2 and not (tmp_path / "run").exists()

@@ -206,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--epochs must be >= 0 and --batch-size >= 2 (SupCon needs pairs)")
     if args.log_every < 1:
         build_parser().error("--log-every must be >= 1")
+    if not args.temperature > 0:  # SupCon divides by it: 0 or less gives a NaN loss, silently
+        build_parser().error("--temperature must be > 0")
+    if args.lora_rank < 0:
+        build_parser().error("--lora-rank must be >= 0")
+    if not 1 <= args.jpeg_quality[0] <= args.jpeg_quality[1] <= 100:
+        build_parser().error("--jpeg-quality needs 1 <= LO <= HI <= 100")
+    if not 0 <= args.blur_sigma[0] <= args.blur_sigma[1]:
+        build_parser().error("--blur-sigma needs 0 <= LO <= HI")
     if args.cache_features and (args.lora_rank or args.train_backbone):
         build_parser().error("--cache-features needs a frozen backbone; drop --lora-rank / --train-backbone")
     if args.lora_rank and args.train_backbone:
