@@ -337,6 +337,20 @@ def test_a_model_refused_after_loading_has_its_backend_closed(model, monkeypatch
     assert opened[-1].closed == []
 
 
+def test_a_logit_of_the_wrong_shape_is_an_inference_error(model):
+    from nsnet_sdk import InferenceError
+    from nsnet_sdk.backends.onnxruntime import OrtBackend
+
+    class TwoPerImage:  # a session whose 'logit' breaks the [B] contract
+        def run(self, names, feeds):
+            return [np.zeros(2 * len(feeds["images"]), np.float32)]
+
+    backend = OrtBackend(model)
+    backend.session = TwoPerImage()
+    with pytest.raises(InferenceError, match="batch of 3"):
+        backend.run(np.zeros((3, 3, 224, 224), np.float32))
+
+
 def test_provider_choice(model):
     from nsnet_sdk.backends.onnxruntime import choose_providers
 

@@ -140,10 +140,10 @@ class OrtBackend:
                 logit = binding.copy_outputs_to_cpu()[0]
             else:
                 logit = self.session.run(["logit"], {"images": images})[0]
-        except Exception as e:
+            return np.asarray(logit, dtype=np.float32).reshape(len(images))
+        except Exception as e:  # ORT's own errors, or a 'logit' not of shape [B]
             raise InferenceError(f"{self.path}: ONNX Runtime failed on a batch of "
                                  f"{len(images)}: {e}", source=str(self.path)) from e
-        return np.asarray(logit, dtype=np.float32).reshape(len(images))
 
     def close(self) -> None:
         self.session = None
