@@ -60,6 +60,9 @@ def test_energy_rule_and_rank_override() -> None:
     assert semantic_basis(feats, rank=4)[0].shape == (16, 4)
     with pytest.raises(ValueError):
         semantic_basis(feats, rank=17)
+    with pytest.raises(ValueError, match=r"\[0, 15\]"):  # rank d: P = 0, every image would score the same
+        semantic_basis(feats, rank=16)
+    assert semantic_basis(feats[:5], rank=5)[1].rank == 5  # n < d: up to n
 
 
 def test_deterministic_and_scale_invariant() -> None:

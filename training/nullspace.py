@@ -37,8 +37,9 @@ def semantic_basis(
     """Semantic basis U (d×k, orthonormal columns, float32) of a corpus of text features (n×d).
 
     Rows are L2-normalised first so every text counts equally. ``rank`` given: k = rank; otherwise
-    k is the smallest count whose squared singular values reach ``energy`` of the total, capped at
-    d−1 so the projector never annihilates the whole feature. An empty corpus gives k = 0 (P = I).
+    k is the smallest count whose squared singular values reach ``energy`` of the total. Either way
+    k ≤ d−1, so the projector never annihilates the whole feature (P = 0 would make every image
+    score the same). An empty corpus gives k = 0 (P = I).
     Deterministic: computed in float64 and each column's sign fixed (largest entry positive).
     """
     if text_features.ndim != 2:
@@ -56,11 +57,11 @@ def semantic_basis(
     _, s, vh = torch.linalg.svd(t, full_matrices=False)
     power = s.square()
     total = float(power.sum())
-    max_rank = min(n, d)
+    max_rank = min(n, d - 1)
     if rank is None:
         cum = torch.cumsum(power, 0) / total
         k = int(torch.searchsorted(cum, torch.tensor(energy, dtype=cum.dtype) - 1e-12)) + 1
-        k = min(k, max_rank, d - 1)
+        k = min(k, max_rank)
     else:
         if not 0 <= rank <= max_rank:
             raise ValueError(f"rank must be in [0, {max_rank}] for a corpus of {n} texts in {d} dims, got {rank}")
