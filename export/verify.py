@@ -6,8 +6,9 @@
 
 The reference is the unfolded PyTorch ``NSNet`` of the run directory. Inputs are real images
 (``--images``) or synthetic ones (``--synthetic N``, seeded), both through nsnet_sdk.preprocess
-with the checkpoint's PatchConfig. Bounds by the artifact's precision: FP32 max |Δlogit| ≤ 1e-4;
-FP16 (ONNX or engine) max |Δprob| ≤ 5e-3 and ≥ 99.9 % decision agreement; INT8 reported only.
+with the checkpoint's PatchConfig. Bounds by the artifact's precision (ONNX metadata, engine
+sidecar): FP32 max |Δlogit| ≤ 1e-4; FP16 (ONNX or engine) max |Δprob| ≤ 5e-3 and ≥ 99.9 % decision
+agreement; INT8 reported only.
 
 Exit codes: 0 every artifact within bounds, 1 any past its bounds, crashed or unreadable (a damaged
 model file is a failed row), 2 usage error, a missing/corrupt checkpoint, a missing model file, or an
@@ -93,15 +94,18 @@ def _check_file(name: str, path: Path, want: str | None, images: np.ndarray, ref
 
 
 def _check_engine(path: Path, images: np.ndarray, ref: np.ndarray, threshold: float) -> dict:
+    """Run an engine and compare; precision (so the bound) from its sidecar, as built by to_trt.py."""
     from export.to_trt import TrtUnavailableError, run_engine
+    from nsnet_sdk.artifact import engine_sidecar
 
     try:
         logit, prob = run_engine(path, images)
+        precision = str(json.loads(engine_sidecar(path).read_text()).get("nsnet.precision", "fp16"))
     except TrtUnavailableError as e:
         return _row("tensorrt", str(path), None, str(e))
     except Exception as e:  # TensorRT/CUDA runtime errors are untyped
         return _row("tensorrt", str(path), None, f"{type(e).__name__}: {e}")
-    return _row("tensorrt", str(path), compare("fp16", ref, logit, prob, threshold))
+    return _row("tensorrt", str(path), compare(precision, ref, logit, prob, threshold))
 
 
 def _print_table(rows: list[dict], n: int, source: str) -> None:

@@ -407,6 +407,21 @@ def test_verify_runs_every_file_given_as_fp16_in_a_child(tiny_fp32, monkeypatch)
     row = verify._check_file("onnx-fp16", tiny_fp32.path, "fp16", x, np.zeros(2), 0.5, "sha")
     assert ran == ["fp32"] and row["precision"] == "fp32"
 
+
+def test_verify_holds_an_engine_to_its_sidecar_precision(tmp_path, monkeypatch):
+    # An engine built without --fp16 is FP32 (strongly typed): it gets the FP32 logit bound, not FP16's.
+    import export.to_trt as to_trt
+    from export import verify
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"x")
+    (tmp_path / "m.engine.json").write_text(json.dumps({"nsnet.precision": "fp32"}))
+    ref = np.zeros(4)
+    off = np.full(4, 1e-3)  # within FP16's prob bound, past FP32's 1e-4 logit bound
+    monkeypatch.setattr(to_trt, "run_engine", lambda path, images: (off, 1 / (1 + np.exp(-off))))
+    row = verify._check_engine(engine, random_inputs(4), ref, 0.5)
+    assert row["precision"] == "fp32" and row["passes"] is False
+
 # ---------------------------------------------------------------- TensorRT
 
 
