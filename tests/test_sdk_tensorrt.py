@@ -134,7 +134,7 @@ class _FakeCudart:
         return (0,)
 
 
-def _fake_tensorrt(min_batch: int, max_batch: int, size: int):
+def _fake_tensorrt(min_batch: int, max_batch: int, size: int, logit_dims: tuple = ()):
     """The TensorRT 10 names the backend uses; the "engine" computes the stand-in model."""
     import ctypes
     import types
@@ -159,6 +159,10 @@ def _fake_tensorrt(min_batch: int, max_batch: int, size: int):
         def set_input_shape(self, name, shape):
             self.shape = tuple(shape)
             return min_batch <= shape[0] <= max_batch
+
+        def get_tensor_shape(self, name):
+            return (self.shape[0], *(logit_dims if name == "logit" else ())) if name != "images" \
+                else self.shape
 
         def set_tensor_address(self, name, ptr):
             self.addr[name] = ptr
@@ -211,7 +215,7 @@ def fake_gpu(monkeypatch):
     import sys
     import types
 
-    def install(cudart=None, min_batch=2, max_batch=4, size=224):
+    def install(cudart=None, min_batch=2, max_batch=4, size=224, logit_dims=()):
         cudart = cudart or _FakeCudart()
         bindings = types.ModuleType("cuda.bindings")
         bindings.runtime = cudart
@@ -219,7 +223,7 @@ def fake_gpu(monkeypatch):
         cuda.bindings = bindings
         for name, mod in (("cuda", cuda), ("cuda.bindings", bindings),
                           ("cuda.bindings.runtime", cudart),
-                          ("tensorrt", _fake_tensorrt(min_batch, max_batch, size))):
+                          ("tensorrt", _fake_tensorrt(min_batch, max_batch, size, logit_dims))):
             monkeypatch.setitem(sys.modules, name, mod)
         return cudart
     return install
@@ -264,6 +268,9 @@ def test_engine_load_failures_are_model_load_errors_and_free_what_was_allocated(
     with pytest.raises(ModelLoadError, match="cudaMalloc"):
         Detector(eng)
     assert len(cudart.mem) == 2 and sorted(cudart.freed) == sorted(cudart.mem)
+    fake_gpu(logit_dims=(2,))  # 'logit' [B,2]: would overrun a [B] buffer
+    with pytest.raises(ModelLoadError, match=r"'logit' has shape \(4, 2\)"):
+        Detector(eng)
     fake_gpu()
     eng.write_bytes(b"stale engine")
     with pytest.raises(ModelLoadError, match="deserialise"):

@@ -103,10 +103,20 @@ class TensorRTBackend:
         self._d_in = self._malloc(in_bytes, pinned=False)
         self._h_in_ptr = self._malloc(in_bytes, pinned=True)
         self._h_in = self._host_view(self._h_in_ptr, np.float32, (self.max_batch, *self._item_shape))
+        # Output buffers sized from the shapes the engine infers at the maximum batch, so an
+        # output that is not [B] (an extra feature output, say) cannot overrun its buffer.
+        if not self.context.set_input_shape("images", (self.max_batch, *self._item_shape)):
+            raise ModelLoadError(f"{self.path}: engine refused its own maximum batch {self.max_batch}",
+                                 source=str(self.path))
+        shapes = {n: tuple(int(d) for d in self.context.get_tensor_shape(n)) for n in self._outputs}
+        if shapes["logit"] != (self.max_batch,):
+            raise ModelLoadError(f"{self.path}: engine output 'logit' has shape {shapes['logit']} at "
+                                 f"batch {self.max_batch}, expected ({self.max_batch},)",
+                                 source=str(self.path))
         self._d_out: dict[str, int] = {}
         for n in self._outputs:
             dt = np.dtype(trt.nptype(self.engine.get_tensor_dtype(n)))
-            self._d_out[n] = self._malloc(self.max_batch * dt.itemsize, pinned=False)
+            self._d_out[n] = self._malloc(int(np.prod(shapes[n])) * dt.itemsize, pinned=False)
         self._logit_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype("logit")))
         self._h_out_ptr = self._malloc(self.max_batch * self._logit_dtype.itemsize, pinned=True)
         self._h_out = self._host_view(self._h_out_ptr, self._logit_dtype, (self.max_batch,))
