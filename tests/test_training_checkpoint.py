@@ -199,3 +199,16 @@ def test_bad_training_flags_are_usage_errors(tmp_path, flags) -> None:
         main(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--backbone", "nsnet-tiny",
               "--pretrained", "none", "--quiet", *flags])
     assert e.value.code == 2 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags,needle", [(("--rank", "64"), "rank must be in"),
+                                          (("--captions", "no-such-captions.txt"), "no-such-captions.txt"),
+                                          (("--backbone", "ViT-Nope"), "ViT-Nope")])
+def test_bad_training_inputs_end_in_one_error_line(tmp_path, flags, needle) -> None:
+    from training.train import main
+
+    argv = ["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--backbone", "nsnet-tiny",
+            "--pretrained", "none", "--epochs", "0", "--quiet", "--prompt-bank", "coco", "--templates", "1"]
+    with pytest.raises(SystemExit) as e:
+        main(argv + list(flags))
+    assert str(e.value).startswith("error: ") and needle in str(e.value)

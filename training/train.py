@@ -226,15 +226,18 @@ def main(argv: list[str] | None = None) -> int:
 
     start_epoch = 0
     resume_state = run / TRAIN_STATE_JSON
-    if args.resume and (run / "nsnet.json").is_file():
-        model, meta = load_checkpoint(run, device=device)
-        meta = {k: v for k, v in meta.items() if k not in ("format", "embed_dim", "head")}
-        start_epoch = int(meta.get("training", {}).get("epochs", 0))
-        log.info("resuming %s after epoch %d", run, start_epoch)
-    else:
-        if args.resume:
-            log.warning("--resume: no checkpoint in %s yet, starting fresh", run)
-        model, meta = initial_model(args, device)
+    try:  # bad inputs (backbone name, --rank, --templates, captions file, run dir) end as one line
+        if args.resume and (run / "nsnet.json").is_file():
+            model, meta = load_checkpoint(run, device=device)
+            meta = {k: v for k, v in meta.items() if k not in ("format", "embed_dim", "head")}
+            start_epoch = int(meta.get("training", {}).get("epochs", 0))
+            log.info("resuming %s after epoch %d", run, start_epoch)
+        else:
+            if args.resume:
+                log.warning("--resume: no checkpoint in %s yet, starting fresh", run)
+            model, meta = initial_model(args, device)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
     model.requires_grad_(False)
     model.head.requires_grad_(True)
     model.classifier.requires_grad_(True)
