@@ -97,13 +97,17 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
     (parser errors list the ONNX node names), ValueError for an invalid batch range.
     """
     from export.to_onnx import read_metadata
+    from nsnet_sdk.errors import ModelLoadError
 
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}/{opt_batch}/{max_batch}")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise TrtBuildError(f"ONNX file not found: {onnx_path}")
-    meta = read_metadata(onnx_path)
+    try:
+        meta = read_metadata(onnx_path)
+    except ModelLoadError as e:  # not an ONNX file, or a damaged one
+        raise TrtBuildError(str(e)) from e
     src_precision = meta.get("nsnet.precision", "fp32")
     if src_precision == "int8":
         raise TrtBuildError(f"{onnx_path}: an ONNX Runtime INT8 (dynamic quantisation) model cannot be built")

@@ -444,6 +444,15 @@ def test_to_trt_cli_clear_error_without_tensorrt(tiny_fp32, tmp_path):
     assert not (tmp_path / "x.engine").exists()
 
 
+def test_to_trt_cli_damaged_onnx_is_one_line_error(tmp_path):
+    # Read before TensorRT is needed, so this holds with or without it.
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"garbage")
+    proc = _cli("to_trt", "--onnx", junk, "--out", tmp_path / "x.engine", "--fp16")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "junk.onnx" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.engine").exists()
+
+
 @pytest.mark.gpu
 def test_tensorrt_fp16_engine_parity(tiny, tiny_model, tiny_fp32, tmp_path):
     reason = _have_trt()
