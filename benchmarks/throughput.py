@@ -368,8 +368,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     if args.threads < 1 or args.iters < 1 or args.warmup < 0 or args.size < 32:
         raise BenchError("--threads and --iters must be >= 1, --warmup >= 0, --size >= 32")
     from export.to_onnx import read_metadata
+    from nsnet_sdk.errors import ModelLoadError
 
-    meta = read_metadata(args.model)
+    try:
+        meta = read_metadata(args.model)
+    except ModelLoadError as e:
+        raise BenchError(f"--model {e}") from e
+    if "nsnet.preprocess" not in meta:
+        raise BenchError(f"--model {args.model}: not an NS-Net export (no nsnet.* metadata; see export/to_onnx.py)")
     gpu = cuda_device_name()
     device = args.device if args.device != "auto" else ("cuda" if gpu else "cpu")
     if device == "cuda" and not gpu:

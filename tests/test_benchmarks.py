@@ -169,6 +169,29 @@ def test_missing_model_is_a_usage_error(tmp_path, capsys):
     assert e.value.code == 2 and "absent.onnx" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", [b"garbage", b""])
+def test_damaged_model_is_a_usage_error(tmp_path, capsys, content):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(content)
+    with pytest.raises(SystemExit) as e:
+        throughput.main(["--model", str(bad), "--synthetic", "2"])
+    assert e.value.code == 2 and "bad.onnx" in capsys.readouterr().err
+
+
+def test_onnx_without_nsnet_metadata_is_a_usage_error(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logit"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("logit", TensorProto.FLOAT, [1])])
+    plain = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph), str(plain))
+    with pytest.raises(SystemExit) as e:
+        throughput.main(["--model", str(plain), "--synthetic", "2"])
+    assert e.value.code == 2 and "not an NS-Net export" in capsys.readouterr().err
+
+
 def test_every_row_has_its_cpu_time(bench):
     rep = bench["report"]
     keys = ("backend", "precision", "stage", "batch_size", "workers")
