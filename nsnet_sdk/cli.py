@@ -90,11 +90,13 @@ def iter_image_paths(paths: Sequence[str], recursive: bool) -> tuple[list[str], 
 
 
 def _open_output(spec: str | None, stack: ExitStack, newline: str | None = None) -> TextIO | None:
+    """Open an output for writing without truncating it yet (`cmd_detect` empties it once the
+    model has loaded, so a run that cannot start leaves an earlier result file as it was)."""
     if spec is None:
         return None
     if spec == "-":
         return sys.stdout
-    return stack.enter_context(open(spec, "w", encoding="utf-8", newline=newline))
+    return stack.enter_context(open(spec, "a", encoding="utf-8", newline=newline))
 
 
 def _progress(total: int, quiet: bool):
@@ -128,6 +130,8 @@ def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
             return 1
         stack.callback(det.close)
+        for f in {jf, cf} - {None, sys.stdout}:
+            f.truncate(0)  # opened for appending: writes go to the (now empty) end
         for w in warnings:
             print(f"nsnet: warning: {w}", file=sys.stderr)
         writer = None

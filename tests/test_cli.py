@@ -128,6 +128,23 @@ def test_model_that_cannot_be_loaded_exits_1(tree, tmp_path, capsys):
     (tmp_path / "junk.onnx").write_bytes(b"\x00" * 10)
     assert main(["detect", img, "-m", str(tmp_path / "junk.onnx")]) == 1
     assert main(["info", str(tmp_path / "missing.onnx")]) == 1
+    earlier = tmp_path / "earlier.jsonl"  # a previous run's results survive a run that cannot start
+    earlier.write_text('{"source": "old"}\n')
+    assert main(["detect", img, "-m", str(tmp_path / "missing.onnx"), "--json", str(earlier)]) == 1
+    assert earlier.read_text() == '{"source": "old"}\n'
+
+
+def test_outputs_are_replaced_not_appended(model, tree, tmp_path):
+    img = str(tree["top"][0])
+    out_j, out_c = tmp_path / "o.jsonl", tmp_path / "o.csv"
+    out_j.write_text("stale line\n" * 50)
+    out_c.write_text("stale,row\n" * 50)
+    for _ in range(2):
+        assert main(["detect", img, "-m", str(model), "--json", str(out_j), "--csv", str(out_c),
+                     "-q"]) == 0
+        assert [r["source"] for r in read_jsonl(out_j)] == [img]
+        with open(out_c, newline="") as f:
+            assert [r["source"] for r in csv.DictReader(f)] == [img]
 
 
 def test_backend_failure_mid_run_exits_1_and_keeps_the_rows_before_it(model, tree, tmp_path,
