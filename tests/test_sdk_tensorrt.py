@@ -278,3 +278,40 @@ def test_engine_load_failures_are_model_load_errors_and_free_what_was_allocated(
     for bad in ("cpu", "cuda:x", -1, True):
         with pytest.raises(ValueError, match="GPU index"):
             Detector(_engine(tmp_path), device=bad)
+
+
+def test_engine_batches_from_several_threads_take_turns(tmp_path, fake_gpu):
+    """One context and one set of pinned/device buffers: concurrent batches must not mix."""
+    import threading
+    import time
+
+    from _sdk_util import build_stand_in_onnx
+
+    fake_gpu()
+    import tensorrt
+    ctx_cls = type(tensorrt.Runtime(None).deserialize_cuda_engine(b"fake engine")
+                   .create_execution_context())
+    real_execute = ctx_cls.execute_async_v3
+
+    def slow_execute(self, stream):
+        time.sleep(0.002)  # let another thread reach its host-to-device copy meanwhile
+        return real_execute(self, stream)
+
+    ctx_cls.execute_async_v3 = slow_execute
+    rng = np.random.default_rng(0)
+    groups = [[rng.integers(0, 256, (64, 64, 3), np.uint8) for _ in range(3)] for _ in range(4)]
+    ref = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), workers=0)
+    want = [[p.logit for p in ref.predict(g)] for g in groups]
+    det = Detector(_engine(tmp_path), workers=0)
+    got: list = [None] * len(groups)
+
+    def score(i):
+        got[i] = [p.logit for p in det.predict(groups[i] * 3, batch_size=3)]
+
+    threads = [threading.Thread(target=score, args=(i,)) for i in range(len(groups))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(len(groups)):
+        np.testing.assert_allclose(got[i], want[i] * 3, atol=1e-4)

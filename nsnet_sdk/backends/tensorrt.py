@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ class TensorRTBackend:
         self._allocs: list[tuple[str, int]] = []
         self._stream = None
         self.context = self.engine = None
+        self._lock = threading.Lock()
         self._device_id = int(device_id)
         self.device = f"cuda:{self._device_id}"
         try:
@@ -75,7 +77,8 @@ class TensorRTBackend:
         try:
             blob = self.path.read_bytes()
         except OSError as e:
-            raise ModelLoadError(f"{self.path}: cannot read the engine: {e}", source=str(self.path)) from e
+            raise ModelLoadError(f"{self.path}: cannot read the engine: {e}",
+                                 source=str(self.path)) from e
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(blob)
@@ -149,49 +152,55 @@ class TensorRTBackend:
         return out
 
     def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        cudart, ctx = self._cudart, self.context
-        if ctx is None:
-            raise InferenceError(f"{self.path}: the TensorRT backend is closed", source=str(self.path))
-        # The current device is per host thread, and the thread iterating results need not be
-        # the one that built the backend.
-        self._check(cudart.cudaSetDevice(self._device_id), "cudaSetDevice")
-        n = len(chunk)
-        b = max(n, self.min_batch)  # below the profile minimum: pad with zeros, drop the rows
-        self._h_in[:n] = chunk
-        if b > n:
-            self._h_in[n:b] = 0
-        nbytes = b * self._h_in[0].nbytes
-        if not ctx.set_input_shape("images", (b, *self._item_shape)):
-            raise InferenceError(f"{self.path}: engine refused batch shape {b}", source=str(self.path))
-        ctx.set_tensor_address("images", self._d_in)
-        for name, ptr in self._d_out.items():
-            ctx.set_tensor_address(name, ptr)
-        stream = self._stream
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._check(cudart.cudaMemcpyAsync(self._d_in, self._h_in_ptr, nbytes, h2d, stream),
-                    "cudaMemcpyAsync H2D")
-        if not ctx.execute_async_v3(int(stream)):
-            raise InferenceError(f"{self.path}: TensorRT execution failed", source=str(self.path))
-        self._check(cudart.cudaMemcpyAsync(self._h_out_ptr, self._d_out["logit"],
-                                           b * self._logit_dtype.itemsize, d2h, stream),
-                    "cudaMemcpyAsync D2H")
-        self._check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-        return self._h_out[:n].astype(np.float32)
+        # One context and one set of buffers: batches from several threads take turns.
+        with self._lock:
+            cudart, ctx = self._cudart, self.context
+            if ctx is None:
+                raise InferenceError(f"{self.path}: the TensorRT backend is closed",
+                                     source=str(self.path))
+            # The current device is per host thread, and the thread iterating results need not be
+            # the one that built the backend.
+            self._check(cudart.cudaSetDevice(self._device_id), "cudaSetDevice")
+            n = len(chunk)
+            b = max(n, self.min_batch)  # below the profile minimum: pad with zeros, drop the rows
+            self._h_in[:n] = chunk
+            if b > n:
+                self._h_in[n:b] = 0
+            nbytes = b * self._h_in[0].nbytes
+            if not ctx.set_input_shape("images", (b, *self._item_shape)):
+                raise InferenceError(f"{self.path}: engine refused batch shape {b}",
+                                     source=str(self.path))
+            ctx.set_tensor_address("images", self._d_in)
+            for name, ptr in self._d_out.items():
+                ctx.set_tensor_address(name, ptr)
+            stream = self._stream
+            kinds = cudart.cudaMemcpyKind
+            h2d, d2h = kinds.cudaMemcpyHostToDevice, kinds.cudaMemcpyDeviceToHost
+            self._check(cudart.cudaMemcpyAsync(self._d_in, self._h_in_ptr, nbytes, h2d, stream),
+                        "cudaMemcpyAsync H2D")
+            if not ctx.execute_async_v3(int(stream)):
+                raise InferenceError(f"{self.path}: TensorRT execution failed", source=str(self.path))
+            self._check(cudart.cudaMemcpyAsync(self._h_out_ptr, self._d_out["logit"],
+                                               b * self._logit_dtype.itemsize, d2h, stream),
+                        "cudaMemcpyAsync D2H")
+            self._check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+            return self._h_out[:n].astype(np.float32)
 
     def close(self) -> None:
         """Free the buffers and the stream and drop the context and engine (idempotent)."""
         cudart = getattr(self, "_cudart", None)
         if cudart is None:
             return
-        self.context = None  # before the engine it was created from
-        self.engine = None
-        self._h_in = self._h_out = None  # views of the pinned memory freed below
-        for kind, ptr in self._allocs:
-            (cudart.cudaFreeHost if kind == "host" else cudart.cudaFree)(ptr)
-        self._allocs = []
-        if self._stream is not None:
-            cudart.cudaStreamDestroy(self._stream)
-            self._stream = None
+        with self._lock:  # not while another thread's batch is using the buffers
+            self.context = None  # before the engine it was created from
+            self.engine = None
+            self._h_in = self._h_out = None  # views of the pinned memory freed below
+            for kind, ptr in self._allocs:
+                (cudart.cudaFreeHost if kind == "host" else cudart.cudaFree)(ptr)
+            self._allocs = []
+            if self._stream is not None:
+                cudart.cudaStreamDestroy(self._stream)
+                self._stream = None
 
     def __del__(self) -> None:
         try:
