@@ -163,6 +163,21 @@ def test_robustness_tables(trained, synth, tmp_path) -> None:
     assert all(f"### {name}" in table for name in ["clean", *PERTURBATIONS])
 
 
+
+def test_robustness_warns_once_per_unreadable_file(trained, synth, tmp_path, caplog) -> None:
+    import logging
+
+    data = tmp_path / "data"
+    shutil.copytree(synth / "tconv" / "val", data / "tconv" / "val")
+    (data / "tconv" / "val" / "ai" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    with caplog.at_level(logging.WARNING, logger="training"):
+        assert evaluate_main(["--ckpt", str(trained), "--data", str(data), "--out", str(tmp_path / "rob"),
+                              "--quiet", "--robustness"]) == 0
+    warned = [r for r in caplog.records if "zz_broken.png" in r.getMessage()]
+    assert len(warned) == 1
+    assert json.loads((tmp_path / "rob" / "summary.json").read_text())["skipped"] == 1
+    assert all(r["overall"]["n"] == 64 for r in json.loads((tmp_path / "rob" / "robustness.json").read_text()).values())
+
 def test_lora_end_to_end_with_augmentation(synth, tmp_path) -> None:
     run = tiny_run(tmp_path / "lora", "--lora-rank", "2", "--batch-size", "16", "--lr", "1e-3",
                    "--jpeg-prob", "0.5", "--blur-prob", "0.5", "--generators", "tconv", data=synth, epochs=1)

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.robustness:
         for name, fn in PERTURBATIONS.items():
             p, y, i = score(model, ImageDataset(samples, cfg, transform=fn), args.batch_size, device, args.workers,
-                            progress, SkipLog(samples), desc=name)
+                            progress, skips, desc=name)  # the clean pass already warned about each bad file
             robustness[name] = per_generator(p, y, np.array([samples[j].generator for j in i]), threshold)
             tables.append(markdown_table(robustness[name], name))
         (out / "robustness.json").write_text(json.dumps(robustness, indent=2) + "\n")
