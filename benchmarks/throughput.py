@@ -421,9 +421,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
                       e2e_batch_size=max(args.batch_sizes), files=files, iters=args.iters,
                       warmup=args.warmup, parity_inputs=str(parity_path) if parity_path else None)
         results, reference, device_mem, cpu_time, failed, input_errors = [], [], [], [], [], set()
-        label = "tensorrt" if args.engine and device == "cuda" else "onnxruntime"
-        pre = dict(common, kind="preprocess", name="preprocess", label=label,
-                   precision="fp16" if label == "tensorrt" else "fp32",
+        # Labelled with the run's serving configuration: the engine (its sidecar's precision) on a
+        # CUDA run with one, else ONNX Runtime FP32.
+        serving = next((c for c in cfgs if c["backend"] == "tensorrt"), None) if device == "cuda" else None
+        pre = dict(common, kind="preprocess", name="preprocess",
+                   label=serving["label"] if serving else "onnxruntime",
+                   precision=serving["precision"] if serving else "fp32",
                    preprocess=json.loads(meta["nsnet.preprocess"]))
         for spec in tqdm([pre] + [dict(common, kind="model", **c) for c in cfgs], desc="configurations",
                          unit="config", file=sys.stderr):
