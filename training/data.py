@@ -24,16 +24,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nsnet_sdk.cli import IMAGE_SUFFIXES
 from nsnet_sdk.errors import NSNetError
 from nsnet_sdk.preprocess import DEFAULT, PatchConfig, load_image, normalize, patch_mosaic
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "genimage", "ufd", "flat")
-# The suffixes `nsnet detect` lists (nsnet_sdk.cli.IMAGE_SUFFIXES; a test keeps the two equal): AVIF and
-# JPEG 2000 files decode like the rest, and a file the decoder refuses (HEIC) is counted as skipped.
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jp2",
-                    ".pgm", ".ppm", ".pnm", ".heic", ".avif"}
+# The files `nsnet detect` lists in a folder: a file the decoder then refuses (HEIC) is counted as skipped.
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 REAL, FAKE = 0, 1
 
 
