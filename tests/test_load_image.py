@@ -214,3 +214,9 @@ def test_max_pixels_is_configurable():
     assert load_image(data, max_pixels=10_000).shape == (100, 100, 3)
     with pytest.raises(ImageTooLargeError):
         load_image(photo(100, 100), max_pixels=100)
+
+
+def test_unopenable_path_names_are_decode_errors():
+    for bad in ("with\x00nul.png", "lone\udcffsurrogate.png"):
+        with pytest.raises(ImageDecodeError):
+            load_image(bad)

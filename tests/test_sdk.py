@@ -365,3 +365,12 @@ def test_provider_choice(model):
         Detector(model, providers=["NoSuchExecutionProvider"])
     assert Detector(model, providers=["CPUExecutionProvider"], intra_op_threads=1,
                     workers=0).backend.device == "CPUExecutionProvider"
+
+
+def test_onnxruntime_session_never_falls_back_with_another_providers_options(tmp_path):
+    # ORT retries a failed GPU provider on CPU with the same session options; for FP16 that is the
+    # crashing optimisation level, so the SDK must own every fallback.
+    from nsnet_sdk.backends.onnxruntime import OrtBackend
+
+    backend = OrtBackend(build_stand_in_onnx(tmp_path / "m.onnx"))
+    assert backend.session._enable_fallback is False  # ORT's flag (onnxruntime_inference_collection.Session)

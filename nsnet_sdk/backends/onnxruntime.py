@@ -106,8 +106,11 @@ class OrtBackend:
             except ValueError as e:  # unknown nsnet.precision
                 raise ModelLoadError(f"{self.path}: {e}", source=str(self.path)) from e
             try:
+                # ORT's own fallback (at load and at run) retries on CPU with the options chosen
+                # for the GPU provider: for an FP16 model that is ORT_ENABLE_ALL on CPU, the
+                # segfault case. Turned off, failures reach this loop, which re-picks options.
                 self.session = ort.InferenceSession(str(self.path), sess_options=so,
-                                                    providers=chosen)
+                                                    providers=chosen, enable_fallback=0)
                 break
             except Exception as e:  # ORT raises its own untyped errors for bad graphs
                 # An EP can be compiled in yet unusable (TensorRT EP without TensorRT's
