@@ -17,9 +17,8 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from . import __version__
 from .errors import BackendUnavailableError, NSNetError
+from .preprocess import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff",
-                            ".gif", ".jp2", ".pgm", ".ppm", ".pnm", ".heic", ".avif"})
 ROW_FIELDS = ("source", "prob_fake", "is_fake", "error")
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DEFAULT",
+    "IMAGE_SUFFIXES",
     "PatchConfig",
     "load_image",
     "image_size",
@@ -100,6 +101,10 @@ DEFAULT = PatchConfig()
 # --------------------------------------------------------------------------------------------------
 
 _DECODABLE = "JPEG, PNG, WebP, GIF, BMP, TIFF, PNM, AVIF, JPEG 2000"
+# File names treated as images when a folder is scanned (CLI, training data, benchmarks). HEIC is
+# listed so such files get an error row ("not a recognised image") rather than being skipped unseen.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff",
+                            ".gif", ".jp2", ".pgm", ".ppm", ".pnm", ".heic", ".avif"})
 
 
 def _name(src: Any, name: str | None) -> str:

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nsnet_sdk.cli import IMAGE_SUFFIXES
 from nsnet_sdk.errors import NSNetError
-from nsnet_sdk.preprocess import DEFAULT, PatchConfig, load_image, normalize, patch_mosaic
+from nsnet_sdk.preprocess import DEFAULT, IMAGE_SUFFIXES, PatchConfig, load_image, normalize, patch_mosaic
 
 log = logging.getLogger(__name__)
 
