@@ -335,8 +335,10 @@ def load_image(src: Any, max_pixels: int = MAX_PIXELS, *, name: str | None = Non
             raise ImageDecodeError(f"{label}: is a directory, not an image file", label) from None
         except FileNotFoundError:
             raise ImageDecodeError(f"{label}: no such file", label) from None
-        except (OSError, ValueError) as e:  # ValueError: a NUL byte or an unencodable name
-            raise ImageDecodeError(f"{label}: cannot read: {getattr(e, 'strerror', None) or e}", label) from None
+        except OSError as e:
+            raise ImageDecodeError(f"{label}: cannot read: {e.strerror or e}", label) from None
+        except ValueError as e:  # a NUL byte or an unencodable name: the OS never saw the path
+            raise ImageDecodeError(f"{label}: cannot read: {e}", label) from e
         return _decode_bytes(data, max_pixels, label)
     if type(src).__module__.startswith("PIL.") and hasattr(src, "convert"):
         return _from_pil(src, max_pixels, label)
