@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -78,30 +78,29 @@ def detect_layout(root: Path) -> str:
                      "UFD <gen>/[<class>/]{0_real,1_fake}, or flat real/ + fake/)")
 
 
-def _genimage(root: Path, split: str | None) -> list[Sample]:
+def _label_dirs(root: Path, names: tuple[tuple[str, int], ...], depth: int,
+                keep: Callable[[Path], bool] = lambda d: True) -> list[Sample]:
+    """Images in every folder named like a label; the generator is the first path part below
+    ``root`` when the label folder sits more than ``depth`` levels down, else ``root``'s name."""
     out = []
-    for label_dir, label in (("nature", REAL), ("ai", FAKE)):
+    for label_dir, label in names:
         for d in sorted(root.rglob(label_dir)):
-            if not d.is_dir() or d.parent.name not in ("train", "val"):
-                continue
-            if split is not None and d.parent.name != split:
+            if not d.is_dir() or not keep(d):
                 continue
             rel = d.relative_to(root).parts
-            generator = rel[0] if len(rel) > 2 else root.name
+            generator = rel[0] if len(rel) > depth else root.name
             out += [Sample(p, label, generator) for p in _images(d)]
     return out
+
+
+def _genimage(root: Path, split: str | None) -> list[Sample]:
+    def keep(d: Path) -> bool:
+        return d.parent.name in ("train", "val") and split in (None, d.parent.name)
+    return _label_dirs(root, (("nature", REAL), ("ai", FAKE)), 2, keep)
 
 
 def _ufd(root: Path) -> list[Sample]:
-    out = []
-    for label_dir, label in (("0_real", REAL), ("1_fake", FAKE)):
-        for d in sorted(root.rglob(label_dir)):
-            if not d.is_dir():
-                continue
-            rel = d.relative_to(root).parts
-            generator = rel[0] if len(rel) > 1 else root.name
-            out += [Sample(p, label, generator) for p in _images(d)]
-    return out
+    return _label_dirs(root, (("0_real", REAL), ("1_fake", FAKE)), 1)
 
 
 def _flat(root: Path) -> list[Sample]:
