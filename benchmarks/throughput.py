@@ -39,6 +39,7 @@ if str(HERE) not in sys.path:  # sibling helper modules when imported from tests
     sys.path.insert(0, str(HERE))
 
 import _variants  # noqa: E402  (sibling module, found through the sys.path line above)
+from nsnet_sdk.prediction import sigmoid  # noqa: E402
 
 LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "onnx", "torch",
              "open_clip_torch", "tensorrt", "cuda-python")
@@ -212,7 +213,7 @@ def parity_report(cfgs: list[dict], workdir: Path, threshold: float) -> list[dic
         if c["name"] == ref_name or c["name"] not in logits:
             continue
         lo = logits[c["name"]]
-        par = compare(c["precision"], ref, lo, 1.0 / (1.0 + np.exp(-lo)), threshold)
+        par = compare(c["precision"], ref, lo, sigmoid(lo), threshold)
         out.append({"config": c["name"], "reference": ref_name, "precision": c["precision"], "n": par.n,
                     "max_abs_logit": par.max_abs_logit, "max_abs_prob": par.max_abs_prob,
                     "agreement": par.agreement, "logit_corr": par.logit_corr})

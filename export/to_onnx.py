@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nsnet_sdk.prediction import sigmoid
+
 FORMAT = "nsnet-onnx/1"
 DEFAULT_OPSET = 17            # first opset with LayerNormalization: LN exports as one op
 EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to <out>.data (protobuf's hard limit is 2 GiB)
@@ -83,7 +85,7 @@ def compare(precision: str, ref_logit: np.ndarray, logit: np.ndarray, prob: np.n
             threshold: float) -> Parity:
     """`Parity` of (logit, prob) against reference logits, decisions taken at ``threshold``."""
     ref_logit = np.asarray(ref_logit, np.float64)
-    ref_prob = 1.0 / (1.0 + np.exp(-ref_logit))
+    ref_prob = sigmoid(ref_logit)
     logit, prob = np.asarray(logit, np.float64), np.asarray(prob, np.float64)
     if len(ref_logit) > 1 and np.std(ref_logit) > 0 and np.std(logit) > 0:
         corr = float(np.corrcoef(ref_logit, logit)[0, 1])

@@ -21,7 +21,7 @@ import numpy as np
 from .artifact import ModelMeta, artifact_kind
 from .backends import Backend, load_backend
 from .errors import ImageDecodeError, InferenceError, NSNetError, PreprocessMismatchError
-from .prediction import Prediction
+from .prediction import Prediction, sigmoid
 from .preprocess import PatchConfig, load_image, normalize, patch_mosaic
 
 ON_ERROR = ("raise", "record")
@@ -58,11 +58,6 @@ def source_name(x: Any, index: int) -> str:
     if _is_pil(x):
         return f"<PIL #{index}>"
     return f"<{type(x).__name__} #{index}>"
-
-
-def _sigmoid(logit: np.ndarray) -> np.ndarray:
-    # float64 and clipped: exact to float precision without overflow warnings at extreme logits
-    return 1.0 / (1.0 + np.exp(-np.clip(logit.astype(np.float64), -80.0, 80.0)))
 
 
 class _InlineExecutor:
@@ -248,7 +243,7 @@ class Detector:
                     batch = buf[:len(ok)] if len(ok) == len(names) else buf[ok]
                     logits[ok] = self.backend.run(batch)
                 free.append(buf)
-                probs = _sigmoid(logits)
+                probs = sigmoid(logits)
                 for j, name in enumerate(names):
                     err = errors[j]
                     if err is None and not math.isfinite(float(logits[j])):

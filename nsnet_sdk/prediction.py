@@ -3,6 +3,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
+
+def sigmoid(logit: np.ndarray) -> np.ndarray:
+    """``prob_fake`` from logits: float64, clipped so extreme logits give 0/1 without overflow warnings."""
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logit, np.float64), -80.0, 80.0)))
+
 
 @dataclass(frozen=True)
 class Prediction:
