@@ -413,11 +413,9 @@ def _entropy_session() -> Any:
     if pid not in _SESSIONS:
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
+        from .backends.ort_options import session_options_for
+
+        so = session_options_for("fp32", "CPUExecutionProvider", intra_op_threads=1, inter_op_threads=1)
         path = Path(__file__).with_name("entropy.onnx")
         _SESSIONS[pid] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return _SESSIONS[pid]
