@@ -78,7 +78,7 @@ def synthetic_files(n: int, size: int, root: Path) -> list[str]:
 
 def image_files(root: Path) -> list[str]:
     """The image files under ``root`` (recursive, sorted): what `nsnet detect --recursive` scores."""
-    from nsnet_sdk.cli import IMAGE_SUFFIXES, iter_image_paths
+    from nsnet_sdk.preprocess import IMAGE_SUFFIXES, iter_image_paths
 
     files, _ = iter_image_paths([str(root)], recursive=True)
     if not files:

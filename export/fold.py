@@ -171,7 +171,7 @@ def fold_model(model: nn.Module) -> FoldedNSNet:
 
 
 def fold_checkpoint(run_dir: str | Path) -> FoldedNSNet:
-    """Load a run directory (``training.model.NSNet.from_checkpoint``) and fold it. Output: (logit, prob_fake)."""
-    from training.model import NSNet  # imported here: torch-heavy, and training may be absent on a serving box
+    """Load a run directory (``nsnet_sdk.model.NSNet.from_checkpoint``) and fold it. Output: (logit, prob_fake)."""
+    from nsnet_sdk.model import NSNet
 
     return fold_model(NSNet.from_checkpoint(run_dir))

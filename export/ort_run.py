@@ -1,6 +1,6 @@
 """Run an exported model with ONNX Runtime (CPU), optionally in a child process.
 
-A native crash inside ONNX Runtime (the FP16-on-CPU hazard in nsnet_sdk/backends/ort_options.py)
+A native crash inside ONNX Runtime (the FP16-on-CPU hazard in nsnet_sdk/ort_options.py)
 kills the process that hosts it. Parity checks of FP16 graphs therefore run in a child process:
 a crash there comes back as `OrtCrashError` naming the signal, and the caller reports a failure.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nsnet_sdk.backends.ort_options import session_options_for
+from nsnet_sdk.ort_options import session_options_for
 
 
 class OrtCrashError(RuntimeError):

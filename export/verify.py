@@ -45,7 +45,7 @@ def synthetic_images(n: int, cfg, seed: int = 0) -> np.ndarray:
 
 def image_dir_inputs(root: Path, cfg) -> tuple[np.ndarray, list[str], list[str]]:
     """Preprocessed images of ``root`` (recursive): (batch, sources, errors). Bad files are skipped."""
-    from nsnet_sdk.cli import iter_image_paths
+    from nsnet_sdk.preprocess import iter_image_paths
     from nsnet_sdk.errors import NSNetError
     from nsnet_sdk.preprocess import load_image, preprocess
 

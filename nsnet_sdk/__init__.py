@@ -14,11 +14,12 @@ from .detector import Detector
 from .errors import (BackendUnavailableError, ImageDecodeError, ImageTooLargeError, InferenceError,
                      ModelLoadError, NSNetError, PreprocessMismatchError)
 from .prediction import Prediction
+from .preprocess import PatchConfig, load_image
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Detector", "Prediction", "errors", "NSNetError", "ImageDecodeError", "ImageTooLargeError",
+    "Detector", "Prediction", "PatchConfig", "load_image", "errors", "NSNetError", "ImageDecodeError", "ImageTooLargeError",
     "ModelLoadError", "BackendUnavailableError", "PreprocessMismatchError", "InferenceError",
     "__version__",
 ]

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import ModelLoadError
 from .preprocess import PatchConfig
@@ -42,6 +43,15 @@ def artifact_kind(path: str | Path) -> str:
             f"unknown model type {p.suffix or '(no suffix)'!r} for {p}; expected .engine/.plan, "
             ".onnx, .safetensors or a run directory", source=str(p))
     return kind
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp)`` next to ``path`` and rename over it: a process killed mid-save never
+    leaves a torn artifact behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.chmod(tmp, 0o644)  # safetensors creates files owner-only; artifacts are meant to be shared
+    os.replace(tmp, path)
 
 
 def engine_sidecar(path: str | Path) -> Path:

@@ -1,4 +1,5 @@
-"""The ``nsnet`` command: ``nsnet detect`` scores images, ``nsnet info`` describes a model.
+"""The ``nsnet`` command: ``nsnet detect`` scores images, ``nsnet info`` describes a model; the
+other subcommands (`PLUGINS`) are registered by the modules that implement them.
 
 Exit status: 0 when the run completed (inputs that could not be scored are rows with an
 ``error``, not failures), 1 when the model cannot be loaded or the backend fails on a batch
@@ -7,6 +8,8 @@ Exit status: 0 when the run completed (inputs that could not be scored are rows 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import csv
 import json
 import os
@@ -17,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from . import __version__
 from .errors import BackendUnavailableError, NSNetError
-from .preprocess import IMAGE_SUFFIXES
+from .preprocess import iter_image_paths
 
 ROW_FIELDS = ("source", "prob_fake", "is_fake", "error")
 
@@ -40,10 +43,17 @@ _nonneg_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 _probability = _checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
+# Subcommands that live beside the feature they expose: each module defines
+# ``add_parser(subparsers)``, which registers its parser with ``set_defaults(run=fn)`` where
+# ``fn(args, parser) -> int``. The module must import its optional libraries (ray, matplotlib,
+# c2pa) only inside ``fn``, so `nsnet --help` stays light.
+PLUGINS = ("batch", "serve", "explain", "report")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nsnet", description="NS-Net AI-generated image detection.")
     p.add_argument("--version", action="version", version=f"nsnet {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{detect,info}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("detect", help="score images as real or AI-generated",
                        description="Score image files. Directories are scanned for image files "
@@ -66,26 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", metavar="MODEL")
     i.add_argument("--json", action="store_true", help="print as one JSON object")
     i.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
+    d.set_defaults(run=cmd_detect)
+    i.set_defaults(run=lambda args, parser: cmd_info(args))
+    for name in PLUGINS:
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+            importlib.import_module(f"{__package__}.{name}").add_parser(sub)
     return p
-
-
-def iter_image_paths(paths: Sequence[str], recursive: bool) -> tuple[list[str], list[str]]:
-    """(inputs, warnings): directories expanded to their image files (sorted), other paths as given."""
-    out: list[str] = []
-    warnings: list[str] = []
-    for raw in paths:
-        p = Path(raw)
-        if not p.is_dir():
-            out.append(raw)  # explicit files are always attempted, even missing ones: they get a row
-            continue
-        walker = p.rglob("*") if recursive else p.iterdir()
-        found = sorted(str(f) for f in walker
-                       if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        if not found:
-            warnings.append(f"no image files in directory {raw}"
-                            + ("" if recursive else " (use --recursive for subdirectories)"))
-        out.extend(found)
-    return out, warnings
 
 
 def _open_output(spec: str | None, stack: ExitStack, newline: str | None = None) -> TextIO | None:
@@ -224,9 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "detect":
-            return cmd_detect(args, parser)
-        return cmd_info(args)
+        return args.run(args, parser)
     except BrokenPipeError:  # `nsnet detect ... | head`: stop quietly like other Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -22,7 +22,7 @@ from .artifact import ModelMeta, artifact_kind
 from .backends import Backend, load_backend
 from .errors import ImageDecodeError, InferenceError, NSNetError, PreprocessMismatchError
 from .prediction import Prediction, sigmoid
-from .preprocess import PatchConfig, load_image, normalize, patch_mosaic
+from .preprocess import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic
 
 ON_ERROR = ("raise", "record")
 DEFAULT_BATCH_SIZE = 32
@@ -101,7 +101,7 @@ class Detector:
                  preprocess: PatchConfig | Mapping[str, Any] | None = None, force: bool = False,
                  providers: Sequence[Any] | None = None, intra_op_threads: int | None = None,
                  device: str | int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 workers: int | None = None, max_pixels: int = 100_000_000) -> None:
+                 workers: int | None = None, max_pixels: int = MAX_PIXELS) -> None:
         self.model_path = Path(model)
         self.kind = artifact_kind(self.model_path)
         self.batch_size = _check_batch_size(batch_size)

@@ -22,6 +22,12 @@ class Prediction:
         is_fake: ``prob_fake >= threshold``, or None when not scored.
         logit: the raw model output (``prob_fake = sigmoid(logit)``), or None when not scored.
         error: None when scored, else ``"ErrorClass: message"``.
+        warnings: conditions that did not stop scoring but make the score less trustworthy
+            (e.g. a truncated file, an image smaller than one patch); empty when none.
+        verdict: ``"ai-generated"``, ``"real"`` or ``"uncertain"`` when the model carries a
+            calibrated two-threshold band, else None.
+        provenance: what the file itself declares about how it was made (C2PA, IPTC, generator
+            metadata), when asked for; None otherwise.
     """
 
     source: str
@@ -29,6 +35,9 @@ class Prediction:
     is_fake: bool | None
     logit: float | None
     error: str | None = None
+    warnings: tuple[str, ...] = ()
+    verdict: str | None = None
+    provenance: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -36,8 +45,10 @@ class Prediction:
         return self.error is None
 
     def to_dict(self) -> dict:
-        """Plain dict (JSON-serialisable) with the five fields."""
-        return asdict(self)
+        """Plain dict (JSON-serialisable) of every field; ``warnings`` as a list."""
+        d = asdict(self)
+        d["warnings"] = list(self.warnings)
+        return d
 
     @classmethod
     def failed(cls, source: str, exc: BaseException) -> "Prediction":

@@ -87,7 +87,7 @@ def test_detect_rows_match_inputs_and_the_pytorch_model(demo):
     import torch
 
     from nsnet_sdk.preprocess import PatchConfig, load_image, preprocess_batch
-    from training.model import NSNet
+    from nsnet_sdk.model import NSNet
 
     inputs = sorted((demo["out"] / "data" / HELD / "val").rglob("*.png"))
     rows = [json.loads(line) for line in (demo["out"] / "detect" / f"{HELD}.jsonl").read_text().splitlines()]

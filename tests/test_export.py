@@ -25,8 +25,8 @@ from export import ort_run  # noqa: E402
 from export.fold import fold_model, folded_weights  # noqa: E402
 from export.to_onnx import (CheckpointError, export_model, export_onnx, read_metadata,  # noqa: E402
                             reference_logits)
-from nsnet_sdk.backends.ort_options import session_options_for  # noqa: E402
-from training.checkpoint import load_checkpoint  # noqa: E402
+from nsnet_sdk.ort_options import session_options_for  # noqa: E402
+from nsnet_sdk.model import load_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -493,8 +493,9 @@ def test_derive_variants_from_fp32_file(tiny_fp32, tmp_path):
 
 def test_quick_gelu_tower_folds_and_fuses(tiny, tmp_path):
     """OpenAI-pretrained towers use QuickGELU (x·σ(1.702x)); fold, parity and attention fusion hold."""
-    from training.checkpoint import read_meta, save_checkpoint
-    from training.model import NSNet, load_clip
+    from nsnet_sdk.model import read_meta, save_checkpoint
+    from nsnet_sdk.model import NSNet
+    from training.backbone import load_clip
 
     clip, _, quick = load_clip("nsnet-tiny", None, quick_gelu=True)
     assert quick

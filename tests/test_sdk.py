@@ -2,6 +2,7 @@
 exact NS-Net I/O and metadata contract (tests/_sdk_util.py). Real-model parity: test_sdk_parity.py."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -276,12 +277,11 @@ def test_import_nsnet_sdk_never_imports_torch_or_tensorrt(model):
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stderr[-2000:]
 
 
-def test_prediction_record_shape():
-    p = Prediction("a.jpg", 0.75, True, 1.0986)
-    assert p.to_dict() == {"source": "a.jpg", "prob_fake": 0.75, "is_fake": True,
-                           "logit": 1.0986, "error": None}
+def test_failed_prediction_names_the_error_class_and_survives_json():
     f = Prediction.failed("b.jpg", ImageDecodeError("b.jpg: no such file"))
     assert f.error == "ImageDecodeError: b.jpg: no such file" and f.prob_fake is None and not f.ok
+    p = Prediction("a.jpg", 0.75, True, 1.0986, warnings=("truncated",))
+    assert json.loads(json.dumps(p.to_dict()))["warnings"] == ["truncated"]
 
 
 class _FakeBackend:

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 import training  # noqa: F401  (registers nsnet-tiny)
-from training.checkpoint import load_checkpoint, save_checkpoint
+from nsnet_sdk.model import NSNet, load_checkpoint, project, save_checkpoint
+from nsnet_sdk.model.checkpoint import plain_state_dict
 from training.corpus import encode_texts, prompt_bank
-from training.lora import add_lora, has_lora, merge_lora, merged_state_dict
-from training.model import NSNet, load_clip, wants_quick_gelu
-from training.nullspace import project
+from training.lora import add_lora, has_lora, merge_lora
+from training.backbone import load_clip, wants_quick_gelu
 
 from _training_util import tiny_run
 
@@ -90,7 +90,7 @@ def test_lora_merge_is_exact_and_checkpoint_has_plain_weights(tmp_path) -> None:
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         before = model(x)
-        merged = merged_state_dict(model)
+        merged = plain_state_dict(model)
     assert set(merged) == plain_keys
     save_checkpoint(model, tmp_path / "lora", {"backbone": "nsnet-tiny"})
     assert has_lora(model), "saving must not merge the live model"

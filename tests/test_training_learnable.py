@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from nsnet_sdk.preprocess import load_image, preprocess
 from training.evaluate import PERTURBATIONS
 from training.evaluate import main as evaluate_main
-from training.model import NSNet
+from nsnet_sdk.model import NSNet
 from training.synthetic import write_dataset
 
 from _training_util import tiny_run

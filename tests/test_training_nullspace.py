@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import pytest
 
-from training.nullspace import NullSpace, project, projector_matrix, semantic_basis
+from nsnet_sdk.model import NullSpace, project
+from training.nullspace import projector_matrix, semantic_basis
 
 
 def _structured(n: int = 200, d: int = 48, k: int = 5, noise: float = 1e-3, seed: int = 0) -> torch.Tensor:

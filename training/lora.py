@@ -71,20 +71,6 @@ def merge_lora(module: nn.Module) -> None:
                 parametrize.remove_parametrizations(m, name, leave_parametrized=True)
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict the model would have after ``merge_lora``, without touching the model (so
-    training can go on with its adapters after a per-epoch checkpoint)."""
-    sd = model.state_dict()
-    out: dict[str, torch.Tensor] = {k: v for k, v in sd.items() if ".parametrizations." not in k}
-    for mod_name, m in model.named_modules():
-        if parametrize.is_parametrized(m):
-            prefix = f"{mod_name}." if mod_name else ""
-            for name in m.parametrizations.keys():
-                with torch.no_grad():
-                    out[prefix + name] = getattr(m, name).detach().clone()
-    return out
-
-
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the adapter tensors (``…parametrizations.<w>.0.A`` / ``.B``), for resuming."""
     return {k: v for k, v in model.state_dict().items() if ".parametrizations." in k and not k.endswith(".original")}

@@ -11,7 +11,8 @@ import logging
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
+
+from nsnet_sdk.model.network import NullSpace, project  # noqa: F401  (the projection itself)
 
 log = logging.getLogger(__name__)
 
@@ -89,25 +90,3 @@ def projector_matrix(basis: torch.Tensor) -> torch.Tensor:
     """P = I − U Uᵀ (d×d) for a basis U with orthonormal columns."""
     d = basis.shape[0]
     return torch.eye(d, dtype=basis.dtype, device=basis.device) - basis @ basis.T
-
-
-def project(features: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """f·P computed as f − (f·U)·Uᵀ: O(dk) per row instead of O(d²)."""
-    return features - (features @ basis) @ basis.T
-
-
-class NullSpace(nn.Module):
-    """Holds the basis as buffer ``basis`` (state-dict key ``nullspace.basis`` inside NSNet)."""
-
-    def __init__(self, basis: torch.Tensor) -> None:
-        super().__init__()
-        if basis.ndim != 2:
-            raise ValueError(f"basis must be (d, k), got shape {tuple(basis.shape)}")
-        self.register_buffer("basis", basis.detach().clone().to(torch.float32))
-
-    @property
-    def rank(self) -> int:
-        return int(self.basis.shape[1])
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return project(features, self.basis.to(features.dtype))

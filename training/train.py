@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.checkpoint import _atomic_write, load_checkpoint, save_checkpoint
+from nsnet_sdk.artifact import atomic_write
+from nsnet_sdk.model import NSNet, load_checkpoint, save_checkpoint
 from training.corpus import BANKS, encode_texts, prompt_bank, read_captions
 from training.lora import add_lora, lora_state_dict, unmerge_lora
 from training.losses import DEFAULT_TEMPERATURE
-from training.model import NSNet, load_clip
+from training.backbone import load_clip
 from training.nullspace import DEFAULT_ENERGY, semantic_basis
 
 log = logging.getLogger("training.train")
@@ -172,8 +173,8 @@ def save_train_state(run: Path, model: NSNet, optimizer: torch.optim.Optimizer, 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     doc = {"epoch": epoch, "param_groups": opt["param_groups"], "scalars": scalars,
            "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state().tolist()}}
-    _atomic_write(run / TRAIN_STATE, lambda p: save_file(tensors, str(p)))
-    _atomic_write(run / TRAIN_STATE_JSON, lambda p: p.write_text(json.dumps(doc)))
+    atomic_write(run / TRAIN_STATE, lambda p: save_file(tensors, str(p)))
+    atomic_write(run / TRAIN_STATE_JSON, lambda p: p.write_text(json.dumps(doc)))
 
 
 def load_train_state(run: Path, model: NSNet, optimizer: torch.optim.Optimizer,

@@ -93,7 +93,7 @@ class OrtBackend:
         except ImportError as e:
             raise BackendUnavailableError(f"{path}: onnxruntime is not installed "
                                           "(pip install onnxruntime)", source=str(path)) from e
-        from .ort_options import session_options_for
+        from ..ort_options import session_options_for
 
         self.path = Path(path)
         self.metadata = read_onnx_metadata(self.path)

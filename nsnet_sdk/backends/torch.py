@@ -29,7 +29,7 @@ def checkpoint_metadata(meta: dict[str, Any]) -> dict[str, str]:
 
 
 class TorchBackend:
-    """Runs `training.model.NSNet` loaded from a run directory (or its ``nsnet.safetensors``)."""
+    """Runs `nsnet_sdk.model.NSNet` loaded from a run directory (or its ``nsnet.safetensors``)."""
 
     name = "torch"
 
@@ -39,7 +39,7 @@ class TorchBackend:
         run_dir = self.path if self.path.is_dir() else self.path.parent
         try:
             import torch
-            from training.checkpoint import load_checkpoint
+            from ..model import load_checkpoint
         except ImportError as e:
             raise BackendUnavailableError(
                 f"{self.path}: the PyTorch backend needs torch and the training package "

@@ -6,52 +6,36 @@ P = I − UUᵀ and ``head.0`` into ``visual.proj`` exactly.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import open_clip
 import torch
 from torch import nn
 
-import training  # noqa: F401  (registers the nsnet-tiny config)
-from training.nullspace import NullSpace
-
 HEAD_HIDDEN = 512
 HEAD_DIM = 128
 
 
-def resolve_pretrained(pretrained: str | None) -> str | None:
-    """``none`` / empty → None (random init); otherwise an open_clip tag or a local weights file."""
-    if pretrained is None or str(pretrained).strip().lower() in ("", "none", "random"):
-        return None
-    return str(pretrained)
+def project(features: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """f·P computed as f − (f·U)·Uᵀ: O(dk) per row instead of O(d²)."""
+    return features - (features @ basis) @ basis.T
 
 
-def wants_quick_gelu(backbone: str, pretrained: str | None) -> bool:
-    """True when the model config or the pretrained tag was trained with QuickGELU (e.g. OpenAI
-    weights): open_clip only warns on a mismatch, which would silently change the network."""
-    cfg = open_clip.get_model_config(backbone) or {}
-    if cfg.get("quick_gelu", False):
-        return True
-    tag = resolve_pretrained(pretrained)
-    if tag is None or Path(tag).exists():
-        return False
-    return bool(open_clip.get_pretrained_cfg(backbone, tag).get("quick_gelu", False))
+class NullSpace(nn.Module):
+    """Holds the basis as buffer ``basis`` (state-dict key ``nullspace.basis`` inside NSNet)."""
 
+    def __init__(self, basis: torch.Tensor) -> None:
+        super().__init__()
+        if basis.ndim != 2:
+            raise ValueError(f"basis must be (d, k), got shape {tuple(basis.shape)}")
+        self.register_buffer("basis", basis.detach().clone().to(torch.float32))
 
-def load_clip(backbone: str, pretrained: str | None, device: str | torch.device = "cpu",
-              quick_gelu: bool | None = None) -> tuple[nn.Module, object, bool]:
-    """(open_clip model, its tokenizer, quick_gelu used). ``pretrained`` 'none' → random weights."""
-    if backbone not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip backbone {backbone!r} (e.g. ViT-B-32, ViT-L-14, nsnet-tiny)")
-    tag = resolve_pretrained(pretrained)
-    if quick_gelu is None:
-        quick_gelu = wants_quick_gelu(backbone, tag)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="QuickGELU mismatch")
-        model = open_clip.create_model(backbone, pretrained=tag, device=device, force_quick_gelu=quick_gelu)
-    model.eval()
-    return model, open_clip.get_tokenizer(backbone), quick_gelu
+    @property
+    def rank(self) -> int:
+        return int(self.basis.shape[1])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return project(features, self.basis.to(features.dtype))
 
 
 def build_visual_empty(backbone: str, quick_gelu: bool) -> nn.Module:
@@ -105,7 +89,7 @@ class NSNet(nn.Module):
     @classmethod
     def from_checkpoint(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "NSNet":
         """Load a run directory (nsnet.safetensors + nsnet.json) in eval mode."""
-        from training.checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint
 
         model, _ = load_checkpoint(run_dir, device=device)
         return model

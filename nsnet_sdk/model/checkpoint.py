@@ -7,26 +7,36 @@ never part of NSNet, so it is never saved.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.lora import merged_state_dict
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..artifact import atomic_write
+from .network import HEAD_DIM, HEAD_HIDDEN, NSNet, build_visual_empty
 
 FORMAT = "nsnet-checkpoint/1"
 WEIGHTS = "nsnet.safetensors"
 CONFIG = "nsnet.json"
 
 
-def _atomic_write(path: Path, write) -> None:
-    # Write next to the target and rename: a run killed mid-save never leaves a torn checkpoint.
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.chmod(tmp, 0o644)  # safetensors creates files owner-only; a run dir is meant to be shared
-    os.replace(tmp, path)
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict the model would have with every parametrization (e.g. a LoRA adapter) folded
+    into its weight, without touching the model (so training can go on with its adapters after a
+    per-epoch checkpoint)."""
+    sd = model.state_dict()
+    out: dict[str, torch.Tensor] = {k: v for k, v in sd.items() if ".parametrizations." not in k}
+    for mod_name, m in model.named_modules():
+        if parametrize.is_parametrized(m):
+            prefix = f"{mod_name}." if mod_name else ""
+            for name in m.parametrizations.keys():
+                with torch.no_grad():
+                    out[prefix + name] = getattr(m, name).detach().clone()
+    return out
 
 
 def build_meta(model, meta: dict[str, Any]) -> dict[str, Any]:
@@ -55,10 +65,10 @@ def save_checkpoint(model, run_dir: str | Path, meta: dict[str, Any]) -> Path:
     """Write ``model`` (LoRA merged, without touching the live model) and ``meta`` to ``run_dir``."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in merged_state_dict(model).items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in plain_state_dict(model).items()}
     doc = build_meta(model, meta)
-    _atomic_write(run / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
-    _atomic_write(run / CONFIG, lambda p: p.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n"))
+    atomic_write(run / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    atomic_write(run / CONFIG, lambda p: p.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n"))
     return run
 
 
@@ -83,14 +93,12 @@ def update_meta(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     if "threshold" in fields:
         fields["threshold"] = float(fields["threshold"])
     meta.update(fields)
-    _atomic_write(run / CONFIG, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(run / CONFIG, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     return meta
 
 
 def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu"):
     """(NSNet in eval mode, meta dict) from a run directory; needs no download."""
-    from training.model import NSNet, build_visual_empty
-
     run = Path(run_dir)
     meta = read_meta(run)
     weights = run / WEIGHTS
@@ -103,7 +111,7 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu"):
     head = meta.get("head", {})
     with torch.device("meta"):
         model = NSNet(visual, torch.empty_like(state["nullspace.basis"], device="meta"),
-                      hidden=int(head.get("hidden", 512)), dim=int(head.get("dim", 128)))
+                      hidden=int(head.get("hidden", HEAD_HIDDEN)), dim=int(head.get("dim", HEAD_DIM)))
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"{weights} does not match backbone {meta['backbone']!r}: "

@@ -1,0 +1,20 @@
+"""Image loading and NS-Net patch selection: the one preprocessing used by training and every backend.
+
+The network input is a ``grid``×``grid`` mosaic of the image's own ``patch``×``patch`` patches, taken
+at native resolution: those with the highest and the lowest spectral entropy.
+
+- `config`: `PatchConfig`, the contract every artifact records, and the defaults.
+- `decode`: `load_image` (bomb guards, orientation, every input kind) and `iter_image_paths`.
+- `patches`: entropy, selection, mosaic, normalisation, batching.
+"""
+from __future__ import annotations
+
+from .config import CLIP_MEAN, CLIP_STD, DEFAULT, MAX_PIXELS, PatchConfig
+from .decode import IMAGE_SUFFIXES, image_size, iter_image_paths, load_image
+from .patches import mosaic_slots, normalize, patch_entropies, patch_mosaic, preprocess, preprocess_batch
+
+__all__ = [
+    "CLIP_MEAN", "CLIP_STD", "DEFAULT", "MAX_PIXELS", "IMAGE_SUFFIXES", "PatchConfig", "load_image",
+    "image_size", "iter_image_paths", "patch_entropies", "mosaic_slots", "patch_mosaic", "normalize",
+    "preprocess", "preprocess_batch",
+]

@@ -1,0 +1,216 @@
+"""Patch selection: the spectral entropy of every grid patch, the mosaic of the highest- and
+lowest-entropy patches, CLIP normalisation and batching.
+
+The exact definition (README, "Patch selection") is implemented by :func:`patch_entropies` and
+:func:`patch_mosaic`; :func:`preprocess` adds CLIP normalisation.
+
+Speed: the per-patch 2-D DFTs are done as two matrix products over a whole band of patches (a 32-point
+DFT as a dense matrix costs more flops than an FFT, but one large GEMM runs near peak while thousands
+of tiny FFT calls are dominated by call overhead), inside a small ONNX Runtime graph
+(``entropy.onnx``, written by ``tools/make_entropy_graph.py``) that runs on the calling thread.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from .config import DEFAULT, PatchConfig
+from .decode import load_image
+
+__all__ = ["patch_entropies", "mosaic_slots", "patch_mosaic", "normalize", "preprocess", "preprocess_batch"]
+
+@lru_cache(maxsize=8)
+def _dft_mats(p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real matrices for p×p real 2-D DFTs done as two matrix products, and half-spectrum weights.
+
+    rows:  (2k, p) = [cos; −sin], k = p//2+1: real DFT down each patch column (u = 0..p/2 only; the
+           other half of the spectrum is the Hermitian mirror, counted twice through ``weights``).
+    cross: (2p, 2p) with [Xr | Xi] @ cross = [Re | Im] of the complex DFT along each patch row.
+    """
+    k = p // 2 + 1
+    n = np.arange(p)
+    ang_r = 2 * np.pi * np.outer(np.arange(k), n) / p
+    rows = np.concatenate([np.cos(ang_r), -np.sin(ang_r)], 0).astype(np.float32)
+    ang = 2 * np.pi * np.outer(n, n) / p
+    c, s = np.cos(ang), np.sin(ang)
+    cross = np.block([[c, -s], [s, c]]).astype(np.float32)  # (Xr + iXi)(C − iS)
+    weights = np.full(k, 2.0)
+    weights[0] = 1.0
+    if p % 2 == 0:
+        weights[-1] = 1.0  # the Nyquist row is its own mirror
+    return rows, cross, weights
+
+
+def _pad(rgb: np.ndarray, p: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if h >= p and w >= p:
+        return rgb
+    # BORDER_REFLECT (= numpy "symmetric") repeats the reflection when the pad exceeds the image.
+    return cv2.copyMakeBorder(rgb, 0, max(0, p - h), 0, max(0, p - w), cv2.BORDER_REFLECT)
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise TypeError(
+            f"expected an RGB uint8 HxWx3 array, got {getattr(rgb, 'dtype', type(rgb))} "
+            f"{getattr(rgb, 'shape', '')}; use load_image() for other inputs"
+        )
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"empty image of shape {rgb.shape}")
+
+
+def _entropies(padded: np.ndarray, p: int) -> np.ndarray:
+    nr, nc = padded.shape[0] // p, padded.shape[1] // p
+    # Bands of ~512 patches bound the kernel's intermediates (large images otherwise go memory-bound)
+    # while keeping the per-call overhead small.
+    band = max(1, 512 // nc)
+    return np.concatenate([_band_entropies(padded[r * p : (r + band) * p, : nc * p], p) for r in range(0, nr, band)])
+
+
+_SESSIONS: dict[int, Any] = {}
+
+
+def _entropy_session() -> Any:
+    """The patch-DFT matrix products (nsnet_sdk/entropy.onnx) in ONNX Runtime, one session per process.
+
+    Why ONNX Runtime and not numpy's matmul: numpy's OpenBLAS starts its own threads for these
+    GEMMs, and called from several decode workers at once (under any other load) that runs ~20×
+    slower than single-threaded. An ORT session with one intra-op thread runs the same GEMMs at
+    full single-core speed on the calling thread, and Run() is thread-safe.
+    """
+    pid = os.getpid()  # a session must not be shared across fork()
+    if pid not in _SESSIONS:
+        import onnxruntime as ort
+
+        from ..ort_options import session_options_for
+
+        so = session_options_for("fp32", "CPUExecutionProvider", intra_op_threads=1, inter_op_threads=1)
+        path = Path(__file__).with_name("entropy.onnx")
+        _SESSIONS[pid] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return _SESSIONS[pid]
+
+
+def _band_entropies(rgb: np.ndarray, p: int) -> np.ndarray:
+    nr, nc = rgb.shape[0] // p, rgb.shape[1] // p
+    w = nc * p
+    rows, cross, weights = _dft_mats(p)
+    k = p // 2 + 1
+    # R+G+B instead of their mean: the entropy of A/ΣA does not change when A is scaled.
+    g = cv2.transform(np.ascontiguousarray(rgb[: nr * p]).astype(np.float32), np.ones((1, 3), np.float32))
+    g = g.reshape(nr, p, w)
+    dc = g.sum(1).reshape(nr, nc, p).sum(-1)  # patch sums: exact, integers below 2**24
+    # Removing each patch's mean makes a flat patch exactly zero, so its non-DC spectrum is exactly
+    # zero (as with an FFT) instead of rounding noise that would break the ties the definition needs.
+    g -= np.repeat(dc * np.float32(1.0 / (p * p)), p, axis=1)[:, None, :]
+    (y,) = _entropy_session().run(None, {
+        "g": g, "rows": rows, "cross": cross,
+        "x_shape": np.array([nr, 2, k, nc, p], np.int64), "row_shape": np.array([nr * k * nc, 2 * p], np.int64),
+    })  # y: rows (r, u, c) of [Re | Im], the DFT of every patch at frequencies u = 0..p/2, all v
+    a = cv2.magnitude(y[:, :p], y[:, p:])
+    a.reshape(nr, k, nc, p)[:, 0, :, 0] = 0.0  # DC (rounding noise after mean removal): exact below
+    alog = cv2.multiply(a, cv2.log(cv2.max(a, 1e-30)))
+    s_ac = np.einsum("rkn,k->rn", cv2.reduce(a, 1, cv2.REDUCE_SUM).reshape(nr, k, nc).astype(np.float64), weights)
+    l_ac = np.einsum("rkn,k->rn", cv2.reduce(alog, 1, cv2.REDUCE_SUM).reshape(nr, k, nc).astype(np.float64), weights)
+    dc = np.abs(dc.astype(np.float64))
+    s = dc + s_ac
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # −Σ q log q with q = A/S  ==  log S − (Σ A log A)/S; only DC non-zero → exactly 0.
+        ent = np.log(s) - (np.where(dc > 0, dc * np.log(dc), 0.0) + l_ac) / s
+    return np.where(s_ac > 0, ent, 0.0)
+
+
+def patch_entropies(rgb: np.ndarray, cfg: PatchConfig = DEFAULT) -> np.ndarray:
+    """Spectral entropy of every grid patch: float64 array of shape (H//patch, W//patch) after padding.
+
+    A patch's score is the Shannon entropy of its normalised 2-D DFT magnitude (DC included) of the
+    mean of R, G and B; an all-zero spectrum scores 0.
+    """
+    _check_rgb(rgb)
+    return _entropies(_pad(rgb, cfg.patch), cfg.patch)
+
+
+def mosaic_slots(entropies: np.ndarray, slots: int) -> np.ndarray:
+    """Raster indices of the patches placed in the mosaic slots, in slot order.
+
+    Patches are ordered by entropy descending, ties by raster index ascending. With at least
+    ``slots`` patches: the top ``ceil(slots/2)`` in that order, then the last ``floor(slots/2)`` of
+    that order reversed (lowest entropy first). With fewer: that order repeated cyclically.
+    """
+    e = np.asarray(entropies, dtype=np.float64).ravel()
+    order = np.argsort(-e, kind="stable")
+    if e.size >= slots:
+        high = (slots + 1) // 2
+        return np.concatenate([order[:high], order[::-1][: slots - high]])
+    return np.resize(order, slots)
+
+
+def patch_mosaic(
+    rgb: np.ndarray, cfg: PatchConfig = DEFAULT, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """The uint8 (size, size, 3) mosaic of selected patches, copied pixel for pixel.
+
+    Slot i sits at mosaic row ``i // grid``, column ``i % grid``. Given ``rng``, the slots are
+    randomly permuted (a training augmentation; inference passes no rng and is deterministic).
+    """
+    _check_rgb(rgb)
+    p, gsz = cfg.patch, cfg.grid
+    padded = _pad(rgb, p)
+    ent = _entropies(padded, p)
+    nr, nc = ent.shape
+    idx = mosaic_slots(ent, cfg.slots)
+    if rng is not None:
+        idx = rng.permutation(idx)
+    tiles = padded[: nr * p, : nc * p].reshape(nr, p, nc, p, 3)[idx // nc, :, idx % nc]  # (slots, p, p, 3)
+    return np.ascontiguousarray(tiles.reshape(gsz, gsz, p, p, 3).transpose(0, 2, 1, 3, 4)).reshape(
+        cfg.size, cfg.size, 3
+    )
+
+
+@lru_cache(maxsize=8)
+def _affine(cfg: PatchConfig) -> tuple[np.ndarray, np.ndarray]:
+    std = np.asarray(cfg.std, np.float64)
+    return (1.0 / (255.0 * std)).astype(np.float32), (-np.asarray(cfg.mean) / std).astype(np.float32)
+
+
+def normalize(mosaic: np.ndarray, cfg: PatchConfig = DEFAULT, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 HWC mosaic → float32 CHW ``(x/255 − mean)/std``, written into ``out`` when given."""
+    if out is None:
+        out = np.empty((3, *mosaic.shape[:2]), np.float32)
+    scale, shift = _affine(cfg)
+    for c, plane in enumerate(cv2.split(mosaic)):
+        np.multiply(plane, scale[c], out=out[c], dtype=np.float32)
+        out[c] += shift[c]
+    return out
+
+
+def preprocess(rgb: np.ndarray, cfg: PatchConfig = DEFAULT) -> np.ndarray:
+    """RGB uint8 H×W×3 → the network input: float32 (3, size, size)."""
+    return normalize(patch_mosaic(rgb, cfg), cfg)
+
+
+def preprocess_batch(
+    items: Sequence[Any] | Iterable[Any], cfg: PatchConfig = DEFAULT, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Preprocess several images into one float32 (B, 3, size, size) array.
+
+    Items are RGB uint8 arrays or anything :func:`load_image` accepts. When ``out`` is given it must
+    have room for every item; the filled leading slice ``out[:B]`` is returned.
+    """
+    items = list(items)
+    if out is None:
+        out = np.empty((len(items), 3, cfg.size, cfg.size), np.float32)
+    elif out.shape[0] < len(items) or out.shape[1:] != (3, cfg.size, cfg.size) or out.dtype != np.float32:
+        raise ValueError(f"out has shape {out.shape} {out.dtype}, need ({len(items)}, 3, {cfg.size}, {cfg.size}) float32")
+    for i, item in enumerate(items):
+        rgb = item if _is_rgb8(item) else load_image(item)
+        normalize(patch_mosaic(rgb, cfg), cfg, out=out[i])
+    return out[: len(items)]
+
+
+def _is_rgb8(x: Any) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] == 3
