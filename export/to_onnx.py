@@ -110,7 +110,8 @@ def sha256_file(path: str | Path) -> str:
 
 def load_run(ckpt_dir: str | Path):
     """(NSNet, meta) of a run directory; `ExportError` with the path when missing or corrupt."""
-    from nsnet_sdk.model.checkpoint import WEIGHTS, load_checkpoint
+    from nsnet_sdk.model import load_checkpoint
+    from nsnet_sdk.model.checkpoint import WEIGHTS
 
     run = Path(ckpt_dir)
     if not run.is_dir():

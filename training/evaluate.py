@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from nsnet_sdk.preprocess import PatchConfig
-from nsnet_sdk.model.checkpoint import load_checkpoint, update_meta
+from nsnet_sdk.model import load_checkpoint
+from nsnet_sdk.model.checkpoint import update_meta
 from training.data import ImageDataset, SkipLog, detect_layout, discover, downscale, gaussian_blur, jpeg
 from training.infer import score
 from training.metrics import detection_metrics, threshold_for_fpr

@@ -16,8 +16,9 @@ if "nsnet-tiny" not in open_clip.list_models():
     # open_clip scans directories it is given for <name>.json architecture configs.
     open_clip.add_model_config(str(MODEL_CONFIG_DIR))
 
-from .checkpoint import load_checkpoint, read_meta, save_checkpoint  # noqa: E402
-from .network import HEAD_DIM, HEAD_HIDDEN, NSNet, NullSpace, build_visual_empty, project  # noqa: E402
+from .checkpoint import read_meta, save_checkpoint  # noqa: E402
+from .network import (HEAD_DIM, HEAD_HIDDEN, NSNet, NullSpace, build_visual_empty,  # noqa: E402
+                      load_checkpoint, project)
 
 __all__ = ["NSNet", "NullSpace", "project", "build_visual_empty", "HEAD_HIDDEN", "HEAD_DIM",
            "save_checkpoint", "load_checkpoint", "read_meta", "MODEL_CONFIG_DIR"]

@@ -1,4 +1,4 @@
-"""The run-directory checkpoint: ``nsnet.safetensors`` + ``nsnet.json`` (docs/formats.md).
+"""The run-directory checkpoint files: ``nsnet.safetensors`` + ``nsnet.json`` (docs/formats.md).
 
 The only code that reads or writes these two files. No pickle anywhere: tensors go to safetensors,
 everything else to JSON. LoRA adapters are merged into plain weights on save; the text tower is
@@ -17,7 +17,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..artifact import atomic_write
-from .network import HEAD_DIM, HEAD_HIDDEN, NSNet, build_visual_empty
 
 FORMAT = "nsnet-checkpoint/1"
 WEIGHTS = "nsnet.safetensors"
@@ -97,8 +96,8 @@ def update_meta(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """(NSNet in eval mode, meta dict) from a run directory; needs no download."""
+def read_weights(run_dir: str | Path, device: str = "cpu") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(nsnet.json, tensors) of a run directory, read without building the network."""
     run = Path(run_dir)
     meta = read_meta(run)
     weights = run / WEIGHTS
@@ -107,16 +106,4 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu"):
     state = load_file(str(weights), device=str(device))
     if "nullspace.basis" not in state:
         raise ValueError(f"{weights}: no nullspace.basis tensor")
-    visual = build_visual_empty(meta["backbone"], bool(meta.get("quick_gelu", False)))
-    head = meta.get("head", {})
-    with torch.device("meta"):
-        model = NSNet(visual, torch.empty_like(state["nullspace.basis"], device="meta"),
-                      hidden=int(head.get("hidden", HEAD_HIDDEN)), dim=int(head.get("dim", HEAD_DIM)))
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"{weights} does not match backbone {meta['backbone']!r}: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if leftover:
-        raise ValueError(f"{weights}: tensors not in the checkpoint: {leftover[:5]}")
-    return model.to(device).eval(), meta
+    return meta, state

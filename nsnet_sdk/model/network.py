@@ -12,6 +12,8 @@ import open_clip
 import torch
 from torch import nn
 
+from .checkpoint import WEIGHTS, read_weights
+
 HEAD_HIDDEN = 512
 HEAD_DIM = 128
 
@@ -89,7 +91,25 @@ class NSNet(nn.Module):
     @classmethod
     def from_checkpoint(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> "NSNet":
         """Load a run directory (nsnet.safetensors + nsnet.json) in eval mode."""
-        from .checkpoint import load_checkpoint
-
         model, _ = load_checkpoint(run_dir, device=device)
         return model
+
+
+def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[NSNet, dict]:
+    """(NSNet in eval mode, nsnet.json) from a run directory; needs no download. The network is
+    built on the meta device and the saved tensors assigned, so random init is skipped."""
+    meta, state = read_weights(run_dir, device=str(device))
+    weights = Path(run_dir) / WEIGHTS
+    visual = build_visual_empty(meta["backbone"], bool(meta.get("quick_gelu", False)))
+    head = meta.get("head", {})
+    with torch.device("meta"):
+        model = NSNet(visual, torch.empty_like(state["nullspace.basis"], device="meta"),
+                      hidden=int(head.get("hidden", HEAD_HIDDEN)), dim=int(head.get("dim", HEAD_DIM)))
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not match backbone {meta['backbone']!r}: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise ValueError(f"{weights}: tensors not in the checkpoint: {leftover[:5]}")
+    return model.to(device).eval(), meta
