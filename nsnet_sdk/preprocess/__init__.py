@@ -4,17 +4,19 @@ The network input is a ``grid``×``grid`` mosaic of the image's own ``patch``×`
 at native resolution: those with the highest and the lowest spectral entropy.
 
 - `config`: `PatchConfig`, the contract every artifact records, and the defaults.
-- `decode`: `load_image` (bomb guards, orientation, every input kind) and `iter_image_paths`.
+- `decode`: `load_image` (bomb guards, orientation, every input kind).
+- `scan`: `iter_image_paths` / `scan_image_paths`, the folder scan (which files are images).
 - `patches`: entropy, selection, mosaic, normalisation, batching.
 """
 from __future__ import annotations
 
 from .config import CLIP_MEAN, CLIP_STD, DEFAULT, MAX_PIXELS, PatchConfig
-from .decode import IMAGE_SUFFIXES, image_size, iter_image_paths, load_image
+from .decode import IMAGE_SUFFIXES, image_size, load_image
+from .scan import ImageScan, iter_image_paths, scan_image_paths
 from .patches import mosaic_slots, normalize, patch_entropies, patch_mosaic, preprocess, preprocess_batch
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "DEFAULT", "MAX_PIXELS", "IMAGE_SUFFIXES", "PatchConfig", "load_image",
-    "image_size", "iter_image_paths", "patch_entropies", "mosaic_slots", "patch_mosaic", "normalize",
-    "preprocess", "preprocess_batch",
+    "image_size", "ImageScan", "iter_image_paths", "scan_image_paths", "patch_entropies",
+    "mosaic_slots", "patch_mosaic", "normalize", "preprocess", "preprocess_batch",
 ]

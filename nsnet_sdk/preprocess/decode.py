@@ -1,11 +1,11 @@
 """Decoding: any input (path, bytes, array, PIL image) → RGB uint8, refusing bombs from the header
-before a pixel buffer is allocated; and the one folder scan every tool uses (`iter_image_paths`)."""
+before a pixel buffer is allocated. The folder scan that picks image files by name is `scan`."""
 from __future__ import annotations
 
 import os
 import struct
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ImageDecodeError, ImageTooLargeError
 from .config import MAX_PIXELS
 
-__all__ = ["IMAGE_SUFFIXES", "image_size", "load_image", "iter_image_paths"]
+__all__ = ["IMAGE_SUFFIXES", "image_size", "load_image"]
 
 _DECODABLE = "JPEG, PNG, WebP, GIF, BMP, TIFF, PNM, AVIF, JPEG 2000"
 # File names treated as images when a folder is scanned (CLI, training data, benchmarks). HEIC is
@@ -258,27 +258,3 @@ def load_image(src: Any, max_pixels: int = MAX_PIXELS, *, name: str | None = Non
     if type(src).__module__.startswith("PIL.") and hasattr(src, "convert"):
         return _from_pil(src, max_pixels, label)
     raise ImageDecodeError(f"{label}: unsupported input type {type(src).__name__}", label)
-
-
-
-def iter_image_paths(paths: Sequence[str], recursive: bool) -> tuple[list[str], list[str]]:
-    """(inputs, warnings): directories expanded to their image files (sorted), other paths as given.
-
-    The one folder scan: the CLI, training data discovery, export's verify and the benchmarks all
-    list images through it, so they agree on what counts as an image file.
-    """
-    out: list[str] = []
-    warnings: list[str] = []
-    for raw in paths:
-        p = Path(raw)
-        if not p.is_dir():
-            out.append(raw)  # explicit files are always attempted, even missing ones: they get a row
-            continue
-        walker = p.rglob("*") if recursive else p.iterdir()
-        found = sorted(str(f) for f in walker
-                       if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        if not found:
-            warnings.append(f"no image files in directory {raw}"
-                            + ("" if recursive else " (use --recursive for subdirectories)"))
-        out.extend(found)
-    return out, warnings
