@@ -12,7 +12,7 @@ from __future__ import annotations
 from . import errors
 from .detector import Detector
 from .errors import (BackendUnavailableError, ImageDecodeError, ImageTooLargeError, InferenceError,
-                     ModelLoadError, NSNetError, PreprocessMismatchError)
+                     ModelLoadError, NSNetError, PreprocessMismatchError, UnsupportedInputError)
 from .prediction import Prediction
 from .preprocess import PatchConfig, load_image
 
@@ -21,5 +21,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Detector", "Prediction", "PatchConfig", "load_image", "errors", "NSNetError", "ImageDecodeError", "ImageTooLargeError",
     "ModelLoadError", "BackendUnavailableError", "PreprocessMismatchError", "InferenceError",
+    "UnsupportedInputError",
     "__version__",
 ]

@@ -20,12 +20,17 @@ import numpy as np
 
 from .artifact import ModelMeta, artifact_kind
 from .backends import Backend, load_backend
-from .errors import ImageDecodeError, InferenceError, NSNetError, PreprocessMismatchError
+from .errors import (ImageDecodeError, InferenceError, NSNetError, PreprocessMismatchError,
+                     UnsupportedInputError)
 from .prediction import Prediction, sigmoid
 from .preprocess import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic
 
 ON_ERROR = ("raise", "record")
+CHANNELS = ("rgb", "bgr")
 DEFAULT_BATCH_SIZE = 32
+ACCEPTED_INPUTS = ("a path (str or os.PathLike), encoded bytes, a numpy array (H×W gray, H×W×3 "
+                   "RGB, H×W×4 RGBA; channels='bgr' for OpenCV's order) or a PIL image, or a "
+                   "list/iterable of those (a 4-D array is a stack)")
 
 
 def default_workers() -> int:
@@ -37,18 +42,36 @@ def _is_pil(x: Any) -> bool:
     return type(x).__module__.startswith("PIL.") and hasattr(x, "mode") and hasattr(x, "size")
 
 
+def _is_image(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) or _is_pil(x)
+
+
 def is_single_input(x: Any) -> bool:
-    """True for one image (path, bytes, H×W[×C] array, PIL image); False for a collection of them.
+    """True for one image (path, bytes, H×W[×C] array, PIL image); False for a collection of them
+    (and for anything else, which `Detector.predict` then refuses).
 
     A 4-D array is a stack of images and counts as a collection.
     """
     if isinstance(x, np.ndarray):
         return x.ndim != 4
-    return isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview)) or _is_pil(x)
+    return _is_image(x)
+
+
+def _iter_inputs(x: Any) -> Iterator[Any]:
+    """An iterator over a collection of inputs; `UnsupportedInputError` for what is not one."""
+    if x is None or isinstance(x, (int, float, complex, dict)):  # dict: keys are not images
+        raise UnsupportedInputError(f"cannot score {type(x).__name__} {x!r:.80}: expected "
+                                    f"{ACCEPTED_INPUTS}")
+    try:
+        return iter(x)
+    except TypeError:
+        raise UnsupportedInputError(f"cannot score a {type(x).__name__}: expected "
+                                    f"{ACCEPTED_INPUTS}") from None
 
 
 def source_name(x: Any, index: int) -> str:
-    """How a Prediction names its input: the path as given, else ``<kind #index>``."""
+    """How a Prediction names its input: the path as given (bytes paths decoded as `os.fsdecode`
+    does, undecodable bytes kept as surrogates), else ``<kind #index>``."""
     if isinstance(x, (str, os.PathLike)):
         return os.fsdecode(x)
     if isinstance(x, (bytes, bytearray, memoryview)):
@@ -90,6 +113,9 @@ class Detector:
         batch_size: default batch size of `predict` / `predict_iter`.
         workers: decode/preprocess threads (0 = on the calling thread); default one per core.
         max_pixels: images whose header declares more pixels are refused before decoding.
+        channels: channel order of numpy array inputs: ``"rgb"`` (default; what `load_image`
+            returns, and PIL's order) or ``"bgr"`` (OpenCV's ``cv2.imread`` order; BGRA for
+            4 channels). Paths, bytes and PIL images are decoded to RGB whatever this says.
 
     Raises:
         ModelLoadError: the artifact is missing, of unknown kind, unreadable or lacks metadata
@@ -101,12 +127,14 @@ class Detector:
                  preprocess: PatchConfig | Mapping[str, Any] | None = None, force: bool = False,
                  providers: Sequence[Any] | None = None, intra_op_threads: int | None = None,
                  device: str | int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 workers: int | None = None, max_pixels: int = MAX_PIXELS) -> None:
+                 workers: int | None = None, max_pixels: int = MAX_PIXELS,
+                 channels: str = "rgb") -> None:
         self.model_path = Path(model)
         self.kind = artifact_kind(self.model_path)
         self.batch_size = _check_batch_size(batch_size)
         self.workers = default_workers() if workers is None else _check_workers(workers)
         self.max_pixels = int(max_pixels)
+        self.channels = _check_channels(channels)
         self.backend: Backend = load_backend(
             self.kind, self.model_path, providers=providers, intra_op_threads=intra_op_threads,
             device=device)
@@ -134,30 +162,40 @@ class Detector:
     # -- public API -------------------------------------------------------------------------
 
     def predict(self, inputs: Any, *, batch_size: int | None = None, workers: int | None = None,
-                on_error: str | None = None) -> Prediction | list[Prediction]:
+                on_error: str | None = None, channels: str | None = None) -> Prediction | list[Prediction]:
         """Score one image or a collection of them.
 
-        ``inputs``: a path, bytes, numpy array (H×W, H×W×3, H×W×4; uint8/uint16) or PIL image →
-        one `Prediction`; a list/tuple/iterable of those (or a 4-D array) → a list in input
-        order. ``on_error``: ``"raise"`` raises the input's typed error, ``"record"`` returns a
-        Prediction with ``error`` set; default ``"raise"`` for one input, ``"record"`` otherwise.
+        ``inputs``: a path, bytes, numpy array (H×W gray, H×W×3 **RGB**, H×W×4 RGBA; uint8 or
+        uint16) or PIL image → one `Prediction`; a list/tuple/iterable of those (or a 4-D array)
+        → a list in input order. ``channels="bgr"`` reads arrays in OpenCV's order (default: the
+        Detector's ``channels``). ``on_error``: ``"raise"`` raises the input's typed error,
+        ``"record"`` returns a Prediction with ``error`` set; default ``"raise"`` for one input,
+        ``"record"`` otherwise. Images smaller than one patch are scored with a warning in
+        ``Prediction.warnings``.
+
+        Raises:
+            UnsupportedInputError: ``inputs`` is neither an image nor a collection (e.g. None, 42).
         """
         if is_single_input(inputs):
             mode = _check_on_error(on_error or "raise")
-            return list(self._pipeline(iter([inputs]), 1, 0, mode))[0]
+            bgr = _check_channels(channels or self.channels) == "bgr"
+            return list(self._pipeline(iter([inputs]), 1, 0, mode, bgr))[0]
         return list(self.predict_iter(inputs, batch_size=batch_size, workers=workers,
-                                      on_error=on_error or "record"))
+                                      on_error=on_error or "record", channels=channels))
 
     def predict_iter(self, inputs: Iterable[Any], *, batch_size: int | None = None,
-                     workers: int | None = None, on_error: str = "record") -> Iterator[Prediction]:
+                     workers: int | None = None, on_error: str = "record",
+                     channels: str | None = None) -> Iterator[Prediction]:
         """Lazily score any number of inputs: yields one `Prediction` per input, in order, while
         the next batches are decoded in ``workers`` threads. Memory does not grow with the number
-        of inputs; ``inputs`` is consumed only a couple of batches ahead of the results."""
-        if is_single_input(inputs):
-            inputs = [inputs]
+        of inputs; ``inputs`` is consumed only a couple of batches ahead of the results. Inputs
+        and ``channels`` as in `predict`; an element of an unsupported kind gets an
+        `UnsupportedInputError` result (or raises it with ``on_error="raise"``)."""
+        items = iter([inputs]) if is_single_input(inputs) else _iter_inputs(inputs)
         bs = self.batch_size if batch_size is None else _check_batch_size(batch_size)
         nw = self.workers if workers is None else _check_workers(workers)
-        return self._pipeline(iter(inputs), bs, nw, _check_on_error(on_error))
+        bgr = _check_channels(channels or self.channels) == "bgr"
+        return self._pipeline(items, bs, nw, _check_on_error(on_error), bgr)
 
     def info(self) -> dict[str, Any]:
         """What `nsnet info` prints: artifact, backend, device, threshold, preprocessing, metadata."""
@@ -182,23 +220,28 @@ class Detector:
 
     # -- pipeline ---------------------------------------------------------------------------
 
-    def _prepare(self, src: Any, name: str, buf: np.ndarray, row: int) -> NSNetError | None:
-        """Decode + patch mosaic + normalise ``src`` into ``buf[row]``; the error, if any, typed
-        and naming the input (anything untyped, e.g. ``ValueError: embedded null byte`` from a
-        path, becomes an `ImageDecodeError` with the original as its cause)."""
+    def _prepare(self, src: Any, name: str, buf: np.ndarray, row: int,
+                 bgr: bool = False) -> tuple[NSNetError | None, tuple[str, ...]]:
+        """Decode + patch mosaic + normalise ``src`` into ``buf[row]``: (error, warnings). The
+        error, if any, is typed and names the input (anything untyped, e.g. ``ValueError:
+        embedded null byte`` from a path, becomes an `ImageDecodeError` with the original as its
+        cause)."""
         try:
-            rgb = load_image(src, max_pixels=self.max_pixels, name=name)
+            if not _is_image(src):
+                raise UnsupportedInputError(f"{name}: cannot score a {type(src).__name__}: "
+                                            f"expected {ACCEPTED_INPUTS}", source=name)
+            rgb = load_image(_bgr_to_rgb(src) if bgr else src, max_pixels=self.max_pixels, name=name)
             normalize(patch_mosaic(rgb, self.config), self.config, out=buf[row])
-            return None
+            return None, _size_warnings(rgb, self.config.patch)
         except NSNetError as e:  # recorded per input; one bad file must not stop a batch
-            return e
+            return e, ()
         except Exception as e:
             err = ImageDecodeError(f"{name}: {type(e).__name__}: {e}", source=name)
             err.__cause__ = e
-            return err
+            return err, ()
 
     def _pipeline(self, items: Iterator[Any], bs: int, workers: int,
-                  on_error: str) -> Iterator[Prediction]:
+                  on_error: str, bgr: bool = False) -> Iterator[Prediction]:
         side = self.config.size
         # Batches queued behind the one being inferred: enough to give every worker a task plus
         # one spare. Inline (workers=0) nothing is gained by decoding ahead, so nothing is.
@@ -222,7 +265,8 @@ class Detector:
                 buf = free.pop() if free else np.empty((bs, 3, side, side), np.float32)
                 names = [source_name(x, counter + j) for j, x in enumerate(chunk)]
                 counter += len(chunk)
-                futs = [pool.submit(self._prepare, x, names[j], buf, j) for j, x in enumerate(chunk)]
+                futs = [pool.submit(self._prepare, x, names[j], buf, j, bgr)
+                        for j, x in enumerate(chunk)]
                 inflight.append((names, futs, buf))
 
         try:
@@ -233,7 +277,7 @@ class Detector:
                         raise source_error
                     break
                 names, futs, buf = inflight.popleft()
-                errors = [f.result() for f in futs]
+                errors, notes = zip(*[f.result() for f in futs])
                 ok = [j for j, e in enumerate(errors) if e is None]
                 logits = np.full(len(names), np.nan, dtype=np.float32)
                 if ok:
@@ -256,7 +300,7 @@ class Detector:
                         continue
                     p = float(probs[j])
                     yield Prediction(source=name, prob_fake=p, is_fake=p >= self.threshold,
-                                     logit=float(logits[j]))
+                                     logit=float(logits[j]), warnings=notes[j])
         finally:
             for _, futs, _ in inflight:
                 for f in futs:
@@ -296,6 +340,27 @@ def _check_threshold(t: Any) -> float:
     if not (math.isfinite(t) and 0.0 <= t <= 1.0):
         raise ValueError(f"threshold must be in [0, 1], got {t}")
     return t
+
+
+def _bgr_to_rgb(x: Any) -> Any:
+    """An OpenCV-order (BGR / BGRA) array in RGB(A) order; anything else unchanged."""
+    if isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[2] in (3, 4):
+        return x[..., [2, 1, 0, 3][: x.shape[2]]]
+    return x
+
+
+def _size_warnings(rgb: np.ndarray, patch: int) -> tuple[str, ...]:
+    h, w = rgb.shape[:2]
+    if h < patch or w < patch:
+        return (f"image is {w}x{h} pixels, smaller than one {patch}x{patch} patch: its few pixels "
+                "are repeated to fill the model input, so the score says little",)
+    return ()
+
+
+def _check_channels(channels: Any) -> str:
+    if channels not in CHANNELS:
+        raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
+    return channels
 
 
 def _check_on_error(mode: str) -> str:

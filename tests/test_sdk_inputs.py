@@ -185,3 +185,69 @@ def test_decompression_bomb_is_refused_before_allocation(tmp_path, det):
     errors, grown_mb = r.stdout.rsplit("]", 1)
     assert errors.count("ImageTooLargeError") == 6, r.stdout
     assert int(grown_mb) < 200, f"peak RSS grew by {grown_mb} MB on a 2.7 GB claim"
+
+
+# -- input kinds, channel order and tiny images (issue 13 "Inputs") -----------------------------
+
+def test_opencv_arrays_score_like_the_file_with_channels_bgr(det, tmp_path):
+    from nsnet_sdk import Detector
+
+    pic = textured(80, 96, seed=11)
+    path = write_png(tmp_path / "pic.png", pic)
+    bgr = cv2.imread(str(path))
+    ref = det.predict(path)
+    assert det.predict(bgr).logit != pytest.approx(ref.logit, abs=1e-4)  # order matters here
+    assert det.predict(bgr, channels="bgr").logit == ref.logit
+    rgba = np.dstack([pic, np.full(pic.shape[:2], 200, np.uint8)])
+    write_png(tmp_path / "rgba.png", rgba)
+    bgra = cv2.imread(str(tmp_path / "rgba.png"), cv2.IMREAD_UNCHANGED)
+    assert bgra.shape[2] == 4
+    assert det.predict(bgra, channels="bgr").logit == det.predict(tmp_path / "rgba.png").logit
+    with Detector(det.model_path, workers=0, channels="bgr") as d2:
+        got = d2.predict([bgr, path, bgr[..., 1]])  # arrays in BGR; files and gray unaffected
+        assert [p.logit for p in got] == [ref.logit, ref.logit, det.predict(pic[..., 1]).logit]
+        assert d2.predict(pic, channels="rgb").logit == ref.logit
+    with pytest.raises(ValueError, match="channels"):
+        det.predict(pic, channels="BGR!")
+
+
+@pytest.mark.parametrize("bad", [42, None, 3.5, {"a.jpg": 1}, object()])
+def test_unsupported_inputs_raise_a_typed_error_listing_what_is_accepted(det, bad):
+    from nsnet_sdk import NSNetError, UnsupportedInputError
+
+    with pytest.raises(UnsupportedInputError) as e:
+        det.predict(bad)
+    assert isinstance(e.value, TypeError) and isinstance(e.value, NSNetError)
+    for kind in ("path", "bytes", "numpy array", "PIL image", "RGB"):
+        assert kind in str(e.value)
+    with pytest.raises(UnsupportedInputError):
+        det.predict_iter(bad)
+
+
+def test_an_unsupported_element_of_a_list_is_its_own_error_row(det, tmp_path):
+    from nsnet_sdk import UnsupportedInputError
+
+    path = write_png(tmp_path / "ok.png", textured(64, 64))
+    preds = det.predict([42, path, None])
+    assert [p.ok for p in preds] == [False, True, False]
+    assert preds[0].error.startswith("UnsupportedInputError: <int #0>")
+    assert preds[2].error.startswith("UnsupportedInputError: <NoneType #2>")
+    with pytest.raises(UnsupportedInputError):
+        det.predict([path, 42], on_error="raise")
+
+
+@pytest.mark.parametrize("h,w,warned", [(1, 1, True), (10, 10, True), (31, 200, True),
+                                        (200, 31, True), (32, 32, False), (64, 48, False)])
+def test_images_smaller_than_one_patch_carry_a_warning(det, h, w, warned):
+    pred = det.predict(textured(h, w, seed=h * w))
+    assert pred.ok
+    if warned:
+        assert len(pred.warnings) == 1 and f"{w}x{h}" in pred.warnings[0]
+        assert "32x32" in pred.warnings[0]
+    else:
+        assert pred.warnings == ()
+
+
+def test_warnings_travel_with_their_own_input_in_a_batch(det):
+    preds = det.predict([textured(64, 64), textured(8, 8), textured(64, 64, seed=2)], batch_size=2)
+    assert [bool(p.warnings) for p in preds] == [False, True, False]
