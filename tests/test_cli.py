@@ -1,4 +1,5 @@
-"""`nsnet detect` / `nsnet info` end to end: rows counted against inputs, outputs, exit codes."""
+"""`nsnet detect` / `nsnet info` end to end: rows counted against inputs, outputs, exit codes.
+Result files that survive kills, --resume/--overwrite and escaping: tests/test_cli_results.py."""
 from __future__ import annotations
 
 import csv
@@ -14,6 +15,7 @@ import pytest
 from _sdk_util import build_stand_in_onnx, contract_metadata, textured, write_png
 from nsnet_sdk import Detector
 from nsnet_sdk.cli import main
+from nsnet_sdk.results import FIELDS, model_sha256
 
 
 @pytest.fixture(scope="module")
@@ -39,35 +41,94 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_detect_writes_one_row_per_input_in_json_and_csv(model, tree, tmp_path, capsys):
+def test_detect_writes_one_row_per_input_in_jsonl_and_csv(model, tree, tmp_path, capsys):
     root = tree["root"][0]
-    missing = tmp_path / "missing.png"
     explicit_txt = root / "notes.txt"  # named explicitly: attempted (and fails) even if not an image
+    tiny = write_png(tmp_path / "tiny.png", textured(10, 10, seed=9))
     out_j, out_c = tmp_path / "out.jsonl", tmp_path / "out.csv"
-    rc = main(["detect", str(root), str(missing), str(explicit_txt), "--model", str(model),
-               "--json", str(out_j), "--csv", str(out_c), "--batch-size", "2", "--workers", "2"])
+    rc = main(["detect", str(root), str(explicit_txt), str(tiny), "--model", str(model),
+               "--jsonl", str(out_j), "--csv", str(out_c), "--batch-size", "2", "--workers", "2"])
     assert rc == 0
-    expected_sources = [str(p) for p in tree["top"]] + [str(missing), str(explicit_txt)]
+    expected_sources = [str(p) for p in tree["top"]] + [str(explicit_txt), str(tiny)]
     rows = read_jsonl(out_j)
     assert [r["source"] for r in rows] == expected_sources
-    assert all(set(r) == {"source", "prob_fake", "is_fake", "error"} for r in rows)
+    assert all(tuple(r) == FIELDS for r in rows)
     with open(out_c, newline="") as f:
+        assert f.readline().rstrip("\r\n") == ",".join(FIELDS)  # the header comes first
+        f.seek(0)
         crow = list(csv.DictReader(f))
     assert [r["source"] for r in crow] == expected_sources
     errors = {r["source"] for r in rows if r["error"]}
-    assert errors == {str(tree["bad"][0]), str(missing), str(explicit_txt)}
+    assert errors == {str(tree["bad"][0]), str(explicit_txt)}
+    sha = model_sha256(model)
     for r, c in zip(rows, crow):
+        assert r["threshold"] == 0.5 and float(c["threshold"]) == 0.5
+        assert r["model_sha256"] == c["model_sha256"] == sha
+        assert r["verdict"] is None and c["verdict"] == ""
         if r["error"]:
-            assert r["prob_fake"] is None and c["prob_fake"] == "" and c["error"] == r["error"]
+            assert r["prob_fake"] is None and r["logit"] is None
+            assert c["prob_fake"] == c["logit"] == "" and c["error"] == r["error"]
         else:
             assert float(c["prob_fake"]) == pytest.approx(r["prob_fake"], abs=1e-12)
+            assert float(c["logit"]) == pytest.approx(r["logit"], abs=1e-9)
             assert c["is_fake"] == str(r["is_fake"]) and r["is_fake"] == (r["prob_fake"] >= 0.5)
+    # the 10x10 image is scored with a warning; a list in JSONL, "; "-joined in CSV
+    warned = {r["source"]: (r["warnings"], c["warnings"]) for r, c in zip(rows, crow) if r["warnings"]}
+    assert list(warned) == [str(tiny)]
+    (jw, cw), = warned.values()
+    assert len(jw) == 1 and "10x10" in jw[0] and cw == "; ".join(jw)
     scored = [r for r in rows if not r["error"]]
     ref = Detector(model, workers=0).predict([Path(r["source"]) for r in scored])
     np.testing.assert_allclose([r["prob_fake"] for r in scored], [p.prob_fake for p in ref], atol=1e-9)
+    np.testing.assert_allclose([r["logit"] for r in scored], [p.logit for p in ref], atol=1e-6)
     err = capsys.readouterr().err
     fake = sum(r["is_fake"] for r in scored)
-    assert f"{len(rows)} inputs: {len(scored)} scored, {fake} fake, 3 errors" in err
+    assert f"{len(rows)} inputs: {len(scored)} scored, {fake} fake, 2 errors" in err
+    assert f"results written to {out_j}, {out_c}" in err
+
+
+def test_model_sha256_is_the_model_files_hash(model):
+    import hashlib
+
+    assert model_sha256(model) == hashlib.sha256(model.read_bytes()).hexdigest()
+
+
+def test_missing_command_line_path_is_a_usage_error_before_any_work(model, tree, tmp_path, capsys):
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(SystemExit) as e:
+        main(["detect", str(tree["top"][0]), str(tmp_path / "typo.png"), "-m", str(model),
+              "--jsonl", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "typo.png" in err and "usage: nsnet detect" in err
+    assert not out.exists()  # nothing was written, not even an empty file
+
+
+def test_json_is_an_alias_of_jsonl(model, tree, tmp_path, capsys):
+    img = str(tree["top"][0])
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert main(["detect", img, "-m", str(model), "--json", str(a), "-q"]) == 0
+    assert main(["detect", img, "-m", str(model), "--jsonl", str(b), "-q"]) == 0
+    assert a.read_text() == b.read_text() and len(read_jsonl(a)) == 1
+    with pytest.raises(SystemExit) as e:
+        main(["detect", img, "-m", str(model), "--json", str(a), "--jsonl", str(b)])
+    assert e.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["detect", "--help"])
+    assert "alias of --jsonl" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("same", ["same", "dot", "stdout"])
+def test_csv_and_jsonl_into_one_file_is_a_usage_error(model, tree, tmp_path, capsys, same):
+    target = str(tmp_path / "o.txt")
+    other = {"same": target, "dot": str(tmp_path / "." / "o.txt"), "stdout": "-"}[same]
+    first = "-" if same == "stdout" else target
+    with pytest.raises(SystemExit) as e:
+        main(["detect", str(tree["top"][0]), "-m", str(model), "--csv", first, "--jsonl", other])
+    assert e.value.code == 2
+    assert "usage: nsnet detect" in capsys.readouterr().err
+    assert not (tmp_path / "o.txt").exists()
 
 
 def test_recursive_scans_subdirectories(model, tree, tmp_path):
@@ -92,9 +153,50 @@ def test_threshold_override_and_stdout_default(model, tree, capsys):
 def test_empty_directory_completes_with_a_warning(model, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["detect", str(tmp_path / "empty"), "-m", str(model), "--json",
-                 str(tmp_path / "o.jsonl")]) == 0
+                 str(tmp_path / "o.jsonl"), "--csv", str(tmp_path / "o.csv")]) == 0
     assert (tmp_path / "o.jsonl").read_text() == ""
+    assert (tmp_path / "o.csv").read_text() == ",".join(FIELDS) + "\n"
     assert "no image files" in capsys.readouterr().err
+
+
+def test_without_recursive_the_summary_counts_skipped_subfolders(model, tree, tmp_path, capsys):
+    root = tree["root"][0]
+    (root / "sub2").mkdir()
+    assert main(["detect", str(root), "-m", str(model), "--jsonl", str(tmp_path / "o.jsonl")]) == 0
+    assert "skipped 2 subfolder(s) (use --recursive to include them)" in capsys.readouterr().err
+    assert main(["detect", str(root), "-m", str(model), "-r", "--jsonl", str(tmp_path / "p.jsonl")]) == 0
+    assert "subfolder" not in capsys.readouterr().err
+
+
+def test_hidden_and_non_regular_entries_are_counted_and_listed(model, tmp_path, capsys):
+    root = tmp_path / "scan"
+    root.mkdir()
+    good = write_png(root / "good.png", textured(64, 64))
+    write_png(root / ".hidden.png", textured(64, 64, seed=1))
+    (root / ".cache").mkdir()
+    write_png(root / ".cache" / "inside.png", textured(64, 64, seed=2))
+    (root / ".jpg").write_bytes(good.read_bytes())  # a dotfile named like an extension
+    os.mkfifo(root / "pipe.jpg")
+    (root / "gone.png").symlink_to(root / "nowhere.png")
+    (root / "folder.jpg").mkdir()
+    out = tmp_path / "o.jsonl"
+    assert main(["detect", str(root), "-m", str(model), "--jsonl", str(out)]) == 0
+    assert [r["source"] for r in read_jsonl(out)] == [str(good)]
+    err = capsys.readouterr().err
+    assert "skipped 3 hidden entries (use --hidden to include them)" in err
+    assert "skipped 3 non-regular entries named like images (--verbose lists them)" in err
+    assert "pipe.jpg" not in err
+    assert main(["detect", str(root), "-m", str(model), "--jsonl", str(out), "--overwrite",
+                 "--verbose"]) == 0
+    err = capsys.readouterr().err
+    for name, reason in [("pipe.jpg", "FIFO"), ("gone.png", "broken symlink"),
+                         ("folder.jpg", "directory"), (".hidden.png", "hidden")]:
+        assert f"skipped {str(root / name)!r}: {reason}" in err
+    assert main(["detect", str(root), "-m", str(model), "--jsonl", str(out), "--overwrite",
+                 "--hidden", "-r", "-q"]) == 0
+    got = sorted(r["source"] for r in read_jsonl(out))
+    assert got == sorted(str(p) for p in [good, root / ".hidden.png", root / ".cache" / "inside.png",
+                                          root / ".jpg"])
 
 
 @pytest.mark.parametrize("argv", [
@@ -104,6 +206,8 @@ def test_empty_directory_completes_with_a_warning(model, tmp_path, capsys):
     ["detect", "x.png", "-m", "M", "--batch-size", "many"],
     ["detect", "x.png", "-m", "M", "--threshold", "1.5"],
     ["detect", "x.png", "-m", "M", "--workers", "-1"],
+    ["detect", "x.png", "-m", "M", "--overwrite", "--resume"],
+    ["detect", "x.png", "-m", "M", "-q", "-v"],
     ["frobnicate"],
     [],
 ])
@@ -112,6 +216,14 @@ def test_usage_errors_exit_2(argv, capsys):
         main(argv)
     assert e.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_a_wrong_flag_prints_the_subcommands_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["detect", "x.png", "-m", "M", "--recursve"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: nsnet detect") and "unrecognized arguments: --recursve" in err
 
 
 def test_unwritable_output_is_a_usage_error(model, tree, tmp_path, capsys):
@@ -130,21 +242,9 @@ def test_model_that_cannot_be_loaded_exits_1(tree, tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing.onnx")]) == 1
     earlier = tmp_path / "earlier.jsonl"  # a previous run's results survive a run that cannot start
     earlier.write_text('{"source": "old"}\n')
-    assert main(["detect", img, "-m", str(tmp_path / "missing.onnx"), "--json", str(earlier)]) == 1
+    assert main(["detect", img, "-m", str(tmp_path / "missing.onnx"), "--json", str(earlier),
+                 "--overwrite"]) == 1
     assert earlier.read_text() == '{"source": "old"}\n'
-
-
-def test_outputs_are_replaced_not_appended(model, tree, tmp_path):
-    img = str(tree["top"][0])
-    out_j, out_c = tmp_path / "o.jsonl", tmp_path / "o.csv"
-    out_j.write_text("stale line\n" * 50)
-    out_c.write_text("stale,row\n" * 50)
-    for _ in range(2):
-        assert main(["detect", img, "-m", str(model), "--json", str(out_j), "--csv", str(out_c),
-                     "-q"]) == 0
-        assert [r["source"] for r in read_jsonl(out_j)] == [img]
-        with open(out_c, newline="") as f:
-            assert [r["source"] for r in csv.DictReader(f)] == [img]
 
 
 def test_backend_failure_mid_run_exits_1_and_keeps_the_rows_before_it(model, tree, tmp_path,
@@ -163,7 +263,7 @@ def test_backend_failure_mid_run_exits_1_and_keeps_the_rows_before_it(model, tre
     monkeypatch.setattr(OrtBackend, "run", failing_second_batch)
     paths = [str(p) for p in tree["top"] if p.suffix == ".png"]
     out = tmp_path / "o.jsonl"
-    rc = main(["detect", *paths, "-m", str(model), "--batch-size", "2", "--json", str(out), "-q"])
+    rc = main(["detect", *paths, "-m", str(model), "--batch-size", "2", "--jsonl", str(out), "-q"])
     assert rc == 1
     assert [r["source"] for r in read_jsonl(out)] == paths[:2]
     err = capsys.readouterr().err
@@ -191,6 +291,26 @@ def test_console_script_runs_with_progress_bar_on_stderr(model, tree, tmp_path):
     assert len(read_jsonl(out)) == len(tree["top"])
     assert "img" in r.stderr and "4 inputs: 3 scored" in r.stderr
     assert r.stdout == ""
+
+
+def test_library_noise_stays_off_the_terminal(model, tmp_path):
+    """libpng and libtiff print their own errors to fd 2; they must not reach the terminal."""
+    import cv2
+
+    pic = textured(96, 96, seed=3)
+    png = cv2.imencode(".png", pic)[1].tobytes()
+    tif = cv2.imencode(".tiff", pic)[1].tobytes()
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    (tmp_path / "cut.tiff").write_bytes(tif[: len(tif) // 2])
+    exe = [sys.executable, "-m", "nsnet_sdk.cli"]
+    args = ["detect", str(tmp_path / "cut.png"), str(tmp_path / "cut.tiff"), "-m", str(model)]
+    r = subprocess.run([*exe, *args, "-q"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["error"] is not None for x in r.stdout.splitlines()] == [True, True]
+    assert r.stderr == ""
+    # the same run with --verbose shows what the libraries said: the inputs did provoke it
+    r = subprocess.run([*exe, *args, "--verbose"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and ("libpng" in r.stderr or "TIFF" in r.stderr), r.stderr
 
 
 def test_info_on_an_engine_without_tensorrt_prints_the_sidecar(tmp_path, capsys):

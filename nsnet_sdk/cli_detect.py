@@ -1,0 +1,228 @@
+"""``nsnet detect``: check the command line, scan folders, score every input and write one result
+row per input (CSV / JSON Lines, `nsnet_sdk.results`) as it is scored, with a summary that says
+what was skipped and where the results are."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from .cli import _nonneg_int, _positive_int, _probability, _providers
+from .errors import NSNetError
+from .preprocess import ImageScan, scan_image_paths
+from .results import CSV, JSONL, ResultFileError, ResultWriter, holds_result, model_sha256, result_row
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``nsnet detect``."""
+    d = subparsers.add_parser(
+        "detect", help="score images as real or AI-generated",
+        description="Score image files. Folders are scanned for image files (by extension); "
+        "files named explicitly are always attempted. One row per input (source, prob_fake, "
+        "is_fake, logit, error, warnings, verdict, threshold, model_sha256) is written as it is "
+        "scored. Exit status: 0 run completed (unreadable inputs are rows with an error), "
+        "1 model cannot be loaded or inference failed (rows before it are kept), 2 usage error, "
+        "130 interrupted.")
+    d.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
+    d.add_argument("--model", "-m", required=True,
+                   help=".engine (TensorRT), .onnx (ONNX Runtime) or a run directory (PyTorch)")
+    d.add_argument("--recursive", "-r", action="store_true", help="scan folders recursively")
+    d.add_argument("--hidden", action="store_true",
+                   help="also scan hidden files and folders (names starting with '.')")
+    d.add_argument("--jsonl", metavar="FILE", help="write JSON Lines here ('-' = stdout)")
+    d.add_argument("--json", metavar="FILE", help="alias of --jsonl (the file is JSON Lines)")
+    d.add_argument("--csv", metavar="FILE", help="write CSV here ('-' = stdout)")
+    existing = d.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace result files that already hold results")
+    existing.add_argument("--resume", action="store_true",
+                          help="append to existing result files, skipping inputs already in them "
+                          "(matched by path)")
+    d.add_argument("--threshold", type=_probability, help="decision threshold on prob_fake "
+                   "(default: the model's)")
+    d.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (32)")
+    d.add_argument("--workers", type=_nonneg_int, default=None,
+                   help="decode threads (default: one per core; 0 = none)")
+    d.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
+    talk = d.add_mutually_exclusive_group()
+    talk.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    talk.add_argument("--verbose", "-v", action="store_true",
+                      help="list every skipped folder entry; show the image libraries' messages")
+    d.set_defaults(run=cmd_detect)
+    return d
+
+
+def _outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """[(spec, format)] the run writes to; usage errors for contradictory outputs."""
+    if args.json is not None and args.jsonl is not None:
+        parser.error("--json is an alias of --jsonl: give one of them")
+    jsonl = args.jsonl if args.jsonl is not None else args.json
+    outs = [(spec, fmt) for spec, fmt in ((jsonl, JSONL), (args.csv, CSV)) if spec is not None]
+    if not outs:
+        return [("-", JSONL)]
+    if len(outs) == 2 and _same_file(outs[0][0], outs[1][0]):
+        parser.error(f"--csv and --jsonl both write to {outs[1][0]}: give two different files")
+    for spec, _ in outs:
+        if holds_result(spec) and not (args.overwrite or args.resume):
+            parser.error(f"{spec} already holds results: --resume adds the inputs missing from "
+                         "it, --overwrite replaces it")
+        if spec != "-" and os.path.isdir(spec):
+            parser.error(f"{spec} is a folder, not a result file")
+    return outs
+
+
+def _same_file(a: str, b: str) -> bool:
+    if a == "-" or b == "-":
+        return a == b
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist yet: compare where they would be
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _progress(total: int, quiet: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional at runtime; the summary still reports the counts
+        return None
+    return tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True)
+
+
+def _say(text: str) -> None:
+    print(f"nsnet: {text}", file=sys.stderr)
+
+
+def _scan_notes(scan: ImageScan, verbose: bool) -> list[str]:
+    notes = []
+    if scan.subfolders:
+        notes.append(f"skipped {scan.subfolders} subfolder(s) (use --recursive to include them)")
+    if scan.hidden:
+        notes.append(f"skipped {scan.hidden} hidden entr{'y' if scan.hidden == 1 else 'ies'} "
+                     "(use --hidden to include them)")
+    odd = scan.non_regular
+    if odd:
+        notes.append(f"skipped {len(odd)} non-regular entr{'y' if len(odd) == 1 else 'ies'} named "
+                     "like images" + ("" if verbose else " (--verbose lists them)"))
+    if verbose:
+        notes += [f"  skipped {path!r}: {reason}" for path, reason in scan.skipped]
+    return notes
+
+
+def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run ``nsnet detect``; returns the exit status."""
+    from .detector import Detector
+    from .quiet import native_stderr_to_logging, quiet_libraries
+
+    missing = [p for p in args.paths if not os.path.exists(p)]
+    if missing:  # a typo, not an image that failed: nothing has been done yet
+        parser.error("no such file or folder: " + ", ".join(repr(p) for p in missing))
+    outputs = _outputs(args, parser)
+    mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+    writers: list[ResultWriter] = []
+    try:
+        for spec, fmt in outputs:
+            writers.append(ResultWriter(spec, fmt, mode=mode))
+    except ResultFileError as e:
+        parser.error(str(e))
+    except OSError as e:
+        parser.error(f"cannot open output file: {e}")
+    try:
+        try:  # before the model loads: the hash is what a resumed file is checked against
+            sha = model_sha256(args.model)
+        except OSError:
+            sha = ""  # the Detector reports why the model cannot be read
+        for w in writers:
+            if sha and w.model_sha256s - {sha}:
+                parser.error(f"{w.spec} holds results of another model (sha256 "
+                             f"{', '.join(sorted(w.model_sha256s))}, not {sha}): resume it with "
+                             "that model, or --overwrite")
+        scan = scan_image_paths(args.paths, args.recursive, hidden=args.hidden)
+        quiet_libraries(verbose=args.verbose)
+        with native_stderr_to_logging(enabled=not args.verbose):
+            return _run(args, writers, scan, sha, Detector)
+    finally:
+        for w in writers:
+            w.close()
+
+
+def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan, sha: str,
+         detector_cls: Any) -> int:
+    try:
+        det = detector_cls(args.model, threshold=args.threshold,
+                           providers=_providers(args.providers), batch_size=args.batch_size,
+                           workers=args.workers)
+    except (NSNetError, ValueError) as e:
+        _say(f"error: cannot load model: {e}")
+        return 1
+    try:
+        for w in writers:
+            w.begin()  # only now: a run that cannot start leaves an earlier file as it was
+        for msg in scan.warnings:
+            _say(f"warning: {msg}")
+        todo = [p for p in scan.files if not all(p in w.done for w in writers)]
+        already = len(scan.files) - len(todo)
+        bar = _progress(len(todo), args.quiet)
+        counts, failure, interrupted = _score(det, todo, writers, sha, bar, args.batch_size)
+        if bar is not None:
+            bar.close()
+    finally:
+        det.close()
+    scored, fake, errors = counts
+    done = scored + errors
+    if failure is not None:
+        _say(f"error: inference failed after {done} of {len(todo)} inputs (their rows are "
+             f"written): {failure}")
+        return 1
+    if interrupted:
+        _say(f"interrupted after {done} of {len(todo)} inputs; their rows are written "
+             "(--resume continues the run)")
+        return 130
+    if not args.quiet:
+        _say(f"{len(todo)} inputs: {scored} scored, {fake} fake, {errors} errors "
+             f"(threshold {det.threshold:g}, {det.backend.name} on {det.backend.device})")
+        if already:
+            _say(f"{already} inputs already in the results were not scored again (--resume)")
+        for note in _scan_notes(scan, args.verbose):
+            _say(note)
+        where = ", ".join("stdout" if w.spec == "-" else w.spec for w in writers)
+        _say(f"results written to {where}")
+    return 0
+
+
+def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, bar: Any,
+           batch_size: int) -> tuple[tuple[int, int, int], NSNetError | None, bool]:
+    """Score ``todo``, writing each batch's rows before the progress bar counts them.
+    Returns ((scored, fake, errors), the backend's failure or None, interrupted)."""
+    scored = fake = errors = pending = 0
+    failure, interrupted = None, False
+
+    def flush() -> None:
+        nonlocal pending
+        for w in writers:
+            w.flush()
+        if bar is not None and pending:
+            bar.update(pending)
+        pending = 0
+
+    try:
+        for pred in det.predict_iter(todo, on_error="record"):
+            row = result_row(pred, threshold=det.threshold, model_sha256=sha)
+            for w in writers:
+                if pred.source not in w.done:
+                    w.add(row)
+            if pred.error is None:
+                scored += 1
+                fake += bool(pred.is_fake)
+            else:
+                errors += 1
+            pending += 1
+            if pending == batch_size:  # the batch's last row: the next batch is inferred next
+                flush()
+    except NSNetError as e:  # the backend failed on a batch: the model, not an input, is at fault
+        failure = e
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        flush()
+    return (scored, fake, errors), failure, interrupted
