@@ -216,10 +216,15 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from nsnet_sdk.quiet import root_records_to
+
     # DefaultTensorType: ONNX shape inference cannot type com.microsoft ops' outputs; they are float.
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Attention"],
-                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    # The quantizer logs its advice to pre-process on the root logger: keep it in ours, at DEBUG.
+    with root_records_to(log):
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Attention"],
+                         extra_options={"MatMulConstBOnly": True,
+                                        "DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def _transform(src: Path, tmp: Path, heads: int, width: int, *, fuse: bool, fp16: bool, int8: bool):

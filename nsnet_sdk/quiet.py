@@ -86,12 +86,24 @@ def root_records_to(logger: logging.Logger) -> Iterator[None]:
     ``logging.warning(...)``, e.g. onnxruntime.quantization's advice to pre-process) go to
     ``logger`` at DEBUG, and `logging` does not install its default stderr handler for them."""
     root = logging.getLogger()
-    guard = logging.NullHandler()  # with no handler, logging.warning() would call basicConfig()
+    # With no handler on root, logging.warning() would call basicConfig() and leave a stderr
+    # handler behind for good; a stand-in that does what logging does without handlers (print
+    # WARNING and above through logging.lastResort) keeps other loggers' records as they were.
+    guard = _LastResort() if not root.handlers else None
     flt = _RootRecordsTo(logger)
-    root.addHandler(guard)
+    if guard is not None:
+        root.addHandler(guard)
     root.addFilter(flt)
     try:
         yield
     finally:
         root.removeFilter(flt)
-        root.removeHandler(guard)
+        if guard is not None:
+            root.removeHandler(guard)
+
+
+class _LastResort(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        last = logging.lastResort
+        if last is not None and record.levelno >= last.level:
+            last.handle(record)
