@@ -126,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `nsnet detect ... | head`: stop quietly like other Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C before a command could stop cleanly: no traceback
+        print("nsnet: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

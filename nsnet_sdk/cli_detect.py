@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import Any
 
 from .cli import _nonneg_int, _positive_int, _probability, _providers
@@ -193,9 +195,17 @@ def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan,
 def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, bar: Any,
            batch_size: int) -> tuple[tuple[int, int, int], NSNetError | None, bool]:
     """Score ``todo``, writing each batch's rows before the progress bar counts them.
-    Returns ((scored, fake, errors), the backend's failure or None, interrupted)."""
+    Returns ((scored, fake, errors), the backend's failure or None, interrupted).
+
+    Ctrl-C stops after the batch in progress is written (never in the middle of writing it);
+    a second Ctrl-C stops at once."""
     scored = fake = errors = pending = 0
     failure, interrupted = None, False
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def flush() -> None:
         nonlocal pending
@@ -205,6 +215,8 @@ def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, bar
             bar.update(pending)
         pending = 0
 
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
         for pred in det.predict_iter(todo, on_error="record"):
             row = result_row(pred, threshold=det.threshold, model_sha256=sha)
@@ -219,10 +231,15 @@ def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, bar
             pending += 1
             if pending == batch_size:  # the batch's last row: the next batch is inferred next
                 flush()
+                if stop.is_set():
+                    interrupted = True
+                    break
     except NSNetError as e:  # the backend failed on a batch: the model, not an input, is at fault
         failure = e
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the second Ctrl-C
         interrupted = True
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         flush()
     return (scored, fake, errors), failure, interrupted

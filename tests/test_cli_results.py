@@ -52,9 +52,10 @@ def _start(model: Path, folder: Path, out_j: Path, out_c: Path, *extra: str) -> 
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "100"})
 
 
-def _kill_after_reported(proc: subprocess.Popen, at_least: int, total: int) -> int:
-    """SIGKILL ``proc`` once its progress bar reports ``at_least`` images; returns the highest
-    count it reported (read after it died)."""
+def _kill_after_reported(proc: subprocess.Popen, at_least: int, total: int,
+                         sig: int = signal.SIGKILL) -> tuple[int, str]:
+    """Send ``sig`` to ``proc`` once its progress bar reports ``at_least`` images; returns the
+    highest count it reported and its stderr (read after it ended)."""
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read1(4096), b"")))
     reader.start()
@@ -70,11 +71,12 @@ def _kill_after_reported(proc: subprocess.Popen, at_least: int, total: int) -> i
             b"".join(chunks).decode(errors="replace")[-2000:]
         assert time.monotonic() < deadline, "no progress reported"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
     reader.join(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-    return reported()
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    return reported(), b"".join(chunks).decode(errors="replace")
 
 
 def _check_complete(out_j: Path, out_c: Path, inputs: list[str]) -> tuple[list[str], list[str]]:
@@ -97,7 +99,7 @@ def test_sigkilled_run_keeps_every_reported_row_and_resume_completes_it(model, b
     folder, inputs = big_folder
     out_j, out_c = tmp_path / "r.jsonl", tmp_path / "r.csv"
     proc = _start(model, folder, out_j, out_c)
-    reported = _kill_after_reported(proc, at_least=3 * BATCH, total=len(inputs))
+    reported, _ = _kill_after_reported(proc, at_least=3 * BATCH, total=len(inputs))
     j_sources, c_sources = _check_complete(out_j, out_c, inputs)
     assert len(j_sources) >= reported and len(c_sources) >= reported, (reported, len(j_sources))
     assert len(j_sources) < len(inputs), "killed mid-run"
@@ -123,6 +125,18 @@ def test_sigkilled_run_keeps_every_reported_row_and_resume_completes_it(model, b
     assert "already in the results were not scored again" in r.stderr
     j_sources, c_sources = _check_complete(out_j, out_c, inputs)
     assert sorted(j_sources) == inputs and sorted(c_sources) == inputs
+
+
+def test_ctrl_c_writes_the_rows_scored_so_far_and_exits_130(model, big_folder, tmp_path):
+    folder, inputs = big_folder
+    out_j, out_c = tmp_path / "r.jsonl", tmp_path / "r.csv"
+    proc = _start(model, folder, out_j, out_c)
+    reported, err = _kill_after_reported(proc, at_least=2 * BATCH, total=len(inputs),
+                                         sig=signal.SIGINT)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted after" in err and "Traceback" not in err
+    j_sources, c_sources = _check_complete(out_j, out_c, inputs)
+    assert j_sources == c_sources and reported <= len(j_sources) < len(inputs)
 
 
 def test_overwrite_replaces_and_the_default_refuses(model, tmp_path, capsys):
