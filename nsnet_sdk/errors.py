@@ -14,13 +14,13 @@ class ImageDecodeError(NSNetError):
     """The input could not be read or decoded as an image."""
 
 
-class UnsupportedInputError(NSNetError, TypeError):
-    """The input is of a kind the Detector does not score (not a path, bytes, array or PIL image,
-    nor a collection of them)."""
-
-
 class ImageTooLargeError(NSNetError):
     """The image's declared size exceeds ``max_pixels``; refused before decoding."""
+
+
+class UnsupportedInputError(ImageDecodeError, TypeError):
+    """The input is of a kind the Detector does not score (not a path, bytes, array or PIL image,
+    nor a collection of them); an `ImageDecodeError` too, so handlers of that catch it."""
 
 
 class ModelLoadError(NSNetError):

@@ -173,7 +173,7 @@ def test_on_error_defaults_raise_for_one_input_record_for_many(det, tmp_path):
 def test_unsupported_objects_are_recorded_not_crashing(det):
     preds = det.predict([42, None, object(), pictures(1)[0]])
     assert [p.ok for p in preds] == [False, False, False, True]
-    assert preds[0].source == "<int #0>" and "ImageDecodeError" in preds[0].error
+    assert preds[0].source == "<int #0>" and "UnsupportedInputError" in preds[0].error
 
 
 def test_untyped_failures_become_typed_errors_naming_the_input(det):

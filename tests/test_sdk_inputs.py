@@ -217,7 +217,8 @@ def test_unsupported_inputs_raise_a_typed_error_listing_what_is_accepted(det, ba
 
     with pytest.raises(UnsupportedInputError) as e:
         det.predict(bad)
-    assert isinstance(e.value, TypeError) and isinstance(e.value, NSNetError)
+    assert isinstance(e.value, TypeError) and isinstance(e.value, ImageDecodeError)
+    assert isinstance(e.value, NSNetError)
     for kind in ("path", "bytes", "numpy array", "PIL image", "RGB"):
         assert kind in str(e.value)
     with pytest.raises(UnsupportedInputError):
