@@ -113,7 +113,6 @@ def _scan_notes(scan: ImageScan, verbose: bool) -> list[str]:
 
 def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``nsnet detect``; returns the exit status."""
-    from .detector import Detector
     from .quiet import native_stderr_to_logging, quiet_libraries
 
     missing = [p for p in args.paths if not os.path.exists(p)]
@@ -142,18 +141,20 @@ def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         scan = scan_image_paths(args.paths, args.recursive, hidden=args.hidden)
         quiet_libraries(verbose=args.verbose)
         with native_stderr_to_logging(enabled=not args.verbose):
-            return _run(args, writers, scan, sha, Detector)
+            return _run(args, writers, scan, sha)
     finally:
         for w in writers:
             w.close()
 
 
-def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan, sha: str,
-         detector_cls: Any) -> int:
+def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan, sha: str) -> int:
+    """Load the model, then score and report; the writers are open and checked."""
+    from .detector import Detector
+
     try:
-        det = detector_cls(args.model, threshold=args.threshold,
-                           providers=_providers(args.providers), batch_size=args.batch_size,
-                           workers=args.workers)
+        det = Detector(args.model, threshold=args.threshold,
+                       providers=_providers(args.providers), batch_size=args.batch_size,
+                       workers=args.workers)
     except (NSNetError, ValueError) as e:
         _say(f"error: cannot load model: {e}")
         return 1

@@ -217,12 +217,12 @@ class ResultWriter:
     start) empties the file for ``mode="overwrite"``, cuts a torn last line off for ``"resume"``
     and writes a CSV header when the file has none. Rows are queued with `add` and written by
     `flush` in one ``write`` of whole rows, handed to the OS at once: call it once per batch.
-    ``mode``: ``"new"`` (the caller made sure the file holds no result), ``"overwrite"``, or
+    ``mode``: ``"new"`` (the file must not hold results yet), ``"overwrite"``, or
     ``"resume"`` (append; `done` holds the sources already present, `model_sha256s` the models
     they came from). Files that are not regular (a FIFO, ``/dev/stdout``) are written as they are.
 
-    Raises (when opening): `ResultFileError` for a file that cannot be resumed, `OSError` when
-    the file cannot be opened for writing.
+    Raises (when opening): `ResultFileError` for a file that cannot be resumed (or, with
+    ``"new"``, one that holds results), `OSError` when the file cannot be opened for writing.
     """
 
     def __init__(self, spec: str, fmt: str, *, mode: str = "new",
@@ -240,6 +240,9 @@ class ResultWriter:
         self._keep: int | None = None  # resume: bytes of complete rows to keep
         if spec == "-":
             return
+        if mode == "new" and holds_result(spec):
+            raise ResultFileError(f"{spec} already holds results (mode 'resume' adds to it, "
+                                  "'overwrite' replaces it)")
         if mode == "resume" and holds_result(spec):
             self._read_existing()
         self._raw = open(spec, "ab", buffering=0)  # appending: opening alone truncates nothing
@@ -261,7 +264,8 @@ class ResultWriter:
     def begin(self) -> None:
         """Make the file ready for this run's rows (see the class docstring)."""
         if self._raw is not None and os.path.isfile(self.spec):
-            if self.mode == "overwrite" or (self._keep is not None and self._keep < os.path.getsize(self.spec)):
+            size = os.path.getsize(self.spec)
+            if self.mode == "overwrite" or (self._keep is not None and self._keep < size):
                 self._raw.truncate(self._keep or 0)  # a torn last row is scored again
         self.flush()
 

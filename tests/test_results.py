@@ -112,3 +112,18 @@ def test_rows_reach_the_file_at_flush_in_one_piece(tmp_path):
     w.flush()
     assert json.loads(path.read_text())["source"] == "a.png"  # on disk before close
     w.close()
+
+
+def test_a_new_writer_refuses_a_file_that_holds_results_and_resume_reads_it(tmp_path):
+    from nsnet_sdk.results import ResultFileError
+
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"source": "a.png", "model_sha256": "x"}\n{"source": "b.p')
+    with pytest.raises(ResultFileError, match="already holds results"):
+        ResultWriter(str(path), JSONL, mode="new")
+    w = ResultWriter(str(path), JSONL, mode="resume")
+    assert w.done == {"a.png"} and w.model_sha256s == {"x"}
+    assert path.read_text().endswith('"b.p')  # opening changes nothing
+    w.begin()
+    w.close()
+    assert path.read_text() == '{"source": "a.png", "model_sha256": "x"}\n'
