@@ -3,6 +3,7 @@
     from nsnet_sdk import Detector
     det = Detector("nsnet.onnx")            # .engine → TensorRT, .onnx → ONNX Runtime, run dir → PyTorch
     det.predict("photo.jpg")                # Prediction(source, prob_fake, is_fake, logit, error)
+    det.predict(rgb_array)                  # numpy arrays are RGB; channels="bgr" for OpenCV's
 
 Importing this package loads numpy and OpenCV only; a backend's library (onnxruntime, tensorrt,
 torch) is imported when a `Detector` for that kind of artifact is built.

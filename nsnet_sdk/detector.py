@@ -98,6 +98,9 @@ class _InlineExecutor:
 class Detector:
     """Scores images as real or AI-generated with an exported NS-Net model.
 
+    Inputs: paths, encoded bytes, PIL images, or numpy arrays in **RGB** order (H×W gray, H×W×3,
+    H×W×4 RGBA) unless ``channels="bgr"`` says they come from OpenCV.
+
     Args:
         model: ``.engine``/``.plan`` (TensorRT, with its ``.json`` sidecar), ``.onnx`` (ONNX
             Runtime), or a training run directory / its ``nsnet.safetensors`` (PyTorch).

@@ -119,13 +119,14 @@ def test_json_is_an_alias_of_jsonl(model, tree, tmp_path, capsys):
     assert "alias of --jsonl" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("same", ["same", "dot", "stdout"])
-def test_csv_and_jsonl_into_one_file_is_a_usage_error(model, tree, tmp_path, capsys, same):
+@pytest.mark.parametrize("same,flag", [("same", "--json"), ("same", "--jsonl"),
+                                       ("dot", "--jsonl"), ("stdout", "--json")])
+def test_csv_and_jsonl_into_one_file_is_a_usage_error(model, tree, tmp_path, capsys, same, flag):
     target = str(tmp_path / "o.txt")
     other = {"same": target, "dot": str(tmp_path / "." / "o.txt"), "stdout": "-"}[same]
     first = "-" if same == "stdout" else target
     with pytest.raises(SystemExit) as e:
-        main(["detect", str(tree["top"][0]), "-m", str(model), "--csv", first, "--jsonl", other])
+        main(["detect", str(tree["top"][0]), "-m", str(model), "--csv", first, flag, other])
     assert e.value.code == 2
     assert "usage: nsnet detect" in capsys.readouterr().err
     assert not (tmp_path / "o.txt").exists()
