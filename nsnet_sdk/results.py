@@ -111,11 +111,14 @@ def _escaped(value: Any) -> Any:
         return escape_text(value)
     if isinstance(value, (list, tuple)):
         return [_escaped(v) for v in value]
+    if isinstance(value, dict):  # e.g. a provenance record added as an extra column
+        return {escape_text(str(k)): _escaped(v) for k, v in value.items()}
     return value
 
 
 def format_jsonl(row: dict[str, Any], fields: Sequence[str] = FIELDS) -> str:
-    """One JSON Lines record (with its newline) of ``row``'s ``fields``, text escaped."""
+    """One JSON Lines record (with its newline) of ``row``'s ``fields``, text escaped (also inside
+    lists and dicts, so an extra column such as ``fields=FIELDS + ("provenance",)`` works)."""
     rec = {k: _escaped(row.get(k)) for k in fields}
     return json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n"
 
@@ -127,6 +130,8 @@ def _csv_value(value: Any) -> str:
         return csv_cell(value)
     if isinstance(value, (list, tuple)):
         return csv_cell(WARNING_SEP.join(str(v) for v in value)) if value else ""
+    if isinstance(value, dict):  # an extra column holding a record: one JSON text cell
+        return csv_cell(json.dumps(value, ensure_ascii=False, default=str))
     if isinstance(value, float):
         return repr(value)
     return str(value)
@@ -205,6 +210,8 @@ def _unescaped(value: Any) -> Any:
         return unescape_text(value)
     if isinstance(value, list):
         return [_unescaped(v) for v in value]
+    if isinstance(value, dict):
+        return {unescape_text(k): _unescaped(v) for k, v in value.items()}
     return value
 
 

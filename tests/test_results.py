@@ -127,3 +127,20 @@ def test_a_new_writer_refuses_a_file_that_holds_results_and_resume_reads_it(tmp_
     w.begin()
     w.close()
     assert path.read_text() == '{"source": "a.png", "model_sha256": "x"}\n'
+
+
+def test_an_extra_column_holding_a_record_is_escaped_in_jsonl_and_json_in_csv(tmp_path):
+    fields = FIELDS + ("provenance",)
+    row = result_row(Prediction("a.png", 0.5, True, 0.0), threshold=0.5, model_sha256="")
+    row["provenance"] = {"generator": "=evil\udcff", "signed": False}
+    for fmt in (JSONL, CSV):
+        path = tmp_path / f"r.{fmt}"
+        w = ResultWriter(str(path), fmt, fields=fields)
+        w.begin()
+        w.add(row)
+        w.close()
+        path.read_bytes().decode("utf-8")
+        back = read_rows(path)[0]["provenance"]
+        assert (back if fmt == JSONL else json.loads(back)) == row["provenance"]
+        if fmt == CSV:
+            assert '"{""generator"": ""=evil\\xff""' in path.read_text()
