@@ -20,7 +20,6 @@ export/ort_run.py); INT8 parity is reported, not bounded.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -33,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nsnet_sdk.artifact import artifact_metadata, read_onnx_metadata, sha256_file
 from nsnet_sdk.prediction import sigmoid
 
-FORMAT = "nsnet-onnx/1"
 DEFAULT_OPSET = 17            # first opset with LayerNormalization: LN exports as one op
 EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to <out>.data (protobuf's hard limit is 2 GiB)
 FP32_LOGIT_BOUND = 1e-4
@@ -100,14 +99,6 @@ def compare(precision: str, ref_logit: np.ndarray, logit: np.ndarray, prob: np.n
     )
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_run(ckpt_dir: str | Path):
     """(NSNet, meta) of a run directory; `ExportError` with the path when missing or corrupt."""
     from nsnet_sdk.model import load_checkpoint
@@ -124,21 +115,6 @@ def load_run(ckpt_dir: str | Path):
     return model, meta
 
 
-def metadata_for(meta: dict, rank: int, precision: str) -> dict[str, str]:
-    """The ``nsnet.*`` metadata_props of docs/formats.md (all strings)."""
-    from nsnet_sdk.preprocess import PatchConfig
-
-    return {
-        "nsnet.format": FORMAT,
-        "nsnet.backbone": str(meta["backbone"]),
-        "nsnet.preprocess": PatchConfig.from_dict(meta["preprocess"]).to_json(),
-        "nsnet.threshold": repr(float(meta.get("threshold", 0.5))),
-        "nsnet.precision": precision,
-        "nsnet.projector_rank": str(int(rank)),
-        "nsnet.source_sha256": str(meta["source_sha256"]),
-    }
-
-
 def _set_metadata(proto, metadata: dict[str, str]) -> None:
     del proto.metadata_props[:]
     for k, v in metadata.items():
@@ -147,8 +123,6 @@ def _set_metadata(proto, metadata: dict[str, str]) -> None:
 
 def read_metadata(onnx_path: str | Path) -> dict[str, str]:
     """``metadata_props`` of an ONNX file as a dict (weights are not loaded): the SDK's reader."""
-    from nsnet_sdk.backends.onnxruntime import read_onnx_metadata
-
     return read_onnx_metadata(onnx_path)
 
 
@@ -323,7 +297,6 @@ def export_model(ckpt_dir: str | Path, out_path: str | Path, *, fp16: bool = Fal
     size = int(visual.image_size[0])
     width = int(visual.transformer.width)
     heads = int(visual.transformer.resblocks[0].attn.num_heads)
-    rank = int(model.nullspace.basis.shape[1])
 
     fused: dict[str, int] = {}
     parity = None
@@ -335,7 +308,8 @@ def export_model(ckpt_dir: str | Path, out_path: str | Path, *, fp16: bool = Fal
             log.info("fused operators: %s", fused)
             if fused.get("Attention", 0) != len(visual.transformer.resblocks):
                 raise ExportError(f"--optimize: attention fusion did not fire in every block ({fused})")
-        _set_metadata(proto, metadata_for(meta, rank, precision))
+        _set_metadata(proto, artifact_metadata(meta, precision=precision,
+                                               source_sha256=meta["source_sha256"]))
         staged = Path(tmp) / out.name
         _save(proto, staged)
         del proto

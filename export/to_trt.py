@@ -21,7 +21,6 @@ Without them the CLI prints one line and exits 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nsnet_sdk.artifact import engine_sidecar
+from nsnet_sdk.artifact import engine_sidecar, read_sidecar, sidecar_document, write_sidecar
 
 
 class TrtUnavailableError(RuntimeError):
@@ -157,10 +156,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
 
-    side = dict(meta)
-    side.update({"nsnet.precision": precision, "nsnet.trt.min_batch": int(min_batch),
-                 "nsnet.trt.opt_batch": int(opt_batch), "nsnet.trt.max_batch": int(max_batch)})
-    engine_sidecar(engine_path).write_text(json.dumps(side, indent=2, sort_keys=True) + "\n")
+    write_sidecar(engine_path, sidecar_document(
+        meta, precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+        strongly_typed=bool(flags)))
     return engine_path
 
 
@@ -173,7 +171,7 @@ def run_engine(engine_path: str | Path, images: np.ndarray) -> tuple[np.ndarray,
     trt = _require_trt()
     import torch
 
-    side = json.loads(engine_sidecar(engine_path).read_text())
+    side = read_sidecar(engine_path)
     lo, hi = int(side.get("nsnet.trt.min_batch", 1)), int(side.get("nsnet.trt.max_batch", 1))
     logger = trt.Logger(trt.Logger.WARNING)
     engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())

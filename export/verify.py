@@ -96,11 +96,11 @@ def _check_file(name: str, path: Path, want: str | None, images: np.ndarray, ref
 def _check_engine(path: Path, images: np.ndarray, ref: np.ndarray, threshold: float) -> dict:
     """Run an engine and compare; precision (so the bound) from its sidecar, as built by to_trt.py."""
     from export.to_trt import TrtUnavailableError, run_engine
-    from nsnet_sdk.artifact import engine_sidecar
+    from nsnet_sdk.artifact import read_sidecar
 
     try:
         logit, prob = run_engine(path, images)
-        precision = str(json.loads(engine_sidecar(path).read_text()).get("nsnet.precision", "fp16"))
+        precision = read_sidecar(path).get("nsnet.precision", "fp16")
     except TrtUnavailableError as e:
         return _row("tensorrt", str(path), None, str(e))
     except Exception as e:  # TensorRT/CUDA runtime errors are untyped

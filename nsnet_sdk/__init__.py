@@ -13,7 +13,8 @@ from __future__ import annotations
 from . import errors
 from .detector import Detector
 from .errors import (BackendUnavailableError, ImageDecodeError, ImageTooLargeError, InferenceError,
-                     ModelLoadError, NSNetError, PreprocessMismatchError, UnsupportedInputError)
+                     ModelLoadError, NSNetError, PreprocessMismatchError, RandomWeightsWarning,
+                     UnsupportedInputError)
 from .prediction import Prediction
 from .preprocess import PatchConfig, load_image
 
@@ -22,6 +23,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Detector", "Prediction", "PatchConfig", "load_image", "errors", "NSNetError", "ImageDecodeError", "ImageTooLargeError",
     "ModelLoadError", "BackendUnavailableError", "PreprocessMismatchError", "InferenceError",
-    "UnsupportedInputError",
+    "UnsupportedInputError", "RandomWeightsWarning",
     "__version__",
 ]

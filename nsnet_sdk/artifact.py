@@ -1,23 +1,44 @@
-"""Which backend an artifact needs (by its path) and what its metadata says.
+"""The ``nsnet.*`` artifact format end to end: which backend a path needs, the one writer of the
+metadata map, and the one reader (ONNX file, engine sidecar, run directory) that validates every
+field at load and returns a `ModelMeta` (docs/formats.md).
 
-Every backend hands back the same flat ``nsnet.*`` string map (the ONNX ``metadata_props`` of
-docs/formats.md); `ModelMeta.parse` is the one place that map is validated and interpreted.
+Pure Python: the ONNX protobuf and the safetensors header are read here byte by byte, so a
+damaged or hostile file is refused with a `ModelLoadError` naming the file and the field before
+onnxruntime, TensorRT, torch or safetensors ever parse it. Nothing is unpickled.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import containers
+from .modelcard import (DEFAULT_THRESHOLD, VerdictBand, check_card, field_error, model_card,
+                        probability)
 from .errors import ModelLoadError
 from .preprocess import PatchConfig
 
 TENSORRT = "tensorrt"
 ONNXRUNTIME = "onnxruntime"
 TORCH = "torch"
+
+ONNX_FORMAT = "nsnet-onnx/1"
+CHECKPOINT_FORMAT = "nsnet-checkpoint/1"
+_FORMAT_MAJOR = {"nsnet-onnx": 1, "nsnet-checkpoint": 1}  # the major versions this reader knows
+PRECISIONS = ("fp32", "fp16", "int8")
+RUN_CONFIG = "nsnet.json"
+RUN_WEIGHTS = "nsnet.safetensors"
+
+# Typed keys of the flat map; every value in it is a string (ONNX metadata_props are strings).
+_JSON_KEYS = ("nsnet.preprocess", "nsnet.model_card", "nsnet.verdict_band")
+_INT_KEYS = ("nsnet.projector_rank", "nsnet.trt.min_batch", "nsnet.trt.opt_batch",
+             "nsnet.trt.max_batch")
+_BOOL_KEYS = ("nsnet.trt.strongly_typed",)
 
 _SUFFIX_KIND = {".engine": TENSORRT, ".plan": TENSORRT, ".onnx": ONNXRUNTIME, ".safetensors": TORCH}
 
@@ -32,10 +53,10 @@ def artifact_kind(path: str | Path) -> str:
     if not p.exists():
         raise ModelLoadError(f"model not found: {p}", source=str(p))
     if p.is_dir():
-        if not (p / "nsnet.json").is_file():
+        if not (p / RUN_CONFIG).is_file():
             raise ModelLoadError(
-                f"{p} is a directory without nsnet.json; expected a run directory "
-                "(nsnet.safetensors + nsnet.json), an .onnx file or an .engine file", source=str(p))
+                f"{p} is a directory without {RUN_CONFIG}; expected a run directory "
+                f"({RUN_WEIGHTS} + {RUN_CONFIG}), an .onnx file or an .engine file", source=str(p))
         return TORCH
     kind = _SUFFIX_KIND.get(p.suffix.lower())
     if kind is None:
@@ -54,15 +75,63 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     os.replace(tmp, path)
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (the ``source_sha256`` of an artifact)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def engine_sidecar(path: str | Path) -> Path:
     """Where an engine's metadata lives: ``nsnet.engine`` → ``nsnet.engine.json``."""
     p = Path(path)
     return p.with_name(p.name + ".json")
 
 
+# -- the flat map: writer and validating parser ------------------------------------------------
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def artifact_metadata(doc: Mapping[str, Any], *, precision: str, source_sha256: str | None = None,
+                      fmt: str = ONNX_FORMAT) -> dict[str, str]:
+    """The flat ``nsnet.*`` string map (ONNX ``metadata_props``, engine sidecar, what every backend
+    reports) of a run's validated nsnet.json ``doc``."""
+    out = {
+        "nsnet.format": fmt,
+        "nsnet.backbone": str(doc["backbone"]),
+        "nsnet.preprocess": PatchConfig.from_dict(doc["preprocess"]).to_json(),
+        "nsnet.threshold": repr(float(doc.get("threshold", DEFAULT_THRESHOLD))),
+        "nsnet.precision": precision,
+        "nsnet.model_card": _compact(model_card(doc, source_sha256=source_sha256)),
+    }
+    rank = (doc.get("projector") or {}).get("rank")
+    if rank is not None:
+        out["nsnet.projector_rank"] = str(int(rank))
+    if source_sha256 is not None:
+        out["nsnet.source_sha256"] = source_sha256
+    if doc.get("verdict_band") is not None:
+        out["nsnet.verdict_band"] = _compact(VerdictBand.from_dict(doc["verdict_band"]).to_dict())
+    return out
+
+
+def _check_format(fmt: Any, source: str, key: str = "nsnet.format") -> str:
+    m = re.fullmatch(r"([a-z-]+)/(\d+)(?:\.\d+)?", fmt) if isinstance(fmt, str) else None
+    if m is None or m.group(1) not in _FORMAT_MAJOR:
+        raise field_error(source, key, f"unknown format {fmt!r}; expected one of "
+                    f"{', '.join(f'{k}/{v}' for k, v in _FORMAT_MAJOR.items())}")
+    if int(m.group(2)) != _FORMAT_MAJOR[m.group(1)]:
+        raise field_error(source, key, f"{fmt!r} is major version {m.group(2)}; this nsnet_sdk reads "
+                    f"{m.group(1)}/{_FORMAT_MAJOR[m.group(1)]} (upgrade nsnet-sdk or re-export)")
+    return fmt
+
+
 @dataclass(frozen=True)
 class ModelMeta:
-    """The artifact metadata the runtime relies on, validated."""
+    """The artifact metadata the runtime relies on, every field validated."""
 
     preprocess: PatchConfig
     threshold: float
@@ -70,35 +139,284 @@ class ModelMeta:
     backbone: str = ""
     precision: str = ""
     projector_rank: int | None = None
+    source_sha256: str | None = None
+    model_card: Mapping[str, Any] = field(default_factory=dict)
+    band: VerdictBand | None = None
     raw: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def pretrained(self) -> str:
+        """Where the backbone's weights came from (``"none"`` = random), ``""`` when unknown."""
+        return str(self.model_card.get("pretrained", ""))
 
     @classmethod
     def parse(cls, raw: Mapping[str, str], source: str) -> "ModelMeta":
-        """Validate an ``nsnet.*`` map; `ModelLoadError` naming ``source`` when it is unusable."""
-        try:
-            pre = raw["nsnet.preprocess"]
-            cfg = PatchConfig.from_dict(json.loads(pre) if isinstance(pre, str) else pre)
-        except KeyError:
+        """Validate a flat ``nsnet.*`` map; `ModelLoadError` naming ``source`` and the field."""
+        for k, v in raw.items():
+            if not isinstance(v, str):
+                raise field_error(source, k, f"expected a string value, got {v!r}")
+        if "nsnet.preprocess" not in raw:
             raise ModelLoadError(f"{source}: no nsnet.preprocess metadata; not an NS-Net model?",
-                                 source=source) from None
+                                 source=source)
+        for k in ("nsnet.format", "nsnet.threshold"):
+            if k not in raw:
+                raise field_error(source, k, "missing")
+        fmt = _check_format(raw["nsnet.format"], source)
+        parsed: dict[str, Any] = {}
+        for k in _JSON_KEYS:
+            if k in raw:
+                try:
+                    parsed[k] = json.loads(raw[k])
+                except ValueError as e:
+                    raise field_error(source, k, f"invalid JSON ({e})") from None
+        try:
+            cfg = PatchConfig.from_dict(parsed["nsnet.preprocess"])
         except (ValueError, TypeError) as e:
-            raise ModelLoadError(f"{source}: invalid nsnet.preprocess metadata: {e}",
-                                 source=source) from e
+            raise field_error(source, "nsnet.preprocess", str(e)) from None
         try:
             threshold = float(raw["nsnet.threshold"])
-        except KeyError:
-            raise ModelLoadError(f"{source}: no nsnet.threshold metadata", source=source) from None
-        except (TypeError, ValueError) as e:
-            raise ModelLoadError(f"{source}: invalid nsnet.threshold: {e}", source=source) from e
-        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-            raise ModelLoadError(f"{source}: nsnet.threshold {threshold} is not in [0, 1]",
-                                 source=source)
-        rank = raw.get("nsnet.projector_rank")
-        try:
-            rank = int(rank) if rank not in (None, "") else None
         except ValueError:
-            rank = None  # informational only; never worth refusing a model over
-        return cls(preprocess=cfg, threshold=threshold, format=str(raw.get("nsnet.format", "")),
-                   backbone=str(raw.get("nsnet.backbone", "")),
-                   precision=str(raw.get("nsnet.precision", "")), projector_rank=rank,
+            raise field_error(source, "nsnet.threshold", f"not a number: {raw['nsnet.threshold']!r}") from None
+        threshold = probability(threshold, source, "nsnet.threshold")
+        ints = {}
+        for k in _INT_KEYS:
+            if k in raw:
+                if not re.fullmatch(r"\d{1,9}", raw[k]):
+                    raise field_error(source, k, f"expected a non-negative integer, got {raw[k]!r}")
+                ints[k] = int(raw[k])
+        for k in _BOOL_KEYS:
+            if k in raw and raw[k] not in ("true", "false"):
+                raise field_error(source, k, f"expected true or false, got {raw[k]!r}")
+        trt = [ints.get(f"nsnet.trt.{n}_batch") for n in ("min", "opt", "max")]
+        if any(v is not None for v in trt) and not (None not in trt and 1 <= trt[0] <= trt[1] <= trt[2]):
+            raise field_error(source, "nsnet.trt.*_batch", f"need 1 <= min <= opt <= max, got {trt}")
+        precision = raw.get("nsnet.precision", "fp32")
+        if precision not in PRECISIONS:
+            raise field_error(source, "nsnet.precision", f"expected one of {PRECISIONS}, got {precision!r}")
+        sha = raw.get("nsnet.source_sha256")
+        if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise field_error(source, "nsnet.source_sha256", f"expected 64 hex digits, got {sha!r}")
+        card = check_card(parsed.get("nsnet.model_card", {}), source)
+        band = parsed.get("nsnet.verdict_band")
+        return cls(preprocess=cfg, threshold=threshold, format=fmt,
+                   backbone=raw.get("nsnet.backbone", ""), precision=precision,
+                   projector_rank=ints.get("nsnet.projector_rank"), source_sha256=sha,
+                   model_card=card, band=None if band is None else VerdictBand.from_dict(band, source),
                    raw=dict(raw))
+
+    def check_io(self, source: str, input_shape: tuple, logit_shape: tuple,
+                 input_float32: bool = True) -> None:
+        """Refuse a graph whose I/O cannot be what the SDK feeds and reads: input ``images``
+        float32 [B,3,S,S] with S = the recorded patch × grid and B not fixed, ``logit`` [B].
+        A dimension is an int, or a str/None/-1 when symbolic."""
+        def fixed(d: Any) -> bool:
+            return isinstance(d, int) and d >= 0
+
+        s = self.preprocess.size
+        if not input_float32:
+            raise field_error(source, "input images", "expected float32 (FP16 models keep float32 I/O)")
+        if len(input_shape) != 4:
+            raise field_error(source, "input images", f"expected rank 4 [B,3,{s},{s}], got {list(input_shape)}")
+        if fixed(input_shape[0]):
+            raise field_error(source, "input images", f"batch dimension fixed at {input_shape[0]}; the SDK "
+                        "sends batches of any size (export with a dynamic batch axis)")
+        for got, want, what in zip(input_shape[1:], (3, s, s), ("channels", "height", "width")):
+            if fixed(got) and got != want:
+                raise field_error(source, "input images", f"{what} {got} != {want} (nsnet.preprocess "
+                            f"patch {self.preprocess.patch} × grid {self.preprocess.grid})")
+        if len(logit_shape) != 1 or fixed(logit_shape[0]):
+            raise field_error(source, "output logit", f"expected shape [B], got {list(logit_shape)}")
+
+
+# -- readers -----------------------------------------------------------------------------------
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file, read from the protobuf without loading weights."""
+    return containers.onnx_summary(path)[0]
+
+
+def read_sidecar(path: str | Path) -> dict[str, str]:
+    """An engine's sidecar ``<engine>.json`` as the flat string map (typed JSON values checked:
+    batch sizes are integers, flags booleans, JSON fields strings or objects)."""
+    side = engine_sidecar(path)
+    src = str(side)
+    try:
+        raw = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: metadata sidecar {side.name} not found next to the engine",
+                             source=str(path)) from None
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{side}: unreadable engine sidecar: {e}", source=str(path)) from e
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{side}: engine sidecar is not a JSON object", source=str(path))
+    out: dict[str, str] = {}
+    for k, v in raw.items():
+        if k in _INT_KEYS and k.startswith("nsnet.trt."):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise field_error(src, k, f"expected an integer, got {v!r}")
+            out[k] = str(v)
+        elif k in _BOOL_KEYS:
+            if not isinstance(v, bool):
+                raise field_error(src, k, f"expected true or false, got {v!r}")
+            out[k] = "true" if v else "false"
+        elif k in _JSON_KEYS and isinstance(v, dict):
+            out[k] = _compact(v)
+        elif isinstance(v, str):
+            out[k] = v
+        else:
+            raise field_error(src, k, f"expected a string, got {v!r}")
+    return out
+
+
+def sidecar_document(onnx_meta: Mapping[str, str], *, precision: str, min_batch: int,
+                     opt_batch: int, max_batch: int, strongly_typed: bool) -> dict[str, Any]:
+    """The engine sidecar: the ONNX file's metadata with the engine's precision and profile."""
+    side: dict[str, Any] = dict(onnx_meta)
+    side.update({"nsnet.precision": precision, "nsnet.trt.min_batch": int(min_batch),
+                 "nsnet.trt.opt_batch": int(opt_batch), "nsnet.trt.max_batch": int(max_batch),
+                 "nsnet.trt.strongly_typed": bool(strongly_typed)})
+    return side
+
+
+def write_sidecar(engine_path: str | Path, side: Mapping[str, Any]) -> Path:
+    """Write ``side`` as the engine's sidecar, atomically."""
+    path = engine_sidecar(engine_path)
+    atomic_write(path, lambda p: p.write_text(json.dumps(side, indent=2, sort_keys=True) + "\n"))
+    return path
+
+
+def check_run_json(doc: Any, source: str) -> dict[str, Any]:
+    """Validate an nsnet.json document (types and ranges of every field the loader uses)."""
+    if not isinstance(doc, dict):
+        raise ModelLoadError(f"{source}: top level is a JSON {type(doc).__name__}, expected an object",
+                             source=source)
+    _check_format(doc.get("format"), source, "format")
+    if not isinstance(doc.get("backbone"), str) or not doc["backbone"]:
+        raise field_error(source, "backbone", f"expected an open_clip model name, got {doc.get('backbone')!r}")
+    for k, types in (("pretrained", (str,)), ("quick_gelu", (bool,)), ("projector", (dict,)),
+                     ("head", (dict,)), ("training", (dict,)), ("data", (dict,)),
+                     ("calibration", (dict,)), ("preprocess", (dict,))):
+        if k in doc and not isinstance(doc[k], types):
+            raise field_error(source, k, f"expected {types[0].__name__}, got {doc[k]!r}")
+    try:
+        PatchConfig.from_dict(doc.get("preprocess"))
+    except (ValueError, TypeError) as e:
+        raise field_error(source, "preprocess", str(e)) from None
+    for k in ("hidden", "dim"):
+        v = doc.get("head", {}).get(k, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 16:
+            raise field_error(source, f"head.{k}", f"expected an integer in [1, 65536], got {v!r}")
+    rank = doc.get("projector", {}).get("rank", 0)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise field_error(source, "projector.rank", f"expected an integer >= 0, got {rank!r}")
+    if "threshold" not in doc:
+        raise field_error(source, "threshold", "missing")
+    probability(doc["threshold"], source, "threshold")
+    if "model_card" in doc:
+        check_card(doc["model_card"], source)
+    if doc.get("verdict_band") is not None:
+        VerdictBand.from_dict(doc["verdict_band"], source)
+    return doc
+
+
+def read_run_json(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's validated nsnet.json."""
+    path = Path(run_dir) / RUN_CONFIG
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelLoadError(f"not a run directory (no {RUN_CONFIG}): {run_dir}", source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path}: unreadable: {e}", source=str(path)) from None
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: invalid JSON ({e})", source=str(path)) from None
+    return check_run_json(doc, str(path))
+
+
+def write_run_json(run_dir: str | Path, doc: Mapping[str, Any]) -> None:
+    """Write nsnet.json atomically, after validating it as a reader would."""
+    path = Path(run_dir) / RUN_CONFIG
+    check_run_json(dict(doc), str(path))
+    atomic_write(path, lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
+
+
+def read_model_meta(path: str | Path, kind: str | None = None) -> ModelMeta:
+    """The one reader: validated `ModelMeta` of an ONNX file, an engine (its sidecar) or a run
+    directory (nsnet.json, and the safetensors header checked for structure). Cheap: no weights
+    are loaded and no runtime library is imported."""
+    p = Path(path)
+    kind = kind or artifact_kind(p)
+    if kind == ONNXRUNTIME:
+        raw, io = containers.onnx_summary(p)
+        meta = ModelMeta.parse(raw, str(p))
+        if "images" not in io or "logit" not in io:
+            raise field_error(str(p), "graph", f"expected input 'images' and output 'logit', found {sorted(io)}")
+        meta.check_io(str(p), io["images"][1], io["logit"][1], io["images"][0] == containers.ONNX_FLOAT)
+        return meta
+    if kind == TENSORRT:
+        if p.stat().st_size == 0:
+            raise ModelLoadError(f"{p}: empty engine file", source=str(p))
+        return ModelMeta.parse(read_sidecar(p), str(p))
+    run = p if p.is_dir() else p.parent
+    doc = read_run_json(run)
+    containers.safetensors_header(run / RUN_WEIGHTS)
+    return ModelMeta.parse(artifact_metadata(doc, precision="fp32", fmt=doc["format"]), str(run))
+
+
+# -- re-stamping --------------------------------------------------------------------------------
+
+def restamp(path: str | Path, *, threshold: float | None = None, band: Mapping[str, Any] | None = None,
+            source: str, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Rewrite the threshold (and/or the verdict band) of an artifact, recording ``source`` as the
+    card's ``threshold_source``; weights untouched. ``out`` writes a copy there; without it the
+    artifact is rewritten in place, which needs ``overwrite=True``. Returns the path written."""
+    p = Path(path)
+    kind = artifact_kind(p)
+    meta = read_model_meta(p, kind)
+    if threshold is not None:
+        threshold = probability(threshold, "threshold", "threshold")
+    if band is not None:
+        band = VerdictBand.from_dict(band, "band").to_dict()
+    if out is None and not overwrite:
+        raise ModelLoadError(f"{p}: refusing to rewrite in place; give an output path or overwrite=True",
+                             source=str(p))
+    dst = p if out is None else Path(out)
+    if dst.exists() and dst != p and not overwrite:
+        raise ModelLoadError(f"{dst} exists; refusing to replace it without overwrite=True", source=str(dst))
+    card = dict(meta.model_card, threshold_source=source)
+    if threshold is not None:
+        card["threshold"] = threshold
+    if kind == TORCH:
+        run = p if p.is_dir() else p.parent
+        doc = read_run_json(run)
+        doc["model_card"] = model_card(doc, source_sha256=None) | card
+        if threshold is not None:
+            doc["threshold"] = doc["model_card"]["threshold"] = threshold
+        if band is not None:
+            doc["verdict_band"] = band
+        target = run if out is None else dst
+        if target != run:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run / RUN_WEIGHTS, target / RUN_WEIGHTS)
+        write_run_json(target, doc)
+        return target
+    updates = {"nsnet.model_card": _compact(card)}
+    if threshold is not None:
+        updates["nsnet.threshold"] = repr(threshold)
+    if band is not None:
+        updates["nsnet.verdict_band"] = _compact(band)
+    if kind == TENSORRT:
+        side = json.loads(engine_sidecar(p).read_text(encoding="utf-8")) | updates
+        if dst != p:
+            atomic_write(dst, lambda t: shutil.copyfile(p, t))
+        write_sidecar(dst, side)
+        return dst
+    new = dict(meta.raw) | updates
+    ModelMeta.parse(new, str(dst))
+    atomic_write(dst, lambda t: containers.onnx_rewrite_metadata(p, t, new))
+    data = p.with_name(p.name + ".data")  # external weights are found relative to the model file
+    if dst.parent.resolve() != p.parent.resolve() and data.exists():
+        shutil.copyfile(data, dst.parent / data.name)
+    return dst

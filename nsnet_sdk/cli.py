@@ -13,10 +13,11 @@ import importlib.util
 import json
 import os
 import sys
+import warnings
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .errors import BackendUnavailableError, NSNetError
+from .errors import BackendUnavailableError, NSNetError, RandomWeightsWarning
 
 
 def _checked(kind: type, ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
@@ -52,11 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     cli_detect.add_parser(sub)
-    i = sub.add_parser("info", help="print a model's metadata and backend")
+    i = sub.add_parser("info", help="print a model's metadata, model card and backend",
+                       description="Describe a model; with --set-threshold, re-stamp its decision "
+                       "threshold (metadata only, weights untouched) into --out or, with "
+                       "--in-place, the model itself.")
     i.add_argument("model", metavar="MODEL")
     i.add_argument("--json", action="store_true", help="print as one JSON object")
     i.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
-    i.set_defaults(run=lambda args, parser: cmd_info(args))
+    i.add_argument("--set-threshold", type=_probability, metavar="T",
+                   help="write threshold T on prob_fake into the model's metadata")
+    i.add_argument("--threshold-source", metavar="TEXT",
+                   help="how T was chosen, recorded in the model card (default: 'set by hand to T')")
+    i.add_argument("--out", metavar="NEW", help="with --set-threshold: write the re-stamped copy here")
+    i.add_argument("--in-place", action="store_true",
+                   help="with --set-threshold: rewrite MODEL itself (atomically)")
+    i.set_defaults(run=cmd_info)
     for name in PLUGINS:
         if importlib.util.find_spec(f"{__package__}.{name}") is not None:
             importlib.import_module(f"{__package__}.{name}").add_parser(sub)
@@ -71,20 +82,55 @@ def _providers(text: str | None) -> list[str] | None:
 def _engine_info_from_sidecar(model: str) -> dict[str, Any] | None:
     """`nsnet info` for an engine on a box without TensorRT: what its sidecar says, or None when
     ``model`` is not an engine with a valid sidecar."""
-    from .artifact import TENSORRT, ModelMeta, artifact_kind
-    from .backends.tensorrt import read_sidecar  # imports neither tensorrt nor cuda-python
+    from .artifact import TENSORRT, artifact_kind, read_model_meta
     from .detector import model_info
 
     try:
         if artifact_kind(model) != TENSORRT:
             return None
-        meta = ModelMeta.parse(read_sidecar(model), model)
+        meta = read_model_meta(model, TENSORRT)
     except NSNetError:
         return None
     return model_info(model, TENSORRT, None, meta)
 
 
-def cmd_info(args: argparse.Namespace) -> int:
+def _restamp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .artifact import restamp
+
+    if args.out is None and not args.in_place:
+        parser.error("--set-threshold needs --out NEW, or --in-place to rewrite MODEL itself")
+    if args.out is not None and args.in_place:
+        parser.error("--out and --in-place are exclusive")
+    source = args.threshold_source or f"set by hand to {args.set_threshold:g}"
+    try:
+        written = restamp(args.model, threshold=args.set_threshold, source=source, out=args.out,
+                          overwrite=args.in_place)
+    except (NSNetError, OSError) as e:
+        print(f"nsnet: error: cannot re-stamp model: {e}", file=sys.stderr)
+        return 1
+    print(f"nsnet: wrote {written} (threshold {args.set_threshold:g}, {source})", file=sys.stderr)
+    return 0
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    for key, value in info.items():
+        if key in ("metadata", "model_card"):
+            continue
+        print(f"{key:15s} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    card = info.get("model_card") or {}
+    print("model card:" if card else "model card:    (none recorded; exported before model cards)")
+    for key, value in card.items():
+        print(f"  {key:17s} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    print("metadata:")
+    for key, value in sorted(info["metadata"].items()):
+        print(f"  {key} = {value}")
+
+
+def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.set_threshold is not None:
+        return _restamp(args, parser)
+    if args.out is not None or args.in_place or args.threshold_source is not None:
+        parser.error("--out, --in-place and --threshold-source go with --set-threshold")
     from .detector import Detector
 
     try:
@@ -104,15 +150,19 @@ def cmd_info(args: argparse.Namespace) -> int:
         det.close()
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0
-    for key, value in info.items():
-        if key == "metadata":
-            continue
-        print(f"{key:15s} {json.dumps(value) if isinstance(value, dict) else value}")
-    print("metadata:")
-    for key, value in sorted(info["metadata"].items()):
-        print(f"  {key} = {value}")
+    else:
+        _print_info(info)
     return 0
+
+
+def _show_warning(original: Callable[..., None]) -> Callable[..., None]:
+    """A `warnings.showwarning` that prints the SDK's own warnings as one ``nsnet: warning:`` line."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, RandomWeightsWarning):
+            print(f"nsnet: warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+    return show
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # an unknown flag after the command: show that command's usage, not nsnet's
         args.subparsers.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.run(args, args.subparsers.get(args.command, parser))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            return args.run(args, args.subparsers.get(args.command, parser))
     except BrokenPipeError:  # `nsnet detect ... | head`: stop quietly like other Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
@@ -18,10 +19,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .artifact import ModelMeta, artifact_kind
+from .artifact import ModelMeta, artifact_kind, read_model_meta
 from .backends import Backend, load_backend
 from .errors import (ImageDecodeError, InferenceError, NSNetError, PreprocessMismatchError,
-                     UnsupportedInputError)
+                     RandomWeightsWarning, UnsupportedInputError)
 from .prediction import Prediction, sigmoid
 from .preprocess import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic
 
@@ -138,17 +139,19 @@ class Detector:
         self.workers = default_workers() if workers is None else _check_workers(workers)
         self.max_pixels = int(max_pixels)
         self.channels = _check_channels(channels)
+        # Every metadata field is validated before a runtime library parses the file.
+        self.meta: ModelMeta = read_model_meta(self.model_path, self.kind)
         self.backend: Backend = load_backend(
             self.kind, self.model_path, providers=providers, intra_op_threads=intra_op_threads,
             device=device)
         try:
-            self.meta = ModelMeta.parse(self.backend.metadata, str(self.model_path))
             self.config = self._resolve_preprocess(preprocess, force)
             self.threshold = self.meta.threshold if threshold is None else _check_threshold(threshold)
         except BaseException:
             self.backend.close()  # refused after loading: free its session / GPU memory now
             raise
         self._closed = False
+        _warn_if_random(self.model_path, self.meta)
 
     def _resolve_preprocess(self, override, force: bool) -> PatchConfig:
         stored = self.meta.preprocess
@@ -254,6 +257,7 @@ class Detector:
         inflight: deque = deque()
         counter = 0
         source_error: Exception | None = None  # raised once every input pulled before it is scored
+        band = self.meta.band
 
         def submit(limit: int) -> None:
             nonlocal counter, source_error
@@ -303,12 +307,26 @@ class Detector:
                         continue
                     p = float(probs[j])
                     yield Prediction(source=name, prob_fake=p, is_fake=p >= self.threshold,
-                                     logit=float(logits[j]), warnings=notes[j])
+                                     logit=float(logits[j]), warnings=notes[j],
+                                     verdict=band.verdict(p) if band is not None else None)
         finally:
             for _, futs, _ in inflight:
                 for f in futs:
                     f.cancel()
             pool.shutdown(wait=True)
+
+
+_WARNED_RANDOM: set[str] = set()
+
+
+def _warn_if_random(path: Path, meta: ModelMeta) -> None:
+    """Warn once per model (its weights' sha256, else its path) and process when its backbone
+    weights were random."""
+    key = str(meta.model_card.get("source_sha256") or os.path.realpath(path))
+    if meta.pretrained == "none" and key not in _WARNED_RANDOM:
+        _WARNED_RANDOM.add(key)
+        warnings.warn(f"{path}: the backbone had random weights (pretrained=none); this is a test "
+                      "or demo model, not a detector for real use", RandomWeightsWarning, stacklevel=3)
 
 
 def model_info(model: str | os.PathLike, backend: str, device: str | None, meta: ModelMeta, *,
@@ -319,7 +337,9 @@ def model_info(model: str | os.PathLike, backend: str, device: str | None, meta:
         "backbone": meta.backbone, "precision": meta.precision,
         "projector_rank": meta.projector_rank,
         "threshold": meta.threshold if threshold is None else threshold,
-        "preprocess": (config or meta.preprocess).to_dict(), "metadata": dict(meta.raw),
+        "preprocess": (config or meta.preprocess).to_dict(),
+        "verdict_band": meta.band.to_dict() if meta.band is not None else None,
+        "model_card": dict(meta.model_card), "metadata": dict(meta.raw),
     }
 
 

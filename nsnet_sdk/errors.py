@@ -37,3 +37,8 @@ class PreprocessMismatchError(NSNetError, ValueError):
 
 class InferenceError(NSNetError):
     """The backend failed while running a batch; the model, not one input, is at fault."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """The model's backbone had random weights (``pretrained`` = none): a test or demo model, not
+    a detector for real use."""

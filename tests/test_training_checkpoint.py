@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import training  # noqa: F401  (registers nsnet-tiny)
+from nsnet_sdk.errors import ModelLoadError
 from nsnet_sdk.model import NSNet, load_checkpoint, project, save_checkpoint
 from nsnet_sdk.model.checkpoint import plain_state_dict
 from training.corpus import encode_texts, prompt_bank
@@ -106,7 +107,7 @@ def test_lora_merge_is_exact_and_checkpoint_has_plain_weights(tmp_path) -> None:
 
 
 def test_missing_run_dir_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="nsnet.json"):
+    with pytest.raises(ModelLoadError, match="nsnet.json"):
         load_checkpoint(tmp_path)
 
 

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from nsnet_sdk.errors import ModelLoadError
 from nsnet_sdk.preprocess import PatchConfig
 from nsnet_sdk.model import load_checkpoint
 from nsnet_sdk.model.checkpoint import update_meta
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     try:
         model, meta = load_checkpoint(args.ckpt, device=device)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ModelLoadError) as exc:
         raise SystemExit(f"error: {exc}") from None
     cfg = PatchConfig.from_dict(meta["preprocess"])
     gens = [g.strip() for g in args.generators.split(",")] if args.generators else None

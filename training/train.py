@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nsnet_sdk.artifact import atomic_write
+from nsnet_sdk.errors import ModelLoadError
 from nsnet_sdk.model import NSNet, load_checkpoint, save_checkpoint
 from training.corpus import BANKS, encode_texts, prompt_bank, read_captions
 from training.lora import add_lora, lora_state_dict, unmerge_lora
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.resume:
                 log.warning("--resume: no checkpoint in %s yet, starting fresh", run)
             model, meta = initial_model(args, device)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ModelLoadError) as exc:
         raise SystemExit(f"error: {exc}") from None
     model.requires_grad_(False)
     model.head.requires_grad_(True)

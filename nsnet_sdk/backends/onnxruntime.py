@@ -1,71 +1,16 @@
 """ONNX Runtime backend: TensorRT EP → CUDA EP → CPU EP by availability, IO binding on GPU."""
 from __future__ import annotations
 
-import mmap
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..artifact import read_onnx_metadata  # noqa: F401  (the SDK's reader; re-exported here)
 from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
-
-
-def _varint(buf, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(buf, start: int, end: int):
-    """Yield (field_number, wire_type, value) of one protobuf message; len fields as (lo, hi)."""
-    pos = start
-    while pos < end:
-        tag, pos = _varint(buf, pos)
-        num, wire = tag >> 3, tag & 7
-        if wire == 0:
-            val, pos = _varint(buf, pos)
-        elif wire == 1:
-            val, pos = None, pos + 8
-        elif wire == 5:
-            val, pos = None, pos + 4
-        elif wire == 2:
-            n, pos = _varint(buf, pos)
-            val, pos = (pos, pos + n), pos + n
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if pos > end:
-            raise ValueError("truncated message")
-        yield num, wire, val
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file, read straight from the protobuf without loading weights.
-
-    Needed before the session exists: the model's precision decides the session options. Walks
-    only the top-level ModelProto fields (field 14 = metadata_props), skipping the graph by length.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            meta: dict[str, str] = {}
-            for num, wire, val in _fields(buf, 0, len(buf)):
-                if num == 14 and wire == 2:
-                    kv = {n: bytes(buf[v[0]:v[1]]).decode("utf-8")
-                          for n, w, v in _fields(buf, *val) if w == 2 and n in (1, 2)}
-                    meta[kv.get(1, "")] = kv.get(2, "")
-            return meta
-    except (OSError, ValueError, IndexError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({e})", source=str(path)) from e
 
 
 def choose_providers(requested: Sequence[Any] | None, available: Sequence[str]) -> list[Any]:

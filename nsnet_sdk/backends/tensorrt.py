@@ -7,13 +7,12 @@ padded. Written against the documented APIs; exercised only where CUDA and Tenso
 from __future__ import annotations
 
 import ctypes
-import json
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from ..artifact import engine_sidecar
+from ..artifact import ModelMeta, read_sidecar
 from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
 
 
@@ -23,22 +22,6 @@ def _import_cudart():
     except ImportError:
         from cuda import cudart
     return cudart
-
-
-def read_sidecar(path: str | Path) -> dict[str, str]:
-    """The engine's metadata (same keys as the ONNX metadata) as a flat string map."""
-    side = engine_sidecar(path)
-    try:
-        raw = json.loads(side.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: metadata sidecar {side.name} not found next to the engine",
-                             source=str(path)) from None
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{side}: unreadable engine sidecar: {e}", source=str(path)) from e
-    if not isinstance(raw, dict):
-        raise ModelLoadError(f"{side}: engine sidecar is not a JSON object", source=str(path))
-    return {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
-            for k, v in raw.items()}
 
 
 class TensorRTBackend:
@@ -100,6 +83,10 @@ class TensorRTBackend:
         lo, _opt, hi = self.engine.get_tensor_profile_shape("images", 0)
         self.min_batch, self.max_batch = max(1, int(lo[0])), int(hi[0])
         self._item_shape = tuple(int(d) for d in hi[1:])
+        # The same I/O contract as an ONNX graph: [B,3,S,S], S from the recorded config (the
+        # batch is the profile's; 'logit' is checked against it below).
+        ModelMeta.parse(self.metadata, str(self.path)).check_io(
+            str(self.path), (-1, *self._item_shape), (-1,))
 
         _, self._stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         in_bytes = self.max_batch * int(np.prod(self._item_shape)) * 4

@@ -1,31 +1,13 @@
 """PyTorch backend: the unfolded training checkpoint (a run directory), for parity checks and
-users without ONNX. Imports torch and `training` only when built."""
+users without ONNX. Imports torch and `nsnet_sdk.model` only when built."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
-
-
-def checkpoint_metadata(meta: dict[str, Any]) -> dict[str, str]:
-    """nsnet.json → the flat ``nsnet.*`` map every backend reports (docs/formats.md)."""
-    pre = meta.get("preprocess")
-    out = {
-        "nsnet.format": str(meta.get("format", "")),
-        "nsnet.backbone": str(meta.get("backbone", "")),
-        "nsnet.precision": "fp32",
-        "nsnet.threshold": repr(float(meta["threshold"])) if "threshold" in meta else "",
-    }
-    if pre is not None:
-        out["nsnet.preprocess"] = json.dumps(pre, sort_keys=True, separators=(",", ":"))
-    rank = (meta.get("projector") or {}).get("rank")
-    if rank is not None:
-        out["nsnet.projector_rank"] = str(rank)
-    return {k: v for k, v in out.items() if v != ""}
+from ..artifact import artifact_metadata
+from ..errors import BackendUnavailableError, InferenceError, ModelLoadError, NSNetError
 
 
 class TorchBackend:
@@ -52,10 +34,12 @@ class TorchBackend:
         self.device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:
             self.model, meta = load_checkpoint(run_dir, device=self.device)
+        except NSNetError:
+            raise  # already names the file and the field
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelLoadError(f"{self.path}: cannot load checkpoint: {e}",
                                  source=str(self.path)) from e
-        self.metadata = checkpoint_metadata(meta)
+        self.metadata = artifact_metadata(meta, precision="fp32", fmt=meta["format"])
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """float32 (B,3,S,S) → float32 logits (B,)."""

@@ -16,11 +16,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..artifact import atomic_write
+from ..artifact import (CHECKPOINT_FORMAT, RUN_CONFIG, RUN_WEIGHTS, atomic_write, read_run_json,
+                        sha256_file, write_run_json)
+from ..containers import check_tensors, safetensors_header
+from ..errors import ModelLoadError
+from ..preprocess import DEFAULT
+from ..modelcard import DEFAULT_THRESHOLD, model_card
 
-FORMAT = "nsnet-checkpoint/1"
-WEIGHTS = "nsnet.safetensors"
-CONFIG = "nsnet.json"
+FORMAT = CHECKPOINT_FORMAT
+WEIGHTS = RUN_WEIGHTS
+CONFIG = RUN_CONFIG
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -38,9 +43,11 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def build_meta(model, meta: dict[str, Any]) -> dict[str, Any]:
+def build_meta(model, meta: dict[str, Any], *, source_sha256: str | None = None,
+               validation: dict[str, Any] | None = None) -> dict[str, Any]:
     """The nsnet.json object: fields fixed by the model, then the caller's (backbone, pretrained,
-    quick_gelu, preprocess, projector, threshold, training, data)."""
+    quick_gelu, preprocess, projector, threshold, training, data), then the model card built from
+    them (`nsnet_sdk.modelcard.model_card`) with the weights' sha256 and validation figures."""
     head = {"hidden": model.head[0].out_features, "dim": model.head[2].out_features, "activation": "gelu"}
     out: dict[str, Any] = {
         "format": FORMAT,
@@ -48,16 +55,34 @@ def build_meta(model, meta: dict[str, Any]) -> dict[str, Any]:
         "pretrained": meta.get("pretrained", "none"),
         "quick_gelu": bool(meta.get("quick_gelu", False)),
         "embed_dim": model.embed_dim,
-        "preprocess": meta.get("preprocess"),
+        "preprocess": meta.get("preprocess") or DEFAULT.to_dict(),
         "projector": dict(meta.get("projector") or {}, rank=model.nullspace.rank),
         "head": head,
-        "threshold": float(meta.get("threshold", 0.5)),
+        "threshold": float(meta.get("threshold", DEFAULT_THRESHOLD)),
         "training": meta.get("training", {}),
         "data": meta.get("data", {"n_images": 0, "skipped": 0, "generators": []}),
     }
     for key, value in meta.items():  # keep anything extra the caller recorded
         out.setdefault(key, value)
+    # A fresh card each save: data, figures and weights change every epoch; only how the
+    # threshold was chosen carries over from an earlier card.
+    prior = out.pop("model_card", None) or {}
+    keep = {k: prior[k] for k in ("threshold_source",) if k in prior}
+    out["model_card"] = model_card(dict(out, model_card=keep), source_sha256=source_sha256,
+                                   validation=validation)
     return out
+
+
+def last_validation(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``val_*`` figures of the last epoch in ``RUN/metrics.jsonl`` (training.loop), if any."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        last = json.loads(lines[-1]) if lines else {}
+    except (OSError, ValueError):
+        return None
+    figures = {k[4:]: v for k, v in last.items() if k.startswith("val_")} if isinstance(last, dict) else {}
+    return dict(figures, epoch=last.get("epoch")) if figures else None
 
 
 def save_checkpoint(model, run_dir: str | Path, meta: dict[str, Any]) -> Path:
@@ -65,45 +90,61 @@ def save_checkpoint(model, run_dir: str | Path, meta: dict[str, Any]) -> Path:
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in plain_state_dict(model).items()}
-    doc = build_meta(model, meta)
     atomic_write(run / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
-    atomic_write(run / CONFIG, lambda p: p.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n"))
+    doc = build_meta(model, meta, source_sha256=sha256_file(run / WEIGHTS),
+                     validation=last_validation(run))
+    write_run_json(run, doc)
     return run
 
 
 def read_meta(run_dir: str | Path) -> dict[str, Any]:
-    """nsnet.json of a run directory, with its format checked."""
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"not a run directory (no {CONFIG}): {run_dir}")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
+    """nsnet.json of a run directory, every field validated (`ModelLoadError` otherwise)."""
+    return read_run_json(run_dir)
 
 
 def update_meta(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """Set top-level nsnet.json fields (e.g. a recalibrated ``threshold``); tensors untouched."""
+    """Set top-level nsnet.json fields (e.g. a recalibrated ``threshold`` with its ``calibration``
+    record); tensors untouched. The model card follows: threshold and how it was chosen."""
     run = Path(run_dir)
     meta = read_meta(run)
     if "threshold" in fields:
         fields["threshold"] = float(fields["threshold"])
     meta.update(fields)
-    atomic_write(run / CONFIG, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    if "threshold" in fields or "calibration" in fields:
+        card = dict(meta.get("model_card") or {})
+        card.pop("threshold_source", None)
+        meta["model_card"] = model_card(dict(meta, model_card=card))
+    write_run_json(run, meta)
     return meta
 
 
-def read_weights(run_dir: str | Path, device: str = "cpu") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(nsnet.json, tensors) of a run directory, read without building the network."""
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def tensor_specs(model: nn.Module) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{name: (safetensors dtype, shape)} of a module's state dict (works on the meta device)."""
+    return {k: (_DTYPES.get(v.dtype, str(v.dtype)), tuple(v.shape)) for k, v in model.state_dict().items()}
+
+
+def weights_header(run_dir: str | Path) -> dict[str, Any]:
+    """The validated safetensors header of a run directory's weights (no tensor is read)."""
+    return safetensors_header(Path(run_dir) / WEIGHTS)
+
+
+def read_weights(run_dir: str | Path, device: str = "cpu",
+                 expected: dict[str, tuple[str, tuple[int, ...]]] | None = None,
+                 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(nsnet.json, tensors) of a run directory, read without building the network.
+
+    nsnet.json and the safetensors header are validated first; with ``expected`` (see
+    `tensor_specs`) the tensors' names, shapes and dtypes must match it before any is read.
+    """
     run = Path(run_dir)
     meta = read_meta(run)
-    weights = run / WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"run directory has {CONFIG} but no {WEIGHTS}: {run}")
-    state = load_file(str(weights), device=str(device))
-    if "nullspace.basis" not in state:
-        raise ValueError(f"{weights}: no nullspace.basis tensor")
-    return meta, state
+    header = weights_header(run)
+    if expected is not None:
+        check_tensors(run / WEIGHTS, header, expected)
+    elif "nullspace.basis" not in header:
+        raise ModelLoadError(f"{run / WEIGHTS}: no nullspace.basis tensor", source=str(run / WEIGHTS))
+    return meta, load_file(str(run / WEIGHTS), device=str(device))

@@ -12,7 +12,8 @@ import open_clip
 import torch
 from torch import nn
 
-from .checkpoint import WEIGHTS, read_weights
+from ..errors import ModelLoadError
+from .checkpoint import CONFIG, read_meta, read_weights, tensor_specs, weights_header
 
 HEAD_HIDDEN = 512
 HEAD_DIM = 128
@@ -95,21 +96,34 @@ class NSNet(nn.Module):
         return model
 
 
-def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[NSNet, dict]:
-    """(NSNet in eval mode, nsnet.json) from a run directory; needs no download. The network is
-    built on the meta device and the saved tensors assigned, so random init is skipped."""
-    meta, state = read_weights(run_dir, device=str(device))
-    weights = Path(run_dir) / WEIGHTS
-    visual = build_visual_empty(meta["backbone"], bool(meta.get("quick_gelu", False)))
+def empty_model(meta: dict, source: str, rank: int) -> NSNet:
+    """The architecture a validated nsnet.json describes, on the meta device (no memory, no init);
+    `ModelLoadError` naming ``source`` when open_clip cannot build it."""
+    try:
+        visual = build_visual_empty(meta["backbone"], bool(meta.get("quick_gelu", False)))
+    except Exception as e:  # open_clip raises assorted types for unknown or odd configs
+        raise ModelLoadError(f"{source}: field backbone: cannot build {meta['backbone']!r}: {e}",
+                             source=source) from None
     head = meta.get("head", {})
+    d = int(getattr(visual, "output_dim", meta.get("embed_dim", 0)))
     with torch.device("meta"):
-        model = NSNet(visual, torch.empty_like(state["nullspace.basis"], device="meta"),
-                      hidden=int(head.get("hidden", HEAD_HIDDEN)), dim=int(head.get("dim", HEAD_DIM)))
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(f"{weights} does not match backbone {meta['backbone']!r}: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if leftover:
-        raise ValueError(f"{weights}: tensors not in the checkpoint: {leftover[:5]}")
+        return NSNet(visual, torch.empty(d, rank), hidden=int(head.get("hidden", HEAD_HIDDEN)),
+                     dim=int(head.get("dim", HEAD_DIM)))
+
+
+def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[NSNet, dict]:
+    """(NSNet in eval mode, nsnet.json) from a run directory; needs no download.
+
+    The network nsnet.json describes is built on the meta device, the weights file's tensor names,
+    shapes and dtypes are checked against it before any tensor is read, and the saved tensors are
+    then assigned (so random init is skipped). Bad files raise `ModelLoadError`.
+    """
+    run = Path(run_dir)
+    meta = read_meta(run)
+    rank = meta.get("projector", {}).get("rank")
+    if rank is None:  # run directories written before nsnet.json recorded it
+        rank = int((weights_header(run).get("nullspace.basis") or {"shape": [0, 0]})["shape"][-1])
+    model = empty_model(meta, str(run / CONFIG), int(rank))
+    meta, state = read_weights(run, device=str(device), expected=tensor_specs(model))
+    model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval(), meta
