@@ -258,4 +258,6 @@ def summary(samples: list[Sample], skipped: int) -> dict:
     """The checkpoint's ``data`` section."""
     return {"n_images": len(samples) - skipped, "skipped": skipped,
             "generators": sorted({s.generator for s in samples}),
-            "n_real": sum(s.label == REAL for s in samples), "n_fake": sum(s.label == FAKE for s in samples)}
+            "n_real": sum(s.label == REAL for s in samples), "n_fake": sum(s.label == FAKE for s in samples),
+            "generator_counts": {g: sum(s.generator == g for s in samples)
+                                 for g in sorted({s.generator for s in samples})}}
