@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nsnet_sdk.artifact import artifact_metadata, read_onnx_metadata, sha256_file
+from nsnet_sdk.artifact import artifact_metadata, read_model_meta, read_onnx_metadata, sha256_file
 from nsnet_sdk.prediction import sigmoid
 
 DEFAULT_OPSET = 17            # first opset with LayerNormalization: LN exports as one op
@@ -366,16 +366,16 @@ def derive_onnx(src: str | Path, dst: str | Path, *, optimize: bool = False, fp1
     src, dst = Path(src), Path(dst)
     if fp16 and int8:
         raise ExportError("fp16 and int8 are exclusive")
-    meta = read_metadata(src)
-    if meta.get("nsnet.precision", "fp32") != "fp32":
-        raise ExportError(f"{src}: derive from the FP32 export (nsnet.precision = {meta.get('nsnet.precision')!r})")
+    meta = read_model_meta(src)
+    if meta.precision != "fp32":
+        raise ExportError(f"{src}: derive from the FP32 export (nsnet.precision = {meta.precision!r})")
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     already_fused = op_counts(src).get("Attention", 0) > 0
     with tempfile.TemporaryDirectory(prefix="nsnet-derive-", dir=dst.parent) as tmp:
         fuse = (optimize or int8) and not already_fused
-        heads, width = tower_shape(meta["nsnet.backbone"]) if fuse else (0, 0)
+        heads, width = tower_shape(meta.backbone) if fuse else (0, 0)
         proto, _ = _transform(src, Path(tmp), heads, width, fuse=fuse, fp16=fp16, int8=int8)
-        _set_metadata(proto, dict(meta, **{"nsnet.precision": precision}))
+        _set_metadata(proto, meta.metadata(precision=precision))
         _save(proto, dst)
     onnx.checker.check_model(str(dst))
     return dst

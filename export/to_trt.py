@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nsnet_sdk.artifact import engine_sidecar, read_sidecar, sidecar_document, write_sidecar
+from nsnet_sdk.artifact import (ONNXRUNTIME, TENSORRT, engine_sidecar, read_model_meta, sidecar_document,
+                                write_sidecar)
 
 
 class TrtUnavailableError(RuntimeError):
@@ -95,7 +96,6 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
     Raises `TrtUnavailableError` without TensorRT/CUDA, `TrtBuildError` for parse/build failures
     (parser errors list the ONNX node names), ValueError for an invalid batch range.
     """
-    from export.to_onnx import read_metadata
     from nsnet_sdk.errors import ModelLoadError
 
     if not 1 <= min_batch <= opt_batch <= max_batch:
@@ -104,10 +104,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
     if not onnx_path.is_file():
         raise TrtBuildError(f"ONNX file not found: {onnx_path}")
     try:
-        meta = read_metadata(onnx_path)
-    except ModelLoadError as e:  # not an ONNX file, or a damaged one
+        meta = read_model_meta(onnx_path, ONNXRUNTIME)
+    except ModelLoadError as e:  # not an ONNX file, a damaged one, or invalid metadata
         raise TrtBuildError(str(e)) from e
-    src_precision = meta.get("nsnet.precision", "fp32")
+    src_precision = meta.precision
     if src_precision == "int8":
         raise TrtBuildError(f"{onnx_path}: an ONNX Runtime INT8 (dynamic quantisation) model cannot be built")
     trt = _require_trt()
@@ -157,7 +157,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
         cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
 
     write_sidecar(engine_path, sidecar_document(
-        meta, precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+        meta.metadata(), precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         strongly_typed=bool(flags)))
     return engine_path
 
@@ -171,8 +171,7 @@ def run_engine(engine_path: str | Path, images: np.ndarray) -> tuple[np.ndarray,
     trt = _require_trt()
     import torch
 
-    side = read_sidecar(engine_path)
-    lo, hi = int(side.get("nsnet.trt.min_batch", 1)), int(side.get("nsnet.trt.max_batch", 1))
+    lo, _, hi = read_model_meta(engine_path, TENSORRT).engine_batches or (1, 1, 1)
     logger = trt.Logger(trt.Logger.WARNING)
     engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
     if engine is None:

@@ -144,6 +144,22 @@ class ModelMeta:
     band: VerdictBand | None = None
     raw: Mapping[str, str] = field(default_factory=dict)
 
+    def metadata(self, *, precision: str | None = None) -> dict[str, str]:
+        """The flat map this was parsed from, with ``nsnet.precision`` replaced when given (a
+        derived variant of the same model)."""
+        out = dict(self.raw)
+        if precision is not None:
+            if precision not in PRECISIONS:
+                raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+            out["nsnet.precision"] = precision
+        return out
+
+    @property
+    def engine_batches(self) -> tuple[int, int, int] | None:
+        """An engine's optimisation profile (min, opt, max batch) from its sidecar, else None."""
+        vals = [self.raw.get(f"nsnet.trt.{n}_batch") for n in ("min", "opt", "max")]
+        return None if None in vals else tuple(int(v) for v in vals)  # type: ignore[return-value]
+
     @property
     def pretrained(self) -> str:
         """Where the backbone's weights came from (``"none"`` = random), ``""`` when unknown."""
