@@ -395,10 +395,12 @@ def restamp(path: str | Path, *, threshold: float | None = None, band: Mapping[s
         threshold = probability(threshold, "threshold", "threshold")
     if band is not None:
         band = VerdictBand.from_dict(band, "band").to_dict()
+    dst = p if out is None else Path(out)
+    if out is not None and dst.resolve() == p.resolve():
+        out, dst = None, p  # an output path naming the artifact itself is an in-place rewrite
     if out is None and not overwrite:
         raise ModelLoadError(f"{p}: refusing to rewrite in place; give an output path or overwrite=True",
                              source=str(p))
-    dst = p if out is None else Path(out)
     if dst.exists() and dst != p and not overwrite:
         raise ModelLoadError(f"{dst} exists; refusing to replace it without overwrite=True", source=str(dst))
     card = dict(meta.model_card, threshold_source=source)

@@ -153,8 +153,9 @@ def test_restamp_onnx_rewrites_metadata_only(tmp_path):
 def test_restamp_refuses_in_place_without_overwrite(tmp_path):
     src = build_stand_in_onnx(tmp_path / "m.onnx")
     before = src.read_bytes()
-    with pytest.raises(ModelLoadError, match="in place"):
-        restamp(src, threshold=0.2, source="x")
+    for out in (None, src, tmp_path / "." / "m.onnx"):
+        with pytest.raises(ModelLoadError, match="in place"):
+            restamp(src, threshold=0.2, source="x", out=out)
     other = build_stand_in_onnx(tmp_path / "other.onnx")
     with pytest.raises(ModelLoadError, match="exists"):
         restamp(src, threshold=0.2, source="x", out=other)
