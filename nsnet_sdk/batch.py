@@ -1,0 +1,448 @@
+"""`nsnet batch`: score folders, globs or path listings on a Ray cluster (Ray Data), one Parquet row per input.
+
+Bytes are read with ``ray.data.read_binary_files`` and decoded inside our actors by the same
+`Detector` as ``nsnet detect``, so a corrupt, empty or bomb file is an error row, never a failed
+job (``read_images`` would fail the job; ``max_errored_blocks`` would drop good images with it).
+Images stay encoded bytes until the Detector's mosaic: nothing becomes float before the
+224×224 patch mosaic. Rows reach the driver as Ray produces them and are written in Parquet
+files renamed into place whole, so ``--resume`` after a stop or crash skips exactly the inputs
+already written. Ray is imported only when a job runs (``pip install 'nsnet-sdk[ray]'``).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import os
+import socket
+import stat
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from .errors import ImageDecodeError, NSNetError
+from .prediction import Prediction
+from .preprocess import iter_image_paths, load_image
+
+# One Parquet row per input: the fields of `nsnet detect`'s rows, with the input named `path`.
+ROW_FIELDS = ("path", "prob_fake", "logit", "is_fake", "error", "model_sha256")
+LISTING_SUFFIXES = (".txt", ".lst", ".csv")
+ROWS_PER_FILE = 5000
+FLUSH_SECONDS = 30.0
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _row_schema():
+    import pyarrow as pa
+
+    return pa.schema([("path", pa.string()), ("prob_fake", pa.float64()), ("logit", pa.float64()),
+                      ("is_fake", pa.bool_()), ("error", pa.string()), ("model_sha256", pa.string())])
+
+
+def model_sha256(model: str | os.PathLike) -> str:
+    """SHA-256 of the model's weights file (a run directory: its ``nsnet.safetensors``)."""
+    p = Path(model)
+    if p.is_dir():
+        p = p / "nsnet.safetensors"
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rename_source(pred: Prediction, index: int, name: str) -> Prediction:
+    """``pred`` (from bytes at position ``index`` of a Detector call) named ``name`` instead of
+    ``<bytes #index>``, in ``source`` and in its error message, as if the file had been given."""
+    from dataclasses import replace
+
+    error = pred.error.replace(f"<bytes #{index}>", name) if pred.error else pred.error
+    return replace(pred, source=name, error=error)
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+def _has_scheme(s: str) -> bool:
+    head, sep, _ = s.partition("://")
+    return bool(sep) and head.isidentifier() and len(head) > 1
+
+
+def _read_listing(path: str) -> list[str]:
+    """Paths/URIs listed in a text file (one a line; blank lines and ``#`` comments skipped) or in
+    a Parquet file's ``path`` column (its first column when it has none)."""
+    if path.lower().endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        col = table.column("path") if "path" in table.column_names else table.column(0)
+        return [str(v) for v in col.to_pylist() if v is not None]
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return [s for s in (line.strip() for line in f) if s and not s.startswith("#")]
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(paths, warnings): folders scanned recursively, globs expanded, ``.txt``/``.lst``/``.csv``/
+    ``.parquet`` listings read; URIs (``s3://…``) and plain files kept as given. Each path once,
+    first occurrence first."""
+    out: list[str] = []
+    warnings: list[str] = []
+    for raw in inputs:
+        low = raw.lower()
+        if _has_scheme(raw):
+            out.append(raw)
+        elif low.endswith((".parquet", *LISTING_SUFFIXES)) and os.path.isfile(raw):
+            out.extend(_read_listing(raw))
+        elif _GLOB_CHARS & set(raw) and not os.path.exists(raw):
+            found = sorted(glob.glob(raw, recursive=True))
+            if not found:
+                warnings.append(f"no file matches {raw}")
+            for f in found:
+                paths, warn = iter_image_paths([f], True)
+                out.extend(paths)
+                warnings.extend(warn)
+        else:
+            paths, warn = iter_image_paths([raw], True)
+            out.extend(paths)
+            warnings.extend(warn)
+    return list(dict.fromkeys(out)), warnings
+
+
+def local_error(path: str) -> str | None:
+    """The error row's text for a local path Ray must not be asked to read (missing, a folder,
+    unreadable, not a regular file), or None when it is a readable regular file (or a URI)."""
+    if _has_scheme(path):
+        return None
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode) and os.access(path, os.R_OK):
+        return None
+    if st is not None and not stat.S_ISDIR(st.st_mode) and not stat.S_ISREG(st.st_mode):
+        # a FIFO or device: opening it could block or never end
+        return f"ImageDecodeError: {path}: not a regular file"
+    try:  # missing, a folder or unreadable: load_image fails before reading any byte
+        load_image(path)
+    except NSNetError as e:
+        return f"{type(e).__name__}: {e}"
+    return f"ImageDecodeError: {path}: cannot read"
+
+
+# -- output ---------------------------------------------------------------------------------
+
+def done_paths(out: str | os.PathLike) -> set[str]:
+    """Paths that already have a row in ``out``'s Parquet files (what ``--resume`` skips)."""
+    import pyarrow.parquet as pq
+
+    done: set[str] = set()
+    for f in sorted(Path(out).glob("*.parquet")):
+        done.update(v for v in pq.read_table(f, columns=["path"]).column("path").to_pylist())
+    return done
+
+
+class PartWriter:
+    """Writes rows into ``part-<run>-<n>.parquet`` files under ``out``; each file is written
+    beside its final name and renamed into place, so a killed job leaves only whole files."""
+
+    def __init__(self, out: Path, rows_per_file: int = ROWS_PER_FILE,
+                 flush_seconds: float = FLUSH_SECONDS) -> None:
+        self.out = out
+        self.run = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.rows_per_file = rows_per_file
+        self.flush_seconds = flush_seconds
+        self.pending: list[dict[str, Any]] = []
+        self.files = 0
+        self.last = time.monotonic()
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.pending.extend(rows)
+        if (len(self.pending) >= self.rows_per_file
+                or time.monotonic() - self.last >= self.flush_seconds):
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.last = time.monotonic()
+        if not self.pending:
+            return
+        table = pa.Table.from_pylist([{k: r[k] for k in ROW_FIELDS} for r in self.pending],
+                                     schema=_row_schema())
+        final = self.out / f"part-{self.run}-{self.files:05d}.parquet"
+        tmp = final.with_name("." + final.name + ".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        self.files += 1
+        self.pending.clear()
+
+
+# -- scoring on Ray -------------------------------------------------------------------------
+
+class Scorer:
+    """Ray Data callable class: one `Detector` per actor; a batch of (path, bytes) in, rows out."""
+
+    def __init__(self, model: str, sha256: str, threshold: float | None, batch_size: int,
+                 threads: int | None) -> None:
+        from .detector import Detector
+
+        self.det = Detector(model, threshold=threshold, batch_size=batch_size, workers=0,
+                            intra_op_threads=threads)
+        self.sha256 = sha256
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        start = time.perf_counter()
+        paths = [str(p) for p in batch["path"]]
+        preds = self.det.predict_iter(list(batch["bytes"]), on_error="record")
+        rows = [prediction_row(rename_source(p, i, paths[i]), self.sha256)
+                for i, p in enumerate(preds)]
+        cols: dict[str, list] = {k: [r[k] for r in rows] for k in ROW_FIELDS}
+        cols["worker"] = [self.worker] * len(rows)
+        cols["seconds"] = [(time.perf_counter() - start) / max(1, len(rows))] * len(rows)
+        return cols
+
+
+def prediction_row(pred: Prediction, sha256: str) -> dict[str, Any]:
+    """The Parquet row of one Prediction."""
+    return {"path": pred.source, "prob_fake": pred.prob_fake, "logit": pred.logit,
+            "is_fake": pred.is_fake, "error": pred.error, "model_sha256": sha256}
+
+
+@dataclass
+class BatchSummary:
+    """What a `run_batch` call did."""
+
+    inputs: int = 0
+    skipped: int = 0          # already in the output folder (``resume``)
+    scored: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    files: int = 0
+    warnings: list[str] = field(default_factory=list)
+    per_worker: dict[str, tuple[int, float]] = field(default_factory=dict)  # rows, busy seconds
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.scored + self.errors) / self.seconds if self.seconds > 0 else 0.0
+
+
+def _ray_started(address: str | None, ray_init: dict[str, Any] | None) -> bool:
+    """Connect to ``address`` (or start a local Ray); True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, log_to_driver=False, **(ray_init or {}))
+    return True
+
+
+def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.PathLike, *,
+              address: str | None = None, workers: int = 1, gpus_per_worker: float = 0.0,
+              batch_size: int = 32, resume: bool = False, threshold: float | None = None,
+              threads_per_worker: int | None = 1, on_rows: Callable[[list[dict]], None] | None = None,
+              on_start: Callable[[BatchSummary], None] | None = None,
+              ray_init: dict[str, Any] | None = None, rows_per_file: int = ROWS_PER_FILE,
+              limit: int | None = None) -> BatchSummary:
+    """Score ``inputs`` (see `expand_inputs`) with ``workers`` Ray actors, one Parquet row each.
+
+    Uses the Ray already initialised in this process, else connects to ``address`` (``"auto"``,
+    ``"ray://host:10001"``) or starts a local one (``ray_init`` = extra `ray.init` arguments).
+    ``on_start`` sees the summary once the inputs are listed (``inputs``, ``skipped``,
+    ``warnings`` set), ``on_rows`` each group of rows as it arrives (rows scored by an actor
+    also carry ``worker``: ``host:pid``); ``limit`` stops after that many new rows
+    (a partial job that ``resume=True`` finishes). Raises `FileExistsError` when ``out`` already
+    holds results and ``resume`` is false, `NSNetError` when the model cannot be used.
+    """
+    from .artifact import artifact_kind
+
+    start = time.perf_counter()
+    out = Path(out)
+    paths, warnings = expand_inputs(inputs)
+    artifact_kind(model)  # a missing or unknown model fails here, before any cluster work
+    sha = model_sha256(model)
+    out.mkdir(parents=True, exist_ok=True)
+    for tmp in out.glob(".part-*.parquet.tmp"):
+        tmp.unlink()  # a file a killed run was writing; its rows are not counted as done
+    done = done_paths(out)
+    if done and not resume:
+        raise FileExistsError(f"{out} already holds results; pass --resume to continue that "
+                              "job, or choose another --out")
+    summary = BatchSummary(inputs=len(paths), skipped=sum(p in done for p in paths),
+                           warnings=warnings)
+    if on_start is not None:
+        on_start(summary)
+    writer = PartWriter(out, rows_per_file)
+    todo: list[str] = []
+
+    def take(rows: list[dict]) -> None:
+        for r in rows:
+            if r["error"] is None:
+                summary.scored += 1
+            else:
+                summary.errors += 1
+        writer.add(rows)
+        if on_rows is not None:
+            on_rows(rows)
+
+    early = []
+    for p in paths:
+        if p in done:
+            continue
+        err = local_error(p)
+        if err is None:
+            todo.append(p)
+        else:
+            early.append({"path": p, "prob_fake": None, "logit": None, "is_fake": None,
+                          "error": err, "model_sha256": sha})
+    if limit is not None:
+        early = early[:limit]
+        todo = todo[:max(0, limit - len(early))]
+    if early:
+        take(early)
+    try:
+        if todo:
+            _score_on_ray(todo, str(model), sha, take, summary, address=address, workers=workers,
+                          gpus_per_worker=gpus_per_worker, batch_size=batch_size,
+                          threshold=threshold, threads=threads_per_worker, ray_init=ray_init)
+    finally:
+        writer.flush()
+        summary.files = writer.files
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _score_on_ray(todo: list[str], model: str, sha: str, take: Callable[[list[dict]], None],
+                  summary: BatchSummary, *, address: str | None, workers: int,
+                  gpus_per_worker: float, batch_size: int, threshold: float | None,
+                  threads: int | None, ray_init: dict[str, Any] | None) -> None:
+    import ray
+    import ray.data
+
+    owned = _ray_started(address, ray_init)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # our own bar counts rows, not Ray operators
+        ctx.print_on_execution_start = False
+        # Reading is I/O: a zero-CPU read task can run beside actors that hold every CPU (with a
+        # CPU each, a 2-CPU node running 2 actors would never schedule a read). Zero-CPU tasks
+        # are not limited by CPUs, so `concurrency` bounds how many read processes Ray starts;
+        # blocks of a few batches each keep every actor busy without a task per batch.
+        blocks = max(2 * workers, min(len(todo) // (4 * batch_size), 2000))
+        ds = ray.data.read_binary_files(todo, include_paths=True, num_cpus=0,
+                                        concurrency=max(2, workers), ignore_missing_paths=True,
+                                        override_num_blocks=min(blocks, len(todo)))
+        ds = ds.map_batches(
+            Scorer, fn_constructor_kwargs=dict(model=model, sha256=sha, threshold=threshold,
+                                               batch_size=batch_size, threads=threads),
+            compute=ray.data.ActorPoolStrategy(size=workers), batch_size=batch_size,
+            batch_format="numpy", num_cpus=1, num_gpus=gpus_per_worker or None)
+        seen: set[str] = set()
+        busy: dict[str, list] = {}
+        for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            cols = b.to_pydict()
+            rows = [{k: cols[k][i] for k in (*ROW_FIELDS, "worker")} for i in range(b.num_rows)]
+            rows = [r for r in rows if r["path"] not in seen]  # never twice, whatever Ray retries
+            seen.update(r["path"] for r in rows)
+            for w, s in zip(cols["worker"], cols["seconds"]):
+                acc = busy.setdefault(w, [0, 0.0])
+                acc[0] += 1
+                acc[1] += s
+            take(rows)
+        # a file that vanished between listing and reading still gets its row
+        lost = [{"path": p, "prob_fake": None, "logit": None, "is_fake": None,
+                 "error": f"ImageDecodeError: {p}: no row came back from Ray (missing or "
+                          "unreadable when read)",
+                 "model_sha256": sha} for p in todo if p not in seen]
+        if lost:
+            take(lost)
+        summary.per_worker = {w: (n, s) for w, (n, s) in busy.items()}
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``nsnet batch`` (Ray is imported only when it runs)."""
+    from .cli import _positive_int
+
+    b = subparsers.add_parser(
+        "batch", help="score many images on a Ray cluster (Ray Data), Parquet output",
+        description="Score folders (recursive), globs, or text/Parquet listings of paths or URIs on "
+        "a Ray cluster, writing one Parquet row per input under --out. Needs the [ray] extra.")
+    b.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="folders, globs, files, or .txt/.lst/.csv/.parquet listings of paths/URIs")
+    b.add_argument("--model", "-m", required=True, help="model artifact (.onnx, .engine, run dir), "
+                   "readable at the same path on every node")
+    b.add_argument("--out", required=True, metavar="DIR", help="folder for the Parquet files")
+    b.add_argument("--address", help="Ray cluster: 'auto' or ray://host:10001 (default: start a "
+                   "local Ray)")
+    b.add_argument("--workers", type=_positive_int, default=1, help="scoring actors (1)")
+    b.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="GPUs per actor (0 = CPU actors)")
+    b.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (32)")
+    b.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    b.add_argument("--resume", action="store_true",
+                   help="skip inputs already in --out (continue a stopped job)")
+    b.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    b.set_defaults(run=cmd_batch)
+
+
+def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run ``nsnet batch``; exit 0 when every input has a row, 1 when the job failed, 2 on usage."""
+    try:
+        import ray  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError:
+        parser.error("nsnet batch needs Ray: pip install 'nsnet-sdk[ray]'")
+    if args.gpus_per_worker < 0:
+        parser.error("--gpus-per-worker must be >= 0")
+    from .cli import _progress
+
+    bar = None
+
+    def start(s: BatchSummary) -> None:
+        nonlocal bar
+        for w in s.warnings:
+            print(f"nsnet: warning: {w}", file=sys.stderr)
+        bar = _progress(s.inputs, args.quiet)
+        if bar is not None:
+            bar.update(s.skipped)
+
+    try:
+        summary = run_batch(args.inputs, args.model, args.out, address=args.address,
+                            workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                            batch_size=args.batch_size, resume=args.resume,
+                            threshold=args.threshold, threads_per_worker=None if args.gpus_per_worker else 1,
+                            on_start=start,
+                            on_rows=lambda rows: bar.update(len(rows)) if bar is not None else None)
+    except FileExistsError as e:
+        parser.error(str(e))
+    except (NSNetError, OSError) as e:
+        print(f"nsnet: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a Ray failure (cluster unreachable, actors unable to load the model)
+        print(f"nsnet: error: batch job failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        print(format_summary(summary, args.out), file=sys.stderr)
+    return 0
+
+
+def format_summary(s: BatchSummary, out: str) -> str:
+    """The final summary: images, errors, images/s overall and per worker."""
+    lines = [f"nsnet: {s.inputs} inputs: {s.scored} scored, {s.errors} errors, {s.skipped} already "
+             f"done; {s.images_per_s:.1f} images/s over {s.seconds:.1f}s; {s.files} Parquet "
+             f"files written to {out}"]
+    for w, (n, busy) in sorted(s.per_worker.items()):
+        lines.append(f"  worker {w}: {n} images, {n / busy if busy > 0 else 0:.1f} images/s busy")
+    return "\n".join(lines)
