@@ -1,0 +1,188 @@
+"""`nsnet serve` on a local Ray Serve: answers equal `Detector.predict`, concurrent requests share
+forward passes, bad and oversize uploads get 4xx JSON without harming other requests, bearer auth."""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from _ray_util import local_ray
+from _sdk_util import build_stand_in_onnx, textured, write_png
+from test_sdk_inputs import png_claiming
+from nsnet_sdk import Detector
+from nsnet_sdk.cli import main
+from nsnet_sdk.serve import parse_bytes
+
+TOKEN = "correct horse battery staple"
+MAX_BYTES = 300_000
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_stand_in_onnx(tmp_path_factory.mktemp("m") / "nsnet.onnx")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[bytes]:
+    d = tmp_path_factory.mktemp("img")
+    return [write_png(d / f"{i}.png", textured(40 + 8 * i, 56, seed=i)).read_bytes() for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def url(model):
+    pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    for ray in local_ray():
+        from ray import serve
+
+        from nsnet_sdk.serve import build_app, token_digest
+
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        # A long batch wait makes batching of concurrent requests certain on a loaded machine.
+        serve.run(build_app(model, max_batch=8, batch_wait_ms=200, max_bytes=MAX_BYTES,
+                            token_sha256=token_digest(TOKEN)), name="nsnet", route_prefix="/")
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(model, images) -> list:
+    with Detector(model, workers=0) as det:
+        return [det.predict(b) for b in images]
+
+
+def post(url: str, content: bytes, **kw):
+    import httpx
+
+    return httpx.post(f"{url}/v1/detect", content=content, headers={**AUTH, **kw.pop("headers", {})},
+                      timeout=60, **kw)
+
+
+def test_answers_equal_detector_predict(url, images, reference):
+    import httpx
+
+    for b, ref in zip(images[:3], reference):
+        r = post(url, b)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["prob_fake"] == pytest.approx(ref.prob_fake, abs=1e-6)
+        assert got["logit"] == pytest.approx(ref.logit, abs=1e-5)
+        assert got["is_fake"] == ref.is_fake and got["error"] is None
+    r = httpx.post(f"{url}/v1/detect", files={"file": ("x.png", images[3], "image/png")},
+                   headers=AUTH, timeout=60)
+    assert r.status_code == 200 and r.json()["source"] == "x.png"
+    assert r.json()["prob_fake"] == pytest.approx(reference[3].prob_fake, abs=1e-6)
+
+
+def test_concurrent_requests_share_forward_passes(url, images, reference):
+    import httpx
+
+    before = httpx.get(f"{url}/v1/model", headers=AUTH, timeout=60).json()["stats"]
+
+    async def run():
+        async with httpx.AsyncClient(headers=AUTH, timeout=120) as c:
+            return await asyncio.gather(*(c.post(f"{url}/v1/detect", content=b) for b in images))
+
+    answers = asyncio.run(run())
+    assert [a.status_code for a in answers] == [200] * len(images)
+    for a, ref in zip(answers, reference):
+        assert a.json()["prob_fake"] == pytest.approx(ref.prob_fake, abs=1e-6)
+    assert max(int(a.headers["x-nsnet-batch-size"]) for a in answers) > 1
+    after = httpx.get(f"{url}/v1/model", headers=AUTH, timeout=60).json()["stats"]
+    assert after["images"] - before["images"] == len(images)
+    assert after["forward_passes"] - before["forward_passes"] < len(images)
+
+
+def test_bad_uploads_get_4xx_json_and_good_ones_still_answer(url, model, images, reference):
+    import httpx
+
+    bad = {b"": "ImageDecodeError", b"\xff\xd8\xff\xe0 not a JPEG after all": "ImageDecodeError",
+           b"/etc/hostname": "ImageDecodeError",  # a path is only bytes: never opened
+           png_claiming(50000, 50000): "ImageTooLargeError"}
+    with Detector(model, workers=0) as det:  # the service answers with the CLI's typed errors
+        assert {b: det.predict(b, on_error="record").error.split(":")[0] for b in bad} == bad
+
+    async def run():
+        async with httpx.AsyncClient(headers=AUTH, timeout=120) as c:
+            bodies = [x for pair in zip(bad, images) for x in pair]  # interleaved with good ones
+            return bodies, await asyncio.gather(*(c.post(f"{url}/v1/detect", content=b) for b in bodies))
+
+    bodies, answers = asyncio.run(run())
+    for body, a in zip(bodies, answers):
+        if body in bad:
+            assert a.status_code == 422 and a.json()["error"] == bad[body], a.text
+        else:
+            assert a.status_code == 200
+            assert a.json()["prob_fake"] == pytest.approx(reference[images.index(body)].prob_fake, abs=1e-6)
+    assert post(url, images[0]).status_code == 200
+
+    r = httpx.post(f"{url}/v1/detect/batch", headers=AUTH, timeout=60,
+                   files=[("f", ("a.png", images[0])), ("f", ("bad.jpg", b"\xff\xd8junk")),
+                          ("f", ("c.png", images[2]))])
+    rows = r.json()
+    assert r.status_code == 200 and [x["source"] for x in rows] == ["a.png", "bad.jpg", "c.png"]
+    assert rows[1]["error"].startswith("ImageDecodeError: bad.jpg")
+    assert rows[2]["prob_fake"] == pytest.approx(reference[2].prob_fake, abs=1e-6)
+
+
+def test_oversize_body_is_413_and_the_next_request_succeeds(url, images):
+    import httpx
+
+    big = b"\x89PNG" + bytes(MAX_BYTES)
+    r = post(url, big)
+    assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"
+
+    def chunks():  # no Content-Length: the streamed count must trip the limit
+        for _ in range(10):
+            yield bytes(MAX_BYTES // 4)
+
+    r = httpx.post(f"{url}/v1/detect", content=chunks(), headers=AUTH, timeout=60)
+    assert r.status_code == 413
+    assert post(url, images[1]).status_code == 200
+
+
+def test_bearer_token_required(url, images):
+    import httpx
+
+    assert httpx.post(f"{url}/v1/detect", content=images[0], timeout=60).status_code == 401
+    r = httpx.post(f"{url}/v1/detect", content=images[0], timeout=60,
+                   headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.json()["error"] == "Unauthorized"
+    assert httpx.get(f"{url}/v1/model", timeout=60).status_code == 401
+    assert httpx.get(f"{url}/healthz", timeout=60).status_code == 200
+    paths = httpx.get(f"{url}/openapi.json", timeout=60).json()["paths"]
+    assert {"/v1/detect", "/v1/detect/batch", "/v1/model", "/healthz"} <= set(paths)
+
+
+def test_model_endpoint_names_no_server_path(url, model):
+    import httpx
+
+    info = httpx.get(f"{url}/v1/model", headers=AUTH, timeout=60).json()
+    assert info["model"] == model.name and str(model.parent) not in str(info)
+    assert info["threshold"] == 0.5 and info["max_batch"] == 8
+
+
+def test_cli_refuses_an_unset_token_variable(model, monkeypatch):
+    monkeypatch.delenv("NSNET_TEST_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--model", str(model), "--token-env", "NSNET_TEST_TOKEN"])
+    assert e.value.code == 2
+
+
+def test_parse_bytes():
+    assert parse_bytes("50MB") == 50_000_000 and parse_bytes("1MiB") == 2**20
+    assert parse_bytes("1000") == 1000
+    for bad in ("", "-1", "12XB", "0"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
