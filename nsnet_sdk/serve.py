@@ -288,8 +288,8 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     def stop(signum, frame):  # SIGTERM (systemd, docker stop) stops as cleanly as Ctrl-C
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
     ray.init(address=args.address, log_to_driver=False)
+    signal.signal(signal.SIGTERM, stop)  # after ray.init, which installs its own crash handler
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
