@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,export,dev]'
+	$(PY) -m pip install --quiet -e '.[train,export,dev,ray]'
 	touch $(STAMP)
 
 test: setup
