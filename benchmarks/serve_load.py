@@ -159,6 +159,18 @@ class LocalService:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("ray", "fastapi", "httpx", "uvicorn"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/serve_load.py",
                                 description=__doc__.split("\n\n")[0])
@@ -217,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                           concurrency=args.concurrency,
                                           bad_every=args.bad_every, headers=headers))
     return {
-        "started": started, "machine": machine(), "versions": library_versions(),
+        "started": started, "machine": machine(), "versions": {**library_versions(), **_versions()},
         "model": str(args.model), "images": len(files),
         "service": {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
                     "replicas": args.replicas, "url": args.url or "local (started here)"},
