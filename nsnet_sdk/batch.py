@@ -11,48 +11,50 @@ already written. Ray is imported only when a job runs (``pip install 'nsnet-sdk[
 from __future__ import annotations
 
 import argparse
-import glob
-import hashlib
 import os
 import socket
-import stat
 import sys
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from .errors import ImageDecodeError, NSNetError
+from .errors import NSNetError
 from .prediction import Prediction
-from .preprocess import iter_image_paths, load_image
+from .batch_inputs import expand_inputs, local_error
+from .results import FIELDS, escape_text, model_sha256, result_row
 
-# One Parquet row per input: the fields of `nsnet detect`'s rows, with the input named `path`.
-ROW_FIELDS = ("path", "prob_fake", "logit", "is_fake", "error", "model_sha256")
-LISTING_SUFFIXES = (".txt", ".lst", ".csv")
+# One Parquet row per input: the fields of `nsnet detect`'s rows (nsnet_sdk.results), the input
+# named `path`; text cells escaped as in detect's files (`results.unescape_text` reverses it).
+ROW_FIELDS = tuple("path" if f == "source" else f for f in FIELDS)
 ROWS_PER_FILE = 5000
 FLUSH_SECONDS = 30.0
-_GLOB_CHARS = frozenset("*?[")
 
 
 def _row_schema():
     import pyarrow as pa
 
-    return pa.schema([("path", pa.string()), ("prob_fake", pa.float64()), ("logit", pa.float64()),
-                      ("is_fake", pa.bool_()), ("error", pa.string()), ("model_sha256", pa.string())])
+    types = {"prob_fake": pa.float64(), "logit": pa.float64(), "is_fake": pa.bool_(),
+             "threshold": pa.float64(), "warnings": pa.list_(pa.string())}
+    return pa.schema([(f, types.get(f, pa.string())) for f in ROW_FIELDS])
 
 
-def model_sha256(model: str | os.PathLike) -> str:
-    """SHA-256 of the model's weights file (a run directory: its ``nsnet.safetensors``)."""
-    p = Path(model)
-    if p.is_dir():
-        p = p / "nsnet.safetensors"
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def prediction_row(pred: Prediction, threshold: float, sha256: str) -> dict[str, Any]:
+    """The Parquet row of one Prediction: `results.result_row` with ``source`` as ``path``."""
+    row = result_row(pred, threshold=threshold, model_sha256=sha256)
+    row["path"] = row.pop("source")
+    for k in ("path", "error", "verdict"):
+        if row[k] is not None:
+            row[k] = escape_text(row[k])
+    row["warnings"] = [escape_text(w) for w in row["warnings"]]
+    return row
+
+
+def failed_row(path: str, error: str, threshold: float, sha256: str) -> dict[str, Any]:
+    """The row of an input that never reached a Detector."""
+    pred = Prediction(source=path, prob_fake=None, is_fake=None, logit=None, error=error)
+    return prediction_row(pred, threshold, sha256)
 
 
 def rename_source(pred: Prediction, index: int, name: str) -> Prediction:
@@ -62,74 +64,6 @@ def rename_source(pred: Prediction, index: int, name: str) -> Prediction:
 
     error = pred.error.replace(f"<bytes #{index}>", name) if pred.error else pred.error
     return replace(pred, source=name, error=error)
-
-
-# -- inputs ---------------------------------------------------------------------------------
-
-def _has_scheme(s: str) -> bool:
-    head, sep, _ = s.partition("://")
-    return bool(sep) and head.isidentifier() and len(head) > 1
-
-
-def _read_listing(path: str) -> list[str]:
-    """Paths/URIs listed in a text file (one a line; blank lines and ``#`` comments skipped) or in
-    a Parquet file's ``path`` column (its first column when it has none)."""
-    if path.lower().endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        col = table.column("path") if "path" in table.column_names else table.column(0)
-        return [str(v) for v in col.to_pylist() if v is not None]
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        return [s for s in (line.strip() for line in f) if s and not s.startswith("#")]
-
-
-def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(paths, warnings): folders scanned recursively, globs expanded, ``.txt``/``.lst``/``.csv``/
-    ``.parquet`` listings read; URIs (``s3://…``) and plain files kept as given. Each path once,
-    first occurrence first."""
-    out: list[str] = []
-    warnings: list[str] = []
-    for raw in inputs:
-        low = raw.lower()
-        if _has_scheme(raw):
-            out.append(raw)
-        elif low.endswith((".parquet", *LISTING_SUFFIXES)) and os.path.isfile(raw):
-            out.extend(_read_listing(raw))
-        elif _GLOB_CHARS & set(raw) and not os.path.exists(raw):
-            found = sorted(glob.glob(raw, recursive=True))
-            if not found:
-                warnings.append(f"no file matches {raw}")
-            for f in found:
-                paths, warn = iter_image_paths([f], True)
-                out.extend(paths)
-                warnings.extend(warn)
-        else:
-            paths, warn = iter_image_paths([raw], True)
-            out.extend(paths)
-            warnings.extend(warn)
-    return list(dict.fromkeys(out)), warnings
-
-
-def local_error(path: str) -> str | None:
-    """The error row's text for a local path Ray must not be asked to read (missing, a folder,
-    unreadable, not a regular file), or None when it is a readable regular file (or a URI)."""
-    if _has_scheme(path):
-        return None
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        st = None
-    if st is not None and stat.S_ISREG(st.st_mode) and os.access(path, os.R_OK):
-        return None
-    if st is not None and not stat.S_ISDIR(st.st_mode) and not stat.S_ISREG(st.st_mode):
-        # a FIFO or device: opening it could block or never end
-        return f"ImageDecodeError: {path}: not a regular file"
-    try:  # missing, a folder or unreadable: load_image fails before reading any byte
-        load_image(path)
-    except NSNetError as e:
-        return f"{type(e).__name__}: {e}"
-    return f"ImageDecodeError: {path}: cannot read"
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -186,7 +120,7 @@ class PartWriter:
 class Scorer:
     """Ray Data callable class: one `Detector` per actor; a batch of (path, bytes) in, rows out."""
 
-    def __init__(self, model: str, sha256: str, threshold: float | None, batch_size: int,
+    def __init__(self, model: str, sha256: str, threshold: float, batch_size: int,
                  threads: int | None) -> None:
         from .detector import Detector
 
@@ -199,18 +133,12 @@ class Scorer:
         start = time.perf_counter()
         paths = [str(p) for p in batch["path"]]
         preds = self.det.predict_iter(list(batch["bytes"]), on_error="record")
-        rows = [prediction_row(rename_source(p, i, paths[i]), self.sha256)
+        rows = [prediction_row(rename_source(p, i, paths[i]), self.det.threshold, self.sha256)
                 for i, p in enumerate(preds)]
         cols: dict[str, list] = {k: [r[k] for r in rows] for k in ROW_FIELDS}
         cols["worker"] = [self.worker] * len(rows)
         cols["seconds"] = [(time.perf_counter() - start) / max(1, len(rows))] * len(rows)
         return cols
-
-
-def prediction_row(pred: Prediction, sha256: str) -> dict[str, Any]:
-    """The Parquet row of one Prediction."""
-    return {"path": pred.source, "prob_fake": pred.prob_fake, "logit": pred.logit,
-            "is_fake": pred.is_fake, "error": pred.error, "model_sha256": sha256}
 
 
 @dataclass
@@ -258,12 +186,14 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
     (a partial job that ``resume=True`` finishes). Raises `FileExistsError` when ``out`` already
     holds results and ``resume`` is false, `NSNetError` when the model cannot be used.
     """
-    from .artifact import artifact_kind
+    from .artifact import read_model_meta
 
     start = time.perf_counter()
     out = Path(out)
     paths, warnings = expand_inputs(inputs)
-    artifact_kind(model)  # a missing or unknown model fails here, before any cluster work
+    # a missing or invalid model fails here, before any cluster work (no runtime is loaded)
+    meta = read_model_meta(model)
+    threshold = meta.threshold if threshold is None else float(threshold)
     sha = model_sha256(model)
     out.mkdir(parents=True, exist_ok=True)
     for tmp in out.glob(".part-*.parquet.tmp"):
@@ -272,7 +202,7 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
     if done and not resume:
         raise FileExistsError(f"{out} already holds results; pass --resume to continue that "
                               "job, or choose another --out")
-    summary = BatchSummary(inputs=len(paths), skipped=sum(p in done for p in paths),
+    summary = BatchSummary(inputs=len(paths), skipped=sum(escape_text(p) in done for p in paths),
                            warnings=warnings)
     if on_start is not None:
         on_start(summary)
@@ -291,14 +221,13 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
 
     early = []
     for p in paths:
-        if p in done:
+        if escape_text(p) in done:
             continue
         err = local_error(p)
         if err is None:
             todo.append(p)
         else:
-            early.append({"path": p, "prob_fake": None, "logit": None, "is_fake": None,
-                          "error": err, "model_sha256": sha})
+            early.append(failed_row(p, err, threshold, sha))
     if limit is not None:
         early = early[:limit]
         todo = todo[:max(0, limit - len(early))]
@@ -354,10 +283,9 @@ def _score_on_ray(todo: list[str], model: str, sha: str, take: Callable[[list[di
                 acc[1] += s
             take(rows)
         # a file that vanished between listing and reading still gets its row
-        lost = [{"path": p, "prob_fake": None, "logit": None, "is_fake": None,
-                 "error": f"ImageDecodeError: {p}: no row came back from Ray (missing or "
-                          "unreadable when read)",
-                 "model_sha256": sha} for p in todo if p not in seen]
+        lost = [failed_row(p, f"ImageDecodeError: {p}: no row came back from Ray (missing or "
+                              "unreadable when read)", threshold, sha)
+                for p in todo if escape_text(p) not in seen]
         if lost:
             take(lost)
         summary.per_worker = {w: (n, s) for w, (n, s) in busy.items()}
@@ -370,7 +298,7 @@ def _score_on_ray(todo: list[str], model: str, sha: str, take: Callable[[list[di
 
 def add_parser(subparsers: Any) -> None:
     """Register ``nsnet batch`` (Ray is imported only when it runs)."""
-    from .cli import _positive_int
+    from .cli import _positive_int, _probability
 
     b = subparsers.add_parser(
         "batch", help="score many images on a Ray cluster (Ray Data), Parquet output",
@@ -387,7 +315,7 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="GPUs per actor (0 = CPU actors)")
     b.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (32)")
-    b.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    b.add_argument("--threshold", type=_probability, help="decision threshold (default: the model's)")
     b.add_argument("--resume", action="store_true",
                    help="skip inputs already in --out (continue a stopped job)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
@@ -403,7 +331,7 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("nsnet batch needs Ray: pip install 'nsnet-sdk[ray]'")
     if args.gpus_per_worker < 0:
         parser.error("--gpus-per-worker must be >= 0")
-    from .cli import _progress
+    from .cli_detect import _progress
 
     bar = None
 

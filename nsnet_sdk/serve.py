@@ -20,7 +20,8 @@ import sys
 import time
 from typing import Any
 
-from .batch import model_sha256, rename_source
+from .batch import rename_source
+from .results import model_sha256
 
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 32
@@ -228,7 +229,7 @@ def _size(text: str) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``nsnet serve`` (Ray Serve is imported only when it runs)."""
-    from .cli import _positive_int
+    from .cli import _positive_int, _probability
 
     s = subparsers.add_parser(
         "serve", help="run an HTTP detection service on Ray Serve",
@@ -248,7 +249,7 @@ def add_parser(subparsers: Any) -> None:
                    help="how long a forward pass waits for more requests (5)")
     s.add_argument("--max-bytes", type=_size, default=DEFAULT_MAX_BYTES,
                    help="largest request body; larger ones get 413 (50MB)")
-    s.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    s.add_argument("--threshold", type=_probability, help="decision threshold (default: the model's)")
     s.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer <token>', "
                    "the token read from this environment variable")
     s.set_defaults(run=cmd_serve)
