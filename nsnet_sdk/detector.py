@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -24,7 +24,11 @@ from .backends import Backend, load_backend
 from .errors import (ImageDecodeError, InferenceError, NSNetError, PreprocessMismatchError,
                      RandomWeightsWarning, UnsupportedInputError)
 from .prediction import Prediction, sigmoid
+from .provenance import provenance_reader, with_provenance
 from .preprocess import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic
+
+if TYPE_CHECKING:
+    from .explain import Explanation
 
 ON_ERROR = ("raise", "record")
 CHANNELS = ("rgb", "bgr")
@@ -120,6 +124,9 @@ class Detector:
         channels: channel order of numpy array inputs: ``"rgb"`` (default; what `load_image`
             returns, and PIL's order) or ``"bgr"`` (OpenCV's ``cv2.imread`` order; BGRA for
             4 channels). Paths, bytes and PIL images are decoded to RGB whatever this says.
+        provenance: True (or a `nsnet_sdk.provenance.ProvenanceReader`, e.g. with trust anchors)
+            fills `Prediction.provenance` with what each file declares about its origin
+            (C2PA, IPTC, generator metadata), read beside the score and never mixed into it.
 
     Raises:
         ModelLoadError: the artifact is missing, of unknown kind, unreadable or lacks metadata
@@ -132,13 +139,14 @@ class Detector:
                  providers: Sequence[Any] | None = None, intra_op_threads: int | None = None,
                  device: str | int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  workers: int | None = None, max_pixels: int = MAX_PIXELS,
-                 channels: str = "rgb") -> None:
+                 channels: str = "rgb", provenance: Any = False) -> None:
         self.model_path = Path(model)
         self.kind = artifact_kind(self.model_path)
         self.batch_size = _check_batch_size(batch_size)
         self.workers = default_workers() if workers is None else _check_workers(workers)
         self.max_pixels = int(max_pixels)
         self.channels = _check_channels(channels)
+        self.provenance = provenance_reader(provenance)
         # Every metadata field is validated before a runtime library parses the file.
         self.meta: ModelMeta = read_model_meta(self.model_path, self.kind)
         self.backend: Backend = load_backend(
@@ -202,6 +210,15 @@ class Detector:
         nw = self.workers if workers is None else _check_workers(workers)
         bgr = _check_channels(channels or self.channels) == "bgr"
         return self._pipeline(items, bs, nw, _check_on_error(on_error), bgr)
+
+    def explain(self, img: Any) -> "Explanation":
+        """How much each selected patch of ``img`` moves the logit (occlusion, one batched forward
+        pass), with each patch's box in the original image; see `nsnet_sdk.explain`."""
+        from .explain import explain_image
+
+        if self._closed:
+            raise InferenceError(f"{self.model_path}: the Detector is closed", source=str(self.model_path))
+        return explain_image(self, img)
 
     def info(self) -> dict[str, Any]:
         """What `nsnet info` prints: artifact, backend, device, threshold, preprocessing, metadata."""
@@ -274,7 +291,8 @@ class Detector:
                 counter += len(chunk)
                 futs = [pool.submit(self._prepare, x, names[j], buf, j, bgr)
                         for j, x in enumerate(chunk)]
-                inflight.append((names, futs, buf))
+                provs = [pool.submit(self.provenance.read, x) for x in chunk] if self.provenance else None
+                inflight.append((names, futs, buf, provs))
 
         try:
             while True:
@@ -283,7 +301,7 @@ class Detector:
                     if source_error is not None:
                         raise source_error
                     break
-                names, futs, buf = inflight.popleft()
+                names, futs, buf, provs = inflight.popleft()
                 errors, notes = zip(*[f.result() for f in futs])
                 ok = [j for j, e in enumerate(errors) if e is None]
                 logits = np.full(len(names), np.nan, dtype=np.float32)
@@ -303,15 +321,16 @@ class Detector:
                     if err is not None:
                         if on_error == "raise":
                             raise err
-                        yield Prediction.failed(name, err)
+                        yield with_provenance(Prediction.failed(name, err), provs, j)
                         continue
                     p = float(probs[j])
-                    yield Prediction(source=name, prob_fake=p, is_fake=p >= self.threshold,
-                                     logit=float(logits[j]), warnings=notes[j],
-                                     verdict=band.verdict(p) if band is not None else None)
+                    yield with_provenance(Prediction(source=name, prob_fake=p, is_fake=p >= self.threshold,
+                                                     logit=float(logits[j]), warnings=notes[j],
+                                                     verdict=band.verdict(p) if band is not None else None),
+                                          provs, j)
         finally:
-            for _, futs, _ in inflight:
-                for f in futs:
+            for _, futs, _, provs in inflight:
+                for f in futs + (provs or []):
                     f.cancel()
             pool.shutdown(wait=True)
 

@@ -1,0 +1,353 @@
+"""Provenance signals: C2PA (signed here with a certificate chain made on the fly), IPTC digital
+source type in XMP (JPEG, PNG, WebP, TIFF), generator metadata, and their route into
+`Prediction.provenance` and `nsnet detect --provenance`."""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nsnet_sdk.provenance import ProvenanceReader, read_provenance, scan_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+AI_URI = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+CAPTURE_URI = "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"
+
+
+def _jpeg(seed: int = 0, size: int = 64) -> bytes:
+    import cv2
+
+    rgb = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".jpg", rgb)
+    assert ok
+    return buf.tobytes()
+
+
+def _png(seed: int = 0, size: int = 64) -> bytes:
+    import cv2
+
+    rgb = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".png", rgb)
+    assert ok
+    return buf.tobytes()
+
+
+def _xmp_packet(dst: str, attribute: bool = True, tool: str | None = None) -> bytes:
+    body = (f'Iptc4xmpExt:DigitalSourceType="{dst}"' if attribute else "")
+    inner = "" if attribute else f"<Iptc4xmpExt:DigitalSourceType>{dst}</Iptc4xmpExt:DigitalSourceType>"
+    if tool:
+        inner += f"<xmp:CreatorTool>{tool}</xmp:CreatorTool>"
+    return ('<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+            '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+            'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
+            f'xmlns:xmp="http://ns.adobe.com/xap/1.0/" {body}>{inner}</rdf:Description></rdf:RDF>'
+            '</x:xmpmeta><?xpacket end="w"?>').encode()
+
+
+def _jpeg_with_app1(payload: bytes) -> bytes:
+    data = _jpeg()
+    seg = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return data[:2] + seg + data[2:]
+
+
+def _png_chunk(ctype: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+
+def _png_with(*chunks: bytes) -> bytes:
+    data = _png()
+    return data[:33] + b"".join(chunks) + data[33:]  # after the signature and IHDR
+
+
+# -- XMP / generator metadata without c2pa ---------------------------------------------------------
+
+@pytest.mark.parametrize("attribute", [True, False])
+def test_jpeg_xmp_digital_source_type_declares_ai(attribute):
+    data = _jpeg_with_app1(b"http://ns.adobe.com/xap/1.0/\x00" + _xmp_packet(AI_URI, attribute))
+    rec = read_provenance(data)
+    assert rec["digital_source_type"] == AI_URI
+    assert rec["summary"] == "ai-declared"
+    assert rec["c2pa"] is None
+
+
+def test_xmp_declaring_a_capture_alone_stays_unknown():
+    # Unsigned XMP is anyone's claim; only a validated manifest may say "not AI".
+    rec = read_provenance(_jpeg_with_app1(b"http://ns.adobe.com/xap/1.0/\x00" + _xmp_packet(CAPTURE_URI)))
+    assert rec["digital_source_type"] == CAPTURE_URI
+    assert rec["summary"] == "unknown"
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_png_itxt_xmp(compressed):
+    xmp = _xmp_packet(AI_URI, attribute=False)
+    body = b"XML:com.adobe.xmp\x00" + (b"\x01\x00" if compressed else b"\x00\x00") + b"\x00\x00" + (
+        zlib.compress(xmp) if compressed else xmp)
+    rec = read_provenance(_png_with(_png_chunk(b"iTXt", body)))
+    assert rec["digital_source_type"] == AI_URI and rec["summary"] == "ai-declared"
+
+
+@pytest.mark.parametrize("key,ctype,expect", [
+    ("parameters", b"tEXt", "Stable Diffusion web UI"),
+    ("prompt", b"zTXt", "ComfyUI"),
+    ("workflow", b"tEXt", "ComfyUI"),
+])
+def test_png_text_chunks_of_diffusion_front_ends_name_the_generator(key, ctype, expect):
+    text = b'{"3": {"class_type": "KSampler"}}' if key != "parameters" else b"a cat\nSteps: 20, Sampler: Euler a"
+    body = key.encode() + b"\x00" + ((b"\x00" + zlib.compress(text)) if ctype == b"zTXt" else text)
+    rec = read_provenance(_png_with(_png_chunk(ctype, body)))
+    assert rec["generator"] is not None and expect in rec["generator"]
+    assert rec["summary"] == "ai-declared"
+
+
+def test_unrelated_png_text_is_not_a_signal():
+    rec = read_provenance(_png_with(_png_chunk(b"tEXt", b"Comment\x00holiday snapshot")))
+    assert rec == {**rec, "summary": "unknown", "generator": None, "signals": []}
+
+
+def test_exif_software_naming_a_generator():
+    from PIL import Image
+
+    img = Image.fromarray(np.zeros((40, 40, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0131] = "Midjourney v6"
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes())
+    rec = read_provenance(buf.getvalue())
+    assert rec["generator"] == "Midjourney v6" and rec["summary"] == "ai-declared"
+    exif[0x0131] = "GIMP 2.10"
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes())
+    assert read_provenance(buf.getvalue())["summary"] == "unknown"
+
+
+def test_webp_xmp_chunk():
+    from PIL import Image, features
+
+    if not features.check("webp"):
+        pytest.skip("Pillow built without WebP")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "WEBP", xmp=_xmp_packet(AI_URI))
+    data = buf.getvalue()
+    assert b"XMP " in data  # the container really holds the chunk under test
+    assert read_provenance(data)["digital_source_type"] == AI_URI
+
+
+def test_tiff_xmp_tag(tmp_path):
+    from PIL import Image, TiffImagePlugin
+
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[700] = _xmp_packet(AI_URI)
+    info.tagtype[700] = 1  # BYTE
+    path = tmp_path / "x.tif"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(path, tiffinfo=info)
+    rec = read_provenance(path)
+    assert rec["digital_source_type"] == AI_URI and rec["summary"] == "ai-declared"
+
+
+def test_plain_image_is_unknown_never_real():
+    for data in (_jpeg(), _png()):
+        rec = read_provenance(data)
+        assert rec["summary"] == "unknown" and rec["signals"] == [] and rec["error"] is None
+
+
+def test_unreadable_input_is_recorded_not_raised(tmp_path):
+    rec = read_provenance(tmp_path / "missing.jpg")
+    assert rec["summary"] == "unknown" and "FileNotFoundError" in rec["error"]
+    rec = read_provenance(np.zeros((4, 4, 3), np.uint8))
+    assert "file path or its bytes" in rec["error"]
+
+
+def test_decompression_bomb_in_png_text_is_bounded():
+    bomb = zlib.compress(b"a" * (64 << 20), 9)  # 64 MiB of text in ~64 KiB
+    rec = read_provenance(_png_with(_png_chunk(b"zTXt", b"prompt\x00\x00" + bomb)))
+    assert rec["generator"] is not None
+    assert f"({1 << 20} chars)" in " ".join(rec["signals"])  # decompression stopped at MAX_TEXT
+
+
+def test_corrupted_metadata_never_raises():
+    from hypothesis import given, settings, strategies as st
+
+    seed = _png_with(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + _xmp_packet(AI_URI)),
+                     _png_chunk(b"tEXt", b"parameters\x00x"))
+    jpg = _jpeg_with_app1(b"Exif\x00\x00" + b"II*\x00\x08\x00\x00\x00" + b"\x01\x00" + struct.pack(
+        "<HHI4s", 0x0131, 2, 10**6, b"\xff\xff\xff\x7f"))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.sampled_from([seed, jpg]), st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=8),
+           st.integers(0, 2000))
+    def run(base, flips, cut):
+        b = bytearray(base)
+        for pos, val in flips:
+            b[pos % len(b)] = val
+        rec = read_provenance(bytes(b[: len(b) - cut]))
+        assert rec["summary"] in ("ai-declared", "non-ai-declared", "unknown")
+        json.dumps(rec)
+
+    run()
+
+
+# -- C2PA -----------------------------------------------------------------------------------------
+
+def _chain(tmp: Path, org: str = "Test Org"):
+    """A CA and a leaf ES256 certificate as C2PA requires (leaf: digitalSignature, an allowed EKU,
+    AKI/SKI; CA: keyCertSign). Returns (chain PEM, leaf key PEM, CA PEM path)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    base = lambda: (x509.CertificateBuilder().serial_number(x509.random_serial_number())  # noqa: E731
+                    .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30)))
+    ca = (base().subject_name(name(f"{org} CA")).issuer_name(name(f"{org} CA")).public_key(ca_key.public_key())
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (base().subject_name(name(f"{org} Signer")).issuer_name(ca.subject).public_key(leaf_key.public_key())
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    key = leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+    ca_path = tmp / f"{org.replace(' ', '_')}_ca.pem"
+    ca_path.write_bytes(pem(ca))
+    return pem(leaf) + pem(ca), key, ca_path
+
+
+def _sign(src: bytes, chain: bytes, key: bytes, source_type: str = AI_URI) -> bytes:
+    c2pa = pytest.importorskip("c2pa", reason="c2pa-python (extra [provenance]) not installed")
+    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain, key, None))
+    manifest = {"claim_generator_info": [{"name": "nsnet-test", "version": "1"}], "format": "image/jpeg",
+                "assertions": [{"label": "c2pa.actions", "data": {"actions": [
+                    {"action": "c2pa.created", "digitalSourceType": source_type}]}}]}
+    out = io.BytesIO()
+    c2pa.Builder(manifest).sign(signer, "image/jpeg", io.BytesIO(src), out)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    pytest.importorskip("c2pa", reason="c2pa-python (extra [provenance]) not installed")
+    tmp = tmp_path_factory.mktemp("c2pa")
+    chain, key, ca = _chain(tmp)
+    return {"ai": _sign(_jpeg(), chain, key), "capture": _sign(_jpeg(1), chain, key, CAPTURE_URI),
+            "ca": ca, "other_ca": _chain(tmp, "Other Org")[2]}
+
+
+def test_c2pa_ai_manifest_is_valid_but_untrusted_without_anchors(signed):
+    rec = read_provenance(signed["ai"])
+    c = rec["c2pa"]
+    assert c["state"] == "valid-untrusted"
+    assert c["signer"] == "Test Org Signer" and c["claim_generator"] == "nsnet-test"
+    assert c["digital_source_type"] == AI_URI
+    assert rec["summary"] == "ai-declared"
+
+
+def test_c2pa_trusted_when_its_ca_is_an_anchor(signed):
+    assert read_provenance(signed["ai"], trust_anchors=str(signed["ca"]))["c2pa"]["state"] == "trusted"
+    reader = ProvenanceReader(trust_anchors=signed["ca"].read_text())
+    assert reader.read(signed["ai"])["c2pa"]["state"] == "trusted"
+    # Another CA as the only anchor: the signature still validates, the signer is not trusted.
+    assert ProvenanceReader(trust_anchors=str(signed["other_ca"])).read(signed["ai"])["c2pa"]["state"] == "valid-untrusted"
+
+
+def test_tampered_c2pa_image_reads_invalid(signed):
+    data = bytearray(signed["ai"])
+    data[-200] ^= 0xFF  # inside the entropy-coded image data the manifest's hash covers
+    rec = read_provenance(bytes(data), trust_anchors=str(signed["ca"]))
+    assert rec["c2pa"]["state"] == "invalid"
+    assert any("dataHash.mismatch" in code for code in rec["c2pa"]["codes"])
+
+
+def test_c2pa_capture_manifest_is_a_non_ai_declaration(signed):
+    rec = read_provenance(signed["capture"])
+    assert rec["c2pa"]["digital_source_type"] == CAPTURE_URI
+    assert rec["summary"] == "non-ai-declared"
+
+
+def test_c2pa_manifest_found_without_the_library(signed, monkeypatch):
+    assert scan_metadata(signed["ai"]).has_c2pa and not scan_metadata(_jpeg()).has_c2pa
+    monkeypatch.setitem(sys.modules, "c2pa", None)  # as on a box without the [provenance] extra
+    rec = read_provenance(signed["ai"])
+    assert rec["c2pa"] is None and rec["summary"] == "unknown"
+    assert any("not validated" in s for s in rec["signals"])
+
+
+def test_bad_trust_anchors_are_refused_up_front(tmp_path):
+    (tmp_path / "x.pem").write_text("not a certificate")
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        ProvenanceReader(trust_anchors=str(tmp_path / "x.pem"))
+
+
+# -- Detector and CLI -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    pytest.importorskip("onnx")
+    from _sdk_util import build_stand_in_onnx
+
+    return build_stand_in_onnx(tmp_path_factory.mktemp("m") / "m.onnx")
+
+
+def test_detector_fills_provenance_only_when_asked(model, tmp_path):
+    from nsnet_sdk import Detector
+
+    ai = tmp_path / "ai.png"
+    ai.write_bytes(_png_with(_png_chunk(b"tEXt", b"parameters\x00a cat")))
+    plain = tmp_path / "plain.jpg"
+    plain.write_bytes(_jpeg())
+    with Detector(model, workers=0) as det:
+        assert det.predict(str(ai)).provenance is None
+    with Detector(model, workers=2, batch_size=2, provenance=True) as det:
+        preds = det.predict([str(ai), str(plain), str(tmp_path / "missing.jpg"), str(ai)])
+    assert [p.provenance["summary"] for p in preds] == ["ai-declared", "unknown", "unknown", "ai-declared"]
+    assert preds[0].prob_fake is not None and preds[2].error is not None
+    # The score is the same with and without provenance: reported beside it, never mixed in.
+    with Detector(model, workers=0) as det:
+        assert det.predict(str(ai)).logit == preds[0].logit
+
+
+def test_cli_detect_provenance_columns(model, tmp_path):
+    from nsnet_sdk.cli import main
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "ai.png").write_bytes(_png_with(_png_chunk(b"tEXt", b"parameters\x00a cat")))
+    (tmp_path / "imgs" / "plain.jpg").write_bytes(_jpeg())
+    out_csv, out_json = tmp_path / "r.csv", tmp_path / "r.jsonl"
+    assert main(["detect", str(tmp_path / "imgs"), "-m", str(model), "--provenance", "-q",
+                 "--csv", str(out_csv), "--json", str(out_json)]) == 0
+    rows = {Path(r["source"]).name: r for r in csv.DictReader(out_csv.open())}
+    assert rows["ai.png"]["provenance"] == "ai-declared" and "Stable Diffusion" in rows["ai.png"]["generator"]
+    assert rows["plain.jpg"]["provenance"] == "unknown" and rows["plain.jpg"]["generator"] == ""
+    jrows = {Path(r["source"]).name: r for r in map(json.loads, out_json.read_text().splitlines())}
+    assert isinstance(jrows["ai.png"]["provenance_signals"], list) and jrows["ai.png"]["provenance_signals"]
+    # Without the flag the columns are absent.
+    assert main(["detect", str(tmp_path / "imgs"), "-m", str(model), "-q", "--csv", str(out_csv)]) == 0
+    assert "provenance" not in next(csv.DictReader(out_csv.open()))
+
+
+def test_import_nsnet_sdk_loads_no_c2pa_torch_or_matplotlib():
+    code = ("import nsnet_sdk, nsnet_sdk.provenance, nsnet_sdk.explain, nsnet_sdk.cli, sys; "
+            "nsnet_sdk.cli.build_parser(); "
+            "print([m for m in ('torch', 'c2pa', 'matplotlib', 'tensorrt', 'ray') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, check=True)
+    assert out.stdout.strip() == "[]"
