@@ -246,6 +246,7 @@ def _sign(src: bytes, chain: bytes, key: bytes, source_type: str = AI_URI) -> by
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory):
     pytest.importorskip("c2pa", reason="c2pa-python (extra [provenance]) not installed")
+    pytest.importorskip("cryptography", reason="the test certificates need the cryptography package")
     tmp = tmp_path_factory.mktemp("c2pa")
     chain, key, ca = _chain(tmp)
     return {"ai": _sign(_jpeg(), chain, key), "capture": _sign(_jpeg(1), chain, key, CAPTURE_URI),

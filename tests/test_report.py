@@ -1,0 +1,284 @@
+"""The review report: results read as `nsnet detect` writes them (JSONL, CSV, missing columns),
+the page's content, its size at 100,000 rows, and the page as headless Chromium renders it
+(row counts, paging, sorting, filtering, images loaded, no console errors)."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+
+from _sdk_util import build_stand_in_onnx, textured, write_png  # noqa: E402
+
+from nsnet_sdk.cli import main  # noqa: E402
+from nsnet_sdk.report import build_report, normalise_row, read_results  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A folder of 14 images (one AI-declared by PNG metadata), one broken file, a hostile name,
+    and `nsnet detect` results for it as JSONL (with --provenance) and CSV (without)."""
+    from test_provenance import _png_chunk, _png_with
+
+    root = tmp_path_factory.mktemp("rep")
+    imgs = root / "imgs"
+    imgs.mkdir()
+    for i in range(13):
+        write_png(imgs / f"img{i:02d}.png", textured(180 + 13 * i, 240, seed=i))
+    (imgs / "gen.png").write_bytes(_png_with(_png_chunk(b"tEXt", b"parameters\x00a cat")))
+    (imgs / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    # A path holding "</script>" and markup: a folder named "evil<" and a file "script><img ...>.jpg".
+    (imgs / "evil<").mkdir()
+    (imgs / "evil<" / "script><img src=x onerror=alert(1)>.jpg").write_bytes(b"junk")
+    model = build_stand_in_onnx(root / "m.onnx")
+    jsonl, csv_path = root / "r.jsonl", root / "r.csv"
+    assert main(["detect", str(imgs), "-r", "-m", str(model), "-q", "--json", str(jsonl), "--provenance"]) == 0
+    assert main(["detect", str(imgs), "-r", "-m", str(model), "-q", "--csv", str(csv_path)]) == 0
+    return {"root": root, "model": model, "jsonl": jsonl, "csv": csv_path, "n": 16}
+
+
+def test_reads_detect_jsonl_and_csv_alike(results):
+    j, pj = read_results([results["jsonl"]])
+    c, pc = read_results([results["csv"]])
+    assert pj == pc == [] and len(j) == len(c) == results["n"]
+    key = lambda r: (r["source"], r["verdict"], None if r["prob_fake"] is None else round(r["prob_fake"], 9))  # noqa: E731
+    assert sorted(map(key, j)) == sorted(map(key, c))
+    assert sum(r["verdict"] == "error" for r in j) == 2
+    assert any("</script><img" in r["source"] for r in j)
+    gen = next(r for r in j if r["source"].endswith("gen.png"))
+    assert gen["provenance"] == "ai-declared" and "Stable Diffusion" in gen["generator"]
+
+
+def test_missing_columns_and_bad_lines_are_tolerated(tmp_path):
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"source": "a.jpg", "prob_fake": 0.9}\n{broken\n[1, 2]\n'
+                 '{"source": "b.jpg", "prob_fake": 0.5, "verdict": "uncertain", "warnings": ["tiny"]}\n'
+                 '{"source": "c.jpg", "prob_fake": "nan"}\n{"source": "d.jpg", "prob_fake": 0.2, "is_fake": false}\n')
+    rows, problems = read_results([f, tmp_path / "missing.jsonl"])
+    assert [r["verdict"] for r in rows] == ["real", "uncertain", "error", "real"]
+    # no is_fake and no verdict: the row is scored but cannot be called fake; it never becomes "ai-generated"
+    assert rows[1]["warnings"] == "tiny" and rows[2]["error"] == "no score in the results row"
+    assert len(problems) == 3 and "missing.jsonl" in problems[2]
+    assert normalise_row({"source": "x", "prob_fake": "0.7", "is_fake": "True"})["verdict"] == "ai-generated"
+
+
+def test_report_content(results, tmp_path):
+    rows, _ = read_results([results["jsonl"]])
+    out = build_report(rows, tmp_path / "r.html", top=5)
+    page = out.read_text()
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("ai-generated", "uncertain", "real", "error")}
+    for v, n in counts.items():
+        assert f'<div class="count v-{v}"><b>{n:,}</b>{v}</div>' in page
+    hist = [int(m) for m in re.findall(r"<title>[0-9.]+–[0-9.]+: (\d+) ", page)]
+    assert sum(hist) == len(rows) - counts["error"]
+    assert page.count('<div class="card">') == 5
+    # The five cards are the five highest scores, in order.
+    top = sorted((r for r in rows if r["prob_fake"] is not None), key=lambda r: -r["prob_fake"])[:5]
+    shown = re.findall(r'<div>prob_fake ([0-9.]+)</div>', page)
+    assert shown == [f"{r['prob_fake']:.4f}" for r in top]
+    # Self-contained: images are data URIs, nothing is fetched.
+    assert not re.search(r'(src|href)="(?!data:)', page)
+    assert "<script src" not in page and "<link" not in page
+    assert "</script><img" not in page  # the hostile name is escaped wherever it appears
+    # Thumbnails are bounded.
+    for uri in re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page):
+        import cv2
+
+        img = cv2.imdecode(np.frombuffer(base64.b64decode(uri), np.uint8), cv2.IMREAD_COLOR)
+        assert max(img.shape[:2]) <= 256
+
+
+def test_overlays_are_the_explanation_boxes(results, tmp_path):
+    from nsnet_sdk import Detector
+
+    rows, _ = read_results([results["jsonl"]])
+    with Detector(results["model"], workers=0) as det:
+        page = build_report(rows, tmp_path / "r.html", detector=det, top=1).read_text()
+        best = max((r for r in rows if r["prob_fake"] is not None), key=lambda r: r["prob_fake"])
+        ex = det.explain(best["source"])
+    rects = re.findall(r'<rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)" fill="#[0-9a-f]{6}" '
+                       r'fill-opacity="0.45" stroke="#[0-9a-f]{6}" stroke-width="\d+"><title>([-+0-9.]+)</title>', page)
+    assert [(int(x), int(y), int(x) + int(w), int(y) + int(h)) for x, y, w, h, _ in rects] == list(map(tuple, ex.boxes))
+    assert [float(c) for *_, c in rects] == pytest.approx(ex.contributions, abs=6e-4)
+    assert f'viewBox="0 0 {ex.size[0]} {ex.size[1]}"' in page
+
+
+def test_hundred_thousand_rows_stay_small(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [normalise_row({"source": f"/data/review/batch-{i // 1000:03d}/image_{i:06d}.jpg",
+                           "prob_fake": float(p), "is_fake": bool(p > 0.5),
+                           "error": "ImageDecodeError: truncated" if i % 97 == 0 else None})
+            for i, p in enumerate(rng.random(100_000))]
+    out = build_report(rows, tmp_path / "big.html")
+    assert out.stat().st_size < 50e6
+    n_err = sum(r["verdict"] == "error" for r in rows)
+    page = out.read_text()
+    assert page.count('<li><b>/data/review') == 500 and f"and {n_err - 500:,} more" in page
+
+
+def test_cli_report(results, tmp_path):
+    out = tmp_path / "r.html"
+    assert main(["report", str(results["jsonl"]), str(results["csv"]), "--out", str(out), "--top", "3"]) == 0
+    page = out.read_text()
+    assert f'<b>{2 * results["n"]:,}</b>total' in page
+    assert main(["report", str(tmp_path / "nothing.jsonl"), "--out", str(tmp_path / "x.html")]) == 1
+
+
+# -- in a real browser ------------------------------------------------------------------------------
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol (loopback only): navigate, evaluate
+    JavaScript, and collect console errors and uncaught exceptions."""
+
+    def __init__(self) -> None:
+        from websockets.sync.client import connect
+
+        self.profile = tempfile.mkdtemp(prefix="nsnet-chromium-")
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+             f"--user-data-dir={self.profile}", "--window-size=1280,1800", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = Path(self.profile) / "DevToolsActivePort"
+        deadline = time.time() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.close()
+                pytest.fail("chromium did not open its DevTools port")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
+        page = next(t for t in targets if t["type"] == "page")
+        self.stack = ExitStack()
+        self.ws = self.stack.enter_context(connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=20))
+        self.next_id = 0
+        self.errors: list[str] = []
+        self.events: list[dict] = []
+        for method in ("Runtime.enable", "Log.enable", "Page.enable"):
+            self.call(method)
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self._event(msg)
+
+    def _event(self, msg: dict) -> None:
+        m, p = msg.get("method"), msg.get("params", {})
+        self.events.append(msg)
+        if m == "Runtime.exceptionThrown":
+            self.errors.append(json.dumps(p.get("exceptionDetails", {}))[:500])
+        elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            self.errors.append(json.dumps(p.get("args", []))[:500])
+        elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+            self.errors.append(p["entry"].get("text", "")[:500])
+
+    def open(self, path: Path) -> None:
+        self.events.clear()
+        self.call("Page.navigate", url=path.resolve().as_uri())
+        deadline = time.time() + 60
+        while not any(e.get("method") == "Page.loadEventFired" for e in self.events):
+            assert time.time() < deadline, "page did not load"
+            self._event(json.loads(self.ws.recv(timeout=60)))
+
+    def js(self, expr: str):
+        r = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in r:
+            raise AssertionError(f"{expr}: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def close(self) -> None:
+        if getattr(self, "stack", None) is not None:
+            self.stack.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install -y chromium)")
+    pytest.importorskip("websockets", reason="the DevTools client needs the websockets package")
+    b = Browser()
+    yield b
+    b.close()
+
+
+ROWS = "document.querySelectorAll('#rows tbody tr')"
+
+
+def test_report_renders_in_chromium(results, browser, tmp_path):
+    from nsnet_sdk import Detector
+
+    rows, _ = read_results([results["jsonl"]])
+    with Detector(results["model"], workers=0) as det:
+        out = build_report(rows, tmp_path / "r.html", detector=det, top=6)
+    browser.open(out)
+    n = results["n"]
+    assert browser.js(f"{ROWS}.length") == n
+    assert browser.js("document.getElementById('status').textContent") == f"rows 1–{n} of {n}, page 1 of 1"
+    imgs = browser.js("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+    assert len(imgs) == 6 and all(c and w > 0 for c, w in imgs)
+    assert browser.js("document.querySelectorAll('.card svg rect').length") == 6 * 49
+    # Default order: prob_fake descending, errors last.
+    probs = browser.js(f"Array.from({ROWS}).map(tr => tr.children[1].textContent)")
+    scored = [float(p) for p in probs if p]
+    assert scored == sorted(scored, reverse=True) and probs[-2:] == ["", ""]
+    # Sorting by source (click), filtering by text and by verdict.
+    browser.js("document.querySelector('th[data-col=\"0\"]').click()")
+    names = browser.js(f"Array.from({ROWS}).map(tr => tr.children[0].textContent)")
+    assert names == sorted(names)
+    browser.js("const f = document.getElementById('filter'); f.value = 'gen.png'; f.dispatchEvent(new Event('input'))")
+    assert browser.js(f"{ROWS}.length") == 1
+    assert browser.js(f"{ROWS}[0].children[3].textContent") == "ai-declared"
+    browser.js("const f2 = document.getElementById('filter'); f2.value = ''; f2.dispatchEvent(new Event('input'));"
+               "const s = document.getElementById('verdict'); s.value = 'error'; s.dispatchEvent(new Event('change'))")
+    assert browser.js(f"{ROWS}.length") == 2
+    # The hostile file name is text, not markup.
+    assert browser.js("document.querySelectorAll('img[src=x]').length") == 0
+    assert any("</script>" in t for t in browser.js(f"Array.from({ROWS}).map(tr => tr.children[0].textContent)"))
+    assert browser.errors == []
+
+
+def test_hundred_thousand_rows_in_chromium(browser, tmp_path):
+    rng = np.random.default_rng(1)
+    rows = [normalise_row({"source": f"/data/review/image_{i:06d}.jpg", "prob_fake": float(p),
+                           "verdict": "ai-generated" if p > 0.9 else "real" if p < 0.2 else "uncertain"})
+            for i, p in enumerate(rng.random(100_000))]
+    out = build_report(rows, tmp_path / "big.html", top=0)
+    browser.open(out)
+    assert browser.js(f"{ROWS}.length") == 100
+    assert browser.js("document.getElementById('status').textContent") == "rows 1–100 of 100000, page 1 of 1000"
+    browser.js("document.getElementById('next').click()")
+    assert browser.js("document.getElementById('status').textContent").startswith("rows 101–200 of 100000")
+    first = browser.js(f"+{ROWS}[0].children[1].textContent")
+    assert first == pytest.approx(sorted((r["prob_fake"] for r in rows), reverse=True)[100], abs=1e-4)
+    browser.js("const s = document.getElementById('verdict'); s.value = 'uncertain'; s.dispatchEvent(new Event('change'))")
+    n_unc = sum(r["verdict"] == "uncertain" for r in rows)
+    assert browser.js("document.getElementById('status').textContent").endswith(
+        f"of {n_unc} (filtered from 100000), page 1 of {-(-n_unc // 100)}")
+    assert browser.errors == []
