@@ -42,7 +42,7 @@ _probability = _checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 # ``add_parser(subparsers)``, which registers its parser with ``set_defaults(run=fn)`` where
 # ``fn(args, parser) -> int`` (``parser``: the subcommand's own, for its usage errors). The module must import its optional libraries (ray, matplotlib,
 # c2pa) only inside ``fn``, so `nsnet --help` stays light.
-PLUGINS = ("batch", "serve", "explain", "report")
+PLUGINS = ("batch", "serve", "explain", "report", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:
