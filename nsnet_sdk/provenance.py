@@ -219,9 +219,10 @@ def _walk_png(d: bytes, m: _Meta) -> None:
     pos = 8
     while pos + 8 <= len(d):
         length, ctype = struct.unpack(">I4s", d[pos:pos + 8])
-        body = d[pos + 8:pos + 8 + length]
         if ctype == b"IEND":
             return
+        # Slice only the chunks read: copying every IDAT would cost more than the whole walk.
+        body = d[pos + 8:pos + 8 + length] if ctype in (b"tEXt", b"zTXt", b"iTXt", b"eXIf") else b""
         if ctype in (b"tEXt", b"zTXt", b"iTXt"):
             key, text = _png_text(ctype, body)
             if key == "XML:com.adobe.xmp":
@@ -268,7 +269,7 @@ def _walk_webp(d: bytes, m: _Meta) -> None:
     pos = 12
     while pos + 8 <= end:
         ctype, length = struct.unpack("<4sI", d[pos:pos + 8])
-        body = d[pos + 8:pos + 8 + length]
+        body = d[pos + 8:pos + 8 + length] if ctype in (b"XMP ", b"EXIF") else b""
         if ctype == b"XMP ":
             _xmp(body, m)
         elif ctype == b"EXIF":

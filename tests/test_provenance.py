@@ -4,7 +4,6 @@ source type in XMP (JPEG, PNG, WebP, TIFF), generator metadata, and their route 
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 import json
 import struct
@@ -16,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _provenance_util import AI_URI, make_chain, sign_jpeg
 from nsnet_sdk.provenance import ProvenanceReader, read_provenance, scan_metadata
 
 REPO = Path(__file__).resolve().parents[1]
-AI_URI = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 CAPTURE_URI = "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"
 
 
@@ -197,60 +196,14 @@ def test_corrupted_metadata_never_raises():
 
 # -- C2PA -----------------------------------------------------------------------------------------
 
-def _chain(tmp: Path, org: str = "Test Org"):
-    """A CA and a leaf ES256 certificate as C2PA requires (leaf: digitalSignature, an allowed EKU,
-    AKI/SKI; CA: keyCertSign). Returns (chain PEM, leaf key PEM, CA PEM path)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    def name(cn):
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    base = lambda: (x509.CertificateBuilder().serial_number(x509.random_serial_number())  # noqa: E731
-                    .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30)))
-    ca = (base().subject_name(name(f"{org} CA")).issuer_name(name(f"{org} CA")).public_key(ca_key.public_key())
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    leaf = (base().subject_name(name(f"{org} Signer")).issuer_name(ca.subject).public_key(leaf_key.public_key())
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
-    key = leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
-    ca_path = tmp / f"{org.replace(' ', '_')}_ca.pem"
-    ca_path.write_bytes(pem(ca))
-    return pem(leaf) + pem(ca), key, ca_path
-
-
-def _sign(src: bytes, chain: bytes, key: bytes, source_type: str = AI_URI) -> bytes:
-    c2pa = pytest.importorskip("c2pa", reason="c2pa-python (extra [provenance]) not installed")
-    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain, key, None))
-    manifest = {"claim_generator_info": [{"name": "nsnet-test", "version": "1"}], "format": "image/jpeg",
-                "assertions": [{"label": "c2pa.actions", "data": {"actions": [
-                    {"action": "c2pa.created", "digitalSourceType": source_type}]}}]}
-    out = io.BytesIO()
-    c2pa.Builder(manifest).sign(signer, "image/jpeg", io.BytesIO(src), out)
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory):
     pytest.importorskip("c2pa", reason="c2pa-python (extra [provenance]) not installed")
     pytest.importorskip("cryptography", reason="the test certificates need the cryptography package")
     tmp = tmp_path_factory.mktemp("c2pa")
-    chain, key, ca = _chain(tmp)
-    return {"ai": _sign(_jpeg(), chain, key), "capture": _sign(_jpeg(1), chain, key, CAPTURE_URI),
-            "ca": ca, "other_ca": _chain(tmp, "Other Org")[2]}
+    chain, key, ca = make_chain(tmp)
+    return {"ai": sign_jpeg(_jpeg(), chain, key), "capture": sign_jpeg(_jpeg(1), chain, key, CAPTURE_URI),
+            "ca": ca, "other_ca": make_chain(tmp, "Other Org")[2]}
 
 
 def test_c2pa_ai_manifest_is_valid_but_untrusted_without_anchors(signed):
