@@ -1,4 +1,4 @@
-"""The demo pipeline: synthesise → train → export/verify/detect/evaluate → where things are.
+"""The demo pipeline: synthesise → train → export/verify/detect/evaluate/report → where things are.
 
 Every step runs the project's own command-line tool through its ``main(argv)`` (one Python process,
 so torch is imported once), and prints the equivalent shell command first so each step can be
@@ -30,7 +30,7 @@ NOTICE = ("NOTE: this model is a DEMONSTRATION of the pipeline: a randomly initi
 # Written into --out so a re-run may clear its own earlier output, and never a folder it did not make.
 MARKER = ".nsnet-demo"
 # What the demo writes under --out (cleared on a re-run).
-OUTPUTS = ("data", "run", "onnx", "detect", "eval", "demo.json")
+OUTPUTS = ("data", "run", "onnx", "detect", "eval", "report", "demo.json")
 # Held out: a process whose trace (missing high frequencies) a random-init tiny backbone cannot pass on,
 # while two of the three seen ones (tconv's checkerboard, spectral's peaks) it can: the table then shows
 # both a learned seen generator and what an unlearned/unseen one looks like (chance).
@@ -106,6 +106,7 @@ class Steps:
         self.jsonl = out / "detect" / f"{args.held_out}.jsonl"
         self.csv = out / "detect" / f"{args.held_out}.csv"
         self.eval = out / "eval"
+        self.report = out / "report" / "report.html"
         self.seen = [g for g in GENERATORS if g != args.held_out]
 
     def timed(self, step: str, fn: Callable[[], None]) -> None:
@@ -234,6 +235,18 @@ class Steps:
         self.r.results["evaluate_overall"] = metrics["overall"]
 
 
+    def review_report(self) -> None:
+        from nsnet_sdk.cli import main as nsnet_main
+
+        self.report.parent.mkdir(parents=True, exist_ok=True)
+        _call("report", "nsnet", nsnet_main,
+              ["report", str(self.jsonl), "--out", str(self.report), "--model", str(self.onnx),
+               "--top", "12", "--title", f"NS-Net demo: held-out generator '{self.a.held_out}'"])
+        size = self.report.stat().st_size
+        _say(f"review report of the held-out images: {self.report} ({size / 1e6:.2f} MB, self-contained)")
+        self.r.results["report"] = {"path": str(self.report), "bytes": size}
+
+
 def mark_unseen(table: str, generator: str) -> str:
     """``table`` (markdown) with the row of ``generator`` marked "(unseen)".
 
@@ -262,6 +275,7 @@ Artifacts of this run (under {out}/):
   onnx/nsnet.onnx            ONNX FP32 model (projector folded in); onnx/export.json, onnx/parity.json
   detect/*.jsonl, *.csv      `nsnet detect` rows for the held-out generator's images
   eval/                      metrics.json, table.md (+ table_demo.md with the unseen mark), roc.png, pr.png
+  report/report.html         review report of the held-out images (`nsnet report`; open in a browser)
   demo.json                  this run's steps, timings and figures
 
 Real use (a GPU, the OpenAI CLIP weights via open_clip, real benchmark folders):
@@ -347,11 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.timed("synthesise", steps.synthesise)
         _header(f"[2/4] Train NS-Net (nsnet-tiny, random init, CPU) on the seen generators")
         steps.timed("train", steps.train)
-        _header("[3/4] Export ONNX, verify parity, score the held-out images, evaluate per generator")
+        _header("[3/4] Export ONNX, verify parity, score the held-out images, evaluate per generator, report")
         steps.timed("export", steps.export)
         steps.timed("verify", steps.verify)
         steps.timed("detect", steps.detect)
         steps.timed("evaluate", steps.evaluate)
+        steps.timed("report", steps.review_report)
     except StepFailed as e:
         report.failed = e.step
         report.write()
@@ -364,4 +379,5 @@ def main(argv: Sequence[str] | None = None) -> int:
          + f"; total {time.perf_counter() - t0:.1f} s")
     _say()
     _say(NOTICE)
+    _say(f"review report: {steps.report}")
     return 0

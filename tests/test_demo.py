@@ -23,7 +23,7 @@ from demo import run as demo_run  # noqa: E402
 from training.synthetic import GENERATORS  # noqa: E402
 
 N, N_VAL, HELD = 8, 4, "nearest"
-STEPS = ["synthesise", "train", "export", "verify", "detect", "evaluate"]
+STEPS = ["synthesise", "train", "export", "verify", "detect", "evaluate", "report"]
 SEEN = [g for g in GENERATORS if g != HELD]
 
 
@@ -121,6 +121,16 @@ def test_table_marks_only_the_held_out_generator_unseen(demo):
     assert len(marked) == 1 and marked[0].split("|")[1].strip() == f"{HELD} (unseen)"
     assert f"{HELD} (unseen)" in demo["stdout"]
     assert {g: v["seen"] for g, v in demo["report"]["evaluate"].items()} == {g: g != HELD for g in GENERATORS}
+
+
+def test_ends_with_the_review_report_of_the_held_out_images(demo):
+    path = demo["out"] / "report" / "report.html"
+    assert demo["stdout"].rstrip().splitlines()[-1] == f"review report: {path}"
+    page = path.read_text()
+    n = len(list((demo["out"] / "data" / HELD / "val").rglob("*.png")))
+    assert f"<b>{n:,}</b>total" in page
+    assert page.count('<div class="card">') == min(12, n) and page.count("<svg viewBox") == min(12, n)
+    assert demo["report"]["report"] == {"path": str(path), "bytes": path.stat().st_size}
 
 
 def test_mark_unseen_needs_an_exact_row():
