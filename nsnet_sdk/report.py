@@ -179,6 +179,12 @@ def _locate(row: dict) -> str:
     return src
 
 
+def _short(src: str) -> str:
+    """The file name with its folder: ``ai/0001.png`` and ``nature/0001.png`` stay apart."""
+    parts = Path(src).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 else src
+
+
 def _card(row: dict, detector: Any, reader: Any, max_side: int, max_pixels: int) -> str:
     src = _locate(row)
     esc = html.escape
@@ -193,7 +199,7 @@ def _card(row: dict, detector: Any, reader: Any, max_side: int, max_pixels: int)
                 f'fill-opacity="0.45" stroke="{_diverging(c, lim)}" stroke-width="{max(1, w // 200)}">'
                 f'<title>{c:+.3f}</title></rect>' for (x0, y0, x1, y1), c in zip(ex.boxes, ex.contributions))
             overlay = f'<svg viewBox="0 0 {w} {h}" preserveAspectRatio="none" class="overlay">{rects}</svg>'
-        thumb = f'<div class="thumb"><img src="{uri}" alt="{esc(Path(src).name)}">{overlay}</div>'
+        thumb = f'<div class="thumb"><img src="{uri}" alt="{esc(_short(src))}">{overlay}</div>'
     except Exception as e:  # a moved or unreadable file: the card says so, the report goes on
         thumb = f'<div class="thumb noimg">image not available: {esc(type(e).__name__)}: {esc(str(e)[:200])}</div>'
     prov, c2pa = row["provenance"], row["c2pa"]
@@ -206,7 +212,7 @@ def _card(row: dict, detector: Any, reader: Any, max_side: int, max_pixels: int)
         badges += f'<span class="badge p-{esc(prov)}" title="{esc(row["generator"])}">provenance: {esc(prov)}</span>'
     if c2pa:
         badges += f'<span class="badge c-{esc(c2pa)}">C2PA {esc(c2pa)}</span>'
-    return (f'<div class="card">{thumb}<div class="name" title="{esc(src)}">{esc(Path(src).name)}</div>'
+    return (f'<div class="card">{thumb}<div class="name" title="{esc(src)}">{esc(_short(src))}</div>'
             f'<div>prob_fake {row["prob_fake"]:.4f}</div>{badges}</div>')
 
 
