@@ -296,27 +296,35 @@ def _walk_tiff(d: bytes, m: _Meta) -> None:
             continue
         if tag not in (_TIFF_SOFTWARE, _TIFF_XMP) or typ not in (1, 2, 7) or count > MAX_TEXT:
             continue
-        raw = value[:count] if count <= 4 else d[struct.unpack(e + "I", value)[0]:][:count]
+        off = struct.unpack(e + "I", value)[0]
+        raw = value[:count] if count <= 4 else d[off:off + count]
         if tag == _TIFF_SOFTWARE:
             _software(raw.split(b"\x00", 1)[0].decode("latin-1"), "EXIF Software", m)
         else:
             _xmp(raw, m)
 
 
-# Attribute (Iptc4xmpExt:DigitalSourceType="...") and element (<...>value</...>) forms; the
-# namespace prefix is matched loosely because writers may bind another prefix to the same URI.
-_DST = re.compile(rb"(?:\w+:)?DigitalSourceType\s*(?:=\s*[\"']([^\"'<>]{1,300})[\"']|>\s*([^<>]{1,300}?)\s*<)")
-_TOOL = re.compile(rb"(?:xmp:CreatorTool|tiff:Software|xmp:Software)\s*(?:=\s*[\"']([^\"'<>]{1,300})[\"']|>\s*([^<>]{1,300}?)\s*<)")
+# Attribute (Iptc4xmpExt:DigitalSourceType="..."), element (<...>value</...>) and resource
+# (<... rdf:resource="..."/>) forms. The namespace prefix is not matched (writers may bind another
+# prefix to the same URI), and every pattern starts with a literal and uses bounded repeats, so a
+# hostile 1 MiB packet costs one linear scan (no catastrophic backtracking).
+_VALUE = rb"""\s*(?:=\s*["']([^"'<>]{1,300})["']|>\s*([^<>]{1,300}?)\s*<|\s+rdf:resource\s*=\s*["']([^"'<>]{1,300})["'])"""
+_DST = re.compile(rb"DigitalSourceType" + _VALUE)
+_TOOL = re.compile(rb"(?:xmp:CreatorTool|tiff:Software|xmp:Software)" + _VALUE)
+
+
+def _group(hit: re.Match) -> str:
+    return next(g for g in hit.groups() if g is not None).decode("utf-8", "replace").strip()
 
 
 def _xmp(packet: bytes, m: _Meta) -> None:
     packet = packet[:MAX_TEXT]
     hit = _DST.search(packet)
     if hit and m.source_type is None:
-        m.source_type = (hit.group(1) or hit.group(2)).decode("utf-8", "replace").strip()
+        m.source_type = _group(hit)
     tool = _TOOL.search(packet)
     if tool:
-        _software((tool.group(1) or tool.group(2)).decode("utf-8", "replace"), "XMP CreatorTool/Software", m)
+        _software(_group(tool), "XMP CreatorTool/Software", m)
     if b"c2pa" in packet.lower() and b"provenance" in packet.lower():
         m.notes.append("XMP dcterms:provenance points at a C2PA manifest")
 

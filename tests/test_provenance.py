@@ -78,6 +78,20 @@ def test_jpeg_xmp_digital_source_type_declares_ai(attribute):
     assert rec["c2pa"] is None
 
 
+def test_xmp_resource_form_and_a_hostile_packet():
+    packet = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + b"a" * (1 << 20) + b" DigitalSourceType"
+              + b" " * 5000 + b'<Iptc4xmpExt:DigitalSourceType rdf:resource="' + AI_URI.encode() + b'"/></x:xmpmeta>')
+    # 1 MiB of word characters and a dangling property first: a backtracking pattern would take
+    # hours here; the bounded patterns scan it once and find the resource form after it.
+    rec = read_provenance(_jpeg_with_app1(b"http://ns.adobe.com/xap/1.0/\x00" + packet[:65000]))
+    assert rec["summary"] == "unknown"  # an APP1 segment holds < 64 KiB: the value is cut off
+    png = _png_with(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + packet))
+    assert read_provenance(png)["summary"] == "unknown"  # beyond MAX_TEXT (1 MiB): not looked at
+    small = packet.replace(b"a" * (1 << 20), b"a" * 1000)
+    rec = read_provenance(_png_with(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + small)))
+    assert rec["digital_source_type"] == AI_URI
+
+
 def test_xmp_declaring_a_capture_alone_stays_unknown():
     # Unsigned XMP is anyone's claim; only a validated manifest may say "not AI".
     rec = read_provenance(_jpeg_with_app1(b"http://ns.adobe.com/xap/1.0/\x00" + _xmp_packet(CAPTURE_URI)))
