@@ -1,10 +1,15 @@
-"""Test C2PA signing: a CA + leaf ES256 certificate chain made on the fly, and a signed JPEG with a
-``c2pa.created`` action declaring a digital source type. Needs cryptography and c2pa-python."""
+"""Files that declare their origin, built byte by byte for the provenance tests and tools: XMP
+packets in JPEG APP1 / PNG iTXt, PNG text chunks, and C2PA-signed JPEGs (a CA + leaf ES256
+certificate chain made on the fly; signing needs cryptography and c2pa-python)."""
 from __future__ import annotations
 
 import datetime
 import io
+import struct
+import zlib
 from pathlib import Path
+
+import numpy as np
 
 AI_URI = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 
@@ -54,3 +59,54 @@ def sign_jpeg(src: bytes, chain: bytes, key: bytes, source_type: str = AI_URI) -
     out = io.BytesIO()
     c2pa.Builder(manifest).sign(signer, "image/jpeg", io.BytesIO(src), out)
     return out.getvalue()
+
+
+def jpeg_bytes(seed: int = 0, size: int = 64) -> bytes:
+    """A noise JPEG without metadata."""
+    import cv2
+
+    rgb = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".jpg", rgb)
+    assert ok
+    return buf.tobytes()
+
+
+def png_bytes(seed: int = 0, size: int = 64) -> bytes:
+    """A noise PNG without metadata."""
+    import cv2
+
+    rgb = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".png", rgb)
+    assert ok
+    return buf.tobytes()
+
+
+def xmp_packet(dst: str, attribute: bool = True, tool: str | None = None) -> bytes:
+    """An XMP packet declaring IPTC DigitalSourceType ``dst`` (attribute or element form)."""
+    body = (f'Iptc4xmpExt:DigitalSourceType="{dst}"' if attribute else "")
+    inner = "" if attribute else f"<Iptc4xmpExt:DigitalSourceType>{dst}</Iptc4xmpExt:DigitalSourceType>"
+    if tool:
+        inner += f"<xmp:CreatorTool>{tool}</xmp:CreatorTool>"
+    return ('<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+            '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+            'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
+            f'xmlns:xmp="http://ns.adobe.com/xap/1.0/" {body}>{inner}</rdf:Description></rdf:RDF>'
+            '</x:xmpmeta><?xpacket end="w"?>').encode()
+
+
+def jpeg_with_app1(payload: bytes, base: bytes | None = None) -> bytes:
+    """``base`` (default: `jpeg_bytes()`) with an APP1 segment holding ``payload`` after SOI."""
+    data = base or jpeg_bytes()
+    seg = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return data[:2] + seg + data[2:]
+
+
+def png_chunk(ctype: bytes, body: bytes) -> bytes:
+    """One PNG chunk with its CRC."""
+    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+
+def png_with(*chunks: bytes, base: bytes | None = None) -> bytes:
+    """``base`` (default: `png_bytes()`) with ``chunks`` inserted after IHDR."""
+    data = base or png_bytes()
+    return data[:33] + b"".join(chunks) + data[33:]  # after the signature and IHDR

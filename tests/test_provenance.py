@@ -15,63 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _provenance_util import AI_URI, make_chain, sign_jpeg
+from _provenance_util import (AI_URI, jpeg_bytes, jpeg_with_app1, make_chain, png_bytes, png_chunk,
+                              png_with, sign_jpeg, xmp_packet)
 from nsnet_sdk.provenance import ProvenanceReader, read_provenance, scan_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURE_URI = "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"
 
 
-def _jpeg(seed: int = 0, size: int = 64) -> bytes:
-    import cv2
-
-    rgb = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
-    ok, buf = cv2.imencode(".jpg", rgb)
-    assert ok
-    return buf.tobytes()
-
-
-def _png(seed: int = 0, size: int = 64) -> bytes:
-    import cv2
-
-    rgb = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
-    ok, buf = cv2.imencode(".png", rgb)
-    assert ok
-    return buf.tobytes()
-
-
-def _xmp_packet(dst: str, attribute: bool = True, tool: str | None = None) -> bytes:
-    body = (f'Iptc4xmpExt:DigitalSourceType="{dst}"' if attribute else "")
-    inner = "" if attribute else f"<Iptc4xmpExt:DigitalSourceType>{dst}</Iptc4xmpExt:DigitalSourceType>"
-    if tool:
-        inner += f"<xmp:CreatorTool>{tool}</xmp:CreatorTool>"
-    return ('<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
-            '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
-            'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
-            f'xmlns:xmp="http://ns.adobe.com/xap/1.0/" {body}>{inner}</rdf:Description></rdf:RDF>'
-            '</x:xmpmeta><?xpacket end="w"?>').encode()
-
-
-def _jpeg_with_app1(payload: bytes) -> bytes:
-    data = _jpeg()
-    seg = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-    return data[:2] + seg + data[2:]
-
-
-def _png_chunk(ctype: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
-
-
-def _png_with(*chunks: bytes) -> bytes:
-    data = _png()
-    return data[:33] + b"".join(chunks) + data[33:]  # after the signature and IHDR
-
-
 # -- XMP / generator metadata without c2pa ---------------------------------------------------------
 
 @pytest.mark.parametrize("attribute", [True, False])
 def test_jpeg_xmp_digital_source_type_declares_ai(attribute):
-    data = _jpeg_with_app1(b"http://ns.adobe.com/xap/1.0/\x00" + _xmp_packet(AI_URI, attribute))
+    data = jpeg_with_app1(b"http://ns.adobe.com/xap/1.0/\x00" + xmp_packet(AI_URI, attribute))
     rec = read_provenance(data)
     assert rec["digital_source_type"] == AI_URI
     assert rec["summary"] == "ai-declared"
@@ -83,28 +39,28 @@ def test_xmp_resource_form_and_a_hostile_packet():
               + b" " * 5000 + b'<Iptc4xmpExt:DigitalSourceType rdf:resource="' + AI_URI.encode() + b'"/></x:xmpmeta>')
     # 1 MiB of word characters and a dangling property first: a backtracking pattern would take
     # hours here; the bounded patterns scan it once and find the resource form after it.
-    rec = read_provenance(_jpeg_with_app1(b"http://ns.adobe.com/xap/1.0/\x00" + packet[:65000]))
+    rec = read_provenance(jpeg_with_app1(b"http://ns.adobe.com/xap/1.0/\x00" + packet[:65000]))
     assert rec["summary"] == "unknown"  # an APP1 segment holds < 64 KiB: the value is cut off
-    png = _png_with(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + packet))
+    png = png_with(png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + packet))
     assert read_provenance(png)["summary"] == "unknown"  # beyond MAX_TEXT (1 MiB): not looked at
     small = packet.replace(b"a" * (1 << 20), b"a" * 1000)
-    rec = read_provenance(_png_with(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + small)))
+    rec = read_provenance(png_with(png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + small)))
     assert rec["digital_source_type"] == AI_URI
 
 
 def test_xmp_declaring_a_capture_alone_stays_unknown():
     # Unsigned XMP is anyone's claim; only a validated manifest may say "not AI".
-    rec = read_provenance(_jpeg_with_app1(b"http://ns.adobe.com/xap/1.0/\x00" + _xmp_packet(CAPTURE_URI)))
+    rec = read_provenance(jpeg_with_app1(b"http://ns.adobe.com/xap/1.0/\x00" + xmp_packet(CAPTURE_URI)))
     assert rec["digital_source_type"] == CAPTURE_URI
     assert rec["summary"] == "unknown"
 
 
 @pytest.mark.parametrize("compressed", [False, True])
 def test_png_itxt_xmp(compressed):
-    xmp = _xmp_packet(AI_URI, attribute=False)
+    xmp = xmp_packet(AI_URI, attribute=False)
     body = b"XML:com.adobe.xmp\x00" + (b"\x01\x00" if compressed else b"\x00\x00") + b"\x00\x00" + (
         zlib.compress(xmp) if compressed else xmp)
-    rec = read_provenance(_png_with(_png_chunk(b"iTXt", body)))
+    rec = read_provenance(png_with(png_chunk(b"iTXt", body)))
     assert rec["digital_source_type"] == AI_URI and rec["summary"] == "ai-declared"
 
 
@@ -116,13 +72,13 @@ def test_png_itxt_xmp(compressed):
 def test_png_text_chunks_of_diffusion_front_ends_name_the_generator(key, ctype, expect):
     text = b'{"3": {"class_type": "KSampler"}}' if key != "parameters" else b"a cat\nSteps: 20, Sampler: Euler a"
     body = key.encode() + b"\x00" + ((b"\x00" + zlib.compress(text)) if ctype == b"zTXt" else text)
-    rec = read_provenance(_png_with(_png_chunk(ctype, body)))
+    rec = read_provenance(png_with(png_chunk(ctype, body)))
     assert rec["generator"] is not None and expect in rec["generator"]
     assert rec["summary"] == "ai-declared"
 
 
 def test_unrelated_png_text_is_not_a_signal():
-    rec = read_provenance(_png_with(_png_chunk(b"tEXt", b"Comment\x00holiday snapshot")))
+    rec = read_provenance(png_with(png_chunk(b"tEXt", b"Comment\x00holiday snapshot")))
     assert rec == {**rec, "summary": "unknown", "generator": None, "signals": []}
 
 
@@ -148,7 +104,7 @@ def test_webp_xmp_chunk():
     if not features.check("webp"):
         pytest.skip("Pillow built without WebP")
     buf = io.BytesIO()
-    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "WEBP", xmp=_xmp_packet(AI_URI))
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "WEBP", xmp=xmp_packet(AI_URI))
     data = buf.getvalue()
     assert b"XMP " in data  # the container really holds the chunk under test
     assert read_provenance(data)["digital_source_type"] == AI_URI
@@ -158,7 +114,7 @@ def test_tiff_xmp_tag(tmp_path):
     from PIL import Image, TiffImagePlugin
 
     info = TiffImagePlugin.ImageFileDirectory_v2()
-    info[700] = _xmp_packet(AI_URI)
+    info[700] = xmp_packet(AI_URI)
     info.tagtype[700] = 1  # BYTE
     path = tmp_path / "x.tif"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(path, tiffinfo=info)
@@ -167,7 +123,7 @@ def test_tiff_xmp_tag(tmp_path):
 
 
 def test_plain_image_is_unknown_never_real():
-    for data in (_jpeg(), _png()):
+    for data in (jpeg_bytes(), png_bytes()):
         rec = read_provenance(data)
         assert rec["summary"] == "unknown" and rec["signals"] == [] and rec["error"] is None
 
@@ -181,7 +137,7 @@ def test_unreadable_input_is_recorded_not_raised(tmp_path):
 
 def test_decompression_bomb_in_png_text_is_bounded():
     bomb = zlib.compress(b"a" * (64 << 20), 9)  # 64 MiB of text in ~64 KiB
-    rec = read_provenance(_png_with(_png_chunk(b"zTXt", b"prompt\x00\x00" + bomb)))
+    rec = read_provenance(png_with(png_chunk(b"zTXt", b"prompt\x00\x00" + bomb)))
     assert rec["generator"] is not None
     assert f"({1 << 20} chars)" in " ".join(rec["signals"])  # decompression stopped at MAX_TEXT
 
@@ -189,9 +145,9 @@ def test_decompression_bomb_in_png_text_is_bounded():
 def test_corrupted_metadata_never_raises():
     from hypothesis import given, settings, strategies as st
 
-    seed = _png_with(_png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + _xmp_packet(AI_URI)),
-                     _png_chunk(b"tEXt", b"parameters\x00x"))
-    jpg = _jpeg_with_app1(b"Exif\x00\x00" + b"II*\x00\x08\x00\x00\x00" + b"\x01\x00" + struct.pack(
+    seed = png_with(png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp_packet(AI_URI)),
+                     png_chunk(b"tEXt", b"parameters\x00x"))
+    jpg = jpeg_with_app1(b"Exif\x00\x00" + b"II*\x00\x08\x00\x00\x00" + b"\x01\x00" + struct.pack(
         "<HHI4s", 0x0131, 2, 10**6, b"\xff\xff\xff\x7f"))
 
     @settings(max_examples=150, deadline=None)
@@ -216,7 +172,7 @@ def signed(tmp_path_factory):
     pytest.importorskip("cryptography", reason="the test certificates need the cryptography package")
     tmp = tmp_path_factory.mktemp("c2pa")
     chain, key, ca = make_chain(tmp)
-    return {"ai": sign_jpeg(_jpeg(), chain, key), "capture": sign_jpeg(_jpeg(1), chain, key, CAPTURE_URI),
+    return {"ai": sign_jpeg(jpeg_bytes(), chain, key), "capture": sign_jpeg(jpeg_bytes(1), chain, key, CAPTURE_URI),
             "ca": ca, "other_ca": make_chain(tmp, "Other Org")[2]}
 
 
@@ -252,7 +208,7 @@ def test_c2pa_capture_manifest_is_a_non_ai_declaration(signed):
 
 
 def test_c2pa_manifest_found_without_the_library(signed, monkeypatch):
-    assert scan_metadata(signed["ai"]).has_c2pa and not scan_metadata(_jpeg()).has_c2pa
+    assert scan_metadata(signed["ai"]).has_c2pa and not scan_metadata(jpeg_bytes()).has_c2pa
     monkeypatch.setitem(sys.modules, "c2pa", None)  # as on a box without the [provenance] extra
     rec = read_provenance(signed["ai"])
     assert rec["c2pa"] is None and rec["summary"] == "unknown"
@@ -279,9 +235,9 @@ def test_detector_fills_provenance_only_when_asked(model, tmp_path):
     from nsnet_sdk import Detector
 
     ai = tmp_path / "ai.png"
-    ai.write_bytes(_png_with(_png_chunk(b"tEXt", b"parameters\x00a cat")))
+    ai.write_bytes(png_with(png_chunk(b"tEXt", b"parameters\x00a cat")))
     plain = tmp_path / "plain.jpg"
-    plain.write_bytes(_jpeg())
+    plain.write_bytes(jpeg_bytes())
     with Detector(model, workers=0) as det:
         assert det.predict(str(ai)).provenance is None
     with Detector(model, workers=2, batch_size=2, provenance=True) as det:
@@ -297,8 +253,8 @@ def test_cli_detect_provenance_columns(model, tmp_path):
     from nsnet_sdk.cli import main
 
     (tmp_path / "imgs").mkdir()
-    (tmp_path / "imgs" / "ai.png").write_bytes(_png_with(_png_chunk(b"tEXt", b"parameters\x00a cat")))
-    (tmp_path / "imgs" / "plain.jpg").write_bytes(_jpeg())
+    (tmp_path / "imgs" / "ai.png").write_bytes(png_with(png_chunk(b"tEXt", b"parameters\x00a cat")))
+    (tmp_path / "imgs" / "plain.jpg").write_bytes(jpeg_bytes())
     out_csv, out_json = tmp_path / "r.csv", tmp_path / "r.jsonl"
     assert main(["detect", str(tmp_path / "imgs"), "-m", str(model), "--provenance", "-q",
                  "--csv", str(out_csv), "--json", str(out_json)]) == 0

@@ -33,14 +33,14 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 def results(tmp_path_factory):
     """A folder of 14 images (one AI-declared by PNG metadata), one broken file, a hostile name,
     and `nsnet detect` results for it as JSONL (with --provenance) and CSV (without)."""
-    from test_provenance import _png_chunk, _png_with
+    from _provenance_util import png_chunk, png_with
 
     root = tmp_path_factory.mktemp("rep")
     imgs = root / "imgs"
     imgs.mkdir()
     for i in range(13):
         write_png(imgs / f"img{i:02d}.png", textured(180 + 13 * i, 240, seed=i))
-    (imgs / "gen.png").write_bytes(_png_with(_png_chunk(b"tEXt", b"parameters\x00a cat")))
+    (imgs / "gen.png").write_bytes(png_with(png_chunk(b"tEXt", b"parameters\x00a cat")))
     (imgs / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     # A path holding "</script>" and markup: a folder named "evil<" and a file "script><img ...>.jpg".
     (imgs / "evil<").mkdir()
