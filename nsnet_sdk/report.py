@@ -88,6 +88,9 @@ def normalise_row(raw: dict, base: str = "") -> dict:
     band) it follows ``is_fake``."""
     prob = _float(raw.get("prob_fake"))
     error = _text(raw.get("error")) or None
+    if prob is not None and not 0.0 <= prob <= 1.0:
+        error = error or f"prob_fake {prob!r} in the results row is not a probability"
+        prob = None
     if error is None and prob is None:
         error = "no score in the results row"
     verdict = _text(raw.get("verdict"))

@@ -77,6 +77,27 @@ def test_missing_columns_and_bad_lines_are_tolerated(tmp_path):
     assert normalise_row({"source": "x", "prob_fake": "0.7", "is_fake": "True"})["verdict"] == "ai-generated"
 
 
+def test_any_row_values_normalise_and_render(tmp_path):
+    from hypothesis import given, settings, strategies as st
+
+    values = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=30),
+                          lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                          max_leaves=6)
+    keys = st.sampled_from(["source", "prob_fake", "is_fake", "error", "verdict", "warnings", "provenance",
+                            "c2pa", "generator", "logit"])
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.dictionaries(keys, values, max_size=10), max_size=5))
+    def run(raws):
+        rows = [normalise_row(r) for r in raws]
+        for r in rows:
+            assert r["verdict"] in ("ai-generated", "uncertain", "real", "error")
+            assert r["prob_fake"] is None or 0 <= r["prob_fake"] <= 1 or r["verdict"] == "error"
+        build_report(rows, tmp_path / "h.html", top=2)
+
+    run()
+
+
 def test_report_content(results, tmp_path):
     rows, _ = read_results([results["jsonl"]])
     out = build_report(rows, tmp_path / "r.html", top=5)
