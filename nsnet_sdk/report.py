@@ -34,13 +34,16 @@ MAX_CELL = 2000  # characters kept of one text cell (a hostile results file cann
 # -- reading results ------------------------------------------------------------------------------
 
 def read_results(paths: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
-    """Rows of `nsnet detect` / `nsnet batch` result files (JSON Lines or CSV, by content), each
+    """Rows of `nsnet detect` / `nsnet batch` result files (JSON Lines, CSV or Parquet, by content), each
     normalised by `normalise_row`; and one problem line per file or line that could not be read."""
     rows: list[dict] = []
     problems: list[str] = []
     for path in map(Path, paths):
         base = str(path.resolve().parent)
         try:
+            if _is_parquet(path):
+                rows.extend(normalise_row(r, base) for r in _parquet_rows(path))
+                continue
             with open(path, encoding="utf-8", errors="replace", newline="") as f:
                 head = f.read(1)
                 f.seek(0)
@@ -59,9 +62,24 @@ def read_results(paths: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
                             problems.append(f"{path}:{n}: not a JSON object")
                 else:
                     rows.extend(normalise_row(r, base) for r in csv.DictReader(f))
-        except (OSError, csv.Error, UnicodeError) as e:
+        except (OSError, csv.Error, UnicodeError, ValueError, ImportError) as e:
             problems.append(f"{path}: {type(e).__name__}: {e}")
     return rows, problems
+
+
+def _is_parquet(path: Path) -> bool:
+    """`nsnet batch` writes Parquet (files or a folder of parts); recognised by the PAR1 magic."""
+    if path.is_dir():
+        return any(_is_parquet(p) for p in path.glob("*.parquet"))
+    with open(path, "rb") as f:
+        return f.read(4) == b"PAR1"
+
+
+def _parquet_rows(path: Path) -> Iterable[dict]:
+    import pyarrow.parquet as pq  # optional: only Parquet results need it
+
+    for batch in pq.ParquetFile(path).iter_batches() if path.is_file() else pq.read_table(path).to_batches():
+        yield from batch.to_pylist()
 
 
 def _float(v: Any) -> float | None:
@@ -107,7 +125,7 @@ def normalise_row(raw: dict, base: str = "") -> dict:
         c2pa = (prov.get("c2pa") or {}).get("state")
         gen = prov.get("generator")
         prov = prov.get("summary")
-    return {"source": _text(raw.get("source")), "prob_fake": prob, "verdict": verdict, "error": error,
+    return {"source": _text(raw.get("source") or raw.get("path")), "prob_fake": prob, "verdict": verdict, "error": error,
             "warnings": _text(raw.get("warnings")), "provenance": _text(prov), "c2pa": _text(c2pa),
             "generator": _text(gen), "base": base}
 
@@ -282,7 +300,8 @@ def add_parser(sub: Any) -> None:
                        description="Build an HTML report (no server, no network) from nsnet detect / "
                        "nsnet batch results (JSON Lines or CSV): counts by verdict, score histogram, "
                        "the most suspicious images, errors, and a sortable, paged table of all rows.")
-    p.add_argument("results", nargs="+", metavar="RESULTS", help="result files (.jsonl or .csv)")
+    p.add_argument("results", nargs="+", metavar="RESULTS",
+                   help="result files: JSON Lines or CSV (nsnet detect), Parquet (nsnet batch)")
     p.add_argument("--out", required=True, metavar="HTML", help="report file to write")
     p.add_argument("--model", "-m", help="draw explanation overlays on the most suspicious images "
                    "with this model (.engine, .onnx or a run directory)")

@@ -77,6 +77,24 @@ def test_missing_columns_and_bad_lines_are_tolerated(tmp_path):
     assert normalise_row({"source": "x", "prob_fake": "0.7", "is_fake": "True"})["verdict"] == "ai-generated"
 
 
+def test_reads_nsnet_batch_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = pa.table({"path": ["a.jpg", "b.jpg", "c.jpg"], "prob_fake": [0.9, None, 0.1],
+                      "logit": [2.2, None, -2.2], "is_fake": [True, None, False],
+                      "error": [None, "ImageDecodeError: b.jpg: truncated", None], "model_sha256": ["0" * 64] * 3})
+    (tmp_path / "out").mkdir()
+    pq.write_table(table.slice(0, 2), tmp_path / "out" / "part-0.parquet")
+    pq.write_table(table.slice(2), tmp_path / "out" / "part-1.parquet")
+    pq.write_table(table, tmp_path / "one.parquet")
+    for src in (tmp_path / "one.parquet", tmp_path / "out"):
+        rows, problems = read_results([src])
+        assert problems == []
+        assert sorted((r["source"], r["verdict"]) for r in rows) == [
+            ("a.jpg", "ai-generated"), ("b.jpg", "error"), ("c.jpg", "real")]
+
+
 def test_any_row_values_normalise_and_render(tmp_path):
     from hypothesis import given, settings, strategies as st
 
