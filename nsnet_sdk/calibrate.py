@@ -72,9 +72,19 @@ def _rate(text: str) -> float:
     return v
 
 
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
 def add_parser(sub: Any) -> None:
     """Register ``nsnet calibrate``."""
-    p = sub.add_parser("calibrate", help="choose the two-threshold verdict band on images of known origin",
+    p = sub.add_parser("calibrate", help="calibrate the three-way verdict band on known images",
                        description="Score folders of real and of AI-generated images and choose t_fake "
                        "(false-positive rate --fpr on the real ones) and t_real (miss rate --fnr on the "
                        "fake ones). Prints the band as JSON; --out/--in-place store it in the model.")
@@ -87,7 +97,7 @@ def add_parser(sub: Any) -> None:
     w = p.add_mutually_exclusive_group()
     w.add_argument("--out", metavar="MODEL", help="write a copy of the model carrying the band here")
     w.add_argument("--in-place", action="store_true", help="store the band in MODEL itself")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive, default=32, help="images per batch (32)")
     p.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
     p.set_defaults(run=cmd_calibrate)
 
@@ -104,7 +114,7 @@ def cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         sets[label] = paths
     providers = [s.strip() for s in args.providers.split(",") if s.strip()] if args.providers else None
     try:
-        det = Detector(args.model, providers=providers, batch_size=max(1, args.batch_size))
+        det = Detector(args.model, providers=providers, batch_size=args.batch_size)
     except (NSNetError, ValueError) as e:
         print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
         return 1
