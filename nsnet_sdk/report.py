@@ -233,8 +233,9 @@ def _card(row: dict, detector: Any, reader: Any, max_side: int, max_pixels: int)
         badges += f'<span class="badge p-{esc(prov)}" title="{esc(row["generator"])}">provenance: {esc(prov)}</span>'
     if c2pa:
         badges += f'<span class="badge c-{esc(c2pa)}">C2PA {esc(c2pa)}</span>'
+    score = "not scored" if row["prob_fake"] is None else f"prob_fake {row['prob_fake']:.4f}"
     return (f'<div class="card">{thumb}<div class="name" title="{esc(src)}">{esc(_short(src))}</div>'
-            f'<div>prob_fake {row["prob_fake"]:.4f}</div>{badges}</div>')
+            f'<div>{score}</div>{badges}</div>')
 
 
 # -- the page -------------------------------------------------------------------------------------
@@ -257,6 +258,11 @@ def build_report(rows: Sequence[dict], out: str | Path, *, detector: Any = None,
     scored = sorted((r for r in rows if r["prob_fake"] is not None and r["verdict"] != "error"),
                     key=lambda r: -r["prob_fake"])[:max(0, top)]
     cards = "".join(_card(r, detector, reader, thumb_side, max_pixels or MAX_PIXELS) for r in scored)
+    # Files whose metadata declares their origin, from the rows' provenance columns (nsnet detect
+    # --provenance): shown whatever their score, since a declaration is evidence of its own.
+    declared = [r for r in rows if r["provenance"] in ("ai-declared", "non-ai-declared") or r["c2pa"]]
+    declared_cards = "".join(_card(r, detector, None, thumb_side, max_pixels or MAX_PIXELS)
+                             for r in declared[:max(0, top)])
     errs = [r for r in rows if r["verdict"] == "error"]
     err_items = [f"<li><b>{html.escape(r['source'])}</b>: {html.escape(r['error'] or '')}</li>"
                  for r in errs[:MAX_ERRORS_LISTED]]
@@ -283,7 +289,12 @@ def build_report(rows: Sequence[dict], out: str | Path, *, detector: Any = None,
                          + (", with each selected patch coloured by how much it moves the logit "
                             "(red: towards AI-generated, blue: towards real)" if detector is not None else "")
                          + ". Provenance is what the file itself declares; 'unknown' is not evidence of a real photo."),
-        cards=cards or "<p>no scored rows</p>", n_errors=f"{len(errs):,}", errors=errors_html,
+        cards=cards or "<p>no scored rows</p>",
+        n_declared=f"{len(declared):,}", declared_cards=declared_cards,
+        declared_note=("C2PA manifests, IPTC digital source types and generator metadata found in the "
+                       f"files{f'; the first {top} shown' if len(declared) > top else ''}." if declared else
+                       "None among the rows' provenance columns (run nsnet detect --provenance to fill them)."),
+        n_errors=f"{len(errs):,}", errors=errors_html,
         rows_json=rows_json, page_size=PAGE_SIZE)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")

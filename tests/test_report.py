@@ -125,11 +125,16 @@ def test_report_content(results, tmp_path):
         assert f'<div class="count v-{v}"><b>{n:,}</b>{v}</div>' in page
     hist = [int(m) for m in re.findall(r"<title>[0-9.]+–[0-9.]+: (\d+) ", page)]
     assert sum(hist) == len(rows) - counts["error"]
-    assert page.count('<div class="card">') == 5
+    suspicious, rest = page.split('<section id="declared">')
+    declared = rest.split('<section id="errors">')[0]
+    assert suspicious.count('<div class="card">') == 5
     # The five cards are the five highest scores, in order.
     top = sorted((r for r in rows if r["prob_fake"] is not None), key=lambda r: -r["prob_fake"])[:5]
-    shown = re.findall(r'<div>prob_fake ([0-9.]+)</div>', page)
+    shown = re.findall(r'<div>prob_fake ([0-9.]+)</div>', suspicious)
     assert shown == [f"{r['prob_fake']:.4f}" for r in top]
+    # Whatever its score, the file whose metadata declares a generator has its own card and badge.
+    assert declared.count('<div class="card">') == 1 and "imgs/gen.png" in declared
+    assert "provenance: ai-declared" in declared and "Files that declare their origin (1)" in declared
     # Self-contained: images are data URIs, nothing is fetched.
     assert not re.search(r'(src|href)="(?!data:)', page)
     assert "<script src" not in page and "<link" not in page
@@ -148,6 +153,7 @@ def test_overlays_are_the_explanation_boxes(results, tmp_path):
     rows, _ = read_results([results["jsonl"]])
     with Detector(results["model"], workers=0) as det:
         page = build_report(rows, tmp_path / "r.html", detector=det, top=1).read_text()
+        page = page.split('<section id="declared">')[0]  # the one suspicious card
         best = max((r for r in rows if r["prob_fake"] is not None), key=lambda r: r["prob_fake"])
         ex = det.explain(best["source"])
     rects = re.findall(r'<rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)" fill="#[0-9a-f]{6}" '
@@ -289,8 +295,8 @@ def test_report_renders_in_chromium(results, browser, tmp_path):
     assert browser.js(f"{ROWS}.length") == n
     assert browser.js("document.getElementById('status').textContent") == f"rows 1–{n} of {n}, page 1 of 1"
     imgs = browser.js("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
-    assert len(imgs) == 6 and all(c and w > 0 for c, w in imgs)
-    assert browser.js("document.querySelectorAll('.card svg rect').length") == 6 * 49
+    assert len(imgs) == 6 + 1 and all(c and w > 0 for c, w in imgs)  # + the declared file's card
+    assert browser.js("document.querySelectorAll('#suspicious .card svg rect').length") == 6 * 49
     # Default order: prob_fake descending, errors last.
     probs = browser.js(f"Array.from({ROWS}).map(tr => tr.children[1].textContent)")
     scored = [float(p) for p in probs if p]
