@@ -13,7 +13,8 @@ from typing import Any
 from .cli import _nonneg_int, _positive_int, _probability, _providers
 from .errors import NSNetError
 from .preprocess import ImageScan, scan_image_paths
-from .results import CSV, JSONL, ResultFileError, ResultWriter, holds_result, model_sha256, result_row
+from .provenance import PROVENANCE_COLUMNS, provenance_columns
+from .results import CSV, FIELDS, JSONL, ResultFileError, ResultWriter, holds_result, model_sha256, result_row
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -47,6 +48,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--workers", type=_nonneg_int, default=None,
                    help="decode threads (default: one per core; 0 = none)")
     d.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
+    d.add_argument("--provenance", action="store_true", help="add what each file declares about its "
+                   "origin (C2PA, IPTC digital source type, generator metadata) as columns: "
+                   + ", ".join(PROVENANCE_COLUMNS))
+    d.add_argument("--trust-anchors", metavar="PEM", help="CA certificates whose C2PA signers count "
+                   "as trusted (with --provenance)")
     talk = d.add_mutually_exclusive_group()
     talk.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     talk.add_argument("--verbose", "-v", action="store_true",
@@ -119,11 +125,13 @@ def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if missing:  # a typo, not an image that failed: nothing has been done yet
         parser.error("no such file or folder: " + ", ".join(repr(p) for p in missing))
     outputs = _outputs(args, parser)
+    args.provenance_reader = _provenance_option(args, parser)
+    fields = FIELDS + (PROVENANCE_COLUMNS if args.provenance else ())
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     writers: list[ResultWriter] = []
     try:
         for spec, fmt in outputs:
-            writers.append(ResultWriter(spec, fmt, mode=mode))
+            writers.append(ResultWriter(spec, fmt, mode=mode, fields=fields))
     except ResultFileError as e:
         parser.error(str(e))
     except OSError as e:
@@ -147,6 +155,20 @@ def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             w.close()
 
 
+def _provenance_option(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+    """The Detector's ``provenance=`` from --provenance / --trust-anchors (usage errors here)."""
+    if not args.provenance:
+        if args.trust_anchors:
+            parser.error("--trust-anchors needs --provenance")
+        return False
+    from .provenance import ProvenanceReader
+
+    try:
+        return ProvenanceReader(trust_anchors=args.trust_anchors)
+    except (OSError, ValueError) as e:
+        parser.error(f"--trust-anchors: {e}")
+
+
 def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan, sha: str) -> int:
     """Load the model, then score and report; the writers are open and checked."""
     from .detector import Detector
@@ -154,7 +176,7 @@ def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan,
     try:
         det = Detector(args.model, threshold=args.threshold,
                        providers=_providers(args.providers), batch_size=args.batch_size,
-                       workers=args.workers)
+                       workers=args.workers, provenance=args.provenance_reader)
     except (NSNetError, ValueError) as e:
         _say(f"error: cannot load model: {e}")
         return 1
@@ -221,6 +243,8 @@ def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, bar
     try:
         for pred in det.predict_iter(todo, on_error="record"):
             row = result_row(pred, threshold=det.threshold, model_sha256=sha)
+            if det.provenance is not None:
+                row.update(provenance_columns(pred.provenance))
             for w in writers:
                 if pred.source not in w.done:
                     w.add(row)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ImageDecodeError, InferenceError, NSNetError
+from .errors import ImageDecodeError, InferenceError, NSNetError, UnsupportedInputError
 from .prediction import sigmoid
 from .preprocess import load_image, mosaic_slots, normalize, patch_entropies, patch_mosaic
 
@@ -87,11 +87,15 @@ def occlusion_batch(x: np.ndarray, grid: int, patch: int) -> np.ndarray:
 def explain_image(detector: "Detector", img: Any, name: str | None = None) -> Explanation:
     """`Detector.explain`: occlusion contributions of ``img`` (anything `Detector.predict` takes
     as one input). Raises the input's typed error (`ImageDecodeError`, ...) or `InferenceError`."""
-    from .detector import source_name
+    from .detector import ACCEPTED_INPUTS, _bgr_to_rgb, _is_image, source_name
 
     name = name or source_name(img, 0)
+    if not _is_image(img):
+        raise UnsupportedInputError(f"{name}: cannot explain a {type(img).__name__}: expected one of "
+                                    f"{ACCEPTED_INPUTS}", source=name)
     try:
-        rgb = load_image(img, max_pixels=detector.max_pixels, name=name)
+        src = _bgr_to_rgb(img) if detector.channels == "bgr" else img
+        rgb = load_image(src, max_pixels=detector.max_pixels, name=name)
     except NSNetError:
         raise
     except Exception as e:  # as Detector.predict: anything untyped about an input is a decode error

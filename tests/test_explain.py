@@ -14,7 +14,7 @@ pytest.importorskip("onnx")
 from _sdk_util import build_stand_in_onnx, stand_in_logit, textured, write_png  # noqa: E402
 
 from nsnet_sdk import Detector  # noqa: E402
-from nsnet_sdk.errors import ImageDecodeError, InferenceError  # noqa: E402
+from nsnet_sdk.errors import ImageDecodeError, InferenceError, UnsupportedInputError  # noqa: E402
 from nsnet_sdk.preprocess import DEFAULT, patch_mosaic, preprocess  # noqa: E402
 
 P, G = DEFAULT.patch, DEFAULT.grid
@@ -93,12 +93,23 @@ def test_contributions_on_the_nsnet_tiny_network():
     del torch
 
 
+def test_explain_follows_the_detectors_channel_order(model):
+    rgb = textured(150, 190, seed=9)
+    with Detector(model, workers=0) as det:
+        want = det.explain(rgb)
+    with Detector(model, workers=0, channels="bgr") as det:
+        got = det.explain(np.ascontiguousarray(rgb[..., ::-1]))
+    assert got.contributions == want.contributions and got.boxes == want.boxes
+
+
 def test_explain_errors_are_typed_and_name_the_input(model, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really")
     with Detector(model, workers=0) as det:
         with pytest.raises(ImageDecodeError, match="broken.jpg"):
             det.explain(str(bad))
+        with pytest.raises(UnsupportedInputError, match="int"):
+            det.explain(42)
     with pytest.raises(InferenceError, match="closed"):
         det.explain(textured(64, 64))
 

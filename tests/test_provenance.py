@@ -264,8 +264,18 @@ def test_cli_detect_provenance_columns(model, tmp_path):
     jrows = {Path(r["source"]).name: r for r in map(json.loads, out_json.read_text().splitlines())}
     assert isinstance(jrows["ai.png"]["provenance_signals"], list) and jrows["ai.png"]["provenance_signals"]
     # Without the flag the columns are absent.
-    assert main(["detect", str(tmp_path / "imgs"), "-m", str(model), "-q", "--csv", str(out_csv)]) == 0
+    assert main(["detect", str(tmp_path / "imgs"), "-m", str(model), "-q", "--csv", str(out_csv),
+                 "--overwrite"]) == 0
     assert "provenance" not in next(csv.DictReader(out_csv.open()))
+    # Trust anchors: only with --provenance, and a file without a certificate is a usage error.
+    (tmp_path / "bad.pem").write_text("nothing")
+    for extra in (["--trust-anchors", str(tmp_path / "bad.pem")],
+                  ["--provenance", "--trust-anchors", str(tmp_path / "bad.pem")],
+                  ["--provenance", "--trust-anchors", str(tmp_path / "missing.pem")]):
+        with pytest.raises(SystemExit) as e:
+            main(["detect", str(tmp_path / "imgs"), "-m", str(model), "-q", "--csv", str(tmp_path / "x.csv"), *extra])
+        assert e.value.code == 2
+    assert not (tmp_path / "x.csv").exists() or (tmp_path / "x.csv").read_text() == ""
 
 
 def test_import_nsnet_sdk_loads_no_c2pa_torch_or_matplotlib():
