@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import NSNetError
+from .results import CSV, JSONL, read_rows
 
 VERDICTS = ("ai-generated", "uncertain", "real", "error")
 TEMPLATE = Path(__file__).with_name("report_template.html")
@@ -34,8 +35,9 @@ MAX_CELL = 2000  # characters kept of one text cell (a hostile results file cann
 # -- reading results ------------------------------------------------------------------------------
 
 def read_results(paths: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
-    """Rows of `nsnet detect` / `nsnet batch` result files (JSON Lines, CSV or Parquet, by content), each
-    normalised by `normalise_row`; and one problem line per file or line that could not be read."""
+    """Rows of `nsnet detect` / `nsnet batch` result files (JSON Lines, CSV or Parquet, by content),
+    each normalised by `normalise_row`; and one problem line per file that could not be read (a
+    file that is not a result file is refused whole, with the line at fault)."""
     rows: list[dict] = []
     problems: list[str] = []
     for path in map(Path, paths):
@@ -44,25 +46,12 @@ def read_results(paths: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
             if _is_parquet(path):
                 rows.extend(normalise_row(r, base) for r in _parquet_rows(path))
                 continue
-            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            with open(path, "rb") as f:
                 head = f.read(1)
-                f.seek(0)
-                if head == "{":
-                    for n, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue
-                        try:
-                            raw = json.loads(line)
-                        except ValueError as e:
-                            problems.append(f"{path}:{n}: not JSON ({e})")
-                            continue
-                        if isinstance(raw, dict):
-                            rows.append(normalise_row(raw, base))
-                        else:
-                            problems.append(f"{path}:{n}: not a JSON object")
-                else:
-                    rows.extend(normalise_row(r, base) for r in csv.DictReader(f))
-        except (OSError, csv.Error, UnicodeError, ValueError, ImportError) as e:
+            # The format by content (a redirected stdout has no telling suffix); the one reader
+            # of result files unescapes the text cells, so sources are real paths again.
+            rows.extend(normalise_row(r, base) for r in read_rows(path, JSONL if head == b"{" else CSV))
+        except (OSError, csv.Error, UnicodeError, ValueError, ImportError) as e:  # ResultFileError too
             problems.append(f"{path}: {type(e).__name__}: {e}")
     return rows, problems
 

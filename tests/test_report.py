@@ -40,6 +40,7 @@ def results(tmp_path_factory):
     imgs.mkdir()
     for i in range(13):
         write_png(imgs / f"img{i:02d}.png", textured(180 + 13 * i, 240, seed=i))
+    write_png(imgs / "tab\there \\ back.png", textured(150, 150, seed=99))  # escaped in result files
     (imgs / "gen.png").write_bytes(png_with(png_chunk(b"tEXt", b"parameters\x00a cat")))
     (imgs / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     # A path holding "</script>" and markup: a folder named "evil<" and a file "script><img ...>.jpg".
@@ -49,7 +50,7 @@ def results(tmp_path_factory):
     jsonl, csv_path = root / "r.jsonl", root / "r.csv"
     assert main(["detect", str(imgs), "-r", "-m", str(model), "-q", "--json", str(jsonl), "--provenance"]) == 0
     assert main(["detect", str(imgs), "-r", "-m", str(model), "-q", "--csv", str(csv_path)]) == 0
-    return {"root": root, "model": model, "jsonl": jsonl, "csv": csv_path, "n": 16}
+    return {"root": root, "model": model, "jsonl": jsonl, "csv": csv_path, "n": 17}
 
 
 def test_reads_detect_jsonl_and_csv_alike(results):
@@ -60,20 +61,25 @@ def test_reads_detect_jsonl_and_csv_alike(results):
     assert sorted(map(key, j)) == sorted(map(key, c))
     assert sum(r["verdict"] == "error" for r in j) == 2
     assert any("</script><img" in r["source"] for r in j)
+    assert any(r["source"].endswith("tab\there \\ back.png") for r in j)  # unescaped: the real path
+    page = build_report(j, results["root"] / "all.html", top=50).read_text()
+    assert page.count('<div class="card">') == results["n"] - 2 + 1 and "image not available" not in page
     gen = next(r for r in j if r["source"].endswith("gen.png"))
     assert gen["provenance"] == "ai-declared" and "Stable Diffusion" in gen["generator"]
 
 
-def test_missing_columns_and_bad_lines_are_tolerated(tmp_path):
+def test_missing_columns_are_tolerated_and_broken_files_named(tmp_path):
     f = tmp_path / "r.jsonl"
-    f.write_text('{"source": "a.jpg", "prob_fake": 0.9}\n{broken\n[1, 2]\n'
+    f.write_text('{"source": "a.jpg", "prob_fake": 0.9}\n'
                  '{"source": "b.jpg", "prob_fake": 0.5, "verdict": "uncertain", "warnings": ["tiny"]}\n'
                  '{"source": "c.jpg", "prob_fake": "nan"}\n{"source": "d.jpg", "prob_fake": 0.2, "is_fake": false}\n')
-    rows, problems = read_results([f, tmp_path / "missing.jsonl"])
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"source": "e.jpg", "prob_fake": 0.1}\n{broken\n')
+    rows, problems = read_results([f, broken, tmp_path / "missing.jsonl"])
+    # no is_fake and no verdict: scored but not called fake; it never becomes "ai-generated"
     assert [r["verdict"] for r in rows] == ["real", "uncertain", "error", "real"]
-    # no is_fake and no verdict: the row is scored but cannot be called fake; it never becomes "ai-generated"
     assert rows[1]["warnings"] == "tiny" and rows[2]["error"] == "no score in the results row"
-    assert len(problems) == 3 and "missing.jsonl" in problems[2]
+    assert len(problems) == 2 and "broken.jsonl:2" in problems[0] and "missing.jsonl" in problems[1]
     assert normalise_row({"source": "x", "prob_fake": "0.7", "is_fake": "True"})["verdict"] == "ai-generated"
 
 
