@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -24,11 +24,9 @@ from .backends import Backend, load_backend
 from .errors import (ImageDecodeError, InferenceError, NSNetError, PreprocessMismatchError,
                      RandomWeightsWarning, UnsupportedInputError)
 from .prediction import Prediction, sigmoid
+from .explain import Explanation, explain_image
 from .provenance import provenance_reader, with_provenance
 from .preprocess import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic
-
-if TYPE_CHECKING:
-    from .explain import Explanation
 
 ON_ERROR = ("raise", "record")
 CHANNELS = ("rgb", "bgr")
@@ -124,9 +122,7 @@ class Detector:
         channels: channel order of numpy array inputs: ``"rgb"`` (default; what `load_image`
             returns, and PIL's order) or ``"bgr"`` (OpenCV's ``cv2.imread`` order; BGRA for
             4 channels). Paths, bytes and PIL images are decoded to RGB whatever this says.
-        provenance: True (or a `nsnet_sdk.provenance.ProvenanceReader`, e.g. with trust anchors)
-            fills `Prediction.provenance` with what each file declares about its origin
-            (C2PA, IPTC, generator metadata), read beside the score and never mixed into it.
+        provenance: True or a `ProvenanceReader`: fill `Prediction.provenance` (nsnet_sdk.provenance).
 
     Raises:
         ModelLoadError: the artifact is missing, of unknown kind, unreadable or lacks metadata
@@ -145,8 +141,7 @@ class Detector:
         self.batch_size = _check_batch_size(batch_size)
         self.workers = default_workers() if workers is None else _check_workers(workers)
         self.max_pixels = int(max_pixels)
-        self.channels = _check_channels(channels)
-        self.provenance = provenance_reader(provenance)
+        self.channels, self.provenance = _check_channels(channels), provenance_reader(provenance)
         # Every metadata field is validated before a runtime library parses the file.
         self.meta: ModelMeta = read_model_meta(self.model_path, self.kind)
         self.backend: Backend = load_backend(
@@ -211,13 +206,8 @@ class Detector:
         bgr = _check_channels(channels or self.channels) == "bgr"
         return self._pipeline(items, bs, nw, _check_on_error(on_error), bgr)
 
-    def explain(self, img: Any) -> "Explanation":
-        """How much each selected patch of ``img`` moves the logit (occlusion, one batched forward
-        pass), with each patch's box in the original image; see `nsnet_sdk.explain`."""
-        from .explain import explain_image
-
-        if self._closed:
-            raise InferenceError(f"{self.model_path}: the Detector is closed", source=str(self.model_path))
+    def explain(self, img: Any) -> Explanation:
+        """Per-patch occlusion contributions to ``img``'s logit, one batched pass (nsnet_sdk.explain)."""
         return explain_image(self, img)
 
     def info(self) -> dict[str, Any]:
@@ -289,8 +279,7 @@ class Detector:
                 buf = free.pop() if free else np.empty((bs, 3, side, side), np.float32)
                 names = [source_name(x, counter + j) for j, x in enumerate(chunk)]
                 counter += len(chunk)
-                futs = [pool.submit(self._prepare, x, names[j], buf, j, bgr)
-                        for j, x in enumerate(chunk)]
+                futs = [pool.submit(self._prepare, x, names[j], buf, j, bgr) for j, x in enumerate(chunk)]
                 provs = [pool.submit(self.provenance.read, x) for x in chunk] if self.provenance else None
                 inflight.append((names, futs, buf, provs))
 
@@ -326,8 +315,7 @@ class Detector:
                     p = float(probs[j])
                     yield with_provenance(Prediction(source=name, prob_fake=p, is_fake=p >= self.threshold,
                                                      logit=float(logits[j]), warnings=notes[j],
-                                                     verdict=band.verdict(p) if band is not None else None),
-                                          provs, j)
+                                                     verdict=band.verdict(p) if band is not None else None), provs, j)
         finally:
             for _, futs, _, provs in inflight:
                 for f in futs + (provs or []):

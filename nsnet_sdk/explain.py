@@ -90,6 +90,8 @@ def explain_image(detector: "Detector", img: Any, name: str | None = None) -> Ex
     from .detector import ACCEPTED_INPUTS, _bgr_to_rgb, _is_image, source_name
 
     name = name or source_name(img, 0)
+    if detector._closed:  # the backend's sessions and buffers are gone
+        raise InferenceError(f"{detector.model_path}: the Detector is closed", source=str(detector.model_path))
     if not _is_image(img):
         raise UnsupportedInputError(f"{name}: cannot explain a {type(img).__name__}: expected one of "
                                     f"{ACCEPTED_INPUTS}", source=name)
