@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             one = str(files["jpeg"][0])
             base = median_ms(lambda: det.predict(one), args.repeat * 4)
             add("predict 1 image", base)
-            add("explain 1 image (50 mosaics, one batch)", median_ms(lambda: det.explain(one), args.repeat * 2), base)
+            add("explain 1 image (50 mosaics, one batch)", median_ms(lambda: det.explain(one), args.repeat), base)
             backend = f"{det.backend.name} on {det.backend.device}"
 
     print(f"model {model.name} ({backend}), {n} files of {args.size}×{args.size} per set, median of {args.repeat}")
