@@ -12,7 +12,7 @@ import os
 import re
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,14 +163,13 @@ def _bounded_bytes(src: Any) -> bytes:
 
 @dataclass
 class _Meta:
+    """What the container walk found."""
+
     mime: str = ""
     source_type: str | None = None
     generator: str | None = None
     has_c2pa: bool = False
-    notes: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        self.notes = []
+    notes: list[str] = field(default_factory=list)
 
 
 def scan_metadata(data: bytes) -> _Meta:
