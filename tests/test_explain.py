@@ -64,6 +64,7 @@ def test_contributions_match_a_direct_occlusion_computation(model):
     assert np.ptp(ex.contributions) > 0.01  # the patches do differ, so the test can tell slots apart
 
 
+@pytest.mark.filterwarnings("ignore::nsnet_sdk.errors.RandomWeightsWarning")  # a random-init test model
 def test_contributions_on_the_nsnet_tiny_network():
     pytest.importorskip("torch")
     pytest.importorskip("open_clip")
