@@ -16,7 +16,6 @@ Without ``--model`` an nsnet-tiny model with random weights is trained for 0 epo
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys

@@ -68,8 +68,6 @@ def test_contributions_match_a_direct_occlusion_computation(model):
 def test_contributions_on_the_nsnet_tiny_network():
     pytest.importorskip("torch")
     pytest.importorskip("open_clip")
-    import torch
-
     from _export_util import torch_logits
     from _sdk_util import tiny_export
     from nsnet_sdk.explain import occlusion_batch
@@ -91,7 +89,6 @@ def test_contributions_on_the_nsnet_tiny_network():
     assert ex.logit == pytest.approx(base, abs=1e-3)
     np.testing.assert_allclose(ex.contributions, direct, atol=1e-3)
     assert occlusion_batch(x, G, P).shape == (G * G + 1, 3, 224, 224)
-    del torch
 
 
 def test_explain_follows_the_detectors_channel_order(model):
