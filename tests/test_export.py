@@ -197,6 +197,19 @@ def test_int8_is_quantised_and_correlates(tiny, tiny_model, tmp_path):
     assert np.abs(logit - ref).max() > 0  # really quantised, not the FP32 graph relabelled
 
 
+def test_int8_weights_are_seven_bit_so_avx2_kernels_cannot_saturate(tiny, tmp_path):
+    # ORT's u8×s8 kernels on x86 without VNNI add product pairs in int16: |w| ≤ 64 keeps every
+    # pair in range (255·64·2 < 32767); full-range weights saturate and scramble the logits.
+    from onnx import numpy_helper
+
+    res = export_model(tiny, tmp_path / "int8.onnx", int8=True, parity_n=0)
+    model = onnx.load(str(res.path))
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    assert weights
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+
+
 def _value_types(model) -> dict[str, int]:
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in
