@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,export,dev,ray]'
+	$(PY) -m pip install --quiet -e '.[cpu,train,export,dev,ray]'
 	touch $(STAMP)
 
 test: setup
@@ -22,7 +22,7 @@ demo: setup
 	$(PY) -m demo $(DEMO_ARGS)
 
 bench: setup
-	$(PY) benchmarks/preprocess.py
+	$(PY) -m benchmarks.preprocess
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out

@@ -63,10 +63,25 @@ def row(spec: dict, stage: str, batch_size: int, workers: int, images: int, seco
     }
 
 
+def device_used_mb() -> float | None:
+    """Memory in use on the current CUDA device (MiB), from the CUDA runtime's cudaMemGetInfo;
+    None without cuda-python or a device. Through the runtime, not nvidia-smi: nvidia-smi's
+    per-process list does not show processes of another PID namespace (containers)."""
+    try:
+        from nsnet_sdk.backends.tensorrt import import_cudart
+
+        cudart = import_cudart()
+    except ImportError:
+        return None
+    err, free, total = cudart.cudaMemGetInfo()
+    return (int(total) - int(free)) / 2**20 if int(err) == 0 else None
+
+
 class _Cuda:
     """CUDA bookkeeping of one child: synchronisation and peak memory of the PyTorch rows (torch's
-    allocator) and this process's device memory as the driver reports it (nvidia-smi, for every
-    runtime: ORT's arena and TensorRT's buffers are not visible to torch). No-ops on CPU.
+    allocator), and for every runtime the device memory it holds beyond what was in use before the
+    model was loaded (cudaMemGetInfo: ORT's arena and TensorRT's buffers are not visible to torch;
+    arenas do not shrink, so the figure after the timed calls is their peak). No-ops on CPU.
 
     torch is imported only for the PyTorch backend: creating a torch CUDA context inside an ORT or
     TensorRT child would add its own memory to that child's figure.
@@ -79,6 +94,7 @@ class _Cuda:
             import torch
             if torch.cuda.is_available():
                 self.torch = torch
+        self.baseline_mb = device_used_mb() if self.on else None  # creates the CUDA context first
 
     def sync(self) -> None:
         if self.torch is not None:
@@ -89,23 +105,11 @@ class _Cuda:
             self.torch.cuda.reset_peak_memory_stats()
 
     def process_used_mb(self) -> float | None:
-        """Device memory held by this process (driver view, MiB); None without nvidia-smi."""
-        if not self.on:
+        """Device memory taken since this child started (MiB, CUDA context excluded); None off CUDA."""
+        if not self.on or self.baseline_mb is None:
             return None
-        import os
-        import subprocess
-
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                                 timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-        for line in out.splitlines():
-            parts = [p.strip() for p in line.split(",")]
-            if len(parts) == 2 and parts[0] == str(os.getpid()):
-                return float(parts[1])
-        return None
+        used = device_used_mb()
+        return None if used is None else round(used - self.baseline_mb, 1)
 
     def torch_peak_mb(self) -> float | None:
         return None if self.torch is None else self.torch.cuda.max_memory_allocated() / 2**20

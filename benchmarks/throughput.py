@@ -1,6 +1,6 @@
 """Throughput, latency and memory of every backend and of the whole pipeline, against PyTorch in the same run.
 
-    python benchmarks/throughput.py --model nsnet.onnx [--engine nsnet.engine] [--ckpt RUN_DIR]
+    python -m benchmarks.throughput --model nsnet.onnx [--engine nsnet.engine] [--ckpt RUN_DIR]
         [--batch-sizes 1,8,32,128] [--images DIR | --synthetic N [--size 512]] [--workers 1,2,4]
         [--json out.json] [--plot out.png] [--threads T] [--iters N] [--warmup N] [--device auto]
 
@@ -34,12 +34,9 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # sibling helper modules when imported from tests
-    sys.path.insert(0, str(HERE))
+from benchmarks import _variants
 
-import _variants  # noqa: E402  (sibling module, found through the sys.path line above)
-from nsnet_sdk.prediction import sigmoid  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "onnx", "torch",
              "open_clip_torch", "tensorrt", "cuda-python")
@@ -65,7 +62,7 @@ def positive_ints(text: str) -> list[int]:
 def synthetic_files(n: int, size: int, root: Path) -> list[str]:
     """``n`` photo-like ``size``×``size`` JPEGs (q90) under ``root``: decode cost like a camera image."""
     import cv2
-    from preprocess import photo_like  # benchmarks/preprocess.py (the lead's), same synthetic photos
+    from benchmarks.preprocess import photo_like  # the same synthetic photos as the preprocess benchmark
 
     root.mkdir(parents=True, exist_ok=True)
     out = []
@@ -173,6 +170,21 @@ def plan(args, variants: list[_variants.Variant], device: str, cuda_ort: bool) -
     return cfgs
 
 
+def on_gpu(device: str | None) -> bool:
+    """Whether a backend's reported ``device`` is a GPU: ``cuda``/``cuda:N`` (torch, TensorRT) or a
+    GPU execution provider of ONNX Runtime."""
+    d = str(device or "").lower()
+    return d.startswith("cuda") or d in ("cudaexecutionprovider", "tensorrtexecutionprovider")
+
+
+def device_flag(spec: dict, device: str | None) -> dict | None:
+    """A flag for a configuration planned for CUDA whose backend reports it ran elsewhere (ONNX
+    Runtime falling back to its CPU provider, say): its rows are not CUDA figures."""
+    if spec.get("device") != "cuda" or on_gpu(device):
+        return None
+    return {"config": spec["name"], "planned": "cuda", "ran_on": str(device)}
+
+
 def run_child(spec: dict, workdir: Path, timeout: float) -> tuple[dict | None, str | None]:
     """Run benchmarks/_measure.py on ``spec``; (result, None) or (None, why it failed)."""
     slug = spec["name"].replace(" ", "_")
@@ -196,7 +208,7 @@ def run_child(spec: dict, workdir: Path, timeout: float) -> tuple[dict | None, s
 def parity_report(cfgs: list[dict], workdir: Path, threshold: float) -> list[dict]:
     """max |Δlogit|, |Δprob|, agreement and correlation of every configuration against the
     reference: PyTorch FP32 (the unfolded checkpoint) if it ran, else the given FP32 graph."""
-    from export.to_onnx import compare
+    from export.parity import compare
 
     logits = {}
     for c in cfgs:
@@ -213,7 +225,7 @@ def parity_report(cfgs: list[dict], workdir: Path, threshold: float) -> list[dic
         if c["name"] == ref_name or c["name"] not in logits:
             continue
         lo = logits[c["name"]]
-        par = compare(c["precision"], ref, lo, sigmoid(lo), threshold)
+        par = compare(c["precision"], ref, lo, threshold)
         out.append({"config": c["name"], "reference": ref_name, "precision": c["precision"], "n": par.n,
                     "max_abs_logit": par.max_abs_logit, "max_abs_prob": par.max_abs_prob,
                     "agreement": par.agreement, "logit_corr": par.logit_corr})
@@ -290,6 +302,9 @@ def print_report(report: dict, out=None) -> None:
               f"of model-only ({f['workers']} workers)", file=out)
     if report.get("input_errors"):
         print(f"{len(report['input_errors'])} input(s) could not be scored, e.g. {report['input_errors'][0]}", file=out)
+    for f in report.get("not_on_gpu", []):
+        print(f"NOT ON GPU {f['config']}: planned for CUDA, the backend ran on {f['ran_on']}; "
+              "its rows are not CUDA figures", file=out)
     for fail in report["failed"]:
         print(f"FAILED {fail['config']}: {fail['error']}", file=out)
     for s in report["not_run"]:
@@ -331,7 +346,7 @@ def plot(report: dict, path: Path) -> None:
 # -- main ---------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/throughput.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, type=Path, help="the FP32 .onnx export")
     p.add_argument("--engine", type=Path, help="TensorRT engine (CUDA machines)")
     p.add_argument("--ckpt", type=Path, help="run directory: PyTorch eager baseline and parity reference")
@@ -411,17 +426,18 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
 
         parity_path = None
         if args.parity_n > 0:
-            from export.verify import synthetic_images
+            from export.verify import synthetic_batches
             from nsnet_sdk.preprocess import PatchConfig
 
             cfg = PatchConfig.from_dict(json.loads(meta["nsnet.preprocess"]))
             parity_path = workdir / "parity_inputs.npy"
-            np.save(parity_path, synthetic_images(args.parity_n, cfg, seed=0))
+            np.save(parity_path, np.concatenate(list(synthetic_batches(args.parity_n, cfg, seed=0))))
 
         common = dict(threads=args.threads, batch_sizes=args.batch_sizes, workers=args.workers,
                       e2e_batch_size=max(args.batch_sizes), files=files, iters=args.iters,
                       warmup=args.warmup, parity_inputs=str(parity_path) if parity_path else None)
         results, reference, device_mem, cpu_time, failed, input_errors = [], [], [], [], [], set()
+        flagged: list[dict] = []
         # Labelled with the run's serving configuration: the engine (its sidecar's precision) on a
         # CUDA run with one, else ONNX Runtime FP32.
         serving = next((c for c in cfgs if c["backend"] == "tensorrt"), None) if device == "cuda" else None
@@ -438,6 +454,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             if err:
                 failed.append({"config": spec["name"], "error": err})
                 continue
+            flag = device_flag(spec, res.get("device"))
+            if flag:
+                flagged.append(flag)
             dest = reference if spec.get("reference") else results
             dest.extend(dict(r, variant=spec["variant"]) if spec.get("reference") else r for r in res["rows"])
             reference.extend(res["extra_rows"])
@@ -447,7 +466,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             input_errors.update(res.get("input_errors", []))
 
         report = {
-            "command": " ".join(shlex.quote(a) for a in [sys.executable, "benchmarks/throughput.py", *argv]),
+            "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "benchmarks.throughput", *argv]),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "libraries": library_versions(),
             "backbone": meta.get("nsnet.backbone", ""), "device": device, "threads": args.threads,
@@ -462,7 +481,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             "parity": parity_report(cfgs, workdir, float(meta.get("nsnet.threshold", 0.5))),
             "end_to_end_vs_model": [], "device_memory": device_mem, "cpu_time": cpu_time,
             "input_errors": sorted(input_errors),
-            "failed": failed, "not_run": not_run,
+            "failed": failed, "not_run": not_run, "not_on_gpu": flagged,
         }
         report["end_to_end_vs_model"] = e2e_fraction(results)
         report["speedup_vs_torch_fp32"] = [

@@ -17,13 +17,12 @@ exports as one opaque block of ops that the optimizer does not recognise.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FoldedNSNet", "fold_model", "fold_checkpoint", "folded_weights"]
+__all__ = ["FoldedNSNet", "fold_model", "folded_weights"]
 
 
 class _LayerNorm(nn.Module):
@@ -168,10 +167,3 @@ def fold_model(model: nn.Module) -> FoldedNSNet:
     w = folded_weights(model)
     folded = FoldedNSNet(model.visual, w["proj"], w["proj_bias"], model.head[1], w["out_weight"], w["out_bias"])
     return folded.float().eval().requires_grad_(False)
-
-
-def fold_checkpoint(run_dir: str | Path) -> FoldedNSNet:
-    """Load a run directory (``nsnet_sdk.model.NSNet.from_checkpoint``) and fold it. Output: (logit, prob_fake)."""
-    from nsnet_sdk.model import NSNet
-
-    return fold_model(NSNet.from_checkpoint(run_dir))

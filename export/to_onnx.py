@@ -4,8 +4,8 @@
 
 Graph: input ``images`` float32 [B,3,S,S] (dynamic B) -> outputs ``logit`` [B], ``prob_fake`` [B];
 ``metadata_props`` per docs/formats.md. Every export is parity-checked against the unfolded
-PyTorch model on random inputs before it is reported written (FP16 in a child process, see
-export/ort_run.py); INT8 parity is reported, not bounded.
+PyTorch model on random inputs before it is reported written, through the SDK's own ONNX Runtime
+backend (export/parity.py; FP16 in a child process); INT8 parity is reported, not bounded.
 
 - ``--optimize``: ONNX Runtime's transformer optimizer (model_type "clip"): Attention,
   SkipLayerNormalization, BiasGelu fusions, saved into the file (offline, provider-neutral:
@@ -31,15 +31,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 
+from export.parity import Parity, artifact_logits, compare, parity_inputs, reference_logits
 from nsnet_sdk.artifact import artifact_metadata, read_model_meta, read_onnx_metadata, sha256_file
-from nsnet_sdk.prediction import sigmoid
 
 DEFAULT_OPSET = 17            # first opset with LayerNormalization: LN exports as one op
 EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to <out>.data (protobuf's hard limit is 2 GiB)
-FP32_LOGIT_BOUND = 1e-4
-FP16_PROB_BOUND = 5e-3
 # Ops kept in float32 in FP16 models: reductions that overflow with CLIP's activation outliers.
 FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "Softmax", "Sigmoid"]
 # Fused operators reported after --optimize (what the optimizer reports for model_type "clip").
@@ -57,47 +54,6 @@ class CheckpointError(ExportError):
     """The run directory is missing or cannot be loaded (CLI exit code 2)."""
 
 
-@dataclass
-class Parity:
-    """Outputs of an exported model against the PyTorch reference on the same inputs."""
-
-    precision: str
-    n: int
-    max_abs_logit: float
-    max_abs_prob: float
-    agreement: float          # fraction of equal decisions at the checkpoint's threshold
-    logit_corr: float
-
-    def passes(self) -> bool:
-        if self.precision == "fp32":
-            return self.max_abs_logit <= FP32_LOGIT_BOUND
-        if self.precision == "fp16":
-            return self.max_abs_prob <= FP16_PROB_BOUND and self.agreement >= 0.999
-        return True  # int8: reported, not bounded
-
-    def __str__(self) -> str:
-        return (f"{self.precision}: n={self.n} max|Δlogit|={self.max_abs_logit:.3g} "
-                f"max|Δprob|={self.max_abs_prob:.3g} agreement={100 * self.agreement:.2f}% "
-                f"corr={self.logit_corr:.5f}")
-
-
-def compare(precision: str, ref_logit: np.ndarray, logit: np.ndarray, prob: np.ndarray,
-            threshold: float) -> Parity:
-    """`Parity` of (logit, prob) against reference logits, decisions taken at ``threshold``."""
-    ref_logit = np.asarray(ref_logit, np.float64)
-    ref_prob = sigmoid(ref_logit)
-    logit, prob = np.asarray(logit, np.float64), np.asarray(prob, np.float64)
-    if len(ref_logit) > 1 and np.std(ref_logit) > 0 and np.std(logit) > 0:
-        corr = float(np.corrcoef(ref_logit, logit)[0, 1])
-    else:
-        corr = float("nan")
-    return Parity(
-        precision=precision, n=len(ref_logit),
-        max_abs_logit=float(np.max(np.abs(logit - ref_logit))) if len(logit) else 0.0,
-        max_abs_prob=float(np.max(np.abs(prob - ref_prob))) if len(prob) else 0.0,
-        agreement=float(np.mean((prob >= threshold) == (ref_prob >= threshold))) if len(prob) else 1.0,
-        logit_corr=corr,
-    )
 
 
 def load_run(ckpt_dir: str | Path):
@@ -161,7 +117,8 @@ def _optimize(model_path: Path, heads: int, width: int):
     return opt.model, fused
 
 
-def _to_fp16(model):
+def to_fp16(model):
+    """FP16 weights and compute with float32 I/O; `FP16_KEEP_FP32` ops stay float32."""
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     wrapped = OnnxModel(model)
@@ -169,7 +126,8 @@ def _to_fp16(model):
     return wrapped.model
 
 
-def _save(model, path: Path) -> None:
+def save_onnx(model, path: Path) -> None:
+    """Save a (rewritten) ModelProto: sorted, com.microsoft opset declared, external data over 1 GiB."""
     import onnx
     from onnxruntime.transformers.onnx_model import OnnxModel
 
@@ -218,38 +176,12 @@ def _transform(src: Path, tmp: Path, heads: int, width: int, *, fuse: bool, fp16
     else:
         proto = onnx.load(str(src))
     if fp16:
-        proto = _to_fp16(proto)
+        proto = to_fp16(proto)
     if int8:  # quantize_dynamic works file to file
-        _save(proto, tmp / "fused.onnx")
+        save_onnx(proto, tmp / "fused.onnx")
         _quantize_int8(tmp / "fused.onnx", tmp / "q.onnx")
         proto = onnx.load(str(tmp / "q.onnx"))
     return proto, fused
-
-
-def parity_inputs(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Random inputs distributed like normalised images (unit scale), reproducible."""
-    return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
-
-
-def reference_logits(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Logits of the unfolded PyTorch NSNet (float64 array)."""
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch):
-            out.append(model(torch.from_numpy(images[i:i + batch])).double().numpy().reshape(-1))
-    return np.concatenate(out)
-
-
-def check_onnx(onnx_path: Path, precision: str, images: np.ndarray, ref_logit: np.ndarray,
-               threshold: float) -> Parity:
-    """Parity of an exported file; FP16 runs in a child process (a crash raises OrtCrashError)."""
-    from export import ort_run
-
-    runner = ort_run.run_isolated if precision == "fp16" else ort_run.run
-    logit, prob = runner(onnx_path, images, precision)
-    return compare(precision, ref_logit, logit, prob, threshold)
 
 
 @dataclass
@@ -317,19 +249,21 @@ def export_model(ckpt_dir: str | Path, out_path: str | Path, *, fp16: bool = Fal
         _set_metadata(proto, artifact_metadata(meta, precision=precision,
                                                source_sha256=meta["source_sha256"]))
         staged = Path(tmp) / out.name
-        _save(proto, staged)
+        save_onnx(proto, staged)
         del proto
         onnx.checker.check_model(str(staged))  # by path: works with external data
 
         if parity_n > 0:
             from export.ort_run import OrtCrashError
+            from nsnet_sdk.errors import NSNetError
 
             images = parity_inputs(parity_n, size)
-            try:
-                parity = check_onnx(staged, precision, images, reference_logits(model, images),
-                                    float(meta.get("threshold", 0.5)))
-            except OrtCrashError as e:
+            try:  # FP16 in a child process: a crash there is an ExportError, not a dead export
+                logits = artifact_logits(staged, images, isolated=precision == "fp16")
+            except (OrtCrashError, NSNetError) as e:
                 raise ExportError(str(e)) from e
+            parity = compare(precision, reference_logits(model, images), logits,
+                             float(meta.get("threshold", 0.5)))
             log.info("parity %s", parity)
             if not parity.passes():
                 raise ExportError(f"{out}: parity past bounds: {parity}")
@@ -382,7 +316,7 @@ def derive_onnx(src: str | Path, dst: str | Path, *, optimize: bool = False, fp1
         heads, width = tower_shape(meta.backbone) if fuse else (0, 0)
         proto, _ = _transform(src, Path(tmp), heads, width, fuse=fuse, fp16=fp16, int8=int8)
         _set_metadata(proto, meta.metadata(precision=precision))
-        _save(proto, dst)
+        save_onnx(proto, dst)
     onnx.checker.check_model(str(dst))
     return dst
 

@@ -11,9 +11,12 @@ LayerNormalization / Softmax / Sigmoid kept in FP32, float32 I/O: the same graph
 ``to_onnx.py --fp16``), and the network is parsed as strongly typed, so TensorRT runs each layer
 in exactly the type the graph gives it. An FP16 ONNX file is used as is.
 
-One optimisation profile covers the dynamic batch (min/opt/max). The timing cache is loaded from
+One optimisation profile covers the dynamic batch (min/opt/max). FP32 builds clear TensorRT's TF32
+flag (on by default), so an engine labelled fp32 computes in FP32. The timing cache is loaded from
 and saved back to ``--timing-cache``, so rebuilds (other batch ranges, new weights) skip kernel
-timing. The metadata travels in the sidecar ``<engine>.json`` (docs/formats.md).
+timing; a cache made on another GPU or TensorRT version is refused and a fresh one started. The
+metadata travels in the sidecar ``<engine>.json`` (docs/formats.md). Engines run in the SDK's
+TensorRT backend (`nsnet_sdk.backends.tensorrt`), which export/verify.py checks them through.
 
 Written against the TensorRT 10/11 Python API; exercised only where TensorRT and CUDA exist.
 Without them the CLI prints one line and exits 1.
@@ -26,10 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from nsnet_sdk.artifact import (ONNXRUNTIME, TENSORRT, engine_sidecar, read_model_meta, sidecar_document,
-                                write_sidecar)
+from nsnet_sdk.artifact import ONNXRUNTIME, engine_sidecar, read_model_meta, sidecar_document, write_sidecar
 
 
 class TrtUnavailableError(RuntimeError):
@@ -40,21 +40,54 @@ class TrtBuildError(RuntimeError):
     """The ONNX file could not be parsed or the engine could not be built."""
 
 
+def cuda_device_count() -> int:
+    """CUDA devices the CUDA runtime (cuda-python) sees; 0 without cuda-python, a driver or a GPU.
+    Through the CUDA runtime, not torch: a TensorRT install needs no torch."""
+    from nsnet_sdk.backends.tensorrt import import_cudart
+
+    try:
+        cudart = import_cudart()
+    except ImportError:
+        return 0
+    err, count = cudart.cudaGetDeviceCount()
+    return int(count) if int(err) == 0 else 0
+
+
 def _require_trt():
     """(tensorrt module) or `TrtUnavailableError` naming what is missing."""
     try:
         import tensorrt as trt
     except ImportError as e:
         raise TrtUnavailableError(f"TensorRT is not installed (pip install 'nsnet-sdk[gpu]'): {e}") from None
-    try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
-        has_cuda = False
-    if not has_cuda:
-        raise TrtUnavailableError("no CUDA device available: TensorRT engines are built and run on a GPU")
+    if cuda_device_count() == 0:
+        raise TrtUnavailableError("no CUDA device visible to the CUDA runtime (cuda-python): "
+                                  "TensorRT engines are built and run on a GPU")
     return trt
+
+
+def clears_tf32(precision: str) -> bool:
+    """Whether a build of ``precision`` must clear TensorRT's TF32 flag. TF32 is on by default (also
+    in 11.x, strongly typed networks included): an engine labelled fp32 would run its matmuls in
+    TF32 (10-bit mantissa) and miss verify's FP32 bound. FP16 graphs keep it for their FP32 layers."""
+    return precision == "fp32"
+
+
+def set_timing_cache(config, data: bytes, log=print) -> bool:
+    """Attach a timing cache made from ``data`` to the builder ``config``; returns True when ``data``
+    was used, False when a fresh cache was started instead.
+
+    A cache from another GPU or TensorRT version is refused (``ignore_mismatch=False``) rather than
+    used: its timings do not describe this device. `TrtBuildError` if even a fresh cache is refused.
+    """
+    if data:
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return True
+        log("timing cache does not match this GPU/TensorRT version: starting a fresh one")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise TrtBuildError("TensorRT refused a fresh timing cache")
+    return False
 
 
 def _parse_errors(parser) -> str:
@@ -77,14 +110,14 @@ def _fp16_onnx(onnx_path: Path, tmp: Path) -> Path:
     """FP32 ONNX → mixed-precision FP16 ONNX (export's conversion), saved in ``tmp``."""
     import onnx
 
-    from export.to_onnx import _save, _to_fp16
+    from export.to_onnx import save_onnx, to_fp16
 
     model = onnx.load(str(onnx_path))
     if any(n.domain == "com.microsoft" for n in model.graph.node):
         raise TrtBuildError(f"{onnx_path}: contains ONNX Runtime contrib ops (an --optimize'd graph); "
                             "TensorRT needs the plain export (to_onnx.py without --optimize/--int8)")
     out = tmp / "fp16.onnx"
-    _save(_to_fp16(model), out)
+    save_onnx(to_fp16(model), out)
     return out
 
 
@@ -130,6 +163,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
             raise TrtBuildError(f"{onnx_path}: TensorRT's ONNX parser failed:\n{_parse_errors(parser)}")
 
     config = builder.create_builder_config()
+    if clears_tf32(precision):
+        config.clear_flag(trt.BuilderFlag.TF32)
     if workspace_gb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     inp = network.get_input(0)
@@ -142,8 +177,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
 
     cache_file = Path(timing_cache) if timing_cache else None
     cache_bytes = cache_file.read_bytes() if cache_file and cache_file.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=True)  # a cache from another GPU/version is rebuilt
+    set_timing_cache(config, cache_bytes, log=lambda msg: print(f"warning: {msg}", file=sys.stderr))
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -160,50 +194,6 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
         meta.metadata(), precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         strongly_typed=bool(flags)))
     return engine_path
-
-
-def run_engine(engine_path: str | Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(logit, prob_fake) float64 of ``images`` (N,3,S,S) float32 through an engine (verification).
-
-    Buffers are torch CUDA tensors (torch is an export dependency anyway); batches are split at
-    the profile maximum and padded up to its minimum.
-    """
-    trt = _require_trt()
-    import torch
-
-    lo, _, hi = read_model_meta(engine_path, TENSORRT).engine_batches or (1, 1, 1)
-    logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
-    if engine is None:
-        raise TrtBuildError(f"{engine_path}: could not deserialise the engine (other TensorRT version or GPU?)")
-    ctx = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    torch_dtype = {trt.float32: torch.float32, trt.float16: torch.float16}
-    # Every copy, allocation and the engine itself on one stream: torch streams are non-blocking,
-    # so input copies queued on torch's default stream would race the engine on another one.
-    stream = torch.cuda.Stream()
-    logits, probs = [], []
-    with torch.cuda.stream(stream):
-        for start in range(0, len(images), hi):
-            chunk = images[start:start + hi]
-            n = len(chunk)
-            x = torch.zeros((max(n, lo), *chunk.shape[1:]), dtype=torch.float32, device="cuda")
-            x[:n] = torch.from_numpy(np.ascontiguousarray(chunk, np.float32)).cuda()
-            ctx.set_input_shape("images", tuple(x.shape))
-            outs = {}
-            for name in names:
-                if name == "images":
-                    ctx.set_tensor_address(name, x.data_ptr())
-                    continue
-                shape = tuple(ctx.get_tensor_shape(name))
-                outs[name] = torch.empty(shape, dtype=torch_dtype[engine.get_tensor_dtype(name)], device="cuda")
-                ctx.set_tensor_address(name, outs[name].data_ptr())
-            if not ctx.execute_async_v3(stream.cuda_stream):
-                raise TrtBuildError(f"{engine_path}: execution failed")
-            stream.synchronize()
-            logits.append(outs["logit"].float().cpu().numpy().reshape(-1)[:n])
-            probs.append(outs["prob_fake"].float().cpu().numpy().reshape(-1)[:n])
-    return np.concatenate(logits).astype(np.float64), np.concatenate(probs).astype(np.float64)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,11 +4,14 @@
                             [--onnx-int8 nsnet.int8.onnx] [--engine nsnet.engine]
                             [--images DIR | --synthetic N] [--json report.json]
 
-The reference is the unfolded PyTorch ``NSNet`` of the run directory. Inputs are real images
-(``--images``) or synthetic ones (``--synthetic N``, seeded), both through nsnet_sdk.preprocess
-with the checkpoint's PatchConfig. Bounds by the artifact's precision (ONNX metadata, engine
-sidecar): FP32 max |Δlogit| ≤ 1e-4; FP16 (ONNX or engine) max |Δprob| ≤ 5e-3 and ≥ 99.9 % decision
-agreement; INT8 reported only.
+The reference is the unfolded PyTorch ``NSNet`` of the run directory. Each artifact runs in the
+SDK backend that serves it (`nsnet_sdk.backends`: ONNX Runtime on the CPU provider, FP16 files in a
+child process; TensorRT for an engine), and the bounds apply to its ``logit`` and ``sigmoid(logit)``
+(what `nsnet_sdk.Detector` reports). Inputs are real images (``--images``, streamed in batches of
+16, so any folder size fits in memory) or synthetic ones (``--synthetic N``, seeded), both through
+nsnet_sdk.preprocess with the checkpoint's PatchConfig. Bounds by the artifact's precision (ONNX
+metadata, engine sidecar): FP32 max |Δlogit| ≤ 1e-4; FP16 (ONNX or engine) max |Δprob| ≤ 5e-3 and
+≥ 99.9 % decision agreement; INT8 reported only.
 
 Exit codes: 0 every artifact within bounds, 1 any past its bounds, crashed or unreadable (a damaged
 model file is a failed row), 2 usage error, a missing/corrupt checkpoint, a missing model file, or an
@@ -21,14 +24,17 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
-from export.to_onnx import CheckpointError, Parity, compare, load_run, read_metadata, reference_logits
+from export.parity import PARITY_BATCH, Parity, compare, open_artifact, reference_logits
+from export.to_onnx import CheckpointError, load_run, read_metadata
 
 
-def synthetic_images(n: int, cfg, seed: int = 0) -> np.ndarray:
-    """(n,3,S,S) inputs from seeded random images of varied size and texture, preprocessed."""
+def synthetic_batches(n: int, cfg, seed: int = 0, batch: int = PARITY_BATCH) -> Iterator[np.ndarray]:
+    """(≤batch,3,S,S) inputs from ``n`` seeded random images of varied size and texture,
+    preprocessed; the same images whatever ``batch`` is."""
     from nsnet_sdk.preprocess import preprocess_batch
 
     rng = np.random.default_rng(seed)
@@ -40,72 +46,85 @@ def synthetic_images(n: int, cfg, seed: int = 0) -> np.ndarray:
         base = (np.stack([xx / w, yy / h, (xx + yy) / (w + h)], -1) * 255 * rng.uniform(0.2, 1.0))
         noise = rng.normal(0, rng.uniform(2, 60), (h, w, 3)) * (xx[..., None] > w * rng.uniform(0.2, 0.8))
         imgs.append(np.clip(base + noise, 0, 255).astype(np.uint8))
-    return preprocess_batch(imgs, cfg)
+        if len(imgs) == batch or i == n - 1:
+            yield preprocess_batch(imgs, cfg)
+            imgs = []
 
 
-def image_dir_inputs(root: Path, cfg) -> tuple[np.ndarray, list[str], list[str]]:
-    """Preprocessed images of ``root`` (recursive): (batch, sources, errors). Bad files are skipped."""
-    from nsnet_sdk.preprocess import iter_image_paths
+def image_dir_batches(root: Path, cfg, batch: int = PARITY_BATCH) -> Iterator[np.ndarray]:
+    """Preprocessed images of ``root`` (recursive; what `nsnet detect --recursive` scores), ``batch``
+    at a time, so memory holds one batch whatever the folder's size. A file that cannot be read is
+    reported on stderr and skipped."""
     from nsnet_sdk.errors import NSNetError
-    from nsnet_sdk.preprocess import load_image, preprocess
+    from nsnet_sdk.preprocess import iter_image_paths, load_image, preprocess
 
-    files, _ = iter_image_paths([str(root)], recursive=True)  # what `nsnet detect --recursive` scores
-    batch, sources, errors = [], [], []
-    for f in files:
+    files, _ = iter_image_paths([str(root)], recursive=True)
+    chunk = []
+    for i, f in enumerate(files):
         try:
-            batch.append(preprocess(load_image(f), cfg))
-            sources.append(str(f))
+            chunk.append(preprocess(load_image(f), cfg))
         except NSNetError as e:
-            errors.append(f"{f}: {type(e).__name__}: {e}")
-    arr = np.stack(batch) if batch else np.zeros((0, 3, cfg.size, cfg.size), np.float32)
-    return arr, sources, errors
+            print(f"skipped {f}: {type(e).__name__}: {e}", file=sys.stderr)
+        if chunk and (len(chunk) == batch or i == len(files) - 1):
+            yield np.stack(chunk)
+            chunk = []
 
 
-def _row(name: str, path: str, parity: Parity | None, error: str | None = None) -> dict:
-    row = {"name": name, "path": path}
-    if parity is not None:
-        row.update(asdict(parity), passes=parity.passes())
-    else:
-        row.update(precision=None, passes=False, error=error)
-    return row
+class _Check:
+    """One artifact under test: its SDK backend (opened lazily), logits so far, or the error."""
+
+    def __init__(self, name: str, path: Path, isolated: bool, precision: str | None) -> None:
+        self.name, self.path, self.isolated, self.precision = name, path, isolated, precision
+        self.backend: Any = None
+        self.logits: list[np.ndarray] = []
+        self.error: str | None = None
+        self.warning: str | None = None
+
+    def open(self, sha: str) -> None:
+        try:
+            self.backend = open_artifact(self.path, isolated=self.isolated)
+        except Exception as e:  # ModelLoadError, OrtCrashError, TensorRT/CUDA errors (untyped)
+            self.error = f"{type(e).__name__}: {e}"
+            return
+        # Precision (so the bound) from the artifact's metadata as the SDK read it: ONNX
+        # metadata_props, or the engine sidecar written by to_trt.py.
+        self.precision = self.backend.metadata.get("nsnet.precision", self.precision or "fp32")
+        if self.backend.metadata.get("nsnet.source_sha256") not in (None, sha):
+            self.warning = "nsnet.source_sha256 differs from this checkpoint's weights"
+
+    def run(self, images: np.ndarray) -> None:
+        if self.error is not None or self.backend is None:
+            return
+        try:
+            self.logits.append(np.asarray(self.backend.run(images), np.float64).reshape(-1))
+        except Exception as e:  # InferenceError, OrtCrashError, runtime errors
+            self.error = f"{type(e).__name__}: {e}"
+            self.close()
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def row(self, ref: np.ndarray, threshold: float) -> dict:
+        out: dict[str, Any] = {"name": self.name, "path": str(self.path)}
+        if self.error is not None:
+            return dict(out, precision=None, passes=False, error=self.error)
+        parity: Parity = compare(self.precision, ref, np.concatenate([np.zeros(0)] + self.logits), threshold)
+        out.update(asdict(parity), passes=parity.passes())
+        if self.warning:
+            out["warning"] = self.warning
+        return out
 
 
-def _check_file(name: str, path: Path, want: str | None, images: np.ndarray, ref: np.ndarray,
-                threshold: float, sha: str) -> dict:
-    """Run one ONNX file and compare; precision (so the bound) from its metadata."""
-    from export import ort_run
-
+def _onnx_check(name: str, path: Path, want: str) -> _Check:
+    """An ONNX file's check. Isolated when either its metadata or the flag it came under says FP16:
+    an FP16 graph that ONNX Runtime crashes on must end as a failed row, never take verify down."""
     try:
-        meta = read_metadata(path)
-    except Exception as e:  # onnx raises DecodeError/OSError/... for a damaged file
-        return _row(name, str(path), None, f"cannot read {path}: {type(e).__name__}: {e}")
-    precision = meta.get("nsnet.precision", want or "fp32")
-    # Isolated when either the file or the flag it came under says FP16: an FP16 graph that ONNX
-    # Runtime crashes on must end as a failed row, never take this process down.
-    runner = ort_run.run_isolated if "fp16" in (precision, want) else ort_run.run
-    try:
-        logit, prob = runner(path, images, precision)
-    except Exception as e:  # OrtCrashError, or ORT refusing the graph
-        return _row(name, str(path), None, f"{type(e).__name__}: {e}")
-    row = _row(name, str(path), compare(precision, ref, logit, prob, threshold))
-    if meta.get("nsnet.source_sha256") not in (None, sha):
-        row["warning"] = "nsnet.source_sha256 differs from this checkpoint's weights"
-    return row
-
-
-def _check_engine(path: Path, images: np.ndarray, ref: np.ndarray, threshold: float) -> dict:
-    """Run an engine and compare; precision (so the bound) from its sidecar, as built by to_trt.py."""
-    from export.to_trt import TrtUnavailableError, run_engine
-    from nsnet_sdk.artifact import read_sidecar
-
-    try:
-        logit, prob = run_engine(path, images)
-        precision = read_sidecar(path).get("nsnet.precision", "fp16")
-    except TrtUnavailableError as e:
-        return _row("tensorrt", str(path), None, str(e))
-    except Exception as e:  # TensorRT/CUDA runtime errors are untyped
-        return _row("tensorrt", str(path), None, f"{type(e).__name__}: {e}")
-    return _row("tensorrt", str(path), compare(precision, ref, logit, prob, threshold))
+        precision = read_metadata(path).get("nsnet.precision", want)
+    except Exception:  # a damaged file: the backend's load reports it as the row's error
+        precision = want
+    return _Check(name, path, isolated="fp16" in (precision, want), precision=precision)
 
 
 def _print_table(rows: list[dict], n: int, source: str) -> None:
@@ -160,30 +179,36 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.images)
         if not root.is_dir():
             p.error(f"--images: not a directory: {root}")
-        images, _, errors = image_dir_inputs(root, cfg)
-        for e in errors:
-            print(f"skipped {e}", file=sys.stderr)
-        if len(images) == 0:
-            print(f"error: no readable images under {root}", file=sys.stderr)
-            return 2
-        source = str(root)
+        batches, source = image_dir_batches(root, cfg), str(root)
     else:
         n = args.synthetic or 32
-        images, source = synthetic_images(n, cfg, args.seed), f"synthetic (seed {args.seed})"
+        batches, source = synthetic_batches(n, cfg, args.seed), f"synthetic (seed {args.seed})"
 
-    ref = reference_logits(model, images)
-    sha = meta["source_sha256"]
-    rows = []
-    for name, flag, want in (("onnx", args.onnx, "fp32"), ("onnx-fp16", args.onnx_fp16, "fp16"),
-                             ("onnx-int8", args.onnx_int8, "int8")):
-        if flag:
-            rows.append(_check_file(name, Path(flag), want, images, ref, threshold, sha))
+    checks = [_onnx_check(name, Path(flag), want) for name, flag, want in
+              (("onnx", args.onnx, "fp32"), ("onnx-fp16", args.onnx_fp16, "fp16"),
+               ("onnx-int8", args.onnx_int8, "int8")) if flag]
     if args.engine:
-        rows.append(_check_engine(Path(args.engine), images, ref, threshold))
+        checks.append(_Check("tensorrt", Path(args.engine), isolated=False, precision=None))
+    for c in checks:
+        c.open(meta["source_sha256"])
+    ref = []
+    try:  # one batch at a time through the reference and every artifact
+        for batch in batches:
+            ref.append(reference_logits(model, batch))
+            for c in checks:
+                c.run(batch)
+    finally:
+        for c in checks:
+            c.close()
+    ref_logits = np.concatenate([np.zeros(0)] + ref)
+    if args.images and len(ref_logits) == 0:
+        print(f"error: no readable images under {args.images}", file=sys.stderr)
+        return 2
+    rows = [c.row(ref_logits, threshold) for c in checks]
 
-    _print_table(rows, len(images), source)
+    _print_table(rows, len(ref_logits), source)
     if args.json:
-        Path(args.json).write_text(json.dumps({"n": int(len(images)), "source": source, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"n": int(len(ref_logits)), "source": source, "rows": rows}, indent=2))
     return 0 if all(r["passes"] for r in rows) else 1
 
 

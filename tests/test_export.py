@@ -9,6 +9,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from _export_util import make_run, random_inputs, script, torch_logits, weight_m
 
 from export import ort_run  # noqa: E402
 from export.fold import fold_model, folded_weights  # noqa: E402
-from export.to_onnx import (CheckpointError, export_model, export_onnx, read_metadata,  # noqa: E402
-                            reference_logits)
+from export.parity import artifact_logits, compare, reference_logits  # noqa: E402
+from export.to_onnx import CheckpointError, export_model, export_onnx, read_metadata  # noqa: E402
 from nsnet_sdk.ort_options import session_options_for  # noqa: E402
 from nsnet_sdk.model import load_checkpoint  # noqa: E402
 
@@ -174,7 +175,7 @@ def test_optimize_fuses_attention_layernorm_gelu(tiny, tiny_model, tmp_path):
     assert ops.get("SkipLayerNormalization", 0) >= 2 * layers - 1
     assert ops.get("BiasGelu", 0) + ops.get("Gelu", 0) + ops.get("FastGelu", 0) >= layers
     x = random_inputs(6, seed=21)
-    logit, _ = ort_run.run(res.path, x, "fp32")
+    logit = artifact_logits(res.path, x)
     assert np.abs(logit - torch_logits(model, x)).max() <= 1e-4
 
 
@@ -191,7 +192,7 @@ def test_int8_is_quantised_and_correlates(tiny, tiny_model, tmp_path):
     ops = _ops(res.path)
     assert ops.get("MatMulInteger", 0) + ops.get("DynamicQuantizeMatMul", 0) + ops.get("QAttention", 0) > 0
     x = random_inputs(32, seed=5)
-    logit, _ = ort_run.run(res.path, x, "int8")
+    logit = artifact_logits(res.path, x)
     ref = torch_logits(model, x)
     assert np.corrcoef(ref, logit)[0, 1] >= 0.99
     assert np.abs(logit - ref).max() > 0  # really quantised, not the FP32 graph relabelled
@@ -238,25 +239,60 @@ def test_fp16_parity_in_child_process(tiny, tiny_model, tmp_path):
     # Run in a child process: an ONNX Runtime crash is reported here as a failure, not a dead run.
     model, _ = tiny_model
     path = export_onnx(tiny, tmp_path / "fp16.onnx", fp16=True)
-    x = random_inputs(16, seed=7)
-    logit, prob = ort_run.run_isolated(path, x, "fp16")
+    x = random_inputs(21, seed=7)  # 16 + 5: two batches through one child
+    backend = ort_run.IsolatedOrtBackend(path)
+    try:
+        assert backend.metadata["nsnet.precision"] == "fp16" and backend.device == "CPUExecutionProvider"
+        assert backend._proc.pid != __import__("os").getpid() and backend._proc.poll() is None
+        logit = artifact_logits(path, x, isolated=True)
+    finally:
+        backend.close()
+    assert backend._proc.returncode == 0  # closed cleanly, not killed
     ref = torch_logits(model, x)
+    prob = 1 / (1 + np.exp(-logit))
     assert np.abs(prob - 1 / (1 + np.exp(-ref))).max() <= 5e-3
     assert np.mean((prob >= 0.5) == (ref >= 0)) >= 0.999
 
 
+_POPEN = subprocess.Popen
+
+
+def _crash_child(monkeypatch, code: str):
+    """Make the isolated backend's child run ``code`` (a stand-in for ONNX Runtime dying)."""
+    def popen(cmd, **kw):
+        return _POPEN([sys.executable, "-c", code], **kw)
+
+    monkeypatch.setattr(ort_run.subprocess, "Popen", popen)
+
+
 def test_isolated_runner_reports_a_crash(tmp_path, monkeypatch):
-    # A child that dies by a signal must come back as OrtCrashError naming the signal.
+    # A child that dies by a signal, at load or in the middle of a batch, must come back as
+    # OrtCrashError naming the signal, never hang or take the caller down.
     bad = tmp_path / "x.onnx"
     bad.write_bytes(b"\x00")
-    real_run = subprocess.run
-
-    def fake_run(cmd, **kw):
-        return real_run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], **kw)
-
-    monkeypatch.setattr(ort_run.subprocess, "run", fake_run)
+    _crash_child(monkeypatch, "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     with pytest.raises(ort_run.OrtCrashError, match="SIGSEGV"):
-        ort_run.run_isolated(bad, random_inputs(1), "fp16")
+        ort_run.IsolatedOrtBackend(bad)
+    # Loads (says hello), then dies on the first batch.
+    _crash_child(monkeypatch, textwrap.dedent("""
+        import os, signal, sys
+        from export.ort_run import _JSON, _receive, _send
+        out = os.fdopen(1, "wb", buffering=0)
+        _send(out, _JSON, b'{"metadata": {}, "device": "CPUExecutionProvider"}')
+        _receive(sys.stdin.buffer)
+        sys.stderr.write("about to crash\\n"); sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGSEGV)
+    """))
+    backend = ort_run.IsolatedOrtBackend(bad)
+    with pytest.raises(ort_run.OrtCrashError, match="SIGSEGV.*running a batch of 2.*about to crash"):
+        backend.run(random_inputs(2))
+
+
+def test_isolated_runner_load_error_is_reported_with_its_type(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"garbage")
+    with pytest.raises(ort_run.OrtCrashError, match="ModelLoadError.*junk.onnx"):
+        ort_run.IsolatedOrtBackend(junk)
 
 
 def test_session_options_by_precision_and_provider():
@@ -406,34 +442,37 @@ def test_verify_cli_errors(tiny, tiny_fp32, tmp_path):
 
 
 
-def test_verify_runs_every_file_given_as_fp16_in_a_child(tiny_fp32, monkeypatch):
+def test_verify_runs_every_file_given_as_fp16_in_a_child(tiny_fp32):
     # A file under --onnx-fp16 whose metadata does not say fp16 (here: the FP32 export) still runs
     # isolated: if it is an FP16 graph, an ONNX Runtime crash must be a failed row, not a dead verify.
     from export import verify
 
-    ran = []
-    monkeypatch.setattr(ort_run, "run", lambda *a, **k: pytest.fail("--onnx-fp16 file ran in-process"))
-    monkeypatch.setattr(ort_run, "run_isolated",
-                        lambda path, images, precision: ran.append(precision) or (np.zeros(len(images)),
-                                                                                   np.full(len(images), 0.5)))
-    x = random_inputs(2)
-    row = verify._check_file("onnx-fp16", tiny_fp32.path, "fp16", x, np.zeros(2), 0.5, "sha")
-    assert ran == ["fp32"] and row["precision"] == "fp32"
+    check = verify._onnx_check("onnx-fp16", tiny_fp32.path, "fp16")
+    check.open(read_metadata(tiny_fp32.path)["nsnet.source_sha256"])
+    try:
+        assert isinstance(check.backend, ort_run.IsolatedOrtBackend)
+        assert check.precision == "fp32"  # the bound is the file's own precision
+    finally:
+        check.close()
+    plain = verify._onnx_check("onnx", tiny_fp32.path, "fp32")
+    plain.open("another sha")
+    try:
+        assert not isinstance(plain.backend, ort_run.IsolatedOrtBackend) and plain.backend.name == "onnxruntime"
+        assert plain.warning and "source_sha256 differs" in plain.warning
+    finally:
+        plain.close()
 
 
-def test_verify_holds_an_engine_to_its_sidecar_precision(tmp_path, monkeypatch):
-    # An engine built without --fp16 is FP32 (strongly typed): it gets the FP32 logit bound, not FP16's.
-    import export.to_trt as to_trt
-    from export import verify
-
-    engine = tmp_path / "m.engine"
-    engine.write_bytes(b"x")
-    (tmp_path / "m.engine.json").write_text(json.dumps({"nsnet.precision": "fp32"}))
-    ref = np.zeros(4)
-    off = np.full(4, 1e-3)  # within FP16's prob bound, past FP32's 1e-4 logit bound
-    monkeypatch.setattr(to_trt, "run_engine", lambda path, images: (off, 1 / (1 + np.exp(-off))))
-    row = verify._check_engine(engine, random_inputs(4), ref, 0.5)
-    assert row["precision"] == "fp32" and row["passes"] is False
+def test_parity_bounds_the_probability_detector_reports_not_the_graphs_prob_fake():
+    # compare() takes logits only: the probability it bounds is sigmoid(logit), what Detector computes.
+    ref = np.array([-2.0, -0.5, 0.0, 0.5, 2.0])
+    near = compare("fp16", ref, ref + 4e-3, 0.5)
+    assert near.max_abs_prob == pytest.approx(np.max(np.abs(1 / (1 + np.exp(-ref - 4e-3)) - 1 / (1 + np.exp(-ref)))))
+    assert near.max_abs_prob < 5e-3 and near.passes() and not compare("fp32", ref, ref + 4e-3, 0.5).passes()
+    flipped = compare("fp16", ref, np.where(ref == 0.0, -1e-3, ref), 0.5)  # one decision flips at 0.5
+    assert flipped.agreement == pytest.approx(0.8) and not flipped.passes()
+    with pytest.raises(ValueError):
+        compare("fp32", ref, ref[:3], 0.5)
 
 # ---------------------------------------------------------------- TensorRT
 
@@ -443,8 +482,10 @@ def _have_trt() -> str | None:
         import tensorrt  # noqa: F401
     except ImportError:
         return "tensorrt is not installed"
-    if not torch.cuda.is_available():
-        return "no CUDA device"
+    from export.to_trt import cuda_device_count
+
+    if cuda_device_count() == 0:
+        return "no CUDA device visible to the CUDA runtime (cuda-python)"
     return None
 
 
@@ -471,7 +512,7 @@ def test_tensorrt_fp16_engine_parity(tiny, tiny_model, tiny_fp32, tmp_path):
     reason = _have_trt()
     if reason:
         pytest.skip(reason)
-    from export.to_trt import build_engine, run_engine
+    from export.to_trt import build_engine
 
     model, _ = tiny_model
     cache = tmp_path / "timing.cache"
@@ -482,19 +523,19 @@ def test_tensorrt_fp16_engine_parity(tiny, tiny_model, tiny_fp32, tmp_path):
     assert side["nsnet.source_sha256"] == read_metadata(tiny_fp32.path)["nsnet.source_sha256"]
     assert cache.is_file() and cache.stat().st_size > 0
     x = random_inputs(11, seed=4)  # > max_batch: split across two executions
-    logit, prob = run_engine(engine, x)
+    logit = artifact_logits(engine, x)  # the SDK's TensorRT backend, batch range from the profile
     ref = reference_logits(model, x)
-    assert np.abs(prob - 1 / (1 + np.exp(-ref))).max() <= 5e-3
+    assert np.abs(1 / (1 + np.exp(-logit)) - 1 / (1 + np.exp(-ref))).max() <= 5e-3
 
 
 def test_derive_variants_from_fp32_file(tiny_fp32, tmp_path):
     from export.to_onnx import ExportError, derive_onnx
 
     x = random_inputs(6, seed=9)
-    base, _ = ort_run.run(tiny_fp32.path, x, "fp32")
+    base = artifact_logits(tiny_fp32.path, x)
     fused = derive_onnx(tiny_fp32.path, tmp_path / "opt.onnx", optimize=True)
     assert _ops(fused).get("Attention", 0) == 2 and read_metadata(fused)["nsnet.precision"] == "fp32"
-    assert np.abs(ort_run.run(fused, x, "fp32")[0] - base).max() <= 1e-4
+    assert np.abs(artifact_logits(fused, x) - base).max() <= 1e-4
     q = derive_onnx(tiny_fp32.path, tmp_path / "q.onnx", int8=True)
     md = read_metadata(q)
     assert md["nsnet.precision"] == "int8" and _ops(q).get("QAttention", 0) == 2

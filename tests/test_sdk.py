@@ -352,12 +352,24 @@ def test_a_logit_of_the_wrong_shape_is_an_inference_error(model):
 
 
 def test_provider_choice(model):
-    from nsnet_sdk.backends.onnxruntime import choose_providers
+    from nsnet_sdk.backends.onnxruntime import choose_providers, tensorrt_provider_options
 
     avail = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers(None, avail) == avail
-    assert choose_providers(None, ["CPUExecutionProvider", "TensorrtExecutionProvider"]) == \
-        ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    # The TensorRT EP is never picked by default: without an engine cache it rebuilds at every start.
+    assert choose_providers(None, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) \
+        == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(None, ["CPUExecutionProvider", "TensorrtExecutionProvider"]) == ["CPUExecutionProvider"]
+    # Asked for by name, it gets an engine cache beside the model and a batch profile of `images`.
+    trt = ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    (name, opts), cpu = choose_providers(trt, trt, Path("/models/m.onnx"), 112)
+    assert name == "TensorrtExecutionProvider" and cpu == "CPUExecutionProvider"
+    assert opts == tensorrt_provider_options("/models/m.onnx", 112)
+    assert opts["trt_engine_cache_enable"] and opts["trt_engine_cache_path"] == "/models/m.onnx.trt_cache"
+    assert (opts["trt_profile_min_shapes"], opts["trt_profile_max_shapes"]) == \
+        ("images:1x3x112x112", "images:128x3x112x112")
+    given = ("TensorrtExecutionProvider", {"trt_fp16_enable": True})
+    assert choose_providers([given], trt) == [given]  # the caller's own options are kept as given
     assert choose_providers(["CPUExecutionProvider"], avail) == ["CPUExecutionProvider"]
     with pytest.raises(ModelLoadError, match="not available"):
         choose_providers(["TensorrtExecutionProvider"], avail)
@@ -367,10 +379,54 @@ def test_provider_choice(model):
                     workers=0).backend.device == "CPUExecutionProvider"
 
 
-def test_onnxruntime_session_never_falls_back_with_another_providers_options(tmp_path):
-    # ORT retries a failed GPU provider on CPU with the same session options; for FP16 that is the
-    # crashing optimisation level, so the SDK must own every fallback.
-    from nsnet_sdk.backends.onnxruntime import OrtBackend
+def test_an_fp16_model_never_runs_on_the_cpu_with_a_gpu_providers_options(tmp_path, monkeypatch):
+    # onnxruntime-gpu on a machine whose CUDA does not work lists CUDAExecutionProvider, yet runs the
+    # session on the CPU provider. The options must then be the CPU's for FP16 (EXTENDED): the GPU's
+    # (ALL) crash onnxruntime's CPU provider on FP16 graphs.
+    import onnxruntime as ort
 
-    backend = OrtBackend(build_stand_in_onnx(tmp_path / "m.onnx"))
-    assert backend.session._enable_fallback is False  # ORT's flag (onnxruntime_inference_collection.Session)
+    model = build_stand_in_onnx(tmp_path / "m.onnx", metadata={**contract_metadata(), "nsnet.precision": "fp16"})
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
+        backend = Detector(model, workers=0).backend
+    assert backend.device == "CPUExecutionProvider"
+    level = backend.session.get_session_options().graph_optimization_level
+    assert level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    x = np.zeros((2, 3, 224, 224), np.float32)
+    np.testing.assert_allclose(backend.run(x), stand_in_logit(x), atol=1e-4)
+
+
+def test_onnxruntime_older_than_the_enable_fallback_release_is_refused():
+    # 1.20-1.22 ignore enable_fallback=0: a failed GPU session is retried on CPU with GPU options.
+    from nsnet_sdk.backends.onnxruntime import require_ort_version
+
+    for old in ("1.22.1", "1.17.0", "0.9"):
+        with pytest.raises(BackendUnavailableError, match=">= 1.23"):
+            require_ort_version(old, "m.onnx")
+    for ok in ("1.23.0", "1.32.0", "1.24.0.dev20251101", "2.0.0"):
+        require_ort_version(ok, "m.onnx")
+
+
+def test_cuda_inputs_are_described_or_refused_before_binding(model):
+    # A CUDA array is bound by pointer (no host round trip); one that cannot be bound as `images`
+    # is a typed error, and a CPU session refuses device memory rather than reading it as host memory.
+    from nsnet_sdk import InferenceError
+    from nsnet_sdk.backends.onnxruntime import device_array
+
+    class CudaArray:  # what torch/cupy expose: the CUDA array interface, version 3
+        def __init__(self, shape, typestr="<f4", strides=None):
+            self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (0xDEAD00, False),
+                                             "strides": strides, "version": 3}
+
+    assert device_array(np.zeros((1, 3, 4, 4), np.float32)) is None
+    assert device_array(CudaArray((2, 3, 224, 224))) == (0xDEAD00, (2, 3, 224, 224))
+    assert device_array(CudaArray((2, 3, 4, 4), strides=(192, 64, 16, 4))) == (0xDEAD00, (2, 3, 4, 4))
+    with pytest.raises(InferenceError, match="float32"):
+        device_array(CudaArray((2, 3, 4, 4), typestr="<f2"))
+    with pytest.raises(InferenceError, match="float32"):
+        device_array(CudaArray((3, 4, 4)))
+    with pytest.raises(InferenceError, match="C-contiguous"):
+        device_array(CudaArray((2, 3, 4, 4), strides=(4, 32, 8, 2)))
+    backend = Detector(model, providers=["CPUExecutionProvider"], workers=0).backend
+    with pytest.raises(InferenceError, match="needs a GPU provider"):
+        backend.run(CudaArray((2, 3, 224, 224)))

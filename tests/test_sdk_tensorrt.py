@@ -19,8 +19,8 @@ def _gpu_skip_reason() -> str | None:
     except ImportError:
         return "tensorrt is not installed (pip install 'nsnet-sdk[gpu]')"
     try:
-        from nsnet_sdk.backends.tensorrt import _import_cudart
-        cudart = _import_cudart()
+        from nsnet_sdk.backends.tensorrt import import_cudart
+        cudart = import_cudart()
     except ImportError:
         return "cuda-python is not installed"
     err, n = cudart.cudaGetDeviceCount()
@@ -46,22 +46,6 @@ def test_engine_paths_select_tensorrt_and_sidecar_metadata_parses(tmp_path):
     from nsnet_sdk import ModelLoadError
     with pytest.raises(ModelLoadError, match="not a JSON object"):
         read_sidecar(tmp_path / "bad.engine")
-
-
-def test_batches_are_split_at_the_profile_maximum_in_order():
-    backend = TensorRTBackend.__new__(TensorRTBackend)  # no GPU: only the splitting logic runs
-    backend.max_batch = 3
-    seen: list[int] = []
-
-    def fake_chunk(chunk: np.ndarray) -> np.ndarray:
-        seen.append(len(chunk))
-        return chunk[:, 0, 0, 0] * 2.0
-
-    backend._run_chunk = fake_chunk
-    x = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((1, 3, 2, 2), np.float32)
-    out = backend.run(x)
-    assert seen == [3, 3, 3, 1]
-    np.testing.assert_array_equal(out, np.arange(10) * 2.0)
 
 
 @pytest.mark.gpu
@@ -315,3 +299,60 @@ def test_engine_batches_from_several_threads_take_turns(tmp_path, fake_gpu):
         t.join()
     for i in range(len(groups)):
         np.testing.assert_allclose(got[i], want[i] * 3, atol=1e-4)
+
+
+def test_batch_range_comes_from_the_engine_profile_not_the_sidecar(tmp_path, fake_gpu):
+    # The sidecar says max_batch 32; the engine's own optimisation profile (2..3) is what TensorRT
+    # accepts. Batches are split and padded by the profile, in order, through the real run path.
+    from _sdk_util import stand_in_logit
+
+    fake_gpu(min_batch=2, max_batch=3)
+    eng = _engine(tmp_path)
+    assert read_sidecar(eng)["nsnet.trt.max_batch"] == "32"
+    backend = Detector(eng, workers=0).backend
+    assert (backend.min_batch, backend.max_batch) == (2, 3)
+    x = np.random.default_rng(3).standard_normal((7, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_allclose(backend.run(x), stand_in_logit(x), atol=1e-4)
+    np.testing.assert_allclose(backend.run(x[:1]), stand_in_logit(x[:1]), atol=1e-4)
+    assert backend.context.batches == [3, 3, 2, 2]  # 3+3+1→padded to 2, then 1→padded to 2
+    backend.close()
+
+
+def test_an_engine_refusing_a_batch_shape_is_an_inference_error(tmp_path, fake_gpu, monkeypatch):
+    # set_input_shape's result is checked: a refused shape must not run on stale bindings.
+    from nsnet_sdk import InferenceError
+
+    fake_gpu(min_batch=1, max_batch=4)
+    backend = Detector(_engine(tmp_path), workers=0).backend
+    ctx = backend.context
+    monkeypatch.setattr(type(ctx), "set_input_shape", lambda self, name, shape: False)
+    with pytest.raises(InferenceError, match="refused batch shape 2"):
+        backend.run(np.zeros((2, 3, 224, 224), np.float32))
+    assert ctx.batches == []
+    backend.close()
+
+
+def test_verify_holds_an_engine_to_its_sidecar_precision(tmp_path, fake_gpu):
+    # verify runs an engine through the SDK's TensorRT backend and takes the bound from the
+    # precision the backend read from the sidecar: an FP32 engine gets the FP32 logit bound.
+    from _sdk_util import stand_in_logit
+    from export import verify
+
+    fake_gpu(min_batch=1, max_batch=4)
+    eng = _engine(tmp_path)
+    side = eng.with_name(eng.name + ".json")
+    side.write_text(json.dumps(dict(json.loads(side.read_text()), **{"nsnet.precision": "fp32"})))
+    x = np.random.default_rng(1).standard_normal((6, 3, 224, 224)).astype(np.float32)
+    ref = stand_in_logit(x).astype(np.float64)
+    rows = {}
+    for name, offset in (("exact", 0.0), ("off", 1e-3)):  # 1e-3: within FP16's prob bound, past FP32's
+        check = verify._Check("tensorrt", eng, isolated=False, precision=None)
+        check.open(sha="unused")
+        assert check.backend.name == "tensorrt"
+        for i in range(0, len(x), 4):
+            check.run(x[i:i + 4])
+        check.close()
+        rows[name] = check.row(ref + offset, threshold=0.5)
+    assert rows["exact"]["precision"] == "fp32" and rows["exact"]["passes"] is True
+    assert rows["off"]["precision"] == "fp32" and rows["off"]["passes"] is False
+

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_curve
+from sklearn.metrics import average_precision_score
 
 KEYS = ("acc", "ap", "real_acc", "fake_acc", "n")
 
@@ -38,8 +38,3 @@ def threshold_for_fpr(prob_fake: np.ndarray, labels: np.ndarray, fpr: float) -> 
     # Just above the (allowed+1)-th highest real score: at most `allowed` reals reach it.
     kth = real[real.size - allowed - 1]
     return float(np.nextafter(kth, np.inf))
-
-
-def roc_points(prob_fake: np.ndarray, labels: np.ndarray):
-    fpr, tpr, _ = roc_curve(labels, prob_fake)
-    return fpr, tpr

@@ -16,7 +16,8 @@ from ..artifact import ModelMeta, read_sidecar
 from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
 
 
-def _import_cudart():
+def import_cudart():
+    """The CUDA runtime bindings of cuda-python (`ImportError` when not installed)."""
     try:  # cuda-python >= 12.6 moved the bindings; older releases expose cuda.cudart
         from cuda.bindings import runtime as cudart
     except ImportError:
@@ -34,7 +35,7 @@ class TensorRTBackend:
         self.metadata = read_sidecar(self.path)
         try:
             import tensorrt as trt
-            self._cudart = _import_cudart()
+            self._cudart = import_cudart()
         except ImportError as e:
             raise BackendUnavailableError(
                 f"{self.path}: the TensorRT backend needs tensorrt and cuda-python "
