@@ -7,8 +7,6 @@ whose failure would silently corrupt figures: peak-RSS accounting, ratio arithme
 from __future__ import annotations
 
 import json
-import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +17,8 @@ pytest.importorskip("open_clip")
 pytest.importorskip("onnx")
 pytest.importorskip("matplotlib")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import _measure  # noqa: E402
-import throughput  # noqa: E402
 from _sdk_util import tiny_export  # noqa: E402
+from benchmarks import _measure, throughput  # noqa: E402
 
 BATCHES, WORKERS = (1, 3), (1, 2)
 BACKENDS, PRECISIONS, STAGES = {"onnxruntime", "tensorrt", "torch"}, {"fp32", "fp16", "int8"}, \
@@ -51,25 +45,44 @@ def bench(tmp_path_factory):
             "png": out / "r.png"}
 
 
-def test_run_completes_with_machine_and_versions(bench):
+def test_run_completes_and_reports_this_machine_and_these_libraries(bench):
+    import os
+    from importlib import metadata
+
     rep = bench["report"]
     assert bench["rc"] == 0, rep["failed"]
-    assert rep["failed"] == []
-    assert rep["machine"]["cpu_count"] >= 1 and rep["libraries"]["onnxruntime"] and rep["libraries"]["torch"]
+    assert rep["failed"] == [] and rep["not_on_gpu"] == []
+    assert rep["machine"]["cpu_count"] == os.cpu_count()
+    for lib in ("onnxruntime", "torch", "numpy"):
+        assert rep["libraries"][lib] == metadata.version(lib), lib
+    assert rep["command"].split()[1:3] == ["-m", "benchmarks.throughput"]  # a command that runs as written
     assert "--batch-sizes 1,3" in rep["command"] and rep["threads"] == 1 and rep["backbone"] == "nsnet-tiny"
     assert any("TensorRT" in s for s in rep["not_run"])  # no engine, no CUDA here: said, not hidden
 
 
-def test_every_row_has_exactly_the_contract_keys_and_sane_values(bench):
-    rows = bench["report"]["results"]
+def test_model_rows_rate_is_images_over_the_timed_calls(bench):
+    # --iters 2: the median of two batch latencies is their mean, so images/s must equal
+    # batch / p50 exactly; a rate computed from the wrong image count or time would not.
+    rows = [r for r in bench["report"]["results"] if r["stage"] == "model"]
     assert rows
     for r in rows:
-        assert set(r) == KEYS, r
-        assert r["backend"] in BACKENDS and r["precision"] in PRECISIONS and r["stage"] in STAGES, r
-        assert math.isfinite(r["images_per_s"]) and r["images_per_s"] > 0, r
-        assert 0 < r["p50_ms"] <= r["p99_ms"], r
-        assert r["peak_rss_mb"] > 10, r  # a Python process with numpy is tens of MB at least
-        assert r["workers"] == 0 if r["stage"] == "model" else r["workers"] in WORKERS, r
+        assert r["workers"] == 0, r
+        assert r["images_per_s"] == pytest.approx(r["batch_size"] * 1e3 / r["p50_ms"], rel=1e-9), r
+        assert r["p50_ms"] <= r["p99_ms"], r
+
+
+def test_row_and_cpu_time_arithmetic():
+    spec = {"label": "onnxruntime", "precision": "int8"}
+    lat = [0.1] * 9 + [1.0]  # seconds per call
+    r = _measure.row(spec, "model", 4, 0, images=40, seconds=2.0, latencies_s=lat)
+    assert set(r) == set(_measure.ROW_KEYS)
+    assert r["images_per_s"] == pytest.approx(20.0)
+    assert r["p50_ms"] == pytest.approx(100.0)
+    assert r["p99_ms"] == pytest.approx(100.0 + 0.91 * 900.0)  # linear interpolation at rank 8.91
+    c = _measure.cpu_entry(r, cpu_s=0.5, images=40)
+    assert c["cpu_ms_per_image"] == pytest.approx(12.5)
+    assert {k: c[k] for k in ("backend", "precision", "stage", "batch_size", "workers")} == \
+        {"backend": "onnxruntime", "precision": "int8", "stage": "model", "batch_size": 4, "workers": 0}
 
 
 def test_expected_backend_stage_combinations_present(bench):
@@ -192,12 +205,46 @@ def test_onnx_without_nsnet_metadata_is_a_usage_error(tmp_path, capsys):
     assert e.value.code == 2 and "not an NS-Net export" in capsys.readouterr().err
 
 
-def test_every_row_has_its_cpu_time(bench):
+def test_every_row_has_its_own_cpu_time(bench):
     rep = bench["report"]
     keys = ("backend", "precision", "stage", "batch_size", "workers")
-    cpu = {tuple(c[k] for k in keys): c["cpu_ms_per_image"] for c in rep["cpu_time"] if "variant" not in c}
-    for r in rep["results"]:
-        assert cpu[tuple(r[k] for k in keys)] > 0, r
+    cpu = [tuple(c[k] for k in keys) for c in rep["cpu_time"] if "variant" not in c]
+    assert sorted(cpu) == sorted(tuple(r[k] for k in keys) for r in rep["results"])  # one each, no strays
+
+
+def test_device_of_a_row_is_the_backends_own():
+    assert throughput.on_gpu("cuda") and throughput.on_gpu("cuda:1")
+    assert throughput.on_gpu("CUDAExecutionProvider") and throughput.on_gpu("TensorrtExecutionProvider")
+    assert not throughput.on_gpu("cpu") and not throughput.on_gpu("CPUExecutionProvider")
+    assert not throughput.on_gpu(None)
+
+
+def test_a_cuda_configuration_that_ran_on_the_cpu_is_flagged(tmp_path):
+    # ONNX Runtime given CUDA then CPU runs on the CPU where CUDA is unusable: the child reports the
+    # backend's actual provider and the run flags the configuration instead of printing CPU figures
+    # as CUDA ones.
+    from _sdk_util import textured, write_png
+
+    files = [str(write_png(tmp_path / f"{i}.png", textured(64, 80, i))) for i in range(2)]
+    spec = dict(kind="model", name="onnxruntime-cuda optimized", backend="onnxruntime", label="onnxruntime",
+                precision="fp32", model=str(tiny_export()["onnx"]), device="cuda",
+                providers=["CPUExecutionProvider"], threads=1, batch_sizes=[2], workers=[1],
+                e2e_batch_size=2, files=files, iters=1, warmup=0, parity_inputs=None, e2e=False)
+    res, err = throughput.run_child(spec, tmp_path, timeout=120)
+    assert err is None, err
+    assert res["device"] == "CPUExecutionProvider"
+    assert throughput.device_flag(spec, res["device"]) == {
+        "config": "onnxruntime-cuda optimized", "planned": "cuda", "ran_on": "CPUExecutionProvider"}
+    assert throughput.device_flag(dict(spec, device="cpu"), res["device"]) is None
+    assert throughput.device_flag(spec, "CUDAExecutionProvider") is None
+    report = {"results": [], "reference_results": [], "threads": 1, "device": "cuda", "inputs": "-",
+              "parity": [], "models": [], "end_to_end_vs_model": [], "failed": [], "not_run": [],
+              "not_on_gpu": [throughput.device_flag(spec, res["device"])]}
+    import io
+
+    out = io.StringIO()
+    throughput.print_report(report, out)
+    assert "NOT ON GPU onnxruntime-cuda optimized" in out.getvalue()
 
 
 def test_unreadable_input_is_reported_not_fatal(tmp_path):
@@ -221,7 +268,7 @@ def test_cuda_plan_has_the_gpu_rows(tmp_path):
     # (+ CUDA graph) baselines, ORT's CUDA EP on the fused FP32 and FP16 graphs, and the engine.
     import argparse
 
-    from _variants import Variant
+    from benchmarks._variants import Variant
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x")

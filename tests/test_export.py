@@ -309,22 +309,25 @@ def test_session_options_by_precision_and_provider():
 # ---------------------------------------------------------------- metadata
 
 
-def test_metadata_round_trip(tiny, tiny_model, tiny_fp32):
+def test_metadata_carries_the_run_directorys_own_values(tiny, tiny_fp32):
+    # Every expected value is read straight from the run directory's files (nsnet.json, the
+    # safetensors header, the weights' bytes), never through the code that writes the metadata.
     from nsnet_sdk.artifact import ModelMeta
-    from nsnet_sdk.preprocess import PatchConfig
 
-    model, meta = tiny_model
+    run_json = json.loads((tiny / "nsnet.json").read_text())
+    weights = (tiny / "nsnet.safetensors").read_bytes()
+    header = json.loads(weights[8:8 + int.from_bytes(weights[:8], "little")])
     md = read_metadata(tiny_fp32.path)
     assert md["nsnet.format"] == "nsnet-onnx/1"
-    assert md["nsnet.backbone"] == meta["backbone"] == "nsnet-tiny"
-    assert PatchConfig.from_dict(json.loads(md["nsnet.preprocess"])) == PatchConfig.from_dict(meta["preprocess"])
-    assert md["nsnet.preprocess"] == PatchConfig.from_dict(meta["preprocess"]).to_json()
-    assert float(md["nsnet.threshold"]) == meta["threshold"]
+    assert md["nsnet.backbone"] == run_json["backbone"] == "nsnet-tiny"
+    assert json.loads(md["nsnet.preprocess"]) == run_json["preprocess"]
+    assert float(md["nsnet.threshold"]) == run_json["threshold"]
     assert md["nsnet.precision"] == "fp32"
-    assert int(md["nsnet.projector_rank"]) == model.nullspace.basis.shape[1]
-    assert md["nsnet.source_sha256"] == hashlib.sha256((tiny / "nsnet.safetensors").read_bytes()).hexdigest()
+    assert int(md["nsnet.projector_rank"]) == header["nullspace.basis"]["shape"][1] == run_json["projector"]["rank"]
+    assert md["nsnet.source_sha256"] == hashlib.sha256(weights).hexdigest()
     parsed = ModelMeta.parse(md, str(tiny_fp32.path))  # the SDK accepts what we write
-    assert parsed.threshold == meta["threshold"] and parsed.precision == "fp32"
+    assert parsed.threshold == run_json["threshold"] and parsed.precision == "fp32"
+    assert parsed.preprocess.to_dict() == run_json["preprocess"]
 
 
 def test_external_data_when_large(tiny, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import training  # noqa: F401  (registers nsnet-tiny)
 from nsnet_sdk.errors import ModelLoadError
-from nsnet_sdk.model import NSNet, load_checkpoint, project, save_checkpoint
+from nsnet_sdk.model import NSNet, load_checkpoint, save_checkpoint
 from nsnet_sdk.model.checkpoint import plain_state_dict
 from training.corpus import encode_texts, prompt_bank
 from training.lora import add_lora, has_lora, merge_lora
@@ -48,13 +48,23 @@ def test_epochs0_writes_loadable_checkpoint(tmp_path) -> None:
     assert set(loaded) == set(tensors)
     for key, value in tensors.items():
         assert torch.equal(loaded[key], value), key
+    # The forward pass is NS-Net's formula applied to the file's tensors, written out here in
+    # float64 from the safetensors (not from the module): f_null = f − (f·U)·Uᵀ,
+    # logit = Wc·(W2·gelu(W0·f_null + b0) + b2) + bc.
     x = torch.randn(3, 3, 224, 224)
+    t = {key: value.double() for key, value in tensors.items()}
     with torch.no_grad():
-        f = model.features(x)
-        z = model.embed(x)
-        expected = model.classifier(model.head(project(f, model.nullspace.basis))).squeeze(-1)
-        assert torch.allclose(model(x), expected, atol=1e-5)
-    assert z.shape == (3, 128) and model(x).shape == (3,)
+        f = model.features(x).double()
+        f_null = f - (f @ t["nullspace.basis"]) @ t["nullspace.basis"].T
+        assert (f_null @ t["nullspace.basis"]).abs().max() < 1e-6  # nothing left in the semantic span
+        h = f_null @ t["head.0.weight"].T + t["head.0.bias"]
+        h = 0.5 * h * (1 + torch.erf(h / 2 ** 0.5))  # exact GELU ("activation": "gelu")
+        z = h @ t["head.2.weight"].T + t["head.2.bias"]
+        expected = (z @ t["classifier.weight"].T + t["classifier.bias"]).squeeze(-1)
+        logit = model(x)
+    assert logit.shape == (3,) and model.embed(x).shape == (3, meta["head"]["dim"])
+    assert torch.allclose(logit.double(), expected, atol=1e-5)
+    assert torch.allclose(model.embed(x).double(), z, atol=1e-5)
 
 
 def test_same_inputs_same_checkpoint(tmp_path) -> None:
