@@ -510,6 +510,57 @@ def test_to_trt_cli_damaged_onnx_is_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.engine").exists()
 
 
+def test_only_fp32_engines_clear_tf32():
+    # TF32 is TensorRT's default: left on, an engine labelled fp32 would compute in TF32.
+    from export.to_trt import clears_tf32
+
+    assert clears_tf32("fp32") and not clears_tf32("fp16")
+
+
+class _TimingCacheConfig:
+    """The two IBuilderConfig calls set_timing_cache makes, with TensorRT's documented results:
+    set_timing_cache returns False for a cache made on another device/version unless
+    ignore_mismatch is True."""
+
+    def __init__(self, foreign: bool, refuse_fresh: bool = False):
+        self.foreign, self.refuse_fresh, self.attached = foreign, refuse_fresh, []
+
+    def create_timing_cache(self, data: bytes):
+        return ("cache", bytes(data))
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        ok = ignore_mismatch or not cache[1] or not self.foreign
+        ok = ok and not (self.refuse_fresh and not cache[1])
+        if ok:
+            self.attached.append(cache[1])
+        return ok
+
+
+def test_a_timing_cache_from_another_gpu_is_refused_and_a_fresh_one_started():
+    from export.to_trt import TrtBuildError, set_timing_cache
+
+    said = []
+    mine = _TimingCacheConfig(foreign=False)
+    assert set_timing_cache(mine, b"saved here", said.append) is True and mine.attached == [b"saved here"]
+    other = _TimingCacheConfig(foreign=True)
+    assert set_timing_cache(other, b"saved on another GPU", said.append) is False
+    assert other.attached == [b""] and "fresh" in said[-1]  # rebuilt, never used with ignore_mismatch
+    none = _TimingCacheConfig(foreign=False)
+    assert set_timing_cache(none, b"", said.append) is False and none.attached == [b""]
+    with pytest.raises(TrtBuildError, match="fresh timing cache"):
+        set_timing_cache(_TimingCacheConfig(foreign=True, refuse_fresh=True), b"x", said.append)
+
+
+def test_cuda_is_detected_through_the_cuda_runtime_without_torch():
+    # A torch-free TensorRT install must work: the CUDA probe may not import torch.
+    code = ("import sys; from export.to_trt import cuda_device_count; n = cuda_device_count(); "
+            "print(n, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "False"
+    expected = torch.cuda.device_count()  # an independent count, where torch is installed
+    assert int(out[0]) == expected
+
+
 @pytest.mark.gpu
 def test_tensorrt_fp16_engine_parity(tiny, tiny_model, tiny_fp32, tmp_path):
     reason = _have_trt()

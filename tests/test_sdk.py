@@ -430,3 +430,29 @@ def test_cuda_inputs_are_described_or_refused_before_binding(model):
     backend = Detector(model, providers=["CPUExecutionProvider"], workers=0).backend
     with pytest.raises(InferenceError, match="needs a GPU provider"):
         backend.run(CudaArray((2, 3, 224, 224)))
+
+
+def test_without_onnx_runtime_import_works_and_use_says_which_extra_to_install(model):
+    # Neither nsnet-sdk[cpu] nor [gpu]: `import nsnet_sdk` must still work; a Detector on an .onnx
+    # file and patch selection each raise BackendUnavailableError naming the extras.
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["onnxruntime"] = None  # what an install without either extra looks like
+        import numpy as np
+        import nsnet_sdk
+        from nsnet_sdk import BackendUnavailableError, Detector
+        from nsnet_sdk.preprocess import patch_mosaic
+        for call in (lambda: Detector({str(model)!r}), lambda: patch_mosaic(np.zeros((64, 64, 3), np.uint8))):
+            try:
+                call()
+            except BackendUnavailableError as e:
+                print("refused:", "nsnet-sdk[cpu]" in str(e) and "nsnet-sdk[gpu]" in str(e))
+    """)
+    import os
+
+    # NSNET_KERNEL=reference: the ONNX Runtime entropy kernel even where a compiled one exists.
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, NSNET_KERNEL="reference"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["refused: True", "refused: True"]
+

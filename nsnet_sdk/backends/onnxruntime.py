@@ -80,8 +80,9 @@ class OrtBackend:
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise BackendUnavailableError(f"{path}: onnxruntime is not installed "
-                                          "(pip install onnxruntime)", source=str(path)) from e
+            raise BackendUnavailableError(f"{path}: ONNX Runtime is not installed: pip install "
+                                          "'nsnet-sdk[cpu]' (or 'nsnet-sdk[gpu]' on an NVIDIA machine)",
+                                          source=str(path)) from e
         from ..ort_options import session_options_for
 
         require_ort_version(ort.__version__, str(path))

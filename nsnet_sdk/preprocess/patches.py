@@ -85,7 +85,14 @@ def _entropy_session() -> Any:
     """
     pid = os.getpid()  # a session must not be shared across fork()
     if pid not in _SESSIONS:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # neither nsnet-sdk[cpu] nor [gpu] installed
+            from ..errors import BackendUnavailableError
+
+            raise BackendUnavailableError(
+                "patch selection runs its entropy kernel in ONNX Runtime, which is not installed: "
+                "pip install 'nsnet-sdk[cpu]' (or 'nsnet-sdk[gpu]' on an NVIDIA machine)") from e
 
         from ..ort_options import session_options_for
 
