@@ -18,7 +18,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("matplotlib")
 
 from _sdk_util import tiny_export  # noqa: E402
-from benchmarks import _measure, throughput  # noqa: E402
+from benchmarks import _measure, _report, throughput  # noqa: E402
 
 BATCHES, WORKERS = (1, 3), (1, 2)
 BACKENDS, PRECISIONS, STAGES = {"onnxruntime", "tensorrt", "torch"}, {"fp32", "fp16", "int8"}, \
@@ -153,8 +153,8 @@ def test_ratio_arithmetic():
         {"backend": "onnxruntime", "precision": "int8", "stage": "end_to_end", "batch_size": 8, "workers": 1, "images_per_s": 14.0},
         {"backend": "onnxruntime", "precision": "int8", "stage": "end_to_end", "batch_size": 8, "workers": 2, "images_per_s": 33.25},
     ]
-    assert throughput.ratios(rows)[("onnxruntime", "int8", 8)] == pytest.approx(3.5)
-    (f,) = throughput.e2e_fraction(rows)
+    assert _report.ratios(rows)[("onnxruntime", "int8", 8)] == pytest.approx(3.5)
+    (f,) = _report.e2e_fraction(rows)
     assert f["workers"] == 2 and f["fraction"] == pytest.approx(0.95)
 
 
@@ -243,7 +243,7 @@ def test_a_cuda_configuration_that_ran_on_the_cpu_is_flagged(tmp_path):
     import io
 
     out = io.StringIO()
-    throughput.print_report(report, out)
+    _report.print_report(report, out)
     assert "NOT ON GPU onnxruntime-cuda optimized" in out.getvalue()
 
 

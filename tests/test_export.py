@@ -433,6 +433,29 @@ def test_verify_cli_images_dir(tiny, tiny_fp32, tmp_path):
     assert "3 inputs" in proc.stdout and "broken.jpg" in proc.stderr
 
 
+def test_verify_streams_inputs_in_bounded_batches(tmp_path, capsys):
+    # A folder of any size fits: inputs come 16 at a time (broken files skipped and named), and
+    # the synthetic set is the same images whatever the batch size.
+    import cv2
+
+    from export.verify import image_dir_batches, synthetic_batches
+    from nsnet_sdk.preprocess import DEFAULT, load_image, preprocess
+
+    rng = np.random.default_rng(2)
+    for i in range(19):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.png"), rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8))
+    (tmp_path / "07b.jpg").write_bytes(b"not an image")
+    got = list(image_dir_batches(tmp_path, DEFAULT))
+    assert [len(b) for b in got] == [16, 3]
+    assert "07b.jpg" in capsys.readouterr().err
+    first = preprocess(load_image(tmp_path / "00.png"), DEFAULT)
+    np.testing.assert_array_equal(got[0][0], first)
+    a = np.concatenate(list(synthetic_batches(7, DEFAULT, seed=3, batch=16)))
+    b = list(synthetic_batches(7, DEFAULT, seed=3, batch=3))
+    assert [len(x) for x in b] == [3, 3, 1]
+    np.testing.assert_array_equal(a, np.concatenate(b))
+
+
 def test_verify_cli_errors(tiny, tiny_fp32, tmp_path):
     missing = _cli("verify", "--ckpt", tmp_path / "nope", "--onnx", tiny_fp32.path, "--synthetic", 2)
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr

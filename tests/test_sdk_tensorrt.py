@@ -10,7 +10,7 @@ import pytest
 from _sdk_util import contract_metadata, tiny_export, write_engine_pair
 from nsnet_sdk import Detector
 from nsnet_sdk.artifact import ModelMeta, artifact_kind
-from nsnet_sdk.backends.tensorrt import TensorRTBackend, read_sidecar
+from nsnet_sdk.backends.tensorrt import read_sidecar
 
 
 def _gpu_skip_reason() -> str | None:
