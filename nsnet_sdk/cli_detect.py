@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from .cli import _nonneg_int, _positive_int, _probability, _providers
+from .detector import DEFAULT_BATCH_SIZE
 from .errors import NSNetError
 from .preprocess import ImageScan, scan_image_paths
 from .provenance import PROVENANCE_COLUMNS, provenance_columns
@@ -44,7 +45,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                           "(matched by path)")
     d.add_argument("--threshold", type=_probability, help="decision threshold on prob_fake "
                    "(default: the model's)")
-    d.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (32)")
+    d.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images per batch ({DEFAULT_BATCH_SIZE})")
     d.add_argument("--workers", type=_nonneg_int, default=None,
                    help="decode threads (default: one per core; 0 = none)")
     d.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
