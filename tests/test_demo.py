@@ -15,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `demo` is run from the repo root, it is not an installed package
-    sys.path.insert(0, str(REPO))
+from demo import run as demo_run  # the repository root is on pytest's path (pyproject: pythonpath)
+from training.synthetic import GENERATORS
 
-from demo import run as demo_run  # noqa: E402
-from training.synthetic import GENERATORS  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 N, N_VAL, HELD = 8, 4, "nearest"
 STEPS = ["synthesise", "train", "export", "verify", "detect", "evaluate", "report"]
