@@ -125,12 +125,6 @@ def cuda_device_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def ort_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
-
-
 # -- configurations -----------------------------------------------------------------------------
 
 def plan(args, variants: list[_variants.Variant], device: str, cuda_ort: bool) -> list[dict]:
@@ -284,7 +278,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     device = args.device if args.device != "auto" else ("cuda" if gpu else "cpu")
     if device == "cuda" and not gpu:
         raise BenchError("--device cuda: no CUDA device visible to torch")
-    cuda_ort = "CUDAExecutionProvider" in ort_providers()
+    import onnxruntime as ort
+
+    cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
     not_run = []
     if device == "cpu":
         not_run.append("CUDA rows (PyTorch FP16 autocast + CUDA graphs, ONNX Runtime CUDA, TensorRT): "

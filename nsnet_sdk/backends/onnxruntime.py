@@ -86,7 +86,6 @@ class OrtBackend:
         from ..ort_options import session_options_for
 
         require_ort_version(ort.__version__, str(path))
-        self._ort = ort
         self.path = Path(path)
         self.metadata = read_onnx_metadata(self.path)
         chosen = choose_providers(providers, ort.get_available_providers(), self.path,
@@ -118,8 +117,9 @@ class OrtBackend:
             # without CUDA) with only a warning, and runs on the next one with the options chosen
             # for the first. Rebuild with the options of the provider that really runs.
             so = session_options_for(precision, active[0], intra_op_threads=intra_op_threads)
-            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=active,
-                                                enable_fallback=0)
+            running = [p for p in chosen if (p[0] if isinstance(p, (tuple, list)) else p) in active]
+            self.session = ort.InferenceSession(str(self.path), sess_options=so,
+                                                providers=running or active, enable_fallback=0)
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if "images" not in inputs or "logit" not in outputs:
@@ -154,7 +154,7 @@ class OrtBackend:
                     binding.bind_cpu_input("images", images)
                 binding.bind_output("logit", "cuda", self._device_id)
                 self.session.run_with_iobinding(binding)
-                logit = binding.get_outputs()[0].numpy()  # the only copy: B floats to the host
+                logit = binding.copy_outputs_to_cpu()[0]  # the only copy: B floats to the host
             else:
                 logit = self.session.run(["logit"], {"images": images})[0]
             return np.asarray(logit, dtype=np.float32).reshape(n)
