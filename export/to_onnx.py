@@ -283,7 +283,7 @@ def tower_shape(backbone: str) -> tuple[int, int]:
     """(heads, width) of an open_clip ViT backbone, from its config (no weights built)."""
     import open_clip
 
-    import training  # noqa: F401  (registers the nsnet-tiny config with open_clip)
+    import nsnet_sdk.model  # noqa: F401  (registers the nsnet-tiny config with open_clip)
 
     cfg = open_clip.get_model_config(backbone)
     if cfg is None:
