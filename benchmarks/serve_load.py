@@ -1,7 +1,7 @@
 """Load test of `nsnet serve`: requests/s, latency percentiles, errors and mean batch size at a chosen
 concurrency, beside the single-process `Detector` rate on the same model, images and machine.
 
-    python benchmarks/serve_load.py --model nsnet.onnx [--images DIR | --synthetic N [--size 512]]
+    python -m benchmarks.serve_load --model nsnet.onnx [--images DIR | --synthetic N [--size 512]]
         [--concurrency 32] [--requests 500] [--url http://127.0.0.1:8000] [--token-env VAR]
         [--bad-every K] [--max-batch 32] [--batch-wait-ms 5] [--replicas 1] [--json out.json]
 
@@ -31,11 +31,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # sibling modules when run as a script or imported from tests
-    sys.path.insert(0, str(HERE))
-
-from throughput import BenchError, image_files, library_versions, machine, synthetic_files  # noqa: E402
+from benchmarks.throughput import BenchError, image_files, library_versions, machine, synthetic_files
 
 
 def bomb_png(side: int = 60000) -> bytes:
@@ -172,7 +168,7 @@ def _versions() -> dict[str, str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/serve_load.py",
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_load",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, type=Path, help="the model the service runs")
     src = p.add_mutually_exclusive_group()

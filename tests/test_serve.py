@@ -189,11 +189,7 @@ def test_parse_bytes():
 
 
 def test_load_test_refuses_non_loopback_targets(model, capsys):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import serve_load
+    from benchmarks import serve_load
 
     assert serve_load.main(["--model", str(model), "--url", "http://192.0.2.1:8000"]) == 2
     assert "loopback addresses only" in capsys.readouterr().err
