@@ -21,8 +21,9 @@ import numpy as np
 
 from .artifact import ModelMeta, artifact_kind, read_model_meta
 from .backends import Backend, load_backend
-from .errors import (ImageDecodeError, InferenceError, NSNetError, PreprocessMismatchError,
+from .errors import (InferenceError, NSNetError, PreprocessMismatchError, as_input_error,
                      RandomWeightsWarning, UnsupportedInputError)
+from .gpu import resolve_pipeline  # torch loads only when a GPU pipeline is built
 from .prediction import Prediction, sigmoid
 from .explain import Explanation, explain_image
 from .provenance import provenance_reader, with_provenance
@@ -123,6 +124,9 @@ class Detector:
             returns, and PIL's order) or ``"bgr"`` (OpenCV's ``cv2.imread`` order; BGRA for
             4 channels). Paths, bytes and PIL images are decoded to RGB whatever this says.
         provenance: True or a `ProvenanceReader`: fill `Prediction.provenance` (nsnet_sdk.provenance).
+        pipeline: ``"cpu"`` (default; decode and patch selection in threads), ``"gpu"`` (batched
+            nvImageCodec decode and torch patch selection on ``device``; ``device="cpu"`` runs it
+            on the CPU) or ``"auto"`` (GPU where CUDA and nvImageCodec exist). docs/nvidia.md.
 
     Raises:
         ModelLoadError: the artifact is missing, of unknown kind, unreadable or lacks metadata
@@ -135,7 +139,7 @@ class Detector:
                  providers: Sequence[Any] | None = None, intra_op_threads: int | None = None,
                  device: str | int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  workers: int | None = None, max_pixels: int = MAX_PIXELS,
-                 channels: str = "rgb", provenance: Any = False) -> None:
+                 channels: str = "rgb", provenance: Any = False, pipeline: str = "cpu") -> None:
         self.model_path = Path(model)
         self.kind = artifact_kind(self.model_path)
         self.batch_size = _check_batch_size(batch_size)
@@ -150,6 +154,9 @@ class Detector:
         try:
             self.config = self._resolve_preprocess(preprocess, force)
             self.threshold = self.meta.threshold if threshold is None else _check_threshold(threshold)
+            self._gpu = resolve_pipeline(pipeline, device=device, backend=self.backend,  # None: CPU
+                                         config=self.config, max_pixels=self.max_pixels)
+            self.pipeline = "cpu" if self._gpu is None else f"gpu:{self._gpu.device}"
         except BaseException:
             self.backend.close()  # refused after loading: free its session / GPU memory now
             raise
@@ -212,8 +219,8 @@ class Detector:
 
     def info(self) -> dict[str, Any]:
         """What `nsnet info` prints: artifact, backend, device, threshold, preprocessing, metadata."""
-        return model_info(self.model_path, self.backend.name, self.backend.device, self.meta,
-                          threshold=self.threshold, config=self.config)
+        return {**model_info(self.model_path, self.backend.name, self.backend.device, self.meta,
+                             threshold=self.threshold, config=self.config), "pipeline": self.pipeline}
 
     def close(self) -> None:
         """Release the backend's resources (GPU buffers, sessions); predicting afterwards raises
@@ -233,25 +240,28 @@ class Detector:
 
     # -- pipeline ---------------------------------------------------------------------------
 
+    def _load(self, src: Any, name: str, bgr: bool = False) -> np.ndarray:
+        """``src`` decoded to RGB uint8 with the Detector's guards (typed errors naming it)."""
+        if not _is_image(src):
+            raise UnsupportedInputError(f"{name}: cannot score a {type(src).__name__}: "
+                                        f"expected {ACCEPTED_INPUTS}", source=name)
+        return load_image(_bgr_to_rgb(src) if bgr else src, max_pixels=self.max_pixels, name=name)
+
     def _prepare(self, src: Any, name: str, buf: np.ndarray, row: int,
                  bgr: bool = False) -> tuple[NSNetError | None, tuple[str, ...]]:
-        """Decode + patch mosaic + normalise ``src`` into ``buf[row]``: (error, warnings). The
-        error, if any, is typed and names the input (anything untyped, e.g. ``ValueError:
-        embedded null byte`` from a path, becomes an `ImageDecodeError` with the original as its
-        cause)."""
+        """Decode + patch mosaic + normalise ``src`` into ``buf[row]``: (error, warnings)."""
         try:
-            if not _is_image(src):
-                raise UnsupportedInputError(f"{name}: cannot score a {type(src).__name__}: "
-                                            f"expected {ACCEPTED_INPUTS}", source=name)
-            rgb = load_image(_bgr_to_rgb(src) if bgr else src, max_pixels=self.max_pixels, name=name)
+            rgb = self._load(src, name, bgr)
             normalize(patch_mosaic(rgb, self.config), self.config, out=buf[row])
             return None, _size_warnings(rgb, self.config.patch)
-        except NSNetError as e:  # recorded per input; one bad file must not stop a batch
-            return e, ()
-        except Exception as e:
-            err = ImageDecodeError(f"{name}: {type(e).__name__}: {e}", source=name)
-            err.__cause__ = e
-            return err, ()
+        except Exception as e:  # recorded per input; one bad file must not stop a batch
+            return as_input_error(e, name), ()
+
+    def _prepare_gpu(self, chunk: list, names: list[str], bgr: bool) -> tuple[Any, list, list]:
+        """The GPU pipeline's batch: (device batch of the good rows, errors, warnings)."""
+        return self._gpu.prepare(chunk, lambda x, i: self._load(x, names[i], bgr),
+                                 lambda e, i: as_input_error(e, names[i]),
+                                 lambda img: _size_warnings(img, self.config.patch))
 
     def _pipeline(self, items: Iterator[Any], bs: int, workers: int,
                   on_error: str, bgr: bool = False) -> Iterator[Prediction]:
@@ -276,11 +286,14 @@ class Detector:
                     source_error = e
                 if not chunk:
                     return
-                buf = free.pop() if free else np.empty((bs, 3, side, side), np.float32)
                 names = [source_name(x, counter + j) for j, x in enumerate(chunk)]
                 counter += len(chunk)
-                futs = [pool.submit(self._prepare, x, names[j], buf, j, bgr) for j, x in enumerate(chunk)]
                 provs = [pool.submit(self.provenance.read, x) for x in chunk] if self.provenance else None
+                if self._gpu is not None:  # one task per batch: nvImageCodec decodes batches
+                    inflight.append((names, [pool.submit(self._prepare_gpu, chunk, names, bgr)], None, provs))
+                    continue
+                buf = free.pop() if free else np.empty((bs, 3, side, side), np.float32)
+                futs = [pool.submit(self._prepare, x, names[j], buf, j, bgr) for j, x in enumerate(chunk)]
                 inflight.append((names, futs, buf, provs))
 
         try:
@@ -291,16 +304,19 @@ class Detector:
                         raise source_error
                     break
                 names, futs, buf, provs = inflight.popleft()
-                errors, notes = zip(*[f.result() for f in futs])
+                gpu_batch, errors, notes = (futs[0].result() if buf is None else
+                                            (None, *zip(*[f.result() for f in futs])))
                 ok = [j for j, e in enumerate(errors) if e is None]
                 logits = np.full(len(names), np.nan, dtype=np.float32)
                 if ok:
                     if self._closed:  # the backend's buffers and sessions are gone
                         raise InferenceError(f"{self.model_path}: the Detector is closed",
                                              source=str(self.model_path))
-                    batch = buf[:len(ok)] if len(ok) == len(names) else buf[ok]
+                    batch = (gpu_batch if buf is None else
+                             buf[:len(ok)] if len(ok) == len(names) else buf[ok])
                     logits[ok] = self.backend.run(batch)
-                free.append(buf)
+                if buf is not None:
+                    free.append(buf)
                 probs = sigmoid(logits)
                 for j, name in enumerate(names):
                     err = errors[j]

@@ -39,6 +39,17 @@ class InferenceError(NSNetError):
     """The backend failed while running a batch; the model, not one input, is at fault."""
 
 
+def as_input_error(e: BaseException, name: str) -> NSNetError:
+    """A typed per-input error: an `NSNetError` as is; anything untyped (e.g. ``ValueError:
+    embedded null byte`` from a path) becomes an `ImageDecodeError` naming the input, with the
+    original as its cause."""
+    if isinstance(e, NSNetError):
+        return e
+    err = ImageDecodeError(f"{name}: {type(e).__name__}: {e}", source=name)
+    err.__cause__ = e
+    return err
+
+
 class RandomWeightsWarning(UserWarning):
     """The model's backbone had random weights (``pretrained`` = none): a test or demo model, not
     a detector for real use."""

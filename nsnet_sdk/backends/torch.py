@@ -1,8 +1,10 @@
-"""PyTorch backend: the unfolded training checkpoint (a run directory), for parity checks and
-users without ONNX. Imports torch and `nsnet_sdk.model` only when built."""
+"""PyTorch backend: the unfolded training checkpoint (a run directory), for parity checks, users
+without ONNX, and the GPU pipeline's device tensors (FP16 and CUDA graphs on CUDA when asked).
+Imports torch and `nsnet_sdk.model` only when built."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,8 +18,13 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, path: str | Path, device: str | None = None,
-                 intra_op_threads: int | None = None) -> None:
+                 intra_op_threads: int | None = None, *, precision: str = "fp32",
+                 cuda_graphs: bool = False) -> None:
+        """``precision="fp16"`` runs under CUDA autocast (FP32 reductions kept); ``cuda_graphs``
+        replays one captured graph per batch size. Both only on CUDA; the default is plain FP32."""
         self.path = Path(path)
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
         run_dir = self.path if self.path.is_dir() else self.path.parent
         try:
             import torch
@@ -39,15 +46,54 @@ class TorchBackend:
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelLoadError(f"{self.path}: cannot load checkpoint: {e}",
                                  source=str(self.path)) from e
-        self.metadata = artifact_metadata(meta, precision="fp32", fmt=meta["format"])
+        on_cuda = self.device.startswith("cuda")
+        if (precision == "fp16" or cuda_graphs) and not on_cuda:
+            raise ValueError(f"{self.path}: precision='fp16' and cuda_graphs need a CUDA device, "
+                             f"not {self.device!r}")
+        self.precision, self.cuda_graphs = precision, bool(cuda_graphs)
+        self.metadata = artifact_metadata(meta, precision=precision, fmt=meta["format"])
+        self._graphs: dict[int, tuple[Any, Any, Any]] = {}
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """float32 (B,3,S,S) → float32 logits (B,)."""
+    def _forward(self, x):
+        torch = self._torch
+        if self.precision == "fp32":
+            return self.model(x).float().reshape(len(x))
+        # The autocast weight cache must be off under graph capture (its casts would be skipped).
+        with torch.autocast("cuda", dtype=torch.float16, cache_enabled=not self.cuda_graphs):
+            return self.model(x).float().reshape(len(x))
+
+    def _replay(self, x):
+        """The captured graph for this batch size (captured on first use, after warm-up runs on
+        a side stream as CUDA graph capture requires), replayed on a copy of ``x``."""
+        torch = self._torch
+        if len(x) not in self._graphs:
+            static_in = x.clone()
+            side = torch.cuda.Stream(device=x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._forward(static_in)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+            self._graphs[len(x)] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[len(x)]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    def run(self, images: Any) -> np.ndarray:
+        """float32 (B,3,S,S) → float32 logits (B,). ``images``: a numpy array, or a torch tensor,
+        used where it lies when it is on this backend's device (no host round trip)."""
         torch = self._torch
         try:
             with torch.inference_mode():
-                x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
-                logit = self.model(x).float().reshape(len(images))
+                if isinstance(images, torch.Tensor):
+                    x = images.to(self.device, torch.float32)
+                else:
+                    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+                logit = self._replay(x) if self.cuda_graphs else self._forward(x)
             return logit.cpu().numpy()
         except RuntimeError as e:
             raise InferenceError(f"{self.path}: PyTorch failed on a batch of {len(images)}: {e}",
@@ -55,3 +101,4 @@ class TorchBackend:
 
     def close(self) -> None:
         self.model = None
+        self._graphs.clear()

@@ -1,0 +1,98 @@
+"""Choosing the input pipeline (``cpu``, ``gpu``, ``auto``) and running the GPU one for a batch."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from ..errors import BackendUnavailableError, NSNetError
+from ..preprocess.config import MAX_PIXELS, PatchConfig
+
+PIPELINES = ("cpu", "gpu", "auto")
+
+
+def _cuda_available() -> tuple[bool, str]:
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed"
+    if not torch.cuda.is_available():
+        return False, "torch sees no CUDA device"
+    return True, ""
+
+
+def resolve_pipeline(pipeline: str, *, device: Any = None, backend: Any = None,
+                     config: PatchConfig, max_pixels: int = MAX_PIXELS) -> "GpuPipeline | None":
+    """The GPU pipeline to use, or None for the CPU one.
+
+    ``"cpu"``: None. ``"gpu"``: a `GpuPipeline` on ``device`` (default: the torch backend's device,
+    else ``cuda``), with nvImageCodec when it imports and CPU decoding otherwise. ``"auto"``: the
+    GPU pipeline only where CUDA and nvImageCodec are both present, else None (the CPU pipeline).
+
+    Raises:
+        ValueError: ``pipeline`` is not one of `PIPELINES`.
+        BackendUnavailableError: ``"gpu"`` without torch, or on ``cuda`` where torch sees no GPU.
+    """
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
+    if pipeline == "cpu":
+        return None
+    from .decode import nvimgcodec_available
+
+    if pipeline == "auto":
+        if not (_cuda_available()[0] and nvimgcodec_available()[0]):
+            return None
+        device = None  # auto means the GPU
+    elif device is None or str(device).startswith("cuda") or isinstance(device, int):
+        ok, why = _cuda_available()
+        if not ok:
+            raise BackendUnavailableError(f"pipeline='gpu' needs a CUDA device: {why} "
+                                          "(device='cpu' runs it on the CPU)")
+    if isinstance(device, int):
+        device = f"cuda:{device}"
+    if device is None:
+        device = backend.device if str(getattr(backend, "device", "")).startswith("cuda") else "cuda"
+    return GpuPipeline(str(device), config, max_pixels=max_pixels,
+                       to_host=getattr(backend, "name", "") != "torch")
+
+
+class GpuPipeline:
+    """Decode + patch selection + mosaic + normalisation of a batch on one torch device.
+
+    ``to_host``: hand the backend a numpy array (backends without a device-tensor input)."""
+
+    def __init__(self, device: str, config: PatchConfig, *, max_pixels: int = MAX_PIXELS,
+                 to_host: bool = False) -> None:
+        try:
+            import torch
+        except ImportError as e:
+            raise BackendUnavailableError(f"pipeline='gpu' needs torch: {e}") from e
+        from .decode import NvDecoder, nvimgcodec_available
+
+        self.device = str(torch.device(device))
+        self.config = config
+        self.max_pixels = int(max_pixels)
+        self.to_host = to_host
+        self.decoder = None
+        if nvimgcodec_available()[0]:
+            try:
+                self.decoder = NvDecoder(self.device)
+            except Exception:  # e.g. no usable backend on this machine: decode on the CPU
+                self.decoder = None
+
+    def prepare(self, items: Sequence[Any], load: Callable[[Any, int], Any],
+                as_error: Callable[[BaseException, int], NSNetError],
+                notes: Callable[[Any], tuple[str, ...]]) -> tuple[Any, list, list]:
+        """One batch → (network input of the decodable rows, per-item error or None, per-item notes).
+
+        ``load(src, i)`` decodes item i on the CPU (raising typed errors); ``as_error(e, i)``
+        types any other exception for item i; ``notes(image)`` are an image's warnings."""
+        from .decode import decode_batch
+        from .patches import preprocess_batch
+
+        decoded = decode_batch(items, lambda i: load(items[i], i), device=self.device,
+                               decoder=self.decoder, max_pixels=self.max_pixels)
+        errors = [as_error(d, i) if isinstance(d, BaseException) else None for i, d in enumerate(decoded)]
+        good = [d for d, e in zip(decoded, errors) if e is None]
+        batch = preprocess_batch(good, self.config) if good else None
+        if batch is not None and self.to_host:
+            batch = batch.cpu().numpy()
+        return batch, errors, [() if e else notes(d) for d, e in zip(decoded, errors)]

@@ -1,0 +1,262 @@
+"""The GPU input pipeline (nsnet_sdk.gpu): the same selection, mosaic and scores as the CPU path.
+
+Everything except the ``gpu``-marked tests runs the torch code on the CPU device; the ``gpu`` tests
+repeat the selection check on CUDA and cover the device handoff and the FP16 / CUDA-graph path.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nsnet_sdk.errors import BackendUnavailableError, ImageDecodeError  # noqa: E402
+from nsnet_sdk.gpu import patches as gp  # noqa: E402
+from nsnet_sdk.gpu.decode import decode_batch, nvimgcodec_available  # noqa: E402
+from nsnet_sdk.preprocess import (DEFAULT, load_image, mosaic_slots, patch_entropies,  # noqa: E402
+                                  patch_mosaic, preprocess)
+from test_preprocess import textured  # noqa: E402  (the conformance corpus' generator)
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (torch.cuda.is_available() is False)")
+
+# The conformance corpus: 1×1 up to 4000×3000, sizes not divisible by 32, thinner than a patch.
+SHAPES = [(1, 1), (5, 7), (2, 100), (33, 1), (1, 40), (31, 31), (64, 33), (100, 70), (224, 224),
+          (300, 700), (20, 5000), (256, 96), (512, 512), (768, 1024), (4000, 3000)]
+
+
+def tied_images() -> dict[str, np.ndarray]:
+    """Images whose patches tie exactly: flat, flat blocks, one tile repeated (aligned or not)."""
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    return {
+        "flat": np.full((300, 200, 3), 77, np.uint8),
+        "black": np.zeros((65, 97, 3), np.uint8),
+        "blocks": (np.kron(rng.integers(0, 4, (9, 11, 1)), np.ones((32, 32, 3))) * 60).astype(np.uint8),
+        "periodic": np.tile(tile, (10, 13, 1)),
+        "periodic_offset": np.tile(tile, (10, 13, 1))[5:, 7:],
+        "binary_noise": rng.integers(0, 2, (500, 500, 3), dtype=np.uint8),
+    }
+
+
+def assert_same_as_cpu(rgb: np.ndarray, device: str = "cpu") -> None:
+    t = torch.from_numpy(rgb).to(device)
+    want = mosaic_slots(patch_entropies(rgb), DEFAULT.slots)
+    got = gp.mosaic_slots(gp.patch_entropies(t), DEFAULT.slots).cpu().numpy()
+    np.testing.assert_array_equal(got, want)  # the same patches in the same slots
+    np.testing.assert_array_equal(gp.patch_mosaics([t])[0].cpu().numpy(), patch_mosaic(rgb))
+    np.testing.assert_allclose(gp.preprocess_batch([t])[0].cpu().numpy(), preprocess(rgb), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_selection_and_mosaic_equal_the_cpu_path_on_the_corpus(shape, seed):
+    assert_same_as_cpu(textured(*shape, seed))
+
+
+@pytest.mark.parametrize("name", list(tied_images()))
+def test_exact_ties_follow_raster_order_as_on_the_cpu(name):
+    assert_same_as_cpu(tied_images()[name])
+
+
+def test_uniform_noise_equals_the_cpu_path():
+    assert_same_as_cpu(np.random.default_rng(5).integers(0, 256, (1000, 900, 3), dtype=np.uint8))
+
+
+def test_mirror_tied_patches_are_the_one_known_divergence():
+    """A patch and its vertical mirror have the same DFT magnitudes, so equal entropies by the
+    definition. The float32 CPU path scores them ~1e-7 apart and orders them by that rounding;
+    float64 scores them equal and keeps raster order. Any slot that differs must hold such a pair."""
+    tile = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    rgb = np.concatenate([np.tile(tile, (4, 8, 1)), np.tile(tile[::-1], (4, 8, 1))])
+    t = torch.from_numpy(rgb)
+    e64 = gp.patch_entropies(t).numpy().ravel()
+    e32 = patch_entropies(rgb).ravel()
+    assert np.unique(e64).size == 1  # float64: the tie is exact, so raster order decides
+    np.testing.assert_array_equal(gp.mosaic_slots(gp.patch_entropies(t), 49).numpy(),
+                                  mosaic_slots(np.zeros(64), 49))
+    assert np.ptp(e32) < 1e-6  # the CPU path's split is float32 rounding
+    got = gp.mosaic_slots(gp.patch_entropies(t), 49).numpy()
+    cpu = mosaic_slots(e32, 49)
+    assert not np.array_equal(got, cpu)  # this input does show the divergence ...
+    for g, c in zip(got, cpu):  # ... and only between patches tied exactly, split by rounding
+        if g != c:
+            assert (g // 8 < 4) != (c // 8 < 4)  # one is the tile (rows 0-3), one its mirror
+            assert e64[g] == e64[c] and abs(e32[g] - e32[c]) < 1e-6
+
+
+def test_a_batch_of_different_sizes_equals_each_image_alone():
+    rgbs = [textured(h, w, i) for i, (h, w) in enumerate([(1, 1), (300, 700), (31, 200), (512, 512), (97, 33)])]
+    batch = gp.preprocess_batch([torch.from_numpy(x) for x in rgbs]).numpy()
+    assert batch.shape == (5, 3, DEFAULT.size, DEFAULT.size) and batch.dtype == np.float32
+    for got, rgb in zip(batch, rgbs):
+        np.testing.assert_allclose(got, preprocess(rgb), atol=1e-6, rtol=0)
+
+
+def test_wrong_tensors_are_refused():
+    with pytest.raises(TypeError, match="uint8"):
+        gp.patch_mosaics([torch.zeros((40, 40, 3), dtype=torch.float32)])
+    with pytest.raises(TypeError, match="H×W×3"):
+        gp.patch_mosaics([torch.zeros((40, 40), dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="empty"):
+        gp.patch_entropies(torch.zeros((0, 40, 3), dtype=torch.uint8))
+
+
+def test_decode_batch_without_nvimagecodec_uses_load_image_per_item(tmp_path):
+    from _sdk_util import write_png
+
+    rgb = textured(50, 60, 1)
+    good = write_png(tmp_path / "a.png", rgb)
+    items = [str(good), b"not an image", str(tmp_path / "missing.png")]
+    out = decode_batch(items, lambda i: load_image(items[i], name=f"item{i}"), device="cpu")
+    np.testing.assert_array_equal(out[0].numpy(), rgb)
+    assert isinstance(out[1], ImageDecodeError) and "item1" in str(out[1])
+    assert isinstance(out[2], ImageDecodeError) and "no such file" in str(out[2])
+
+
+def test_importing_the_gpu_package_loads_no_torch():
+    code = "import nsnet_sdk, nsnet_sdk.gpu, sys; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+# ---- nvImageCodec (optional; needs its CUDA libraries even for the CPU backend) ----------------
+nvimg = pytest.mark.skipif(not nvimgcodec_available()[0], reason=nvimgcodec_available()[1] or "ok")
+
+
+@nvimg
+def test_nvimagecodec_cpu_backend_matches_load_image(tmp_path):
+    import cv2
+
+    from nsnet_sdk.gpu.decode import NvDecoder
+
+    rgb = textured(123, 257, 2)
+    png = cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()
+    jpg = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    for device in ["cpu"] + (["cuda"] if CUDA else []):
+        png_t, jpg_t = NvDecoder(device).decode([png, jpg])
+        np.testing.assert_array_equal(png_t.cpu().numpy(), load_image(png))  # lossless: exact
+        # JPEG: libjpeg-turbo's and nvJPEG's IDCT/upsampling round differently (docs/nvidia.md)
+        diff = np.abs(jpg_t.cpu().numpy().astype(int) - load_image(jpg).astype(int))
+        assert diff.max() <= 8 and diff.mean() < 1.0, (device, diff.max(), diff.mean())
+
+
+# ---- the Detector's pipeline option -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    pytest.importorskip("onnx")
+    from _sdk_util import build_stand_in_onnx
+
+    return build_stand_in_onnx(tmp_path_factory.mktemp("m") / "m.onnx")
+
+
+def test_gpu_pipeline_on_the_cpu_device_scores_like_the_cpu_pipeline(stand_in, tmp_path):
+    from _sdk_util import write_png
+    from nsnet_sdk import Detector
+
+    inputs = [textured(300, 400, 0), str(write_png(tmp_path / "b.png", textured(64, 33, 1))),
+              b"garbage", textured(10, 12, 2), 42, str(tmp_path / "missing.png"), textured(700, 90, 3)]
+    cpu = Detector(stand_in, workers=2).predict(inputs, batch_size=3)
+    det = Detector(stand_in, pipeline="gpu", device="cpu", workers=2)
+    assert det.pipeline == "gpu:cpu" and det.info()["pipeline"] == "gpu:cpu"
+    gpu = det.predict(inputs, batch_size=3)
+    assert [p.source for p in gpu] == [p.source for p in cpu]
+    for g, c in zip(gpu, cpu):
+        assert type(g.error) is type(c.error) and str(g.error) == str(c.error)
+        assert g.warnings == c.warnings
+        if c.error is None:
+            assert g.logit == pytest.approx(c.logit, abs=1e-5)
+    assert sum(p.error is None for p in gpu) == 4 and any(gpu[3].warnings)
+
+
+def test_auto_falls_back_to_the_cpu_pipeline_without_cuda_or_nvimagecodec(stand_in, monkeypatch):
+    from nsnet_sdk import Detector
+    from nsnet_sdk.gpu import pipeline as pl
+
+    if not (CUDA and nvimgcodec_available()[0]):
+        assert Detector(stand_in, pipeline="auto").pipeline == "cpu"  # this machine, as it is
+    monkeypatch.setattr(pl, "_cuda_available", lambda: (True, ""))  # CUDA there, codec absent
+    monkeypatch.setattr("nsnet_sdk.gpu.decode.nvimgcodec_available", lambda: (False, "absent"))
+    assert Detector(stand_in, pipeline="auto").pipeline == "cpu"
+    monkeypatch.setattr(pl, "_cuda_available", lambda: (False, "none"))  # codec there, no CUDA
+    monkeypatch.setattr("nsnet_sdk.gpu.decode.nvimgcodec_available", lambda: (True, ""))
+    det = Detector(stand_in, pipeline="auto")
+    assert det.pipeline == "cpu" and det.predict(textured(80, 80, 0)).error is None
+
+
+def test_gpu_pipeline_without_cuda_is_refused_unless_device_cpu(stand_in):
+    from nsnet_sdk import Detector
+
+    with pytest.raises(ValueError, match="pipeline must be one of"):
+        Detector(stand_in, pipeline="GPU")
+    if CUDA:
+        pytest.skip("this machine has CUDA: the refusal cannot happen here")
+    with pytest.raises(BackendUnavailableError, match="device='cpu'"):
+        Detector(stand_in, pipeline="gpu")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    pytest.importorskip("open_clip")
+    pytest.importorskip("onnx")
+    from _sdk_util import tiny_export
+
+    return tiny_export()
+
+
+def test_torch_backend_takes_the_device_tensor_of_the_gpu_pipeline(tiny):
+    from nsnet_sdk import Detector
+
+    rgbs = [textured(200, 300, i) for i in range(4)]
+    cpu = Detector(tiny["run"], device="cpu", workers=0).predict(rgbs)
+    det = Detector(tiny["run"], device="cpu", pipeline="gpu", workers=0)
+    assert det._gpu.to_host is False  # the torch backend gets the tensor itself
+    x = gp.preprocess_batch([torch.from_numpy(r) for r in rgbs])
+    np.testing.assert_allclose(det.backend.run(x), det.backend.run(x.numpy()), atol=1e-6, rtol=0)
+    np.testing.assert_allclose([p.logit for p in det.predict(rgbs)], [p.logit for p in cpu], atol=1e-5)
+    with pytest.raises(ValueError, match="CUDA"):
+        from nsnet_sdk.backends.torch import TorchBackend
+        TorchBackend(tiny["run"], device="cpu", precision="fp16")
+
+
+# ---- CUDA: run by `make gpu-check` ------------------------------------------------------------
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_cuda_selection_equals_the_cpu_path(shape):
+    assert_same_as_cpu(textured(*shape, 0), device="cuda")
+    for rgb in tied_images().values():
+        assert_same_as_cpu(rgb, device="cuda")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_pipeline_hands_a_device_tensor_to_the_torch_backend(tiny):
+    from nsnet_sdk import Detector
+
+    rgbs = [textured(300, 200, i) for i in range(6)]
+    det = Detector(tiny["run"], device="cuda", pipeline="gpu", workers=0)
+    calls = []
+    run = det.backend.run
+    det.backend.run = lambda x: calls.append(x) or run(x)
+    got = [p.logit for p in det.predict(rgbs)]
+    assert calls and all(isinstance(x, torch.Tensor) and x.is_cuda for x in calls)
+    want = [p.logit for p in Detector(tiny["run"], device="cpu").predict(rgbs)]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("graphs", [False, True])
+def test_cuda_fp16_matches_fp32_within_5e_3_in_probability(tiny, graphs):
+    from nsnet_sdk.backends.torch import TorchBackend
+    from nsnet_sdk.prediction import sigmoid
+
+    x = gp.preprocess_batch([torch.from_numpy(textured(256, 256, i)).cuda() for i in range(8)])
+    fp32 = TorchBackend(tiny["run"], device="cuda").run(x)
+    fast = TorchBackend(tiny["run"], device="cuda", precision="fp16", cuda_graphs=graphs)
+    for _ in range(2):  # the second call replays the captured graph
+        np.testing.assert_allclose(sigmoid(fast.run(x)), sigmoid(fp32), atol=5e-3, rtol=0)
