@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -26,3 +26,22 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out
+
+# ---- the NVIDIA path (docs/nvidia.md) ---------------------------------------------------------
+# gpu-wheels (on a connected machine): the few wheels a GPU box with only CUDA PyTorch lacks, into
+# wheelhouse/ (~31 MiB): nvImageCodec for torch's CUDA major, nvJPEG, pytest + hypothesis.
+# gpu-check (on the GPU box, no network): installs them from wheelhouse/, then runs
+# benchmarks/gpu_check.py. DEVICE=cpu runs every step on the CPU; GPU_CHECK_ARGS shrinks the run.
+WHEELHOUSE ?= wheelhouse
+DEVICE     ?= cuda
+CUDA_MAJOR ?= $(shell $(PYTHON) -c "import torch; print((torch.version.cuda or '12').split('.')[0])" 2>/dev/null || echo 12)
+GPU_WHEELS ?= nvidia-nvimgcodec-cu$(CUDA_MAJOR) nvidia-nvjpeg pytest pluggy iniconfig hypothesis sortedcontainers attrs
+GPU_CHECK_ARGS ?=
+
+gpu-wheels:
+	$(PYTHON) -m pip download --only-binary=:all: --no-deps -d $(WHEELHOUSE) $(GPU_WHEELS)
+	du -sh $(WHEELHOUSE)
+
+gpu-check:
+	if [ -d $(WHEELHOUSE) ]; then $(PYTHON) -m pip install --no-index --find-links $(WHEELHOUSE) --no-deps $(WHEELHOUSE)/*.whl; fi
+	PYTHONPATH=$(CURDIR) $(PYTHON) benchmarks/gpu_check.py --device $(DEVICE) $(GPU_CHECK_ARGS)

@@ -3,6 +3,7 @@
     python -m benchmarks.throughput --model nsnet.onnx [--engine nsnet.engine] [--ckpt RUN_DIR]
         [--batch-sizes 1,8,32,128] [--images DIR | --synthetic N [--size 512]] [--workers 1,2,4]
         [--json out.json] [--plot out.png] [--threads T] [--iters N] [--warmup N] [--device auto]
+        [--pipeline cpu,gpu]
 
 Given only the FP32 ``--model``, the optimised (ONNX Runtime fusions) and INT8 variants are derived
 through export/ and their parity (max |Δlogit|, correlation) is reported beside their speed; the
@@ -14,7 +15,8 @@ Stages: ``model`` (the backend's ``run`` on ready batches: images/s, per-batch l
 ``end_to_end`` (files → `Detector.predict_iter`: decode, preprocess and inference overlapped;
 latency = time between consecutive batches of results). Each backend × precision runs in its own
 child process (benchmarks/_measure.py), so its peak RSS is its own and a crash is a failed row, not
-a failed run.
+a failed run. ``--pipeline`` adds per-stage rows (decode, select, model; end-to-end against
+model-only; CPU cores one device needs) for the CPU and/or GPU input pipeline (benchmarks/_pipeline.py).
 """
 from __future__ import annotations
 
@@ -247,6 +249,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-n", type=int, default=32, help="inputs for the parity report (0 skips)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA rows when a CUDA device is visible, else CPU rows")
+    p.add_argument("--pipeline", type=lambda t: [v for v in t.split(",") if v], default=[],
+                   help="stage timings of these input pipelines, e.g. cpu,gpu (docs/nvidia.md)")
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 variant")
     p.add_argument("--workdir", type=Path, help="keep derived models and child outputs here")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration (default 3600)")
@@ -263,6 +267,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         raise BenchError(f"--ckpt {args.ckpt}: not a run directory (no nsnet.json)")
     if args.engine and not args.engine.is_file():
         raise BenchError(f"--engine {args.engine}: not found")
+    if set(args.pipeline) - {"cpu", "gpu"}:
+        raise BenchError(f"--pipeline: expected cpu and/or gpu, got {','.join(args.pipeline)}")
     if args.threads < 1 or args.iters < 1 or args.warmup < 0 or args.size < 32:
         raise BenchError("--threads and --iters must be >= 1, --warmup >= 0, --size >= 32")
     from export.to_onnx import read_metadata
@@ -368,6 +374,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             "failed": failed, "not_run": not_run, "not_on_gpu": flagged,
         }
         report["end_to_end_vs_model"] = e2e_fraction(results)
+        report["pipeline_stages"] = pipeline_stages(args, files, device)
         report["speedup_vs_torch_fp32"] = [
             {"backend": k[0], "precision": k[1], "batch_size": k[2], "ratio": v}
             for k, v in ratios(results).items() if k[0] != "torch" or k[1] != "fp32"]
@@ -375,6 +382,20 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     finally:
         if tmp:
             tmp.cleanup()
+
+
+def pipeline_stages(args: argparse.Namespace, files: list[str], device: str) -> list[dict]:
+    """``--pipeline`` rows: the FP32 model (the checkpoint when given) per input pipeline and batch."""
+    from _pipeline import markdown_table, measure_pipeline
+    from nsnet_sdk import Detector
+
+    rows = []
+    for pipeline in args.pipeline:
+        with Detector(args.ckpt or args.model, pipeline=pipeline, device=device) as det:
+            rows += [measure_pipeline(det, files, bs, args.iters) for bs in args.batch_sizes]
+    if rows:
+        print(markdown_table(rows), file=sys.stderr)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

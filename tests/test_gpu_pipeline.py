@@ -260,3 +260,46 @@ def test_cuda_fp16_matches_fp32_within_5e_3_in_probability(tiny, graphs):
     fast = TorchBackend(tiny["run"], device="cuda", precision="fp16", cuda_graphs=graphs)
     for _ in range(2):  # the second call replays the captured graph
         np.testing.assert_allclose(sigmoid(fast.run(x)), sigmoid(fp32), atol=5e-3, rtol=0)
+
+
+# ---- the gpu-check benchmark, on the CPU device -----------------------------------------------
+def test_pipeline_stage_rows_are_consistent(stand_in, tmp_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _pipeline import markdown_table, measure_pipeline
+    from _sdk_util import write_png
+    from nsnet_sdk import Detector
+
+    files = [str(write_png(tmp_path / f"{i}.png", textured(120, 90 + i, i))) for i in range(3)]
+    rows = []
+    for pipeline in ("cpu", "gpu"):
+        with Detector(stand_in, pipeline=pipeline, device="cpu", workers=1) as det:
+            rows.append(measure_pipeline(det, files, 4, iters=2))
+    assert [r["pipeline"] for r in rows] == ["cpu", "gpu"] and rows[1]["device"] == "cpu"
+    for r in rows:
+        assert r["batch_size"] == 4 and r["backend_device"] == "CPUExecutionProvider"
+        assert r["model_only_images_per_s"] == pytest.approx(1e3 / r["model_ms_per_image"])
+        assert r["cores_needed"] == pytest.approx(r["model_only_images_per_s"] * r["host_cpu_ms_per_image"] / 1e3)
+        assert r["end_to_end_fraction"] == pytest.approx(r["end_to_end_images_per_s"] / r["model_only_images_per_s"])
+        assert min(r["decode_ms_per_image"], r["select_ms_per_image"], r["end_to_end_images_per_s"]) > 0
+    table = markdown_table(rows + [{"backend": "tensorrt", "skipped": "no GPU"}]).splitlines()
+    assert len(table) == 5 and "skipped: no GPU" in table[-1]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_on_the_cpu_device(tmp_path):
+    pytest.importorskip("open_clip")
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--device", "cpu",
+                        "--no-tests", "--backbone", "nsnet-tiny", "--batch-sizes", "2", "--images", "2",
+                        "--size", "96", "--iters", "1", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=root, env={"PYTHONPATH": str(root), "PATH": ""})
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    report = json.loads((tmp_path / "gpu_check_cpu.json").read_text())
+    got = {(row["backend"], row["pipeline"]) for row in report["rows"] if not row.get("skipped")}
+    assert got == {("torch", "cpu"), ("torch", "gpu"), ("onnxruntime (CPUExecutionProvider)", "cpu"),
+                   ("onnxruntime (CPUExecutionProvider)", "gpu")}
+    assert [s["backend"] for s in report["skipped_rows"]] == ["tensorrt"]
+    md = (tmp_path / "gpu_check_cpu.md").read_text()
+    assert report["device"] in md and "Not run: tensorrt" in md

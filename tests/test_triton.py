@@ -121,3 +121,16 @@ def test_cli_refuses_a_non_nsnet_model_with_one_line(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "export" / "to_triton.py"), "--model", str(bad),
                         "--out", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and "no nsnet.preprocess metadata" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_documented_client_request_fits_the_ensemble_input(onnx_model, tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    write_repository(onnx_model, tmp_path / "r")
+    ens = parse(tmp_path / "r" / "nsnet_ensemble" / "config.pbtxt")
+    data = np.array([b"\xff\xd8jpeg", b"\x89PNG"], dtype=np.object_).reshape(-1, 1)  # as docs/nvidia.md
+    inp = grpcclient.InferInput("image_bytes", list(data.shape), "BYTES")
+    inp.set_data_from_numpy(data)
+    want = ens.input[0]
+    assert inp.name() == want.name and inp.datatype() == mc.DataType.Name(want.data_type).removeprefix("TYPE_").replace("STRING", "BYTES")
+    assert inp.shape()[1:] == list(want.dims) and inp.shape()[0] <= ens.max_batch_size
