@@ -27,7 +27,7 @@ def nvimgcodec_available() -> tuple[bool, str]:
     try:
         from nvidia import nvimgcodec  # noqa: F401
     except Exception as e:  # ImportError, or a missing CUDA runtime library
-        return False, f"nvImageCodec is not usable ({type(e).__name__}: {e}); pip install 'nsnet-sdk[gpu]'"
+        return False, f"nvImageCodec is not usable ({type(e).__name__}: {e}); pip install 'nsnet-sdk[gpu-decode]'"
     return True, ""
 
 
