@@ -117,6 +117,42 @@ def test_decode_batch_without_nvimagecodec_uses_load_image_per_item(tmp_path):
     assert isinstance(out[2], ImageDecodeError) and "no such file" in str(out[2])
 
 
+class RecordingDecoder:
+    """Stands in for nvImageCodec only to observe decode_batch's routing: what it is handed, and
+    what happens to an image it reports as failed (the first of each batch)."""
+
+    def __init__(self):
+        self.handed: list[bytes] = []
+
+    def decode(self, blobs):
+        self.handed += blobs
+        return [None] + [torch.zeros((2, 2, 3), dtype=torch.uint8) for _ in blobs[1:]]
+
+
+def test_decode_batch_routes_only_guarded_jpeg_png_and_falls_back_per_image(tmp_path):
+    import cv2
+
+    from nsnet_sdk.errors import ImageTooLargeError
+
+    rgb = textured(40, 50, 3)
+    png = cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()
+    jpg = cv2.imencode(".jpg", rgb[..., ::-1])[1].tobytes()
+    big = cv2.imencode(".png", textured(100, 100, 4))[1].tobytes()  # 10,000 px > the limit below
+    bmp = cv2.imencode(".bmp", rgb[..., ::-1])[1].tobytes()
+    png16 = cv2.imencode(".png", (rgb.astype(np.uint16) * 257)[..., ::-1])[1].tobytes()
+    items = [png, jpg, big, bmp, rgb, png16]
+    dec = RecordingDecoder()
+    out = decode_batch(items, lambda i: load_image(items[i], max_pixels=5000, name=f"item{i}"),
+                       device="cpu", decoder=dec, max_pixels=5000)
+    assert dec.handed == [png, jpg]  # not: over the pixel limit, BMP, arrays, 16-bit PNG
+    np.testing.assert_array_equal(out[0].numpy(), rgb)  # "failed" in the decoder → load_image
+    assert tuple(out[1].shape) == (2, 2, 3)  # the decoder's own result is kept
+    assert isinstance(out[2], ImageTooLargeError) and "item2" in str(out[2])
+    np.testing.assert_array_equal(out[3].numpy(), rgb)
+    np.testing.assert_array_equal(out[4].numpy(), rgb)
+    np.testing.assert_array_equal(out[5].numpy(), rgb)
+
+
 def test_importing_the_gpu_package_loads_no_torch():
     code = "import nsnet_sdk, nsnet_sdk.gpu, sys; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -170,6 +206,9 @@ def test_gpu_pipeline_on_the_cpu_device_scores_like_the_cpu_pipeline(stand_in, t
         if c.error is None:
             assert g.logit == pytest.approx(c.logit, abs=1e-5)
     assert sum(p.error is None for p in gpu) == 4 and any(gpu[3].warnings)
+    with pytest.raises(ImageDecodeError, match="bytes"):  # one input: its typed error is raised
+        det.predict(b"garbage")
+    assert det.predict(inputs[0]).logit == pytest.approx(cpu[0].logit, abs=1e-5)
 
 
 def test_auto_falls_back_to_the_cpu_pipeline_without_cuda_or_nvimagecodec(stand_in, monkeypatch):

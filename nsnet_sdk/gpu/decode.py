@@ -41,11 +41,14 @@ class NvDecoder:
         self._nv = nvimgcodec
         self.device = str(device)
         self.on_gpu = self.device.startswith("cuda")
-        kinds = None if self.on_gpu else [nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)]
-        self._decoder = nvimgcodec.Decoder(backends=kinds) if kinds else nvimgcodec.Decoder()
-        self._params = nvimgcodec.DecodeParams(apply_exif_orientation=True,
-                                               color_spec=nvimgcodec.ColorSpec.RGB,
-                                               allow_any_depth=False)
+        if self.on_gpu:
+            index = int(self.device.split(":")[1]) if ":" in self.device else 0
+            self._decoder = nvimgcodec.Decoder(device_id=index)
+        else:
+            self._decoder = nvimgcodec.Decoder(
+                backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+        # Defaults: sRGB, interleaved (H×W×3), 8-bit; EXIF orientation as load_image applies it.
+        self._params = nvimgcodec.DecodeParams(apply_exif_orientation=True, allow_any_depth=False)
         self._lock = threading.Lock()
 
     def decode(self, blobs: Sequence[bytes]) -> list[Any]:
@@ -55,15 +58,16 @@ class NvDecoder:
 
         with self._lock:
             try:
-                images = self._decoder.decode(list(blobs), params=self._params)
+                streams = [self._nv.CodeStream(b) for b in blobs]
+                images = self._decoder.decode(streams, params=self._params)
             except Exception:  # a whole-batch failure still only means: decode these on the CPU
                 return [None] * len(blobs)
         out: list[Any] = []
         for img in images:
             try:
-                t = (torch.as_tensor(img, device=self.device) if self.on_gpu
-                     else torch.from_numpy(np.asarray(img.cpu())))
-            except Exception:
+                t = (torch.from_dlpack(img) if self.on_gpu
+                     else torch.from_numpy(np.array(img.cpu())))  # a copy the Image cannot outlive
+            except Exception:  # e.g. a None entry: this image failed
                 t = None
             ok = t is not None and t.dtype == torch.uint8 and t.ndim == 3 and t.shape[2] == 3
             out.append(t if ok else None)
