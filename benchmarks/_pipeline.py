@@ -83,6 +83,23 @@ def measure_pipeline(det, files: list[str], batch_size: int, iters: int = 5) -> 
     }
 
 
+def pipeline_stages(pipelines: list[str], model, files: list[str], device: str,
+                    batch_sizes: list[int], iters: int) -> list[dict]:
+    """``throughput.py --pipeline`` rows: ``model`` per input pipeline and batch size, printed as
+    a table on stderr."""
+    import sys
+
+    from nsnet_sdk import Detector
+
+    rows = []
+    for pipeline in pipelines:
+        with Detector(model, pipeline=pipeline, device=device) as det:
+            rows += [measure_pipeline(det, files, bs, iters) for bs in batch_sizes]
+    if rows:
+        print(markdown_table(rows), file=sys.stderr)
+    return rows
+
+
 def markdown_table(rows: list[dict]) -> str:
     """The rows as a Markdown table (skipped rows show their reason)."""
     head = ("| backend | precision | pipeline | batch | decode ms/img | select ms/img | model ms/img | "

@@ -26,14 +26,11 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from _pipeline import markdown_table, measure_pipeline  # siblings: run as benchmarks/gpu_check.py
+from throughput import positive_ints, synthetic_files
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for p in (str(HERE), str(ROOT)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-from _pipeline import markdown_table, measure_pipeline  # noqa: E402
-from throughput import positive_ints, synthetic_files  # noqa: E402
 
 
 def run_tests(out: Path) -> dict:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _variants
+from benchmarks._pipeline import pipeline_stages
 from benchmarks._report import e2e_fraction, plot, print_report, ratios
 
 HERE = Path(__file__).resolve().parent
@@ -374,7 +375,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             "failed": failed, "not_run": not_run, "not_on_gpu": flagged,
         }
         report["end_to_end_vs_model"] = e2e_fraction(results)
-        report["pipeline_stages"] = pipeline_stages(args, files, device)
+        report["pipeline_stages"] = pipeline_stages(args.pipeline, args.ckpt or args.model, files,
+                                                    device, args.batch_sizes, args.iters)
         report["speedup_vs_torch_fp32"] = [
             {"backend": k[0], "precision": k[1], "batch_size": k[2], "ratio": v}
             for k, v in ratios(results).items() if k[0] != "torch" or k[1] != "fp32"]
@@ -382,20 +384,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     finally:
         if tmp:
             tmp.cleanup()
-
-
-def pipeline_stages(args: argparse.Namespace, files: list[str], device: str) -> list[dict]:
-    """``--pipeline`` rows: the FP32 model (the checkpoint when given) per input pipeline and batch."""
-    from _pipeline import markdown_table, measure_pipeline
-    from nsnet_sdk import Detector
-
-    rows = []
-    for pipeline in args.pipeline:
-        with Detector(args.ckpt or args.model, pipeline=pipeline, device=device) as det:
-            rows += [measure_pipeline(det, files, bs, args.iters) for bs in args.batch_sizes]
-    if rows:
-        print(markdown_table(rows), file=sys.stderr)
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,12 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the checkout importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nsnet_sdk.artifact import artifact_kind, engine_sidecar  # noqa: E402
-from nsnet_sdk.errors import ImageDecodeError  # noqa: E402
-from nsnet_sdk.preprocess import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic  # noqa: E402
+from nsnet_sdk.artifact import artifact_kind, engine_sidecar
+from nsnet_sdk.errors import ImageDecodeError
+from nsnet_sdk.preprocess import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic
 
 MODEL, PREPROCESS, ENSEMBLE = "nsnet", "nsnet_preprocess", "nsnet_ensemble"
 BYTES_INPUT = "image_bytes"

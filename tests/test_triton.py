@@ -118,7 +118,7 @@ def test_preprocess_encoded_is_the_sdk_preprocessing(tmp_path):
 
 def test_cli_refuses_a_non_nsnet_model_with_one_line(tmp_path):
     bad = build_stand_in_onnx(tmp_path / "x.onnx", metadata={})
-    r = subprocess.run([sys.executable, str(ROOT / "export" / "to_triton.py"), "--model", str(bad),
+    r = subprocess.run([sys.executable, "-m", "export.to_triton", "--model", str(bad),
                         "--out", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and "no nsnet.preprocess metadata" in r.stderr and "Traceback" not in r.stderr
 
