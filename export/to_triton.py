@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from nsnet_sdk.artifact import artifact_kind, engine_sidecar
-from nsnet_sdk.errors import ImageDecodeError
+from nsnet_sdk.artifact import artifact_kind, read_model_meta
+from nsnet_sdk.errors import ImageDecodeError, NSNetError
 from nsnet_sdk.preprocess import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic
 
 MODEL, PREPROCESS, ENSEMBLE = "nsnet", "nsnet_preprocess", "nsnet_ensemble"
@@ -74,13 +74,14 @@ def preprocess_encoded(blobs: Sequence[bytes], config: PatchConfig,
 
 
 def read_model(path: Path) -> ModelIO:
-    """Names, types and shapes Triton needs, read from the ONNX graph or the engine's sidecar."""
+    """Names, types and shapes Triton needs, read from the ONNX graph or the engine's sidecar;
+    the metadata validated by `nsnet_sdk.artifact.read_model_meta` (`ModelLoadError` if unusable)."""
     kind = artifact_kind(path)
+    meta = read_model_meta(path, kind) if kind in ("onnxruntime", "tensorrt") else None
     if kind == "onnxruntime":
         import onnx
 
         model = onnx.load(str(path), load_external_data=False)
-        meta = {p.key: p.value for p in model.metadata_props}
         init = {i.name for i in model.graph.initializer}
 
         def tensor(v) -> Tensor:
@@ -91,23 +92,15 @@ def read_model(path: Path) -> ModelIO:
         outputs = tuple(tensor(v) for v in model.graph.output)
         platform, filename, max_batch = "onnxruntime_onnx", "model.onnx", None
     elif kind == "tensorrt":
-        meta = json.loads(engine_sidecar(path).read_text())
-        cfg = _patch_config(meta, path)
+        cfg = meta.preprocess
         # The engine keeps the ONNX export's I/O contract (docs/formats.md): images → logit, prob_fake.
         inputs = (Tensor("images", "TYPE_FP32", (3, cfg.size, cfg.size)),)
         outputs = (Tensor("logit", "TYPE_FP32", ()), Tensor("prob_fake", "TYPE_FP32", ()))
         platform, filename = "tensorrt_plan", "model.plan"
-        max_batch = int(meta.get("nsnet.trt.max_batch", 1))
+        max_batch = (meta.engine_batches or (1, 1, 1))[2]
     else:
         raise ValueError(f"{path}: Triton serves an .onnx model or a TensorRT .engine/.plan, not a {kind} artifact")
-    return ModelIO(platform, filename, inputs, outputs, _patch_config(meta, path), max_batch)
-
-
-def _patch_config(meta: dict, path: Path) -> PatchConfig:
-    if "nsnet.preprocess" not in meta:
-        raise ValueError(f"{path}: no nsnet.preprocess metadata; not an NS-Net export")
-    pre = meta["nsnet.preprocess"]
-    return PatchConfig.from_dict(json.loads(pre) if isinstance(pre, str) else pre)
+    return ModelIO(platform, filename, inputs, outputs, meta.preprocess, max_batch)
 
 
 def _dims(t: Tensor) -> str:
@@ -230,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         written = write_repository(args.model, args.out, max_batch=args.max_batch,
                                    instances=args.instances, preprocess=args.preprocess)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, NSNetError) as e:
         print(f"to_triton: {e}", file=sys.stderr)
         return 1
     for p in written:

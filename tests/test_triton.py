@@ -134,3 +134,19 @@ def test_the_documented_client_request_fits_the_ensemble_input(onnx_model, tmp_p
     want = ens.input[0]
     assert inp.name() == want.name and inp.datatype() == mc.DataType.Name(want.data_type).removeprefix("TYPE_").replace("STRING", "BYTES")
     assert inp.shape()[1:] == list(want.dims) and inp.shape()[0] <= ens.max_batch_size
+
+
+def test_a_real_nsnet_tiny_export_gets_its_graph_names_and_shapes(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    from _sdk_util import tiny_export
+
+    onnx_path = tiny_export()["onnx"]
+    write_repository(onnx_path, tmp_path / "r", max_batch=8)
+    net = parse(tmp_path / "r" / "nsnet" / "config.pbtxt")
+    io = graph_io(onnx_path)
+    assert {t.name for t in [*net.input, *net.output]} == set(io)
+    for t in net.input:
+        assert list(t.dims) == io[t.name][1][1:]
+    pre = parse(tmp_path / "r" / "nsnet_preprocess" / "config.pbtxt")
+    assert list(pre.output[0].dims) == io["images"][1][1:]
