@@ -31,7 +31,7 @@ clean:
 # gpu-wheels (on a connected machine): the few wheels a GPU box with only CUDA PyTorch lacks, into
 # wheelhouse/ (~31 MiB): nvImageCodec for torch's CUDA major, nvJPEG, pytest + hypothesis.
 # gpu-check (on the GPU box, no network): installs them from wheelhouse/, then runs
-# benchmarks/gpu_check.py. DEVICE=cpu runs every step on the CPU; GPU_CHECK_ARGS shrinks the run.
+# benchmarks.gpu_check. DEVICE=cpu runs every step on the CPU; GPU_CHECK_ARGS shrinks the run.
 WHEELHOUSE ?= wheelhouse
 DEVICE     ?= cuda
 CUDA_MAJOR ?= $(shell $(PYTHON) -c "import torch; print((torch.version.cuda or '12').split('.')[0])" 2>/dev/null || echo 12)
@@ -44,4 +44,4 @@ gpu-wheels:
 
 gpu-check:
 	if [ -d $(WHEELHOUSE) ]; then $(PYTHON) -m pip install --no-index --find-links $(WHEELHOUSE) --no-deps $(WHEELHOUSE)/*.whl; fi
-	PYTHONPATH=$(CURDIR) $(PYTHON) benchmarks/gpu_check.py --device $(DEVICE) $(GPU_CHECK_ARGS)
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m benchmarks.gpu_check --device $(DEVICE) $(GPU_CHECK_ARGS)

@@ -1,7 +1,7 @@
 """Stage timings of one input pipeline (``cpu`` or ``gpu``) on one model: decode, select, model,
 end-to-end against model-only, and the CPU cores one accelerator needs at the measured CPU cost.
 
-Used by ``benchmarks/throughput.py --pipeline`` and ``benchmarks/gpu_check.py``. The model stage
+Used by ``python -m benchmarks.throughput --pipeline`` and ``benchmarks/gpu_check.py``. The model stage
 runs the backend on ready batches (a device tensor for the GPU pipeline, as the Detector hands it).
 """
 from __future__ import annotations

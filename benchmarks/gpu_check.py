@@ -1,6 +1,6 @@
 """`make gpu-check`: the NVIDIA path proved in one command on the machine at hand.
 
-    python benchmarks/gpu_check.py [--device cuda|cpu] [--backbone ViT-L-14] [--batch-sizes 1,2,...,128]
+    python -m benchmarks.gpu_check [--device cuda|cpu] [--backbone ViT-L-14] [--batch-sizes 1,2,...,128]
         [--images 64] [--size 1024] [--iters 5] [--out benchmarks/results] [--no-tests]
 
 1. runs every ``gpu``-marked test (pytest ``-m gpu``; skipped ones are listed with their reason);
@@ -26,8 +26,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _pipeline import markdown_table, measure_pipeline  # siblings: run as benchmarks/gpu_check.py
-from throughput import positive_ints, synthetic_files
+from benchmarks._pipeline import markdown_table, measure_pipeline
+from benchmarks.throughput import positive_ints, synthetic_files
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:40] if args.device == "cuda" else "cpu"
     report = {"device": name, "kind": args.device, "backbone": args.backbone,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
+              "command": " ".join(["python -m benchmarks.gpu_check", *(argv if argv is not None else sys.argv[1:])])}
     report["tests"] = {"skipped": "--no-tests"} if args.no_tests else run_tests(args.out)
     print(f"tests: {report['tests']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="nsnet-gpu-check-") as tmp:

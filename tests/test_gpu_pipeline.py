@@ -303,8 +303,7 @@ def test_cuda_fp16_matches_fp32_within_5e_3_in_probability(tiny, graphs):
 
 # ---- the gpu-check benchmark, on the CPU device -----------------------------------------------
 def test_pipeline_stage_rows_are_consistent(stand_in, tmp_path):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
-    from _pipeline import markdown_table, measure_pipeline
+    from benchmarks._pipeline import markdown_table, measure_pipeline
     from _sdk_util import write_png
     from nsnet_sdk import Detector
 
@@ -328,7 +327,7 @@ def test_pipeline_stage_rows_are_consistent(stand_in, tmp_path):
 def test_gpu_check_runs_every_step_on_the_cpu_device(tmp_path):
     pytest.importorskip("open_clip")
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--device", "cpu",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu",
                         "--no-tests", "--backbone", "nsnet-tiny", "--batch-sizes", "2", "--images", "2",
                         "--size", "96", "--iters", "1", "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=root, env={"PYTHONPATH": str(root), "PATH": ""})
