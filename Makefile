@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+KERNEL := $(VENV)/.kernel
 
 .PHONY: setup test demo bench clean gpu-wheels gpu-check
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNEL)
 
 # Re-installs only when pyproject.toml changes, so `make test` on a set-up tree costs nothing here.
 $(STAMP): pyproject.toml
@@ -15,8 +16,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[cpu,train,export,dev,ray]'
 	touch $(STAMP)
 
+# The compiled patch-entropy kernel, rebuilt in place whenever its source changes (the editable
+# install above builds it once; this keeps it current on a set-up tree).
+$(KERNEL): $(STAMP) setup.py nsnet_sdk/preprocess/_entropy.c
+	$(PY) setup.py --quiet build_ext --inplace
+	touch $(KERNEL)
+
+# NSNET_REQUIRE_KERNEL=1: a kernel that failed to build fails the tests instead of falling back.
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	NSNET_REQUIRE_KERNEL=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m demo $(DEMO_ARGS)
@@ -25,7 +33,7 @@ bench: setup
 	$(PY) -m benchmarks.preprocess
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo_out
+	rm -rf $(VENV) build *.egg-info demo_out nsnet_sdk/preprocess/_entropy*.so
 
 # ---- the NVIDIA path (docs/nvidia.md) ---------------------------------------------------------
 # gpu-wheels (on a connected machine): the few wheels a GPU box with only CUDA PyTorch lacks, into

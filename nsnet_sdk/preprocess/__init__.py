@@ -13,10 +13,12 @@ from __future__ import annotations
 from .config import CLIP_MEAN, CLIP_STD, DEFAULT, MAX_PIXELS, PatchConfig
 from .decode import IMAGE_SUFFIXES, image_size, load_image
 from .scan import ImageScan, iter_image_paths, scan_image_paths
-from .patches import mosaic_slots, normalize, patch_entropies, patch_mosaic, preprocess, preprocess_batch
+from .patches import (kernel_name, mosaic_slots, normalize, patch_entropies, patch_mosaic, preprocess,
+                      preprocess_batch, select_kernel)
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "DEFAULT", "MAX_PIXELS", "IMAGE_SUFFIXES", "PatchConfig", "load_image",
     "image_size", "ImageScan", "iter_image_paths", "scan_image_paths", "patch_entropies",
-    "mosaic_slots", "patch_mosaic", "normalize", "preprocess", "preprocess_batch",
+    "mosaic_slots", "patch_mosaic", "normalize", "preprocess", "preprocess_batch", "kernel_name",
+    "select_kernel",
 ]

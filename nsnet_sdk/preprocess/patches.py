@@ -4,10 +4,13 @@ lowest-entropy patches, CLIP normalisation and batching.
 The exact definition (README, "Patch selection") is implemented by :func:`patch_entropies` and
 :func:`patch_mosaic`; :func:`preprocess` adds CLIP normalisation.
 
-Speed: the per-patch 2-D DFTs are done as two matrix products over a whole band of patches (a 32-point
-DFT as a dense matrix costs more flops than an FFT, but one large GEMM runs near peak while thousands
-of tiny FFT calls are dominated by call overhead), inside a small ONNX Runtime graph
-(``entropy.onnx``, written by ``tools/make_entropy_graph.py``) that runs on the calling thread.
+Speed: for 32×32 patches a compiled kernel (``_entropy.c``: 8 patches per SIMD lane group, integer
+R+G+B, exact mean removal, radix-2 FFT, A·log A and the sums fused, the GIL released) computes the
+entropies; :func:`kernel_name` says which variant runs. The fallback, used for other patch sizes,
+when the extension is not built, or with ``NSNET_KERNEL=reference``, does the per-patch 2-D DFTs as
+two matrix products over a band of patches inside a small ONNX Runtime graph (``entropy.onnx``,
+written by ``tools/make_entropy_graph.py``) on the calling thread. Both agree to ~1e-6 relative (see
+docs/preprocess-kernel.md for the one inherent limit: exact circular shifts, flips and transposes).
 """
 from __future__ import annotations
 
@@ -22,7 +25,58 @@ import numpy as np
 from .config import DEFAULT, PatchConfig
 from .decode import load_image
 
-__all__ = ["patch_entropies", "mosaic_slots", "patch_mosaic", "normalize", "preprocess", "preprocess_batch"]
+__all__ = ["patch_entropies", "mosaic_slots", "patch_mosaic", "normalize", "preprocess", "preprocess_batch",
+           "kernel_name", "select_kernel"]
+
+KERNEL_PATCH = 32  # the only patch side the compiled kernel handles
+REFERENCE = "reference"
+
+
+_selected: str | None = None  # set by select_kernel(); else NSNET_KERNEL decides
+
+
+def _kernel_variant() -> str:
+    return _resolve(_selected or os.environ.get("NSNET_KERNEL", "").strip().lower() or "auto")
+
+
+@lru_cache(maxsize=8)
+def _resolve(want: str) -> str:
+    """The entropy kernel for a request: ``auto`` (the best this CPU runs), a variant, ``reference``."""
+    if want == REFERENCE:
+        return REFERENCE
+    try:
+        from . import _entropy
+    except ImportError:
+        if want == "auto":
+            return REFERENCE
+        raise RuntimeError(f"NSNET_KERNEL={want}: the compiled kernel is not built "
+                           "(run `make setup` or `python setup.py build_ext --inplace`)") from None
+    variants = _entropy.variants()
+    if want == "auto":
+        return variants[0]
+    if want not in variants:
+        raise RuntimeError(f"NSNET_KERNEL={want}: this CPU/build offers {', '.join(variants)} or reference")
+    return want
+
+
+def select_kernel(name: str | None = None) -> str:
+    """Choose the entropy kernel for this process, overriding ``NSNET_KERNEL``: ``"auto"``, a
+    variant (``"c-avx2"``…) or ``"reference"``; ``None`` goes back to the environment variable.
+
+    Returns the kernel that now runs. Raises RuntimeError for a kernel this build/CPU lacks.
+    """
+    global _selected
+    want = None if name is None else name.strip().lower()
+    if want is not None:
+        _resolve(want)  # refuse before switching
+    _selected = want
+    return _kernel_variant()
+
+
+def kernel_name(cfg: PatchConfig = DEFAULT) -> str:
+    """Which entropy kernel runs for ``cfg``: ``c-avx512``, ``c-avx2``, ``c-portable`` or ``reference``."""
+    return _kernel_variant() if cfg.patch == KERNEL_PATCH else REFERENCE
+
 
 @lru_cache(maxsize=8)
 def _dft_mats(p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -64,8 +118,17 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise ValueError(f"empty image of shape {rgb.shape}")
 
 
-def _entropies(padded: np.ndarray, p: int) -> np.ndarray:
+def _entropies(padded: np.ndarray, p: int, kernel: str | None = None) -> np.ndarray:
+    kernel = kernel or (_kernel_variant() if p == KERNEL_PATCH else REFERENCE)
     nr, nc = padded.shape[0] // p, padded.shape[1] // p
+    if kernel != REFERENCE:
+        from . import _entropy
+
+        if padded.strides[1:] != (3, 1) or padded.strides[0] < 3 * padded.shape[1]:
+            padded = np.ascontiguousarray(padded)  # the kernel reads pixels and channels contiguously
+        out = np.empty((nr, nc), np.float64)
+        _entropy.entropies(padded, out, kernel)
+        return out
     # Bands of ~512 patches bound the kernel's intermediates (large images otherwise go memory-bound)
     # while keeping the per-call overhead small.
     band = max(1, 512 // nc)
@@ -184,12 +247,18 @@ def _affine(cfg: PatchConfig) -> tuple[np.ndarray, np.ndarray]:
     return (1.0 / (255.0 * std)).astype(np.float32), (-np.asarray(cfg.mean) / std).astype(np.float32)
 
 
-def normalize(mosaic: np.ndarray, cfg: PatchConfig = DEFAULT, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 HWC mosaic → float32 CHW ``(x/255 − mean)/std``, written into ``out`` when given."""
+def normalize(mosaic: np.ndarray, cfg: PatchConfig = DEFAULT, out: np.ndarray | None = None, *,
+              bgr: bool = False) -> np.ndarray:
+    """uint8 HWC mosaic → float32 CHW ``(x/255 − mean)/std``, written into ``out`` when given.
+
+    ``bgr=True``: the mosaic is in BGR order (cut straight from a decode buffer); the output is
+    the same RGB tensor, the planes simply read in reverse order.
+    """
     if out is None:
         out = np.empty((3, *mosaic.shape[:2]), np.float32)
     scale, shift = _affine(cfg)
-    for c, plane in enumerate(cv2.split(mosaic)):
+    planes = cv2.split(mosaic)
+    for c, plane in enumerate(planes[::-1] if bgr else planes):
         np.multiply(plane, scale[c], out=out[c], dtype=np.float32)
         out[c] += shift[c]
     return out

@@ -1,0 +1,286 @@
+"""The compiled patch-entropy kernel against the ONNX-graph fallback: same selected patches, same
+mosaic and network-input tensors, entropies within float32 rounding, on the conformance corpus and
+over random sizes and adversarial contents; plus its build, dispatch, GIL release and `nsnet info`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nsnet_sdk.preprocess import (kernel_name, mosaic_slots, normalize, patch_entropies, patch_mosaic,
+                                  select_kernel)
+from test_preprocess import ref_entropies, textured
+
+ROOT = Path(__file__).resolve().parents[1]
+P, K = 32, 49
+# Two float32 implementations (GEMM DFT vs FFT) each land within ~1e-6 of the exact entropy, so
+# patches whose exact entropies are closer than this are ordered by rounding (docs/preprocess-kernel.md).
+ROUNDING_TIE = 2e-6
+
+try:
+    from nsnet_sdk.preprocess import _entropy
+except ImportError:
+    _entropy = None
+
+needs_kernel = pytest.mark.skipif(_entropy is None, reason="compiled kernel not built (make setup)")
+VARIANTS = _entropy.variants() if _entropy is not None else ()
+
+
+def test_kernel_is_built_where_required():
+    """CI sets NSNET_REQUIRE_KERNEL=1: there a missing compiler or a broken build must fail."""
+    if os.environ.get("NSNET_REQUIRE_KERNEL") != "1":
+        pytest.skip("NSNET_REQUIRE_KERNEL is not set")
+    assert _entropy is not None, "nsnet_sdk.preprocess._entropy did not build"
+    assert "c-portable" in _entropy.variants()
+    assert kernel_name() == _entropy.variants()[0]
+
+
+@contextmanager
+def kernel(name: str):
+    """Run the public functions with kernel ``name``, then go back to NSNET_KERNEL's choice."""
+    select_kernel(name)
+    try:
+        yield
+    finally:
+        select_kernel(None)
+
+
+def outputs(rgb: np.ndarray, name: str) -> dict[str, np.ndarray]:
+    with kernel(name):
+        assert kernel_name() == name
+        ent = patch_entropies(rgb)
+        mosaic = patch_mosaic(rgb)
+        return {"ent": ent, "slots": mosaic_slots(ent, K), "mosaic": mosaic, "x": normalize(mosaic)}
+
+
+def assert_same_as_fallback(rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """Identical slots, mosaic and network input; the only exception allowed is two patches whose
+    exact (float64) entropies are closer than float32 rounding trading places."""
+    ref = outputs(rgb, "reference")
+    for name in VARIANTS:
+        got = outputs(rgb, name)
+        np.testing.assert_allclose(got["ent"], ref["ent"], rtol=1e-5, atol=0)  # zeros stay exact zeros
+        if not np.array_equal(got["slots"], ref["slots"]):
+            exact = ref_entropies(rgb).ravel()
+            for a, b in zip(got["slots"], ref["slots"]):
+                assert a == b or abs(exact[a] - exact[b]) < ROUNDING_TIE, (name, a, b, exact[a], exact[b])
+            continue
+        np.testing.assert_array_equal(got["mosaic"], ref["mosaic"])
+        np.testing.assert_array_equal(got["x"], ref["x"])
+    return ref
+
+
+# ---- the conformance corpus of test_preprocess --------------------------------------------------
+CORPUS = [((512, 512), 0), ((224, 224), 1), ((100, 70), 2), ((300, 700), 3), ((31, 31), 4), ((1, 1), 5),
+          ((20, 5000), 6), ((64, 33), 7), ((256, 96), 8)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape,seed", CORPUS)
+def test_same_output_as_fallback_on_conformance_corpus(shape, seed):
+    assert_same_as_fallback(textured(*shape, seed))
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(256, 256), (97, 130), (40, 40)])
+def test_same_output_as_fallback_on_uniform_noise(shape):
+    assert_same_as_fallback(np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8))
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(512, 512), (768, 1024), (1536, 2048), (3000, 4000)])
+def test_same_output_as_fallback_at_benchmark_sizes(shape):
+    assert_same_as_fallback(smooth(*shape, np.random.default_rng(shape[0])))
+    assert_same_as_fallback(textured(*shape, shape[1]))
+
+
+# ---- adversarial contents over the full size range ------------------------------------------------
+def flat(h, w, rng):
+    return np.full((h, w, 3), rng.integers(0, 256, 3, dtype=np.uint8), np.uint8)
+
+
+def per_patch_flat(h, w, rng):
+    """Each grid patch one random colour: every entropy is exactly 0, so the order is raster."""
+    cells = rng.integers(0, 256, (-(-h // P), -(-w // P), 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.repeat(np.repeat(cells, P, 0), P, 1)[:h, :w])
+
+
+def tiled(h, w, rng):
+    """One random patch repeated: every pair of patches ties exactly, in any implementation."""
+    tile = rng.integers(0, 256, (P, P, 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.tile(tile, (-(-h // P), -(-w // P), 1))[:h, :w])
+
+
+def near_ties(h, w, rng):
+    """Copies of one patch differing by a single grey level in one pixel (entropies ~1e-5 apart)."""
+    img = textured(h, w, int(rng.integers(1 << 31)))
+    nr, nc = h // P, w // P
+    if nr * nc < 2:
+        return img
+    src = img[:P, :P].copy()
+    for i in rng.choice(nr * nc, size=min(nr * nc, 60), replace=False):
+        r, c = divmod(int(i), nc)
+        t = src.copy()
+        y, x, ch = rng.integers(0, P), rng.integers(0, P), rng.integers(0, 3)
+        t[y, x, ch] = min(255, int(t[y, x, ch]) + int(rng.integers(1, 4)))
+        img[r * P:(r + 1) * P, c * P:(c + 1) * P] = t
+    return img
+
+
+def photo(h, w, rng):
+    return textured(h, w, int(rng.integers(1 << 31)))
+
+
+def smooth(h, w, rng):
+    """Upscaled noise plus grain (the benchmark's content): many patches with close entropies."""
+    import cv2
+
+    small = rng.integers(0, 256, (max(h // 16, 2), max(w // 16, 2), 3), dtype=np.uint8)
+    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.int16)
+    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+
+
+CONTENTS = {"photo": photo, "smooth": smooth, "flat": flat, "per_patch_flat": per_patch_flat, "tiled": tiled,
+            "near_ties": near_ties}
+
+
+@needs_kernel
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(h=st.one_of(st.integers(1, 80), st.integers(1, 4000)),
+       w=st.one_of(st.integers(1, 80), st.integers(1, 3000)),
+       content=st.sampled_from(sorted(CONTENTS)), seed=st.integers(0, 2**31 - 1))
+def test_same_output_as_fallback_property(h, w, content, seed):
+    rgb = CONTENTS[content](h, w, np.random.default_rng(seed))
+    ref = assert_same_as_fallback(rgb)
+    if content in ("flat", "per_patch_flat"):
+        assert np.all(ref["ent"] == 0)
+    if content == "tiled":
+        assert np.unique(ref["ent"]).size == 1
+
+
+@needs_kernel
+def test_near_ties_are_resolved_like_the_fallback():
+    """Copies of one patch 1e-7..1e-4 apart (one grey level in one pixel): wherever the exact gap
+    exceeds float32 rounding, the kernel orders them exactly as the fallback does."""
+    rng = np.random.default_rng(7)
+    resolvable = 0
+    for _ in range(6):
+        rgb = near_ties(480, 640, rng)
+        ref = assert_same_as_fallback(rgb)
+        got = outputs(rgb, VARIANTS[0])
+        exact = ref_entropies(rgb).ravel()
+        sel = ref["slots"]
+        gaps = np.abs(exact[sel][:, None] - exact[sel][None, :])
+        resolvable += int(((gaps > ROUNDING_TIE) & (gaps < 1e-4)).sum())
+        # Ranks agree for every selected pair that rounding cannot swap.
+        rank_ref = {int(i): n for n, i in enumerate(ref["slots"])}
+        rank_got = {int(i): n for n, i in enumerate(got["slots"])}
+        for a in rank_ref:
+            for b in rank_ref:
+                if abs(exact[a] - exact[b]) > ROUNDING_TIE and a in rank_got and b in rank_got:
+                    assert (rank_ref[a] < rank_ref[b]) == (rank_got[a] < rank_got[b])
+    assert resolvable > 20  # the case really holds resolvable near-ties
+
+
+@needs_kernel
+def test_variants_are_bit_identical():
+    """Built without FMA contraction, the portable and SIMD variants round the same way."""
+    rng = np.random.default_rng(3)
+    for shape in [(512, 512), (97, 700), (1536, 2048)]:
+        rgb = textured(*shape, int(rng.integers(1000)))
+        out = {}
+        for name in VARIANTS:
+            o = np.empty((shape[0] // P, shape[1] // P))
+            _entropy.entropies(rgb, o, name)
+            out[name] = o
+        first = out[VARIANTS[0]]
+        for name, o in out.items():
+            assert np.array_equal(o, first), name
+
+
+@needs_kernel
+def test_strided_and_reversed_channel_views_are_accepted():
+    rgb = textured(200, 300, 4)
+    want = outputs(rgb, VARIANTS[0])["ent"]
+    with kernel(VARIANTS[0]):
+        big = np.zeros((260, 400, 3), np.uint8)
+        big[30:230, 50:350] = rgb
+        np.testing.assert_array_equal(patch_entropies(big[30:230, 50:350]), want)  # row stride > width
+        np.testing.assert_array_equal(patch_entropies(rgb[:, :, ::-1]), want)  # channel order: R+G+B
+    with pytest.raises(ValueError):
+        _entropy.entropies(rgb[:, ::2], np.empty(4 * 4), VARIANTS[0])  # pixels not contiguous
+
+
+@needs_kernel
+def test_kernel_releases_the_gil():
+    """While one thread is inside a ~0.1 s kernel call, another keeps running Python code."""
+    img = np.zeros((8192, 4096, 3), np.uint8)
+    out = np.empty((8192 // P, 4096 // P))
+    started, ticks = threading.Event(), []
+
+    def work():
+        started.set()
+        _entropy.entropies(img, out, VARIANTS[0])
+
+    t0 = time.perf_counter()
+    _entropy.entropies(img, out, VARIANTS[0])
+    call = time.perf_counter() - t0
+    th = threading.Thread(target=work)
+    th.start()
+    started.wait()
+    while th.is_alive():
+        time.sleep(0.001)  # reacquiring the GIL after each sleep needs the kernel to have let go
+        ticks.append(1)
+    th.join()
+    assert call > 0.02
+    assert len(ticks) >= 5, f"only {len(ticks)} ticks during a {call:.3f} s call: GIL held"
+
+
+def test_unknown_kernel_name_is_refused_and_the_choice_kept():
+    before = kernel_name()
+    with pytest.raises(RuntimeError, match="c-quantum"):
+        select_kernel("c-quantum")
+    assert kernel_name() == before
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NSNET_KERNEL": "c-quantum"}
+    r = subprocess.run([sys.executable, "-c", "import numpy as np; from nsnet_sdk.preprocess import "
+                        "patch_entropies; patch_entropies(np.zeros((64, 64, 3), np.uint8))"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0 and "NSNET_KERNEL=c-quantum" in r.stderr
+
+
+def test_reference_can_be_forced_and_other_patch_sizes_use_it():
+    from nsnet_sdk.preprocess import PatchConfig
+
+    with kernel("reference"):
+        assert kernel_name() == "reference"
+    assert kernel_name(PatchConfig(patch=16, grid=4)) == "reference"
+
+
+def test_nsnet_info_reports_the_kernel(tmp_path):
+    from _sdk_util import build_stand_in_onnx
+
+    model = build_stand_in_onnx(tmp_path / "m.onnx")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    expected = {"reference": "reference", None: kernel_name()}
+    for forced, want in expected.items():
+        e = dict(env)
+        e.pop("NSNET_KERNEL", None)
+        if forced:
+            e["NSNET_KERNEL"] = forced
+        r = subprocess.run([sys.executable, "-m", "nsnet_sdk.cli", "info", str(model), "--json"],
+                           capture_output=True, text=True, env=e, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["kernel"] == want
+        r = subprocess.run([sys.executable, "-m", "nsnet_sdk.cli", "info", str(model)],
+                           capture_output=True, text=True, env=e, timeout=120)
+        assert [ln.split() for ln in r.stdout.splitlines() if ln.startswith("kernel ")] == [["kernel", want]]
