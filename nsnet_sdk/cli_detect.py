@@ -48,7 +48,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per batch ({DEFAULT_BATCH_SIZE})")
     d.add_argument("--workers", type=_nonneg_int, default=None,
-                   help="decode threads (default: one per core; 0 = none)")
+                   help="decode workers (default: one per core; 0 = none)")
+    d.add_argument("--decode", choices=("threads", "processes"), default="threads",
+                   help="run the decode workers as threads (default) or as processes")
     d.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
     d.add_argument("--provenance", action="store_true", help="add what each file declares about its "
                    "origin (C2PA, IPTC digital source type, generator metadata) as columns: "
@@ -178,7 +180,8 @@ def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan,
     try:
         det = Detector(args.model, threshold=args.threshold,
                        providers=_providers(args.providers), batch_size=args.batch_size,
-                       workers=args.workers, provenance=args.provenance_reader)
+                       workers=args.workers, provenance=args.provenance_reader,
+                       decode=args.decode)
     except (NSNetError, ValueError) as e:
         _say(f"error: cannot load model: {e}")
         return 1

@@ -1,7 +1,8 @@
 """`Detector`: one class over the TensorRT, ONNX Runtime and PyTorch backends.
 
-The pipeline overlaps decoding + patch selection of the next batches (a thread pool; OpenCV and
-NumPy release the GIL) with inference of the current one on the calling thread. At most
+The pipeline overlaps decoding + patch selection of the next batches (a thread pool, where OpenCV
+and the entropy kernel release the GIL, or a process pool writing into shared memory; see
+`decode_pool`) with inference of the current one on the calling thread. At most
 ``1 + ceil(workers / batch_size)`` batches are ever submitted ahead (none with ``workers=0``), each
 decoded straight into one of a few reused buffers, so memory stays flat however many inputs an
 iterator yields; results come back in input order, exactly one per input.
@@ -21,33 +22,22 @@ import numpy as np
 
 from .artifact import ModelMeta, artifact_kind, read_model_meta
 from .backends import Backend, load_backend
-from .errors import (InferenceError, NSNetError, PreprocessMismatchError, as_input_error,
-                     RandomWeightsWarning, UnsupportedInputError)
+from .decode_pool import ACCEPTED_INPUTS, DECODE_MODES, make_decoder, size_warnings as _size_warnings
+from .decode_pool import is_image as _is_image, is_pil as _is_pil
+from .errors import (InferenceError, PreprocessMismatchError, as_input_error, RandomWeightsWarning,
+                     UnsupportedInputError)
 from .gpu import resolve_pipeline  # torch loads only when a GPU pipeline is built
 from .prediction import Prediction, sigmoid
 from .explain import Explanation, explain_image
 from .provenance import provenance_reader, with_provenance
-from .preprocess import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic
+from .preprocess import MAX_PIXELS, PatchConfig, kernel_name, load_image
 
 ON_ERROR = ("raise", "record")
 CHANNELS = ("rgb", "bgr")
 DEFAULT_BATCH_SIZE = 32
-ACCEPTED_INPUTS = ("a path (str or os.PathLike), encoded bytes, a numpy array (H×W gray, H×W×3 "
-                   "RGB, H×W×4 RGBA; channels='bgr' for OpenCV's order) or a PIL image, or a "
-                   "list/iterable of those (a 4-D array is a stack)")
-
-
 def default_workers() -> int:
     """Decode threads: one per core, at most 8 (beyond that the backend is the bottleneck)."""
     return max(1, min(8, os.cpu_count() or 1))
-
-
-def _is_pil(x: Any) -> bool:
-    return type(x).__module__.startswith("PIL.") and hasattr(x, "mode") and hasattr(x, "size")
-
-
-def _is_image(x: Any) -> bool:
-    return isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) or _is_pil(x)
 
 
 def is_single_input(x: Any) -> bool:
@@ -118,7 +108,8 @@ class Detector:
         device: torch device for the PyTorch backend (default ``cuda`` when available, else cpu);
             for TensorRT a GPU index or ``"cuda:N"`` (default 0).
         batch_size: default batch size of `predict` / `predict_iter`.
-        workers: decode/preprocess threads (0 = on the calling thread); default one per core.
+        workers: decode/preprocess workers (0 = on the calling thread); default one per core.
+        decode: CPU pipeline workers as ``"threads"`` (default) or ``"processes"`` (shared memory).
         max_pixels: images whose header declares more pixels are refused before decoding.
         channels: channel order of numpy array inputs: ``"rgb"`` (default; what `load_image`
             returns, and PIL's order) or ``"bgr"`` (OpenCV's ``cv2.imread`` order; BGRA for
@@ -139,13 +130,17 @@ class Detector:
                  providers: Sequence[Any] | None = None, intra_op_threads: int | None = None,
                  device: str | int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  workers: int | None = None, max_pixels: int = MAX_PIXELS,
-                 channels: str = "rgb", provenance: Any = False, pipeline: str = "cpu") -> None:
+                 channels: str = "rgb", provenance: Any = False, pipeline: str = "cpu",
+                 decode: str = "threads") -> None:
         self.model_path = Path(model)
         self.kind = artifact_kind(self.model_path)
         self.batch_size = _check_batch_size(batch_size)
         self.workers = default_workers() if workers is None else _check_workers(workers)
         self.max_pixels = int(max_pixels)
         self.channels, self.provenance = _check_channels(channels), provenance_reader(provenance)
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+        self.decode = decode
         # Every metadata field is validated before a runtime library parses the file.
         self.meta: ModelMeta = read_model_meta(self.model_path, self.kind)
         self.backend: Backend = load_backend(
@@ -247,16 +242,6 @@ class Detector:
                                         f"expected {ACCEPTED_INPUTS}", source=name)
         return load_image(_bgr_to_rgb(src) if bgr else src, max_pixels=self.max_pixels, name=name)
 
-    def _prepare(self, src: Any, name: str, buf: np.ndarray, row: int,
-                 bgr: bool = False) -> tuple[NSNetError | None, tuple[str, ...]]:
-        """Decode + patch mosaic + normalise ``src`` into ``buf[row]``: (error, warnings)."""
-        try:
-            rgb = self._load(src, name, bgr)
-            normalize(patch_mosaic(rgb, self.config), self.config, out=buf[row])
-            return None, _size_warnings(rgb, self.config.patch)
-        except Exception as e:  # recorded per input; one bad file must not stop a batch
-            return as_input_error(e, name), ()
-
     def _prepare_gpu(self, chunk: list, names: list[str], bgr: bool) -> tuple[Any, list, list]:
         """The GPU pipeline's batch: (device batch of the good rows, errors, warnings)."""
         return self._gpu.prepare(chunk, lambda x, i: self._load(x, names[i], bgr),
@@ -265,12 +250,15 @@ class Detector:
 
     def _pipeline(self, items: Iterator[Any], bs: int, workers: int,
                   on_error: str, bgr: bool = False) -> Iterator[Prediction]:
-        side = self.config.size
         # Batches queued behind the one being inferred: enough to give every worker a task plus
         # one spare. Inline (workers=0) nothing is gained by decoding ahead, so nothing is.
         ahead = 1 + math.ceil(workers / bs) if workers else 0
         pool = ThreadPoolExecutor(workers, thread_name_prefix="nsnet-decode") if workers else _InlineExecutor()
-        free: list[np.ndarray] = []
+        # CPU pipeline: 1 + ahead batch buffers (the one being inferred never overlaps the ones
+        # being filled), filled by decode_pool's threads or processes.
+        decoder = None if self._gpu is not None else make_decoder(
+            self.decode, workers, self.config, self.max_pixels, bs, 1 + ahead)
+        free = list(range(1 + ahead))
         inflight: deque = deque()
         counter = 0
         source_error: Exception | None = None  # raised once every input pulled before it is scored
@@ -292,9 +280,8 @@ class Detector:
                 if self._gpu is not None:  # one task per batch: nvImageCodec decodes batches
                     inflight.append((names, [pool.submit(self._prepare_gpu, chunk, names, bgr)], None, provs))
                     continue
-                buf = free.pop() if free else np.empty((bs, 3, side, side), np.float32)
-                futs = [pool.submit(self._prepare, x, names[j], buf, j, bgr) for j, x in enumerate(chunk)]
-                inflight.append((names, futs, buf, provs))
+                buf = free.pop()
+                inflight.append((names, decoder.submit_batch(chunk, names, buf, bgr), buf, provs))
 
         try:
             while True:
@@ -305,16 +292,18 @@ class Detector:
                     break
                 names, futs, buf, provs = inflight.popleft()
                 gpu_batch, errors, notes = (futs[0].result() if buf is None else
-                                            (None, *zip(*[f.result() for f in futs])))
+                                            (None, *zip(*[decoder.result(h, n) for h, n in zip(futs, names)])))
                 ok = [j for j, e in enumerate(errors) if e is None]
                 logits = np.full(len(names), np.nan, dtype=np.float32)
                 if ok:
                     if self._closed:  # the backend's buffers and sessions are gone
                         raise InferenceError(f"{self.model_path}: the Detector is closed",
                                              source=str(self.model_path))
+                    arr = None if buf is None else decoder.buffer(buf)
                     batch = (gpu_batch if buf is None else
-                             buf[:len(ok)] if len(ok) == len(names) else buf[ok])
+                             arr[:len(ok)] if len(ok) == len(names) else arr[ok])
                     logits[ok] = self.backend.run(batch)
+                    del arr, batch  # no view of a shared-memory buffer outlives the pipeline
                 if buf is not None:
                     free.append(buf)
                 probs = sigmoid(logits)
@@ -333,10 +322,14 @@ class Detector:
                                                      logit=float(logits[j]), warnings=notes[j],
                                                      verdict=band.verdict(p) if band is not None else None), provs, j)
         finally:
-            for _, futs, _, provs in inflight:
-                for f in futs + (provs or []):
+            for _, futs, buf, provs in inflight:
+                if buf is not None:
+                    decoder.cancel(futs)  # decode_pool handles, not futures
+                for f in (futs if buf is None else []) + (provs or []):
                     f.cancel()
             pool.shutdown(wait=True)
+            if decoder is not None:
+                decoder.close()
 
 
 _WARNED_RANDOM: set[str] = set()
@@ -360,7 +353,7 @@ def model_info(model: str | os.PathLike, backend: str, device: str | None, meta:
         "backbone": meta.backbone, "precision": meta.precision,
         "projector_rank": meta.projector_rank,
         "threshold": meta.threshold if threshold is None else threshold,
-        "preprocess": (config or meta.preprocess).to_dict(),
+        "preprocess": (config or meta.preprocess).to_dict(), "kernel": kernel_name(config or meta.preprocess),
         "verdict_band": meta.band.to_dict() if meta.band is not None else None,
         "model_card": dict(meta.model_card), "metadata": dict(meta.raw),
     }
@@ -393,14 +386,6 @@ def _bgr_to_rgb(x: Any) -> Any:
     if isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[2] in (3, 4):
         return x[..., [2, 1, 0, 3][: x.shape[2]]]
     return x
-
-
-def _size_warnings(rgb: np.ndarray, patch: int) -> tuple[str, ...]:
-    h, w = rgb.shape[:2]
-    if h < patch or w < patch:
-        return (f"image is {w}x{h} pixels, smaller than one {patch}x{patch} patch: its few pixels "
-                "are repeated to fill the model input, so the score says little",)
-    return ()
 
 
 def _check_channels(channels: Any) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ImageDecodeError, ImageTooLargeError
 from .config import MAX_PIXELS
 
-__all__ = ["IMAGE_SUFFIXES", "image_size", "load_image"]
+__all__ = ["IMAGE_SUFFIXES", "image_size", "load_image", "load_image_native"]
 
 _DECODABLE = "JPEG, PNG, WebP, GIF, BMP, TIFF, PNM, AVIF, JPEG 2000"
 # File names treated as images when a folder is scanned (CLI, training data, benchmarks). HEIC is
@@ -149,8 +149,8 @@ def _sniff_pnm(head: bytes) -> tuple[str, int, int] | None:
     return None
 
 
-def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool) -> np.ndarray:
-    """Any decoded/array image → contiguous RGB uint8 HxWx3."""
+def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool, swap: bool = True) -> np.ndarray:
+    """Any decoded/array image → contiguous RGB uint8 HxWx3 (BGR kept when ``bgr and not swap``)."""
     if arr.dtype == np.uint16:
         # Rounded 16→8-bit scale: 65535 → 255, 257·k → k.
         arr = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
@@ -164,7 +164,7 @@ def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool) -> np.ndarray:
         return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ImageDecodeError(f"{src}: unsupported array shape {arr.shape} (need HxW, HxWx3 or HxWx4)", src)
-    if bgr:
+    if bgr and swap:
         return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(arr[:, :, :3])
 
@@ -180,7 +180,7 @@ def _check_pixels(w: int, h: int, max_pixels: int, src: str) -> None:
         raise ImageDecodeError(f"{src}: image header declares an empty size {w}x{h}", src)
 
 
-def _decode_bytes(data: bytes, max_pixels: int, src: str) -> np.ndarray:
+def _decode_bytes(data: bytes, max_pixels: int, src: str, swap: bool = True) -> np.ndarray:
     if len(data) == 0:
         raise ImageDecodeError(f"{src}: empty input (0 bytes)", src)
     info = image_size(data)
@@ -197,7 +197,7 @@ def _decode_bytes(data: bytes, max_pixels: int, src: str) -> np.ndarray:
     if arr is None or arr.size == 0:
         raise ImageDecodeError(f"{src}: cannot decode {fmt} data (truncated or corrupt)", src)
     _check_pixels(arr.shape[1], arr.shape[0], max_pixels, src)
-    return _to_uint8_rgb(arr, src, bgr=True)
+    return _to_uint8_rgb(arr, src, bgr=True, swap=swap)
 
 
 def _from_pil(img: Any, max_pixels: int, src: str) -> np.ndarray:
@@ -231,13 +231,27 @@ def load_image(src: Any, max_pixels: int = MAX_PIXELS, *, name: str | None = Non
         ImageDecodeError: the input cannot be read or is not a supported image.
         ImageTooLargeError: the image has more than ``max_pixels`` pixels.
     """
+    return _load(src, max_pixels, name, rgb=True)[0]
+
+
+def load_image_native(src: Any, max_pixels: int = MAX_PIXELS, *,
+                      name: str | None = None) -> tuple[np.ndarray, bool]:
+    """(pixels, is_bgr): :func:`load_image` without the full-frame BGR→RGB swap of OpenCV decodes.
+
+    Patch selection is channel-order blind (R+G+B), so the Detector cuts the mosaic from the decode
+    buffer and lets ``normalize(..., bgr=True)`` put the channels in order for the 49 tiles only.
+    """
+    return _load(src, max_pixels, name, rgb=False)
+
+
+def _load(src: Any, max_pixels: int, name: str | None, rgb: bool) -> tuple[np.ndarray, bool]:
     label = _name(src, name)
     if isinstance(src, np.ndarray):
         if src.ndim >= 2:
             _check_pixels(src.shape[1], src.shape[0], max_pixels, label)
-        return _to_uint8_rgb(src, label, bgr=False)
+        return _to_uint8_rgb(src, label, bgr=False), False
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return _decode_bytes(bytes(src), max_pixels, label)
+        return _decode_bytes(bytes(src), max_pixels, label, swap=rgb), not rgb
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         try:
@@ -254,7 +268,7 @@ def load_image(src: Any, max_pixels: int = MAX_PIXELS, *, name: str | None = Non
             raise ImageDecodeError(f"{label}: cannot read: {e.strerror or e}", label) from None
         except ValueError as e:  # a NUL byte or an unencodable name: the OS never saw the path
             raise ImageDecodeError(f"{label}: cannot read: {e}", label) from e
-        return _decode_bytes(data, max_pixels, label)
+        return _decode_bytes(data, max_pixels, label, swap=rgb), not rgb
     if type(src).__module__.startswith("PIL.") and hasattr(src, "convert"):
-        return _from_pil(src, max_pixels, label)
+        return _from_pil(src, max_pixels, label), False
     raise ImageDecodeError(f"{label}: unsupported input type {type(src).__name__}", label)

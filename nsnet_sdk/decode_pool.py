@@ -1,0 +1,248 @@
+"""Decode workers for the Detector: decode → patch mosaic → normalise each input into a row of a
+reused batch buffer, inline, in threads, or in worker processes that write into shared memory.
+
+Threads share one interpreter, so the Python-level work of every image (about a fifth of
+preprocessing once the entropy kernel is compiled) is serialised by the GIL; processes are not, at
+the price of a spawn per worker (~0.3 s) and pickling each input (paths are a few bytes, arrays
+are copied). Either way the caller keeps one result per input, in input order.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .errors import ImageDecodeError, NSNetError, UnsupportedInputError, as_input_error
+from .preprocess import PatchConfig, normalize, patch_mosaic
+from .preprocess.decode import load_image_native
+
+DECODE_MODES = ("threads", "processes")
+ACCEPTED_INPUTS = ("a path (str or os.PathLike), encoded bytes, a numpy array (H×W gray, H×W×3 "
+                   "RGB, H×W×4 RGBA; channels='bgr' for OpenCV's order) or a PIL image, or a "
+                   "list/iterable of those (a 4-D array is a stack)")
+Handle = tuple  # (Future, index into the future's list of outcomes, or None for a single outcome)
+Outcome = tuple  # (the input's typed error or None, its warnings)
+
+__all__ = ["DECODE_MODES", "ACCEPTED_INPUTS", "is_pil", "is_image", "size_warnings", "prepare_into",
+           "make_decoder"]
+
+
+def is_pil(x: Any) -> bool:
+    return type(x).__module__.startswith("PIL.") and hasattr(x, "mode") and hasattr(x, "size")
+
+
+def is_image(x: Any) -> bool:
+    """One input of a kind the Detector scores: path, bytes, array or PIL image."""
+    return isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) or is_pil(x)
+
+
+def prepare_into(src: Any, name: str, cfg: PatchConfig, max_pixels: int, out: np.ndarray,
+                 bgr: bool = False) -> Outcome:
+    """Decode + patch mosaic + normalise ``src`` into ``out`` (float32 (3, size, size)):
+    (error, warnings). ``bgr``: array inputs are in OpenCV's BGR(A) order.
+
+    The error, if any, is typed and names the input (anything untyped, e.g. ``ValueError:
+    embedded null byte`` from a path, becomes an `ImageDecodeError` with the original as cause).
+    The mosaic is cut from the decoder's BGR buffer (or a BGR array); only its 49 tiles are put in
+    RGB order, by `normalize`.
+    """
+    try:
+        if not is_image(src):
+            raise UnsupportedInputError(f"{name}: cannot score a {type(src).__name__}: "
+                                        f"expected {ACCEPTED_INPUTS}", source=name)
+        img, img_bgr = load_image_native(src, max_pixels=max_pixels, name=name)
+        if bgr and isinstance(src, np.ndarray):
+            img_bgr = True  # BGRA arrays lose their 4th channel in load_image_native: still BGR
+        normalize(patch_mosaic(img, cfg), cfg, out=out, bgr=img_bgr)
+        return None, size_warnings(img, cfg.patch)
+    except Exception as e:  # recorded per input; one bad file must not stop a batch
+        return as_input_error(e, name), ()
+
+
+def size_warnings(img: np.ndarray, patch: int) -> tuple[str, ...]:
+    """The warning a `Prediction` carries when the image is smaller than one patch."""
+    h, w = img.shape[:2]
+    if h < patch or w < patch:
+        return (f"image is {w}x{h} pixels, smaller than one {patch}x{patch} patch: its few pixels "
+                "are repeated to fill the model input, so the score says little",)
+    return ()
+
+
+class _Decoder:
+    """Batch buffers plus ``submit(src, name, buffer index, row) -> Future[NSNetError | None]``."""
+
+    def __init__(self, cfg: PatchConfig, max_pixels: int, batch_size: int, n_buffers: int) -> None:
+        self.cfg, self.max_pixels = cfg, max_pixels
+        self.shape = (n_buffers, batch_size, 3, cfg.size, cfg.size)
+        self._local: list[np.ndarray | None] = [None] * n_buffers
+
+    def buffer(self, i: int) -> np.ndarray:
+        """Batch buffer ``i`` (allocated on first use, so a short run stays small)."""
+        if self._local[i] is None:
+            self._local[i] = np.empty(self.shape[1:], np.float32)
+        return self._local[i]
+
+    def submit(self, src: Any, name: str, buf: int, row: int, bgr: bool = False) -> Future:
+        f: Future = Future()  # inline: the work is done at submit time
+        f.set_result(prepare_into(src, name, self.cfg, self.max_pixels, self.buffer(buf)[row], bgr))
+        return f
+
+    def submit_batch(self, items: list[Any], names: list[str], buf: int,
+                     bgr: bool = False) -> list[Handle]:
+        """Queue ``items`` into rows 0.. of buffer ``buf``; one handle per item, for `result`."""
+        return [(self.submit(x, names[j], buf, j, bgr), None) for j, x in enumerate(items)]
+
+    def cancel(self, handles: list[Handle]) -> None:
+        for fut, _ in handles:
+            fut.cancel()
+
+    def result(self, handle: Handle, name: str) -> Outcome:
+        """The input's outcome; a failure of the pool itself (a worker died, the input could not
+        be sent to it) becomes that input's error instead of ending the whole run."""
+        fut, index = handle
+        try:
+            out = fut.result()
+            return out if index is None else out[index]
+        except Exception as e:
+            err = ImageDecodeError(f"{name}: decode worker failed: {type(e).__name__}: {e}", source=name)
+            err.__cause__ = e
+            return err, ()
+
+    def close(self) -> None:
+        pass
+
+
+class _ThreadDecoder(_Decoder):
+    def __init__(self, workers: int, *args: Any) -> None:
+        super().__init__(*args)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="nsnet-decode")
+
+    def submit(self, src: Any, name: str, buf: int, row: int, bgr: bool = False) -> Future:
+        return self._pool.submit(prepare_into, src, name, self.cfg, self.max_pixels, self.buffer(buf)[row], bgr)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _ProcessDecoder(_Decoder):
+    """Worker processes (spawned: no inherited ONNX Runtime / BLAS threads) that write each input
+    straight into a shared-memory batch buffer; only the input and its error cross the pipe."""
+
+    def __init__(self, workers: int, *args: Any) -> None:
+        import multiprocessing as mp
+        from multiprocessing.shared_memory import SharedMemory
+
+        super().__init__(*args)
+        self._workers = workers
+        self._ctx = mp.get_context("spawn")
+        self._shm = SharedMemory(create=True, size=int(np.prod(self.shape)) * 4)
+        self._local = list(np.ndarray(self.shape, np.float32, buffer=self._shm.buf))
+        self._pool = self._start()
+
+    def _start(self):
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(self._workers, mp_context=self._ctx, initializer=_attach,
+                                   initargs=(self._shm.name, self.shape, self.cfg.to_json(), self.max_pixels))
+
+    def _submit(self, fn, *args) -> Future:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._pool.submit(fn, *args)
+        except BrokenProcessPool:  # a worker died on an earlier input: later inputs get a new pool
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+            return self._pool.submit(fn, *args)
+
+    def submit(self, src: Any, name: str, buf: int, row: int, bgr: bool = False) -> Future:
+        return self._submit(_work, src, name, buf, row, bgr)
+
+    def submit_batch(self, items: list[Any], names: list[str], buf: int,
+                     bgr: bool = False) -> list[Handle]:
+        """Paths and bytes go as one task per worker (a round trip per image would leave workers
+        waiting on the parent's queue threads); other inputs, which may not pickle, go one by one."""
+        # memoryview does not pickle; bytearray/memoryview go as bytes (a copy), like a thread reads them
+        items = [bytes(x) if isinstance(x, (bytearray, memoryview)) else x for x in items]
+        handles: list[Handle] = [None] * len(items)  # type: ignore[list-item]
+        light = [j for j, x in enumerate(items) if isinstance(x, (str, os.PathLike, bytes))]
+        for j in sorted(set(range(len(items))) - set(light)):
+            handles[j] = (self.submit(items[j], names[j], buf, j, bgr), None)
+        size = max(1, -(-len(light) // self._workers))
+        for start in range(0, len(light), size):
+            rows = light[start:start + size]
+            fut = self._submit(_work_many, [items[j] for j in rows], [names[j] for j in rows], buf, rows, bgr)
+            for k, j in enumerate(rows):
+                handles[j] = (fut, k)
+        return handles
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._local = []  # the arrays view the mapping; they must go before it closes
+        self._shm.unlink()
+        try:
+            self._shm.close()
+        except BufferError:  # a caller still holds a view: the mapping goes when that view does
+            pass
+
+
+# -- worker-process side ---------------------------------------------------------------------------
+_W: dict[str, Any] = {}
+
+
+def _attach(shm_name: str, shape: tuple[int, ...], cfg_json: str, max_pixels: int) -> None:
+    from multiprocessing import resource_tracker
+    from multiprocessing.shared_memory import SharedMemory
+
+    import cv2
+
+    cv2.setNumThreads(1)  # each worker is one core's worth of work; OpenCV's own pool would oversubscribe
+    _keep_freed_frames()
+
+    if sys.version_info >= (3, 13):
+        shm = SharedMemory(shm_name, track=False)
+    else:  # 3.12 and older register every attach, and the tracker would unlink the parent's block
+        register, resource_tracker.register = resource_tracker.register, lambda *a, **k: None
+        try:
+            shm = SharedMemory(shm_name)
+        finally:
+            resource_tracker.register = register
+    _W.update(shm=shm, buffers=np.ndarray(shape, np.float32, buffer=shm.buf),
+              cfg=PatchConfig.from_json(cfg_json), max_pixels=max_pixels)
+
+
+def _keep_freed_frames() -> None:
+    """Let glibc reuse freed decode buffers instead of mmap/munmap-ing each one: a fresh process
+    otherwise pays the page faults of every decoded frame again (measured in a worker: 3.6 → 2.3 ms
+    CPU per 512×512 JPEG). Only in the worker processes this module owns."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: heap-allocate blocks below 32 MB
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: keep up to 128 MB of freed heap
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def _work(src: Any, name: str, buf: int, row: int, bgr: bool) -> Outcome:
+    return prepare_into(src, name, _W["cfg"], _W["max_pixels"], _W["buffers"][buf, row], bgr)
+
+
+def _work_many(srcs: list[Any], names: list[str], buf: int, rows: list[int], bgr: bool) -> list[Outcome]:
+    return [_work(s, n, buf, r, bgr) for s, n, r in zip(srcs, names, rows)]
+
+
+def make_decoder(mode: str, workers: int, cfg: PatchConfig, max_pixels: int, batch_size: int,
+                 n_buffers: int) -> _Decoder:
+    """The decoder for ``mode`` (see `DECODE_MODES`); ``workers=0`` decodes on the calling thread."""
+    args = (cfg, max_pixels, batch_size, n_buffers)
+    if workers == 0:
+        return _Decoder(*args)
+    if mode == "processes":
+        return _ProcessDecoder(workers, *args)
+    return _ThreadDecoder(workers, *args)
