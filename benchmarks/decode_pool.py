@@ -14,7 +14,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import tempfile  # noqa: E402
@@ -26,7 +25,7 @@ import cv2  # noqa: E402
 
 from nsnet_sdk.decode_pool import make_decoder  # noqa: E402
 from nsnet_sdk.preprocess import DEFAULT, MAX_PIXELS, kernel_name  # noqa: E402
-from benchmarks.preprocess import photo_like  # noqa: E402  (the same synthetic photos)
+from benchmarks.preprocess import photo_like, write_report  # noqa: E402  (same photos, same report)
 
 cv2.setNumThreads(1)
 
@@ -87,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{size:>10} {nw:>7} {th['images_per_s']:>14.0f} {pr['images_per_s']:>16.0f} "
                       f"{ratio:>5.2f}x {pr['startup_s']:>8.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": platform.platform(), "cpu_count": os.cpu_count(),
-                                               "results": rows}, indent=2))
+        write_report(args.json, rows)
     return 0
 
 

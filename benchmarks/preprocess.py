@@ -1,7 +1,7 @@
 """Patch-selection speed on one core: the compiled kernel, the ONNX-graph fallback and a per-patch
 reference, in the same run, as ratios.
 
-    python benchmarks/preprocess.py [--repeat 30] [--files 24] [--json out.json]
+    python -m benchmarks.preprocess [--repeat 30] [--files 24] [--json out.json]
 
 Rows, at 512×512, 1024×768 and 2048×1536:
 - ``patch_mosaic`` (entropy + selection + mosaic) with the compiled kernel, the fallback
@@ -184,9 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nkernel in use: {kernel_name()}; GIL-held: CPU time outside OpenCV / kernel / ONNX Runtime calls "
           "(upper bound); threads cap = 1 / GIL-held")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": platform.platform(), "cpu_count": os.cpu_count(),
-                                               "results": rows}, indent=2))
+        write_report(args.json, rows)
     return 0
+
+
+def write_report(path: str, rows: list[dict]) -> None:
+    """The rows as JSON, with the machine they were measured on."""
+    Path(path).write_text(json.dumps({"machine": platform.platform(), "cpu_count": os.cpu_count(),
+                                      "results": rows}, indent=2))
 
 
 if __name__ == "__main__":
