@@ -9,8 +9,10 @@ R+G+B, exact mean removal, radix-2 FFT, A·log A and the sums fused, the GIL rel
 entropies; :func:`kernel_name` says which variant runs. The fallback, used for other patch sizes,
 when the extension is not built, or with ``NSNET_KERNEL=reference``, does the per-patch 2-D DFTs as
 two matrix products over a band of patches inside a small ONNX Runtime graph (``entropy.onnx``,
-written by ``tools/make_entropy_graph.py``) on the calling thread. Both agree to ~1e-6 relative (see
-docs/preprocess-kernel.md for the one inherent limit: exact circular shifts, flips and transposes).
+written by ``tools/make_entropy_graph.py``) on the calling thread. Both select the same patches
+(docs/preprocess-kernel.md): entropies agree to ~1e-6 relative, and only patches whose exact
+entropies tie or lie within that rounding (e.g. exact circular shifts, flips, transposes of each
+other) can be ordered differently.
 """
 from __future__ import annotations
 
