@@ -172,10 +172,12 @@ INLINE void group(const uint8_t *px, Py_ssize_t stride, int lanes, work_t *w, do
         for (int u0 = 0; u0 < P; u0 += 8) {
             vf pa = {0}, pl = {0};
             for (int u = u0 + (k == 0 && u0 == 0); u < u0 + 8; u++) {  /* DC: the exact sum, below */
-                vf a = vsqrt(re[u] * re[u] + im[u] * im[u]);
-                vf amax = (vf)(((vi)a & (vi)(a > tiny)) | ((vi)tiny & ~(vi)(a > tiny)));
+                /* log A = log(A^2) / 2: the log no longer waits for the square root. */
+                const vf a2 = re[u] * re[u] + im[u] * im[u];
+                const vf a = vsqrt(a2);
+                const vf a2max = (vf)(((vi)a2 & (vi)(a2 > tiny)) | ((vi)tiny & ~(vi)(a2 > tiny)));
                 pa += a;
-                pl += a * vlog(amax);
+                pl += a * (vlog(a2max) * 0.5f);
             }
             sa += __builtin_convertvector(pa, vd);
             sl += __builtin_convertvector(pl, vd);
