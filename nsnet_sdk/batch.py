@@ -298,7 +298,7 @@ def _score_on_ray(todo: list[str], model: str, sha: str, take: Callable[[list[di
 
 def add_parser(subparsers: Any) -> None:
     """Register ``nsnet batch`` (Ray is imported only when it runs)."""
-    from .cli import _positive_int, _probability
+    from .cli_args import positive_int, probability
 
     b = subparsers.add_parser(
         "batch", help="score many images on a Ray cluster (Ray Data), Parquet output",
@@ -311,11 +311,11 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--out", required=True, metavar="DIR", help="folder for the Parquet files")
     b.add_argument("--address", help="Ray cluster: 'auto' or ray://host:10001 (default: start a "
                    "local Ray)")
-    b.add_argument("--workers", type=_positive_int, default=1, help="scoring actors (1)")
+    b.add_argument("--workers", type=positive_int, default=1, help="scoring actors (1)")
     b.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="GPUs per actor (0 = CPU actors)")
-    b.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (32)")
-    b.add_argument("--threshold", type=_probability, help="decision threshold (default: the model's)")
+    b.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (32)")
+    b.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
     b.add_argument("--resume", action="store_true",
                    help="skip inputs already in --out (continue a stopped job)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -17,42 +16,25 @@ import warnings
 from typing import Any, Callable, Sequence
 
 from . import __version__
+from .cli_args import probability, provider_list
 from .errors import BackendUnavailableError, NSNetError, RandomWeightsWarning
-
-
-def _checked(kind: type, ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
-    """An argparse ``type=`` that converts with ``kind`` and accepts only values where ``ok``."""
-    def parse(text: str) -> Any:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not ok(v):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
-        return v
-    return parse
-
-
-_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_nonneg_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
-_probability = _checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 # Subcommands that live beside the feature they expose: each module defines
 # ``add_parser(subparsers)``, which registers its parser with ``set_defaults(run=fn)`` where
-# ``fn(args, parser) -> int`` (``parser``: the subcommand's own, for its usage errors). The module must import its optional libraries (ray, matplotlib,
-# c2pa) only inside ``fn``, so `nsnet --help` stays light.
-PLUGINS = ("batch", "serve", "explain", "report", "calibrate")
+# ``fn(args, parser) -> int`` (``parser``: the subcommand's own, for its usage errors). Each module
+# imports its optional libraries (ray, matplotlib, c2pa) only inside ``fn``, so `nsnet --help`
+# stays light.
+PLUGINS = ("cli_detect", "batch", "serve", "explain", "report", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_detect
-
     p = argparse.ArgumentParser(prog="nsnet", description="NS-Net AI-generated image detection.")
     p.add_argument("--version", action="version", version=f"nsnet {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    cli_detect.add_parser(sub)
+    for name in PLUGINS:
+        importlib.import_module(f"{__package__}.{name}").add_parser(sub)
     i = sub.add_parser("info", help="print a model's metadata, model card and backend",
                        description="Describe a model; with --set-threshold, re-stamp its decision "
                        "threshold (metadata only, weights untouched) into --out or, with "
@@ -60,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", metavar="MODEL")
     i.add_argument("--json", action="store_true", help="print as one JSON object")
     i.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
-    i.add_argument("--set-threshold", type=_probability, metavar="T",
+    i.add_argument("--set-threshold", type=probability, metavar="T",
                    help="write threshold T on prob_fake into the model's metadata")
     i.add_argument("--threshold-source", metavar="TEXT",
                    help="how T was chosen, recorded in the model card (default: 'set by hand to T')")
@@ -68,15 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--in-place", action="store_true",
                    help="with --set-threshold: rewrite MODEL itself (atomically)")
     i.set_defaults(run=cmd_info)
-    for name in PLUGINS:
-        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
-            importlib.import_module(f"{__package__}.{name}").add_parser(sub)
     p.set_defaults(subparsers=sub.choices)  # main() reports a stray flag with its command's usage
     return p
-
-
-def _providers(text: str | None) -> list[str] | None:
-    return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
 
 def _engine_info_from_sidecar(model: str) -> dict[str, Any] | None:
@@ -134,7 +109,7 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .detector import Detector
 
     try:
-        det = Detector(args.model, providers=_providers(args.providers), workers=0)
+        det = Detector(args.model, providers=provider_list(args.providers), workers=0)
     except BackendUnavailableError as e:
         info = _engine_info_from_sidecar(args.model)
         if info is None:

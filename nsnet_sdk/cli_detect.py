@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import Any
 
-from .cli import _nonneg_int, _positive_int, _probability, _providers
+from .cli_args import nonneg_int, positive_int, probability, provider_list
 from .detector import DEFAULT_BATCH_SIZE
 from .errors import NSNetError
 from .preprocess import ImageScan, scan_image_paths
@@ -43,11 +43,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     existing.add_argument("--resume", action="store_true",
                           help="append to existing result files, skipping inputs already in them "
                           "(matched by path)")
-    d.add_argument("--threshold", type=_probability, help="decision threshold on prob_fake "
+    d.add_argument("--threshold", type=probability, help="decision threshold on prob_fake "
                    "(default: the model's)")
-    d.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+    d.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per batch ({DEFAULT_BATCH_SIZE})")
-    d.add_argument("--workers", type=_nonneg_int, default=None,
+    d.add_argument("--workers", type=nonneg_int, default=None,
                    help="decode workers (default: one per core; 0 = none)")
     d.add_argument("--decode", choices=("threads", "processes"), default="threads",
                    help="run the decode workers as threads (default) or as processes")
@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan,
 
     try:
         det = Detector(args.model, threshold=args.threshold,
-                       providers=_providers(args.providers), batch_size=args.batch_size,
+                       providers=provider_list(args.providers), batch_size=args.batch_size,
                        workers=args.workers, provenance=args.provenance_reader,
                        decode=args.decode)
     except (NSNetError, ValueError) as e:

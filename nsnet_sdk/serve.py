@@ -215,9 +215,9 @@ def is_loopback(host: str) -> bool:
 def _replicas(text: str) -> int | str:
     if text == "auto":
         return text
-    from .cli import _positive_int
+    from .cli_args import positive_int
 
-    return _positive_int(text)
+    return positive_int(text)
 
 
 def _size(text: str) -> int:
@@ -229,7 +229,7 @@ def _size(text: str) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``nsnet serve`` (Ray Serve is imported only when it runs)."""
-    from .cli import _positive_int, _probability
+    from .cli_args import positive_int, probability
 
     s = subparsers.add_parser(
         "serve", help="run an HTTP detection service on Ray Serve",
@@ -238,18 +238,18 @@ def add_parser(subparsers: Any) -> None:
         "Needs the [ray] extra.")
     s.add_argument("--model", "-m", required=True, help="model artifact (.onnx, .engine, run dir)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    s.add_argument("--port", type=_positive_int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    s.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
     s.add_argument("--address", help="Ray cluster: 'auto' or ray://host:10001 (default: local Ray)")
     s.add_argument("--replicas", type=_replicas, default=1, metavar="N|auto",
                    help="model replicas, or 'auto' for autoscaling (1)")
     s.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G", help="GPUs per replica")
-    s.add_argument("--max-batch", type=_positive_int, default=DEFAULT_MAX_BATCH,
+    s.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
                    help=f"requests per forward pass at most ({DEFAULT_MAX_BATCH})")
     s.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS,
                    help="how long a forward pass waits for more requests (5)")
     s.add_argument("--max-bytes", type=_size, default=DEFAULT_MAX_BYTES,
                    help="largest request body; larger ones get 413 (50MB)")
-    s.add_argument("--threshold", type=_probability, help="decision threshold (default: the model's)")
+    s.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
     s.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer <token>', "
                    "the token read from this environment variable")
     s.set_defaults(run=cmd_serve)

@@ -1,0 +1,29 @@
+"""Argument types shared by every ``nsnet`` subcommand's parser (so subcommand modules never import
+`nsnet_sdk.cli`, which imports them)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+
+def checked(kind: type, ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` that converts with ``kind`` and accepts only values where ``ok``."""
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+        return v
+    return parse
+
+
+positive_int = checked(int, lambda v: v >= 1, "a positive integer")
+nonneg_int = checked(int, lambda v: v >= 0, "an integer >= 0")
+probability = checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+
+
+def provider_list(text: str | None) -> list[str] | None:
+    """``--providers a,b`` → ``["a", "b"]``; None when not given."""
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
