@@ -1,7 +1,7 @@
 """Per-image cost of `nsnet detect --provenance` and of `Detector.explain`, as ratios against plain
 scoring measured in the same run on the same files.
 
-    python benchmarks/beyond_score.py [--model M.onnx] [--files 32] [--size 512] [--json OUT]
+    python -m benchmarks.beyond_score [--model M.onnx] [--files 32] [--size 512] [--json OUT]
 
 Rows (median ms per image over ``--repeat`` rounds):
 - ``provenance only``: `read_provenance` of plain JPEGs, of PNGs with generator text, of
@@ -26,11 +26,10 @@ from typing import Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from nsnet_sdk import Detector
+from nsnet_sdk.provenance import read_provenance
 
-from nsnet_sdk import Detector  # noqa: E402
-from nsnet_sdk.provenance import read_provenance  # noqa: E402
+from .provenance_samples import make_chain, sign_jpeg
 
 
 def median_ms(fn: Callable[[], object], repeat: int, per: int = 1) -> float:
@@ -70,9 +69,6 @@ def write_files(root: Path, n: int, size: int) -> dict[str, list[Path]]:
         q.write_bytes(png.tobytes()[:33] + chunk + png.tobytes()[33:])
         out["png_text"].append(q)
     try:
-        sys.path.insert(0, str(REPO / "tests"))
-        from _provenance_util import make_chain, sign_jpeg  # the signing the tests use
-
         chain, key, _ = make_chain(root)
         for i, p in enumerate(out["jpeg"]):
             s = root / f"signed_{i:03d}.jpg"

@@ -15,7 +15,7 @@ backend (export/parity.py; FP16 in a child process); INT8 parity is reported, no
   outliers that overflow fp16 in those reductions.
 - ``--int8``: dynamic INT8 (per-channel symmetric 7-bit weights, MatMul + fused Attention) of
   the optimised FP32 graph, for CPU serving (7 bits: exact on AVX2 CPUs without VNNI, see
-  `_quantize_int8`).
+  `quantize_int8`).
 - Models over 1 GiB of weights (ViT-L-14 FP32) are written with external data ``<out>.data``.
 """
 from __future__ import annotations
@@ -145,7 +145,7 @@ def save_onnx(model, path: Path) -> None:
                     location=data.name, size_threshold=1024)
 
 
-def _quantize_int8(src: Path, dst: Path) -> None:
+def quantize_int8(src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -179,7 +179,7 @@ def _transform(src: Path, tmp: Path, heads: int, width: int, *, fuse: bool, fp16
         proto = to_fp16(proto)
     if int8:  # quantize_dynamic works file to file
         save_onnx(proto, tmp / "fused.onnx")
-        _quantize_int8(tmp / "fused.onnx", tmp / "q.onnx")
+        quantize_int8(tmp / "fused.onnx", tmp / "q.onnx")
         proto = onnx.load(str(tmp / "q.onnx"))
     return proto, fused
 

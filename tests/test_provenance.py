@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _provenance_util import (AI_URI, jpeg_bytes, jpeg_with_app1, make_chain, png_bytes, png_chunk,
+from benchmarks.provenance_samples import (AI_URI, jpeg_bytes, jpeg_with_app1, make_chain, png_bytes, png_chunk,
                               png_with, sign_jpeg, xmp_packet)
 from nsnet_sdk.provenance import ProvenanceReader, read_provenance, scan_metadata
 

@@ -2,16 +2,19 @@
 on the root logger (onnxruntime.quantization) and text native code writes to fd 2."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=env)
 
 
 def test_root_logger_records_go_to_our_logger_and_install_no_handler():
@@ -44,14 +47,13 @@ def test_int8_quantization_prints_nothing_on_the_terminal(tmp_path):
     src = build_stand_in_onnx(tmp_path / "m.onnx", size=64)
     r = _run(f"""
         import logging, sys
-        sys.path.insert(0, {str(tmp_path.parent)!r})
         from pathlib import Path
-        from export.to_onnx import _quantize_int8
+        from export.to_onnx import quantize_int8
         logging.getLogger("export.to_onnx").setLevel(logging.DEBUG)
         seen = []
         logging.getLogger("export.to_onnx").addHandler(
             type("H", (logging.Handler,), {{"emit": lambda self, rec: seen.append(rec.getMessage())}})())
-        _quantize_int8(Path({str(src)!r}), Path({str(tmp_path / "q.onnx")!r}))
+        quantize_int8(Path({str(src)!r}), Path({str(tmp_path / "q.onnx")!r}))
         print(any("pre-process" in m for m in seen))
     """)
     assert r.returncode == 0, r.stderr

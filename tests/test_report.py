@@ -33,7 +33,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 def results(tmp_path_factory):
     """A folder of 14 images (one AI-declared by PNG metadata), one broken file, a hostile name,
     and `nsnet detect` results for it as JSONL (with --provenance) and CSV (without)."""
-    from _provenance_util import png_chunk, png_with
+    from benchmarks.provenance_samples import png_chunk, png_with
 
     root = tmp_path_factory.mktemp("rep")
     imgs = root / "imgs"
