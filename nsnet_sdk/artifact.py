@@ -8,16 +8,16 @@ onnxruntime, TensorRT, torch or safetensors ever parse it. Nothing is unpickled.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from . import containers
+from .containers import atomic_write, sha256_file  # noqa: F401  (part of this module's API)
 from .modelcard import (DEFAULT_THRESHOLD, VerdictBand, check_card, field_error, model_card,
                         probability)
 from .errors import ModelLoadError
@@ -64,24 +64,6 @@ def artifact_kind(path: str | Path) -> str:
             f"unknown model type {p.suffix or '(no suffix)'!r} for {p}; expected .engine/.plan, "
             ".onnx, .safetensors or a run directory", source=str(p))
     return kind
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` next to ``path`` and rename over it: a process killed mid-save never
-    leaves a torn artifact behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.chmod(tmp, 0o644)  # safetensors creates files owner-only; artifacts are meant to be shared
-    os.replace(tmp, path)
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (the ``source_sha256`` of an artifact)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def engine_sidecar(path: str | Path) -> Path:

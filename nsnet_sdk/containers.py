@@ -1,15 +1,18 @@
 """Byte-level readers of the two model containers, in pure Python and bounded: the ONNX protobuf
-(metadata and graph I/O, without touching the weights) and the safetensors header.
+(metadata and graph I/O, without touching the weights) and the safetensors header; and the two
+file helpers every artifact writer uses (atomic replacement, SHA-256).
 
 Hostile input ends in a `ModelLoadError` naming the file, never in a huge allocation or an
 exception from a native parser; `nsnet_sdk.artifact` interprets what these return.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
+import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import ModelLoadError
 
@@ -17,6 +20,24 @@ ONNX_FLOAT = 1  # TensorProto.FLOAT
 SAFETENSORS_HEADER_CAP = 100 << 20  # the safetensors library's own limit on the JSON header
 SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
                       "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp)`` next to ``path`` and rename over it: a process killed mid-save never
+    leaves a torn artifact behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.chmod(tmp, 0o644)  # safetensors creates files owner-only; artifacts are meant to be shared
+    os.replace(tmp, path)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (the ``source_sha256`` of an artifact)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # -- ONNX (protobuf) ---------------------------------------------------------------------------
