@@ -9,7 +9,6 @@ onnxruntime, TensorRT, torch or safetensors ever parse it. Nothing is unpickled.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass, field

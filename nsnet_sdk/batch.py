@@ -331,7 +331,7 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("nsnet batch needs Ray: pip install 'nsnet-sdk[ray]'")
     if args.gpus_per_worker < 0:
         parser.error("--gpus-per-worker must be >= 0")
-    from .cli_detect import _progress
+    from .cli_args import progress_bar
 
     bar = None
 
@@ -339,7 +339,7 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         nonlocal bar
         for w in s.warnings:
             print(f"nsnet: warning: {w}", file=sys.stderr)
-        bar = _progress(s.inputs, args.quiet)
+        bar = progress_bar(s.inputs, args.quiet)
         if bar is not None:
             bar.update(s.skipped)
 

@@ -25,7 +25,7 @@ from .errors import BackendUnavailableError, NSNetError, RandomWeightsWarning
 # ``fn(args, parser) -> int`` (``parser``: the subcommand's own, for its usage errors). Each module
 # imports its optional libraries (ray, matplotlib, c2pa) only inside ``fn``, so `nsnet --help`
 # stays light.
-PLUGINS = ("cli_detect", "batch", "serve", "explain", "report", "calibrate")
+PLUGINS = ("cli_detect", "batch", "serve", "cli_explain", "report", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, Callable
 
 
@@ -27,3 +28,12 @@ probability = checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 def provider_list(text: str | None) -> list[str] | None:
     """``--providers a,b`` → ``["a", "b"]``; None when not given."""
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def progress_bar(total: int, quiet: bool):
+    """A tqdm bar on stderr, or None where tqdm is not installed (the summary still counts)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True)

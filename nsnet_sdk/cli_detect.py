@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import Any
 
-from .cli_args import nonneg_int, positive_int, probability, provider_list
+from .cli_args import nonneg_int, positive_int, probability, progress_bar, provider_list
 from .detector import DEFAULT_BATCH_SIZE
 from .errors import NSNetError
 from .preprocess import ImageScan, scan_image_paths
@@ -91,14 +91,6 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one does not exist yet: compare where they would be
         return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _progress(total: int, quiet: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional at runtime; the summary still reports the counts
-        return None
-    return tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True)
 
 
 def _say(text: str) -> None:
@@ -192,7 +184,7 @@ def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan,
             _say(f"warning: {msg}")
         todo = [p for p in scan.files if not all(p in w.done for w in writers)]
         already = len(scan.files) - len(todo)
-        bar = _progress(len(todo), args.quiet)
+        bar = progress_bar(len(todo), args.quiet)
         counts, failure, interrupted = _score(det, todo, writers, sha, bar, args.batch_size)
         if bar is not None:
             bar.close()

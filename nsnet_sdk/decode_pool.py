@@ -15,28 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImageDecodeError, NSNetError, UnsupportedInputError, as_input_error
+from .errors import ImageDecodeError, as_input_error
+from .inputs import require_image, size_warnings
 from .preprocess import PatchConfig, normalize, patch_mosaic
 from .preprocess.decode import load_image_native
 
 DECODE_MODES = ("threads", "processes")
-ACCEPTED_INPUTS = ("a path (str or os.PathLike), encoded bytes, a numpy array (H×W gray, H×W×3 "
-                   "RGB, H×W×4 RGBA; channels='bgr' for OpenCV's order) or a PIL image, or a "
-                   "list/iterable of those (a 4-D array is a stack)")
 Handle = tuple  # (Future, index into the future's list of outcomes, or None for a single outcome)
 Outcome = tuple  # (the input's typed error or None, its warnings)
 
-__all__ = ["DECODE_MODES", "ACCEPTED_INPUTS", "is_pil", "is_image", "size_warnings", "prepare_into",
-           "make_decoder"]
-
-
-def is_pil(x: Any) -> bool:
-    return type(x).__module__.startswith("PIL.") and hasattr(x, "mode") and hasattr(x, "size")
-
-
-def is_image(x: Any) -> bool:
-    """One input of a kind the Detector scores: path, bytes, array or PIL image."""
-    return isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) or is_pil(x)
+__all__ = ["DECODE_MODES", "prepare_into", "make_decoder"]
 
 
 def prepare_into(src: Any, name: str, cfg: PatchConfig, max_pixels: int, out: np.ndarray,
@@ -50,9 +38,7 @@ def prepare_into(src: Any, name: str, cfg: PatchConfig, max_pixels: int, out: np
     RGB order, by `normalize`.
     """
     try:
-        if not is_image(src):
-            raise UnsupportedInputError(f"{name}: cannot score a {type(src).__name__}: "
-                                        f"expected {ACCEPTED_INPUTS}", source=name)
+        require_image(src, name)
         img, img_bgr = load_image_native(src, max_pixels=max_pixels, name=name)
         if bgr and isinstance(src, np.ndarray):
             img_bgr = True  # BGRA arrays lose their 4th channel in load_image_native: still BGR
@@ -60,15 +46,6 @@ def prepare_into(src: Any, name: str, cfg: PatchConfig, max_pixels: int, out: np
         return None, size_warnings(img, cfg.patch)
     except Exception as e:  # recorded per input; one bad file must not stop a batch
         return as_input_error(e, name), ()
-
-
-def size_warnings(img: np.ndarray, patch: int) -> tuple[str, ...]:
-    """The warning a `Prediction` carries when the image is smaller than one patch."""
-    h, w = img.shape[:2]
-    if h < patch or w < patch:
-        return (f"image is {w}x{h} pixels, smaller than one {patch}x{patch} patch: its few pixels "
-                "are repeated to fill the model input, so the score says little",)
-    return ()
 
 
 class _Decoder:

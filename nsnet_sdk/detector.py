@@ -16,65 +16,31 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .artifact import ModelMeta, artifact_kind, read_model_meta
 from .backends import Backend, load_backend
-from .decode_pool import ACCEPTED_INPUTS, DECODE_MODES, make_decoder, size_warnings as _size_warnings
-from .decode_pool import is_image as _is_image, is_pil as _is_pil
-from .errors import (InferenceError, PreprocessMismatchError, as_input_error, RandomWeightsWarning,
-                     UnsupportedInputError)
+from .decode_pool import DECODE_MODES, make_decoder
+from .errors import InferenceError, PreprocessMismatchError, RandomWeightsWarning, as_input_error
 from .gpu import resolve_pipeline  # torch loads only when a GPU pipeline is built
+from .inputs import (bgr_to_rgb, check_channels, is_single_input, iter_inputs, require_image,
+                     size_warnings, source_name)
 from .prediction import Prediction, sigmoid
-from .explain import Explanation, explain_image
 from .provenance import provenance_reader, with_provenance
 from .preprocess import MAX_PIXELS, PatchConfig, kernel_name, load_image
 
+if TYPE_CHECKING:
+    from .explain import Explanation
+
 ON_ERROR = ("raise", "record")
-CHANNELS = ("rgb", "bgr")
 DEFAULT_BATCH_SIZE = 32
+
+
 def default_workers() -> int:
     """Decode threads: one per core, at most 8 (beyond that the backend is the bottleneck)."""
     return max(1, min(8, os.cpu_count() or 1))
-
-
-def is_single_input(x: Any) -> bool:
-    """True for one image (path, bytes, H×W[×C] array, PIL image); False for a collection of them
-    (and for anything else, which `Detector.predict` then refuses).
-
-    A 4-D array is a stack of images and counts as a collection.
-    """
-    if isinstance(x, np.ndarray):
-        return x.ndim != 4
-    return _is_image(x)
-
-
-def _iter_inputs(x: Any) -> Iterator[Any]:
-    """An iterator over a collection of inputs; `UnsupportedInputError` for what is not one."""
-    if x is None or isinstance(x, (int, float, complex, dict)):  # dict: keys are not images
-        raise UnsupportedInputError(f"cannot score {type(x).__name__} {x!r:.80}: expected "
-                                    f"{ACCEPTED_INPUTS}")
-    try:
-        return iter(x)
-    except TypeError:
-        raise UnsupportedInputError(f"cannot score a {type(x).__name__}: expected "
-                                    f"{ACCEPTED_INPUTS}") from None
-
-
-def source_name(x: Any, index: int) -> str:
-    """How a Prediction names its input: the path as given (bytes paths decoded as `os.fsdecode`
-    does, undecodable bytes kept as surrogates), else ``<kind #index>``."""
-    if isinstance(x, (str, os.PathLike)):
-        return os.fsdecode(x)
-    if isinstance(x, (bytes, bytearray, memoryview)):
-        return f"<bytes #{index}>"
-    if isinstance(x, np.ndarray):
-        return f"<array #{index}>"
-    if _is_pil(x):
-        return f"<PIL #{index}>"
-    return f"<{type(x).__name__} #{index}>"
 
 
 class _InlineExecutor:
@@ -137,7 +103,7 @@ class Detector:
         self.batch_size = _check_batch_size(batch_size)
         self.workers = default_workers() if workers is None else _check_workers(workers)
         self.max_pixels = int(max_pixels)
-        self.channels, self.provenance = _check_channels(channels), provenance_reader(provenance)
+        self.channels, self.provenance = check_channels(channels), provenance_reader(provenance)
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         self.decode = decode
@@ -189,7 +155,7 @@ class Detector:
         """
         if is_single_input(inputs):
             mode = _check_on_error(on_error or "raise")
-            bgr = _check_channels(channels or self.channels) == "bgr"
+            bgr = check_channels(channels or self.channels) == "bgr"
             return list(self._pipeline(iter([inputs]), 1, 0, mode, bgr))[0]
         return list(self.predict_iter(inputs, batch_size=batch_size, workers=workers,
                                       on_error=on_error or "record", channels=channels))
@@ -202,14 +168,16 @@ class Detector:
         of inputs; ``inputs`` is consumed only a couple of batches ahead of the results. Inputs
         and ``channels`` as in `predict`; an element of an unsupported kind gets an
         `UnsupportedInputError` result (or raises it with ``on_error="raise"``)."""
-        items = iter([inputs]) if is_single_input(inputs) else _iter_inputs(inputs)
+        items = iter([inputs]) if is_single_input(inputs) else iter_inputs(inputs)
         bs = self.batch_size if batch_size is None else _check_batch_size(batch_size)
         nw = self.workers if workers is None else _check_workers(workers)
-        bgr = _check_channels(channels or self.channels) == "bgr"
+        bgr = check_channels(channels or self.channels) == "bgr"
         return self._pipeline(items, bs, nw, _check_on_error(on_error), bgr)
 
-    def explain(self, img: Any) -> Explanation:
+    def explain(self, img: Any) -> "Explanation":
         """Per-patch occlusion contributions to ``img``'s logit, one batched pass (nsnet_sdk.explain)."""
+        from .explain import explain_image
+
         return explain_image(self, img)
 
     def info(self) -> dict[str, Any]:
@@ -237,16 +205,14 @@ class Detector:
 
     def _load(self, src: Any, name: str, bgr: bool = False) -> np.ndarray:
         """``src`` decoded to RGB uint8 with the Detector's guards (typed errors naming it)."""
-        if not _is_image(src):
-            raise UnsupportedInputError(f"{name}: cannot score a {type(src).__name__}: "
-                                        f"expected {ACCEPTED_INPUTS}", source=name)
-        return load_image(_bgr_to_rgb(src) if bgr else src, max_pixels=self.max_pixels, name=name)
+        require_image(src, name)
+        return load_image(bgr_to_rgb(src) if bgr else src, max_pixels=self.max_pixels, name=name)
 
     def _prepare_gpu(self, chunk: list, names: list[str], bgr: bool) -> tuple[Any, list, list]:
         """The GPU pipeline's batch: (device batch of the good rows, errors, warnings)."""
         return self._gpu.prepare(chunk, lambda x, i: self._load(x, names[i], bgr),
                                  lambda e, i: as_input_error(e, names[i]),
-                                 lambda img: _size_warnings(img, self.config.patch))
+                                 lambda img: size_warnings(img, self.config.patch))
 
     def _pipeline(self, items: Iterator[Any], bs: int, workers: int,
                   on_error: str, bgr: bool = False) -> Iterator[Prediction]:
@@ -379,19 +345,6 @@ def _check_threshold(t: Any) -> float:
     if not (math.isfinite(t) and 0.0 <= t <= 1.0):
         raise ValueError(f"threshold must be in [0, 1], got {t}")
     return t
-
-
-def _bgr_to_rgb(x: Any) -> Any:
-    """An OpenCV-order (BGR / BGRA) array in RGB(A) order; anything else unchanged."""
-    if isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[2] in (3, 4):
-        return x[..., [2, 1, 0, 3][: x.shape[2]]]
-    return x
-
-
-def _check_channels(channels: Any) -> str:
-    if channels not in CHANNELS:
-        raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
-    return channels
 
 
 def _check_on_error(mode: str) -> str:

@@ -12,9 +12,6 @@ during training, so an occluded slot carries no texture and no colour cast.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ImageDecodeError, InferenceError, NSNetError, UnsupportedInputError
+from .inputs import ACCEPTED_INPUTS, bgr_to_rgb, is_image, source_name
 from .prediction import sigmoid
 from .preprocess import load_image, mosaic_slots, normalize, patch_entropies, patch_mosaic
 
@@ -87,16 +85,14 @@ def occlusion_batch(x: np.ndarray, grid: int, patch: int) -> np.ndarray:
 def explain_image(detector: "Detector", img: Any, name: str | None = None) -> Explanation:
     """`Detector.explain`: occlusion contributions of ``img`` (anything `Detector.predict` takes
     as one input). Raises the input's typed error (`ImageDecodeError`, ...) or `InferenceError`."""
-    from .detector import ACCEPTED_INPUTS, _bgr_to_rgb, _is_image, source_name
-
     name = name or source_name(img, 0)
     if detector._closed:  # the backend's sessions and buffers are gone
         raise InferenceError(f"{detector.model_path}: the Detector is closed", source=str(detector.model_path))
-    if not _is_image(img):
+    if not is_image(img):
         raise UnsupportedInputError(f"{name}: cannot explain a {type(img).__name__}: expected one of "
                                     f"{ACCEPTED_INPUTS}", source=name)
     try:
-        src = _bgr_to_rgb(img) if detector.channels == "bgr" else img
+        src = bgr_to_rgb(img) if detector.channels == "bgr" else img
         rgb = load_image(src, max_pixels=detector.max_pixels, name=name)
     except NSNetError:
         raise
@@ -161,79 +157,3 @@ def render_png(expl: Explanation, rgb: np.ndarray, path: str | Path, *, threshol
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-# -- CLI ------------------------------------------------------------------------------------------
-
-def add_parser(sub: Any) -> None:
-    """Register ``nsnet explain``."""
-    p = sub.add_parser("explain", help="per-patch explanations: PNG overlay + JSON per image",
-                       description="For each image: a PNG with the selected patches outlined on the "
-                       "original, coloured by how much occluding them moves the logit, and a JSON "
-                       "file with the boxes and contributions (docs/beyond-score.md).")
-    p.add_argument("paths", nargs="+", metavar="IMG", help="image files and/or directories")
-    p.add_argument("--model", "-m", required=True, help=".engine, .onnx or a run directory")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
-    p.add_argument("--recursive", "-r", action="store_true", help="scan directories recursively")
-    p.add_argument("--no-png", action="store_true", help="write the JSON files only (no matplotlib needed)")
-    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
-    p.set_defaults(run=cmd_explain)
-
-
-def _unique_stem(stem: str, taken: set[str]) -> str:
-    out, i = stem, 1
-    while out in taken:
-        i += 1
-        out = f"{stem}-{i}"
-    taken.add(out)
-    return out
-
-
-def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .detector import Detector
-    from .preprocess import iter_image_paths
-
-    if not args.no_png:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            parser.error("the PNG overlays need matplotlib (pip install matplotlib), or pass --no-png")
-    inputs, warnings = iter_image_paths(args.paths, args.recursive)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        parser.error(f"cannot create --out {out}: {e}")
-    providers = [s.strip() for s in args.providers.split(",") if s.strip()] if args.providers else None
-    try:
-        det = Detector(args.model, providers=providers, workers=0)
-    except (NSNetError, ValueError) as e:
-        print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
-        return 1
-    for w in warnings:
-        print(f"nsnet: warning: {w}", file=sys.stderr)
-    taken: set[str] = set()
-    done = failed = 0
-    with det, open(out / "explanations.jsonl", "w", encoding="utf-8") as index:
-        for src in inputs:
-            name = str(src)
-            stem = _unique_stem(Path(name).stem or "image", taken)
-            row: dict[str, Any] = {"source": name, "json": None, "png": None, "error": None}
-            try:
-                rgb = load_image(src, max_pixels=det.max_pixels, name=name)
-                expl = explain_rgb(det, rgb, name)
-                (out / f"{stem}.json").write_text(json.dumps(expl.to_dict()), encoding="utf-8")
-                row["json"] = f"{stem}.json"
-                if not args.no_png:
-                    render_png(expl, rgb, out / f"{stem}.png", threshold=det.threshold)
-                    row["png"] = f"{stem}.png"
-                done += 1
-            except InferenceError as e:
-                print(f"nsnet: error: inference failed on {name}: {e}", file=sys.stderr)
-                return 1
-            except NSNetError as e:  # one bad image: record it, go on with the rest
-                row["error"] = f"{type(e).__name__}: {e}"
-                failed += 1
-            index.write(json.dumps(row) + "\n")
-    print(f"nsnet: {done} explained, {failed} errors; written to {out}", file=sys.stderr)
-    return 0

@@ -1,0 +1,86 @@
+"""``nsnet explain IMG... --out DIR``: a PNG overlay and a JSON file of per-patch contributions for
+each image (`nsnet_sdk.explain` computes them)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cli_args import provider_list
+from .errors import InferenceError, NSNetError
+from .explain import explain_rgb, render_png
+from .preprocess import load_image
+
+def add_parser(sub: Any) -> None:
+    """Register ``nsnet explain``."""
+    p = sub.add_parser("explain", help="per-patch explanations: PNG overlay + JSON per image",
+                       description="For each image: a PNG with the selected patches outlined on the "
+                       "original, coloured by how much occluding them moves the logit, and a JSON "
+                       "file with the boxes and contributions (docs/beyond-score.md).")
+    p.add_argument("paths", nargs="+", metavar="IMG", help="image files and/or directories")
+    p.add_argument("--model", "-m", required=True, help=".engine, .onnx or a run directory")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    p.add_argument("--recursive", "-r", action="store_true", help="scan directories recursively")
+    p.add_argument("--no-png", action="store_true", help="write the JSON files only (no matplotlib needed)")
+    p.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
+    p.set_defaults(run=cmd_explain)
+
+
+def _unique_stem(stem: str, taken: set[str]) -> str:
+    out, i = stem, 1
+    while out in taken:
+        i += 1
+        out = f"{stem}-{i}"
+    taken.add(out)
+    return out
+
+
+def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .detector import Detector
+    from .preprocess import iter_image_paths
+
+    if not args.no_png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("the PNG overlays need matplotlib (pip install matplotlib), or pass --no-png")
+    inputs, warnings = iter_image_paths(args.paths, args.recursive)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"cannot create --out {out}: {e}")
+    try:
+        det = Detector(args.model, providers=provider_list(args.providers), workers=0)
+    except (NSNetError, ValueError) as e:
+        print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
+        return 1
+    for w in warnings:
+        print(f"nsnet: warning: {w}", file=sys.stderr)
+    taken: set[str] = set()
+    done = failed = 0
+    with det, open(out / "explanations.jsonl", "w", encoding="utf-8") as index:
+        for src in inputs:
+            name = str(src)
+            stem = _unique_stem(Path(name).stem or "image", taken)
+            row: dict[str, Any] = {"source": name, "json": None, "png": None, "error": None}
+            try:
+                rgb = load_image(src, max_pixels=det.max_pixels, name=name)
+                expl = explain_rgb(det, rgb, name)
+                (out / f"{stem}.json").write_text(json.dumps(expl.to_dict()), encoding="utf-8")
+                row["json"] = f"{stem}.json"
+                if not args.no_png:
+                    render_png(expl, rgb, out / f"{stem}.png", threshold=det.threshold)
+                    row["png"] = f"{stem}.png"
+                done += 1
+            except InferenceError as e:
+                print(f"nsnet: error: inference failed on {name}: {e}", file=sys.stderr)
+                return 1
+            except NSNetError as e:  # one bad image: record it, go on with the rest
+                row["error"] = f"{type(e).__name__}: {e}"
+                failed += 1
+            index.write(json.dumps(row) + "\n")
+    print(f"nsnet: {done} explained, {failed} errors; written to {out}", file=sys.stderr)
+    return 0
