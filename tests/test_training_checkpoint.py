@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import training  # noqa: F401  (registers nsnet-tiny)
+import nsnet_sdk.model  # noqa: F401  (registers nsnet-tiny)
 from nsnet_sdk.errors import ModelLoadError
 from nsnet_sdk.model import NSNet, load_checkpoint, save_checkpoint
 from nsnet_sdk.model.checkpoint import plain_state_dict
@@ -201,7 +201,9 @@ def test_train_state_round_trips_optimizer_and_loss_scale(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("flags", [("--temperature", "0"), ("--lora-rank", "-1"), ("--jpeg-quality", "80", "40"),
-                                   ("--jpeg-quality", "0", "90"), ("--blur-sigma", "2", "1")])
+                                   ("--jpeg-quality", "0", "90"), ("--blur-sigma", "2", "1"), ("--lr", "0"),
+                                   ("--val-split", "1"), ("--captions", "no-such-captions.txt"),
+                                   ("--pretrained", "no/such/weights.safetensors"), ("--resume", "--overwrite")])
 def test_bad_training_flags_are_usage_errors(tmp_path, flags) -> None:
     """Refused before any work: a NaN loss (τ = 0) or a crash in the first batch is no answer."""
     from training.train import main
@@ -213,8 +215,8 @@ def test_bad_training_flags_are_usage_errors(tmp_path, flags) -> None:
 
 
 @pytest.mark.parametrize("flags,needle", [(("--rank", "64"), "rank must be in"),
-                                          (("--captions", "no-such-captions.txt"), "no-such-captions.txt"),
-                                          (("--backbone", "ViT-Nope"), "ViT-Nope")])
+                                          (("--backbone", "ViT-Nope"), "ViT-Nope"),
+                                          (("--pretrained", "no-such-tag"), "no-such-tag")])
 def test_bad_training_inputs_end_in_one_error_line(tmp_path, flags, needle) -> None:
     from training.train import main
 

@@ -21,8 +21,8 @@ from training.synthetic import write_dataset
 
 from _training_util import tiny_run
 
-EPOCHS = 12
-TRAIN_FLAGS = ("--cache-features", "--lr", "1e-3", "--batch-size", "32", "--seed", "0")
+EPOCHS = 10  # training.train's default --epochs: the trained fixture runs at the default lr and epochs
+TRAIN_FLAGS = ("--cache-features", "--batch-size", "32", "--seed", "0")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def synth(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(synth, tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("run") / "run", *TRAIN_FLAGS, data=synth, epochs=EPOCHS)
+    return tiny_run(tmp_path_factory.mktemp("run") / "run", *TRAIN_FLAGS, data=synth, epochs=None)
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +53,12 @@ def test_reaches_90_percent_on_held_out_images(report) -> None:
     assert set(overall) == {"acc", "ap", "real_acc", "fake_acc", "n"}
     assert overall["n"] == 64  # the val split: 32 real + 32 fake, none seen in training
     assert overall["acc"] >= 0.90, overall
-    assert metrics["per_generator"]["tconv"] == overall
+    assert metrics["per_generator"]["tconv"] == dict(overall, seen=True)
 
 
 def test_report_files(report) -> None:
     table = (report / "table.md").read_text()
-    assert "| tconv |" in table and "| **mean** |" in table
+    assert "| tconv (seen) |" in table and "| **mean** |" in table
     for name in ("roc.png", "pr.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((report / "summary.json").read_text())
@@ -68,6 +68,7 @@ def test_report_files(report) -> None:
 def test_run_directory_contents(trained) -> None:
     meta = json.loads((trained / "nsnet.json").read_text())
     assert meta["training"]["epochs"] == EPOCHS
+    assert meta["training"]["lr"] == 1e-3  # the default for a frozen backbone (head only)
     assert meta["data"]["skipped"] == 2 and meta["data"]["n_images"] == 128
     assert meta["data"]["generators"] == ["tconv"]
     lines = [json.loads(ln) for ln in (trained / "metrics.jsonl").read_text().splitlines()]
@@ -125,29 +126,79 @@ def test_resume_drops_log_records_of_an_epoch_without_checkpoint(tmp_path) -> No
     records = [json.loads(ln) for ln in log_path.read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3] and records[2]["loss"] != 9.0
 
-def test_calibrate_fpr_rewrites_threshold(trained, synth, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def own_reals(tmp_path_factory):
+    """A plain folder of real images (no dataset layout), none of them in ``synth``."""
+    other = write_dataset(tmp_path_factory.mktemp("other"), ["tconv"], n_train=0, n_val=16, seed=7, progress=False)
+    folder = tmp_path_factory.mktemp("own_reals")
+    for p in sorted((other / "tconv" / "val" / "nature").glob("*.png")):
+        shutil.copy(p, folder / p.name)
+    (folder / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff")  # reported as skipped, not fatal
+    return folder
+
+
+def test_calibrate_fpr_leaves_the_checkpoint_alone_by_default(trained, synth, own_reals, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "nsnet.json").read_bytes()
+    out = tmp_path / "rep"
+    assert evaluate_main(["--ckpt", str(run), "--data", str(synth), "--out", str(out), "--quiet",
+                          "--calibrate-fpr", "0.1", "--calibration", str(own_reals)]) == 0
+    assert (run / "nsnet.json").read_bytes() == before
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["n_real"] == 16 and cal["skipped"] == 1 and list(cal["skipped_files"]) == [str(own_reals / "zz_broken.jpg")]
+    assert cal["written_to"] is None and cal["previous_threshold"] == 0.5 and not cal["on_eval_data"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["threshold"] == cal["threshold"] != 0.5 and summary["threshold_calibrated"]
+    # the threshold really gives FPR <= 0.1 on those reals
+    model = NSNet.from_checkpoint(run)
+    x = torch.from_numpy(np.stack([preprocess(load_image(p)) for p in sorted(own_reals.glob("*.png"))]))
+    with torch.no_grad():
+        probs = torch.sigmoid(model(x)).numpy()
+    # (the threshold sits just above one real's score: allow for batch-size rounding between the two paths)
+    assert np.mean(probs >= cal["threshold"] + 1e-5) <= 0.1
+
+
+def test_write_threshold_stores_it_in_the_checkpoint(trained, synth, own_reals, tmp_path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     out = tmp_path / "rep"
     assert evaluate_main(["--ckpt", str(run), "--data", str(synth), "--out", str(out), "--quiet",
-                          "--calibrate-fpr", "0.1"]) == 0
+                          "--calibrate-fpr", "0.1", "--calibration", str(own_reals), "--write-threshold"]) == 0
     meta = json.loads((run / "nsnet.json").read_text())
-    assert meta["calibration"]["fpr"] == 0.1 and meta["calibration"]["n_real"] == 32
-    assert meta["threshold"] != 0.5
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["overall"]["real_acc"] >= 0.9  # FPR ≤ 0.1 on the calibration reals (= these reals)
-    assert json.loads((out / "summary.json").read_text())["threshold"] == meta["threshold"]
+    cal = json.loads((out / "calibration.json").read_text())
+    assert meta["threshold"] == cal["threshold"] != 0.5 and cal["written_to"] == str(run / "nsnet.json")
+    assert meta["calibration"]["fpr"] == 0.1 and meta["calibration"]["n_real"] == 16
+    assert meta["calibration"]["skipped"] == 1 and "FPR <= 0.1" in meta["threshold_source"]
 
 
-
-def test_calibrate_data_that_is_not_a_dataset_is_a_clean_error(trained, synth, tmp_path) -> None:
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_calibrating_on_the_evaluated_data_needs_saying_so(trained, synth, tmp_path, where) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained, run)
+    cal = synth if where == "same" else synth / "tconv"
+    argv = ["--ckpt", str(run), "--data", str(synth), "--out", str(tmp_path / "rep"), "--quiet",
+            "--calibrate-fpr", "0.1", "--calibration", str(cal)]
     with pytest.raises(SystemExit) as e:
-        evaluate_main(["--ckpt", str(run), "--data", str(synth), "--out", str(tmp_path / "rep"), "--quiet",
-                       "--calibrate-fpr", "0.1", "--calibrate-data", str(tmp_path / "missing")])
-    assert str(e.value).startswith("error: --calibrate-data:") and "missing" in str(e.value)
+        evaluate_main(argv)
+    assert e.value.code == 2 and not (tmp_path / "rep").exists()
+    with pytest.raises(SystemExit) as e:  # no calibration folder at all
+        evaluate_main(argv[:-2])
+    assert e.value.code == 2
+    assert evaluate_main(argv + ["--calibrate-on-eval-data"]) == 0
+    doc = json.loads((tmp_path / "rep" / "calibration.json").read_text())
+    assert doc["on_eval_data"] and doc["n_real"] == 32
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert metrics["overall"]["real_acc"] >= 0.9  # FPR <= 0.1 on the calibration reals (= these reals)
     assert json.loads((run / "nsnet.json").read_text())["threshold"] == 0.5
+
+
+def test_missing_calibration_folder_is_a_usage_error(trained, synth, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(["--ckpt", str(trained), "--data", str(synth), "--out", str(tmp_path / "rep"), "--quiet",
+                       "--calibrate-fpr", "0.1", "--calibration", str(tmp_path / "missing")])
+    assert e.value.code == 2 and "--calibration" in capsys.readouterr().err
+
 
 def test_robustness_tables(trained, synth, tmp_path) -> None:
     out = tmp_path / "rob"

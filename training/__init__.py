@@ -1,8 +1,6 @@
 """NS-Net training: semantic null-space projector, losses, data, train/evaluate CLIs.
 
-Importing this package registers the small random-init open_clip config ``nsnet-tiny`` (through
-`nsnet_sdk.model`) so tests and the demo never need downloaded weights.
+Importing this package imports nothing heavy, so ``python -m training.train --help`` answers
+without loading torch; `training.backbone` (through `nsnet_sdk.model`) registers the small
+random-init open_clip config ``nsnet-tiny`` when a model is built.
 """
-from __future__ import annotations
-
-import nsnet_sdk.model  # noqa: F401  (registers nsnet-tiny with open_clip)

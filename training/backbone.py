@@ -33,14 +33,18 @@ def wants_quick_gelu(backbone: str, pretrained: str | None) -> bool:
 
 def load_clip(backbone: str, pretrained: str | None, device: str | torch.device = "cpu",
               quick_gelu: bool | None = None) -> tuple[nn.Module, object, bool]:
-    """(open_clip model, its tokenizer, quick_gelu used). ``pretrained`` 'none' → random weights."""
+    """(open_clip model, its tokenizer, quick_gelu used). ``pretrained`` 'none' → random weights;
+    a tag or file is resolved by `training.weights.locate` first, so a tag whose weights are not on
+    an offline machine fails at once with WeightsUnavailable instead of retrying downloads."""
+    from training.weights import locate
+
     if backbone not in open_clip.list_models():
         raise ValueError(f"unknown open_clip backbone {backbone!r} (e.g. ViT-B-32, ViT-L-14, nsnet-tiny)")
-    tag = resolve_pretrained(pretrained)
+    found = locate(backbone, pretrained)
     if quick_gelu is None:
-        quick_gelu = wants_quick_gelu(backbone, tag)
+        quick_gelu = found.quick_gelu if found.quick_gelu is not None else wants_quick_gelu(backbone, None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="QuickGELU mismatch")
-        model = open_clip.create_model(backbone, pretrained=tag, device=device, force_quick_gelu=quick_gelu)
+        model = open_clip.create_model(backbone, pretrained=found.arg, device=device, force_quick_gelu=quick_gelu)
     model.eval()
     return model, open_clip.get_tokenizer(backbone), quick_gelu

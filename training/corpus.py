@@ -20,10 +20,11 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from training.cli_common import BANKS
+
 log = logging.getLogger(__name__)
 
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
-BANKS = ("default", "coco", "none")
 CAPTION_COLUMNS = ("caption", "text", "prompt")
 
 

@@ -25,11 +25,11 @@ import torch
 from torch.utils.data import Dataset
 
 from nsnet_sdk.errors import NSNetError
+from training.cli_common import LAYOUTS
 from nsnet_sdk.preprocess import DEFAULT, IMAGE_SUFFIXES, PatchConfig, load_image, normalize, patch_mosaic
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("auto", "genimage", "ufd", "flat")
 # The files `nsnet detect` lists in a folder: a file the decoder then refuses (HEIC) is counted as skipped.
 IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 REAL, FAKE = 0, 1
@@ -133,6 +133,22 @@ def discover(root: str | Path, layout: str = "auto", split: str | None = None,
             raise ValueError(f"{root}: generator(s) {sorted(unknown)} not found")
         samples = [s for s in samples if s.generator in wanted]
     return sorted(samples, key=lambda s: (s.generator, s.label, str(s.path)))
+
+
+def split_off(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, val): ``fraction`` of each (generator, label) group, at least one image of a group of
+    two or more, drawn with ``seed``; the same call always gives the same split."""
+    import random
+
+    groups: dict[tuple[str, int], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault((s.generator, s.label), []).append(s)
+    held: set[Path] = set()
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda s: str(s.path))
+        k = min(len(members) - 1, max(1, round(fraction * len(members)))) if fraction > 0 else 0
+        held |= {s.path for s in random.Random(f"{seed}/{key[0]}/{key[1]}").sample(members, k)}
+    return [s for s in samples if s.path not in held], [s for s in samples if s.path in held]
 
 
 @dataclass(frozen=True)

@@ -1,77 +1,137 @@
 """Evaluate a run directory on a benchmark folder, per generator, in the paper's table form.
 
 ``python -m training.evaluate --ckpt RUN --data ROOT --out REPORT [--layout auto] [--robustness]
-[--calibrate-fpr 0.05 [--calibrate-data VAL_ROOT]]``
+[--calibrate-fpr 0.05 --calibration REAL_DIR [--write-threshold]]``
 
 REPORT gets ``metrics.json`` ({"overall": {...}, "per_generator": {name: {...}}} with keys acc, ap,
-real_acc, fake_acc, n), ``table.md``, ``roc.png``, ``pr.png``, ``summary.json`` (threshold,
-skipped files, timing) and with ``--robustness`` ``robustness.json`` plus one table per
-perturbation in ``table.md``.
+real_acc, fake_acc, n, seen), ``table.md`` (generators in the checkpoint's training data marked
+"(seen)", the others "(unseen)"), ``roc.png``, ``pr.png``, ``summary.json`` (threshold, skipped
+files, timing), with ``--robustness`` ``robustness.json`` plus one table per perturbation in
+``table.md``, and with ``--calibrate-fpr`` ``calibration.json``. The checkpoint is never changed
+unless ``--write-threshold`` asks for it.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
-from nsnet_sdk.errors import ModelLoadError
-from nsnet_sdk.preprocess import PatchConfig
-from nsnet_sdk.model import load_checkpoint
-from nsnet_sdk.model.checkpoint import update_meta
-from training.data import ImageDataset, SkipLog, detect_layout, discover, downscale, gaussian_blur, jpeg
-from training.infer import score
-from training.metrics import detection_metrics, threshold_for_fpr
-from training.train import pick_device
+from training.cli_common import LAYOUT_HELP, LAYOUTS, HelpFormatter, check_dir
+
+if TYPE_CHECKING:
+    import torch
+
+    from nsnet_sdk.preprocess import PatchConfig
 
 log = logging.getLogger("training.evaluate")
 
+
+@dataclass(frozen=True)
+class _Perturbation:
+    """rgb → rgb: training.data's function ``name`` with ``kw`` bound; imported on first call (it needs
+    torch) and picklable for DataLoader workers."""
+
+    name: str
+    kw: tuple[tuple[str, float], ...]
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        from training import data
+
+        return getattr(data, self.name)(rgb, **dict(self.kw))
+
+
 # name → rgb → rgb; the perturbations of the robustness study.
 PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "jpeg95": functools.partial(jpeg, quality=95),
-    "jpeg75": functools.partial(jpeg, quality=75),
-    "jpeg50": functools.partial(jpeg, quality=50),
-    "blur1": functools.partial(gaussian_blur, sigma=1.0),
-    "blur2": functools.partial(gaussian_blur, sigma=2.0),
-    "down0.5": functools.partial(downscale, factor=0.5),
+    "jpeg95": _Perturbation("jpeg", (("quality", 95),)),
+    "jpeg75": _Perturbation("jpeg", (("quality", 75),)),
+    "jpeg50": _Perturbation("jpeg", (("quality", 50),)),
+    "blur1": _Perturbation("gaussian_blur", (("sigma", 1.0),)),
+    "blur2": _Perturbation("gaussian_blur", (("sigma", 2.0),)),
+    "down0.5": _Perturbation("downscale", (("factor", 0.5),)),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--ckpt", required=True, help="run directory (nsnet.safetensors + nsnet.json)")
     p.add_argument("--data", required=True, help="benchmark root")
     p.add_argument("--out", required=True, help="report directory to write")
-    p.add_argument("--layout", default="auto", choices=["auto", "genimage", "ufd", "flat"])
+    p.add_argument("--layout", default="auto", choices=LAYOUTS, help=LAYOUT_HELP)
     p.add_argument("--split", default="val", help="GenImage split folder to evaluate (ignored by other layouts)")
     p.add_argument("--generators", default=None, help="comma-separated generator names (default: all)")
     p.add_argument("--robustness", action="store_true",
                    help="also evaluate under JPEG 95/75/50, Gaussian blur σ 1/2 and 0.5× downscaling")
-    p.add_argument("--calibrate-fpr", type=float, default=None,
-                   help="first set the checkpoint's threshold to give this FPR on real images of --calibrate-data")
-    p.add_argument("--calibrate-data", default=None,
-                   help="validation root for --calibrate-fpr (default: --data; GenImage uses its 'val' split)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    c = p.add_argument_group("threshold calibration")
+    c.add_argument("--calibrate-fpr", type=float, default=None, metavar="F",
+                   help="score this report at the threshold that gives false-positive rate <= F on the real "
+                        "images of --calibration (written to calibration.json; the checkpoint is unchanged "
+                        "unless --write-threshold)")
+    c.add_argument("--calibration", "--calibrate-data", dest="calibration", default=None, metavar="DIR",
+                   help="real images to calibrate on, kept apart from --data: a dataset root (its real "
+                        "images; GenImage: the val split) or any folder of real images")
+    c.add_argument("--calibrate-on-eval-data", action="store_true",
+                   help="calibrate on --data itself (the scored images set their own threshold: the "
+                        "reported false-positive rate is then optimistic)")
+    c.add_argument("--write-threshold", action="store_true",
+                   help="also store the calibrated threshold in --ckpt's nsnet.json (models exported "
+                        "earlier keep theirs: re-export, or pass it to `nsnet detect --threshold`)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy shared box)")
     return p
 
 
-def per_generator(probs: np.ndarray, labels: np.ndarray, gens: np.ndarray, threshold: float) -> dict:
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors that need no torch: paths, and a calibration that would leak into the scores."""
+    ckpt = Path(args.ckpt)
+    if not (ckpt / "nsnet.json").is_file():
+        parser.error(f"--ckpt {ckpt}: not a run directory (no nsnet.json)")
+    check_dir(parser, "--data", args.data)
+    if args.calibrate_fpr is None:
+        if args.calibration or args.write_threshold or args.calibrate_on_eval_data:
+            parser.error("--calibration / --write-threshold / --calibrate-on-eval-data need --calibrate-fpr F")
+        return
+    if not 0.0 <= args.calibrate_fpr < 1.0:
+        parser.error("--calibrate-fpr must be in [0, 1)")
+    if args.calibration is None and not args.calibrate_on_eval_data:
+        parser.error("--calibrate-fpr needs --calibration DIR (real images that are not in --data), or "
+                     "--calibrate-on-eval-data to calibrate on the evaluated images themselves")
+    if args.calibration is not None:
+        check_dir(parser, "--calibration", args.calibration)
+        cal, data = Path(args.calibration).resolve(), Path(args.data).resolve()
+        if (cal == data or cal.is_relative_to(data) or data.is_relative_to(cal)) and not args.calibrate_on_eval_data:
+            parser.error(f"--calibration {args.calibration} overlaps --data {args.data}: the threshold would be "
+                         "chosen on the images it is scored on; use a separate folder, or say "
+                         "--calibrate-on-eval-data")
+
+
+def seen_generators(meta: dict) -> set[str] | None:
+    """Generators of the checkpoint's training data (nsnet.json ``data.generators``); None when the
+    checkpoint never saw images (--epochs 0) or does not say."""
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    gens = data.get("generators") or []
+    return {str(g) for g in gens} if data.get("n_images") and gens else None
+
+
+def per_generator(probs: np.ndarray, labels: np.ndarray, gens: np.ndarray, threshold: float,
+                  seen: set[str] | None = None) -> dict:
+    from training.metrics import detection_metrics
+
     return {
         "overall": detection_metrics(probs, labels, threshold),
-        "per_generator": {g: detection_metrics(probs[gens == g], labels[gens == g], threshold)
+        "per_generator": {g: dict(detection_metrics(probs[gens == g], labels[gens == g], threshold),
+                                  seen=None if seen is None else g in seen)
                           for g in sorted(set(gens.tolist()))},
     }
 
@@ -81,11 +141,13 @@ def _pct(v) -> str:
 
 
 def markdown_table(result: dict, title: str) -> str:
-    """One row per generator, then the mean over generators (how the paper reports), then all images."""
+    """One row per generator ("(seen)" / "(unseen)": in the checkpoint's training data or not), then the
+    mean over generators (how the paper reports), then all images."""
     rows = [f"### {title}", "", "| Generator | Acc | AP | Real acc | Fake acc | N |", "|---|---:|---:|---:|---:|---:|"]
     per = result["per_generator"]
     for g, m in per.items():
-        rows.append(f"| {g} | {_pct(m['acc'])} | {_pct(m['ap'])} | {_pct(m['real_acc'])} | {_pct(m['fake_acc'])} | {m['n']} |")
+        mark = {True: " (seen)", False: " (unseen)"}.get(m.get("seen"), "")
+        rows.append(f"| {g}{mark} | {_pct(m['acc'])} | {_pct(m['ap'])} | {_pct(m['real_acc'])} | {_pct(m['fake_acc'])} | {m['n']} |")
     means = {}
     for k in ("acc", "ap", "real_acc", "fake_acc"):
         vals = [m[k] for m in per.values() if m[k] is not None]
@@ -131,11 +193,21 @@ def plot_curves(probs: np.ndarray, labels: np.ndarray, gens: np.ndarray, out: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)  # before torch
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("training").setLevel(logging.INFO)
-    if args.calibrate_fpr is not None and not 0.0 <= args.calibrate_fpr < 1.0:
-        build_parser().error("--calibrate-fpr must be in [0, 1)")
+
+    import torch
+
+    from nsnet_sdk.errors import ModelLoadError
+    from nsnet_sdk.model import load_checkpoint
+    from nsnet_sdk.preprocess import PatchConfig
+    from training.data import ImageDataset, SkipLog, detect_layout, discover
+    from training.infer import score
+    from training.train import pick_device
+
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,19 +227,28 @@ def main(argv: list[str] | None = None) -> int:
     if not samples:
         raise SystemExit(f"error: no images under {args.data} (layout {layout}, split {args.split})")
 
-    threshold = float(meta.get("threshold", 0.5))
-    if args.calibrate_fpr is not None:
-        threshold = calibrate(model, args, cfg, device, gens)
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    threshold = float(meta.get("threshold", 0.5))
+    calibration = None
+    if args.calibrate_fpr is not None:
+        calibration = calibrate(model, args, cfg, device, gens, previous=threshold)
+        threshold = calibration["threshold"]
+        (out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
+
+    seen = seen_generators(meta)
     skips = SkipLog(samples)
     probs, labels, idx = score(model, ImageDataset(samples, cfg), args.batch_size, device, args.workers, progress, skips)
     gen_names = np.array([samples[i].generator for i in idx])
-    result = per_generator(probs, labels, gen_names, threshold)
+    result = per_generator(probs, labels, gen_names, threshold, seen)
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    how = (f"calibrated here for FPR <= {args.calibrate_fpr} on {calibration['data']}" if calibration
+           else f"the checkpoint's ({meta.get('threshold_source', 'as stored in nsnet.json')})")
+    seen_note = (f"(seen) = in the checkpoint's training data ({', '.join(sorted(seen))}); (unseen) = not."
+                 if seen else "The checkpoint records no training data, so no generator is marked seen.")
     tables = [f"# NS-Net evaluation\n\ncheckpoint `{args.ckpt}` ({meta['backbone']}, {meta.get('pretrained')}), "
-              f"data `{args.data}` ({layout}), threshold {threshold:.4g} on prob_fake; percentages.\n",
+              f"data `{args.data}` ({layout}), threshold {threshold:.4g} on prob_fake, {how}; percentages. "
+              f"{seen_note}\n",
               markdown_table(result, "clean")]
     plot_curves(probs, labels, gen_names, out)
 
@@ -176,13 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in PERTURBATIONS.items():
             p, y, i = score(model, ImageDataset(samples, cfg, transform=fn), args.batch_size, device, args.workers,
                             progress, skips, desc=name)  # the clean pass already warned about each bad file
-            robustness[name] = per_generator(p, y, np.array([samples[j].generator for j in i]), threshold)
+            robustness[name] = per_generator(p, y, np.array([samples[j].generator for j in i]), threshold, seen)
             tables.append(markdown_table(robustness[name], name))
         (out / "robustness.json").write_text(json.dumps(robustness, indent=2) + "\n")
     (out / "table.md").write_text("\n".join(tables))
     (out / "summary.json").write_text(json.dumps({
         "checkpoint": str(args.ckpt), "data": str(args.data), "layout": layout, "split": args.split,
-        "threshold": threshold, "n_images": len(samples), "skipped": skips.count,
+        "threshold": threshold, "threshold_calibrated": calibration is not None,
+        "seen_generators": sorted(seen) if seen else None, "n_images": len(samples), "skipped": skips.count,
         "skipped_files": skips.bad, "seconds": round(time.perf_counter() - t_start, 2),
     }, indent=2) + "\n")
     o = result["overall"]
@@ -191,26 +273,57 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def calibrate(model, args, cfg: PatchConfig, device: torch.device, gens) -> float:
-    """Threshold giving ``--calibrate-fpr`` on the real calibration images; written to the checkpoint."""
-    root = Path(args.calibrate_data or args.data)
+def _real_images(root: Path, layout: str, gens) -> list:
+    """The real images of a calibration folder: its real class when it has a dataset layout (GenImage:
+    the val split), else every image under it."""
+    from training.data import REAL, Sample, _images, detect_layout, discover
+
+    if layout == "auto":
+        try:
+            layout = detect_layout(root)
+        except ValueError:  # no layout: a plain folder of one's own real images
+            return [Sample(p, REAL, root.name) for p in _images(root)]
+    return [s for s in discover(root, layout, split="val" if layout == "genimage" else None, generators=gens)
+            if s.label == REAL]
+
+
+def calibrate(model, args, cfg: PatchConfig, device: torch.device, gens, previous: float) -> dict:
+    """The threshold giving ``--calibrate-fpr`` on the real calibration images, with what it was
+    computed on and the files skipped; stored in the checkpoint only with ``--write-threshold``."""
+    from nsnet_sdk.model.checkpoint import update_meta
+    from training.data import ImageDataset, SkipLog
+    from training.infer import score
+    from training.metrics import threshold_for_fpr
+
+    root = Path(args.calibration or args.data)
     try:
-        layout = detect_layout(root) if args.layout == "auto" else args.layout
-        samples = [s for s in discover(root, layout, split="val" if layout == "genimage" else None, generators=gens)
-                   if s.label == 0]
+        samples = _real_images(root, args.layout, gens)
     except ValueError as exc:
-        raise SystemExit(f"error: --calibrate-data: {exc}") from None
+        raise SystemExit(f"error: --calibration: {exc}") from None
+    skips = SkipLog(samples)
     probs, labels, _ = score(model, ImageDataset(samples, cfg), args.batch_size, device, args.workers,
-                             not args.quiet, SkipLog(samples), desc="calibrating")
+                             not args.quiet, skips, desc="calibrating")
     try:
         threshold = threshold_for_fpr(probs, labels, args.calibrate_fpr)
     except ValueError as exc:
         raise SystemExit(f"error: {root}: {exc}") from None
-    update_meta(args.ckpt, threshold=threshold,
-                calibration={"fpr": args.calibrate_fpr, "data": str(root), "n_real": int(len(probs))})
-    log.info("threshold %.6g gives FPR <= %.3f on %d real images of %s (written to %s)", threshold,
-             args.calibrate_fpr, len(probs), root, args.ckpt)
-    return threshold
+    doc = {"fpr": args.calibrate_fpr, "threshold": threshold, "previous_threshold": previous, "data": str(root),
+           "n_real": int(len(probs)), "skipped": skips.count, "skipped_files": skips.bad,
+           "on_eval_data": args.calibration is None or bool(args.calibrate_on_eval_data),
+           "written_to": None}
+    log.info("threshold %.6g gives FPR <= %.3f on %d real images of %s (%d skipped%s)", threshold,
+             args.calibrate_fpr, len(probs), root, skips.count,
+             ": listed in calibration.json" if skips.count else "")
+    if args.write_threshold:
+        update_meta(args.ckpt, threshold=threshold,
+                    threshold_source=f"calibrated: FPR <= {args.calibrate_fpr} on {len(probs)} real images of {root}",
+                    calibration={k: doc[k] for k in ("fpr", "data", "n_real", "skipped", "previous_threshold")})
+        doc["written_to"] = str(Path(args.ckpt) / "nsnet.json")
+        log.info("wrote threshold %.6g to %s (was %.6g); models exported earlier keep their own: re-export "
+                 "them or pass `nsnet detect --threshold %.6g`", threshold, doc["written_to"], previous, threshold)
+    else:
+        log.info("%s unchanged (threshold %.6g); --write-threshold stores the new one", args.ckpt, previous)
+    return doc
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from nsnet_sdk.preprocess import PatchConfig
-from training.data import Augment, ImageDataset, SkipLog, detect_layout, discover, loader, summary
+from training.data import Augment, ImageDataset, SkipLog, detect_layout, discover, loader, split_off, summary
 from training.infer import autocast, probs_from_features, run_dataset, score
 from training.losses import nsnet_loss
 from training.metrics import detection_metrics
@@ -65,6 +65,15 @@ def fit(args, model, optimizer, scaler: torch.amp.GradScaler, meta: dict[str, An
         raise SystemExit(f"error: {exc}") from None
     if not train:
         raise SystemExit(f"error: no training images under {root} (layout {layout})")
+    val_split = args.val_split
+    if val and val_split:
+        log.info("validating on the %s layout's val folders; --val-split %g not applied", layout, val_split)
+    elif val_split:
+        train, val = split_off(train, val_split, args.seed)
+        log.info("--val-split %g: %d training images held out to validate on", val_split, len(val))
+    elif not val:
+        log.warning("no validation split under %s (layout %s): metrics.jsonl gets no val_* figures; "
+                    "pass --val-split 0.1 to hold out 10%% of the training images", root, layout)
     if len({s.label for s in train}) < 2:
         log.warning("training data has only one class (%s): the detector cannot learn to separate",
                     "real" if train[0].label == 0 else "fake")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_TEMPERATURE = 0.07
+from training.cli_common import DEFAULT_TEMPERATURE
+
 
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:

@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from nsnet_sdk.model.network import NullSpace, project  # noqa: F401  (the projection itself)
+from training.cli_common import DEFAULT_ENERGY
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ENERGY = 0.95
 
 
 @dataclass(frozen=True)
