@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from training.cli_common import DEFAULT_EPOCHS
 from training.synthetic import GENERATORS  # the demo's data comes from training's own generator
 
 NOTICE = ("NOTE: this model is a DEMONSTRATION of the pipeline: a randomly initialised tiny CLIP "
@@ -60,6 +61,20 @@ class Report:
         doc = {"notice": NOTICE, "config": self.config, "steps": self.steps, "failed": self.failed,
                "total_seconds": round(sum(s["seconds"] for s in self.steps), 2), **self.results}
         (self.out / "demo.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _tool(name: str) -> str:
+    """How to invoke ``name`` ('python' or 'nsnet') so a printed command runs as printed: the
+    interpreter running the demo (relative to the working folder when inside it, e.g.
+    .venv/bin/python after `make demo`) and the nsnet script installed beside it."""
+    exe = Path(sys.executable)
+    path = exe if name == "python" else exe.with_name(name)
+    if not path.exists():
+        return name
+    try:
+        return shlex.quote(str(path.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(path))
 
 
 def _say(text: str = "") -> None:
@@ -134,12 +149,12 @@ class Steps:
         _say(f"  seen (train + val): {', '.join(self.seen)}")
         _say(f"  held out (val only, never trained on): {a.held_out}")
         common = ["--size", str(a.size)]
-        _call("synthesise", "python -m training.synthetic", synthetic.main,
+        _call("synthesise", f"{_tool('python')} -m training.synthetic", synthetic.main,
               [str(self.data), "--generators", ",".join(self.seen), "--n-train", str(a.n),
                "--n-val", str(a.n_val), "--seed", str(a.seed), *common])
         # The held-out generator gets no training images at all; another seed keeps its scenes
         # distinct from the seen generators' ones.
-        _call("synthesise", "python -m training.synthetic", synthetic.main,
+        _call("synthesise", f"{_tool('python')} -m training.synthetic", synthetic.main,
               [str(self.data), "--generators", a.held_out, "--n-train", "0", "--n-val", str(a.n_val),
                "--seed", str(a.seed + 1), *common])
         n = {g: sum(1 for p in (self.data / g).rglob("*.png")) for g in GENERATORS}
@@ -151,11 +166,13 @@ class Steps:
         from training.train import main as train_main
 
         a = self.a
-        argv = ["--data", str(self.data), "--out", str(self.run), "--layout", "genimage",
+        # --overwrite: the printed command, re-run by hand, replaces this run instead of being refused.
+        argv = ["--data", str(self.data), "--out", str(self.run), "--overwrite", "--layout", "genimage",
                 "--generators", ",".join(self.seen), "--backbone", "nsnet-tiny", "--pretrained", "none",
                 "--prompt-bank", a.prompt_bank, "--cache-features", "--epochs", str(a.epochs),
-                "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--seed", str(a.seed), "--quiet", "--log-every", "10"]
-        _call("train", "python -m training.train", train_main, argv)
+                "--batch-size", str(a.batch_size), *(["--lr", str(a.lr)] if a.lr is not None else []),
+                "--seed", str(a.seed), "--quiet", "--log-every", "10"]
+        _call("train", f"{_tool('python')} -m training.train", train_main, argv)
         lines = (self.run / "metrics.jsonl").read_text().splitlines()
         last = json.loads(lines[-1])
         meta = json.loads((self.run / "nsnet.json").read_text())
@@ -174,7 +191,7 @@ class Steps:
         from export.to_onnx import main as onnx_main
 
         self.onnx.parent.mkdir(parents=True, exist_ok=True)
-        _call("export", "python export/to_onnx.py", onnx_main,
+        _call("export", f"{_tool('python')} -m export.to_onnx", onnx_main,
               ["--ckpt", str(self.run), "--out", str(self.onnx)], stdout_to=self.export_report)
         rep = json.loads(self.export_report.read_text())
         md = rep["metadata"]
@@ -185,7 +202,7 @@ class Steps:
     def verify(self) -> None:
         from export.verify import main as verify_main
 
-        _call("verify", "python export/verify.py", verify_main,
+        _call("verify", f"{_tool('python')} -m export.verify", verify_main,
               ["--ckpt", str(self.run), "--onnx", str(self.onnx), "--images", str(self.data / self.a.held_out),
                "--json", str(self.parity)])
 
@@ -194,7 +211,7 @@ class Steps:
 
         self.jsonl.parent.mkdir(parents=True, exist_ok=True)
         target = self.data / self.a.held_out / "val"
-        _call("detect", "nsnet", nsnet_main,
+        _call("detect", _tool("nsnet"), nsnet_main,
               ["detect", str(target), "--recursive", "--model", str(self.onnx),
                "--json", str(self.jsonl), "--csv", str(self.csv)])
         rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
@@ -211,16 +228,19 @@ class Steps:
     def evaluate(self) -> None:
         from training.evaluate import main as eval_main
 
-        _call("evaluate", "python -m training.evaluate", eval_main,
+        _call("evaluate", f"{_tool('python')} -m training.evaluate", eval_main,
               ["--ckpt", str(self.run), "--data", str(self.data), "--layout", "genimage", "--split", "val",
                "--out", str(self.eval), "--quiet"],
-              stdout_to=Path(os.devnull))  # it prints table.md's table; the demo prints it marked
+              stdout_to=Path(os.devnull))  # it prints the table; the demo prints it below, with its title
         metrics = json.loads((self.eval / "metrics.json").read_text())
         per = metrics["per_generator"]
         if set(per) != set(GENERATORS):
             raise StepFailed("evaluate", f"metrics.json has generators {sorted(per)}, expected {list(GENERATORS)}")
-        table = mark_unseen((self.eval / "table.md").read_text(), self.a.held_out)
-        (self.eval / "table_demo.md").write_text(table)
+        expected = {g: g != self.a.held_out for g in GENERATORS}
+        if {g: m.get("seen") for g, m in per.items()} != expected:
+            raise StepFailed("evaluate", f"seen marks {[(g, m.get('seen')) for g, m in per.items()]}, "
+                                         f"expected only {self.a.held_out} unseen")
+        table = (self.eval / "table.md").read_text()
         _say()
         _say(table.rstrip())
         _say()
@@ -234,12 +254,11 @@ class Steps:
         self.r.results["evaluate"] = {g: dict(m, seen=g != self.a.held_out) for g, m in per.items()}
         self.r.results["evaluate_overall"] = metrics["overall"]
 
-
     def review_report(self) -> None:
         from nsnet_sdk.cli import main as nsnet_main
 
         self.report.parent.mkdir(parents=True, exist_ok=True)
-        _call("report", "nsnet", nsnet_main,
+        _call("report", _tool("nsnet"), nsnet_main,
               ["report", str(self.jsonl), "--out", str(self.report), "--model", str(self.onnx),
                "--top", "12", "--title", f"NS-Net demo: held-out generator '{self.a.held_out}'"])
         size = self.report.stat().st_size
@@ -247,54 +266,41 @@ class Steps:
         self.r.results["report"] = {"path": str(self.report), "bytes": size}
 
 
-def mark_unseen(table: str, generator: str) -> str:
-    """``table`` (markdown) with the row of ``generator`` marked "(unseen)".
-
-    The row is the one whose first cell is exactly the generator's name; ValueError if there is none,
-    so a change in training.evaluate's table cannot silently drop the marking.
-    """
-    out, found = [], False
-    for line in table.splitlines():
-        cells = line.split("|")
-        if len(cells) > 2 and cells[1].strip() == generator:
-            cells[1] = cells[1].replace(generator, f"{generator} (unseen)", 1)
-            line = "|".join(cells)
-            found = True
-        out.append(line)
-    if not found:
-        raise ValueError(f"no row for generator {generator!r} in the evaluation table:\n{table}")
-    return "\n".join(out) + "\n"
-
-
 def real_use(out: Path) -> str:
     """Step 4's text: the artifacts of this run and the commands for real use."""
+    py, nsnet = _tool("python"), _tool("nsnet")
     return f"""\
 Artifacts of this run (under {out}/):
   data/                      synthetic dataset, GenImage layout <generator>/{{train,val}}/{{ai,nature}}
   run/                       checkpoint: nsnet.safetensors + nsnet.json, metrics.jsonl per epoch
   onnx/nsnet.onnx            ONNX FP32 model (projector folded in); onnx/export.json, onnx/parity.json
   detect/*.jsonl, *.csv      `nsnet detect` rows for the held-out generator's images
-  eval/                      metrics.json, table.md (+ table_demo.md with the unseen mark), roc.png, pr.png
+  eval/                      metrics.json, table.md (generators marked seen/unseen), roc.png, pr.png
   report/report.html         review report of the held-out images (`nsnet report`; open in a browser)
   demo.json                  this run's steps, timings and figures
 
-Real use (a GPU, the OpenAI CLIP weights via open_clip, real benchmark folders):
+Real use (a GPU, the OpenAI CLIP weights via open_clip, real benchmark folders; run from this folder):
+  # offline machine: on a connected one run `{py} -m training.weights fetch --model ViT-L-14 --tag openai
+  # --out weights/`, copy weights/ over and pass --pretrained weights/<the file it wrote> below
   # train on GenImage (<generator>/{{train,val}}/{{ai,nature}}), e.g. its SD v1.4 subset
-  python -m training.train --data /data/GenImage/stable_diffusion_v_1_4 --out runs/vitl14 \\
-      --backbone ViT-L-14 --pretrained openai --cache-features --epochs 10
+  {py} -m training.train --data /data/GenImage/stable_diffusion_v_1_4 --out runs/vitl14 \\
+      --backbone ViT-L-14 --pretrained openai --cache-features
   # per-generator tables: GenImage (val splits), AIGIBench and UniversalFakeDetect
   # (<generator>/[<class>/]{{0_real,1_fake}}), with the robustness tables
-  python -m training.evaluate --ckpt runs/vitl14 --data /data/GenImage --out reports/genimage
-  python -m training.evaluate --ckpt runs/vitl14 --data /data/AIGIBench --out reports/aigibench --robustness
-  python -m training.evaluate --ckpt runs/vitl14 --data /data/UniversalFakeDetect/test --layout ufd \\
+  {py} -m training.evaluate --ckpt runs/vitl14 --data /data/GenImage --out reports/genimage
+  {py} -m training.evaluate --ckpt runs/vitl14 --data /data/AIGIBench --out reports/aigibench --robustness
+  {py} -m training.evaluate --ckpt runs/vitl14 --data /data/UniversalFakeDetect/test --layout ufd \\
       --out reports/ufd --robustness
+  # threshold for a 1 % false-positive rate on your own real photos, stored in the checkpoint
+  {py} -m training.evaluate --ckpt runs/vitl14 --data /data/GenImage --out reports/calibrated \\
+      --calibrate-fpr 0.01 --calibration /data/my_real_photos --write-threshold
   # deploy: ONNX (FP32 and FP16), parity against PyTorch, TensorRT FP16 engine
-  python export/to_onnx.py --ckpt runs/vitl14 --out nsnet.onnx
-  python export/to_onnx.py --ckpt runs/vitl14 --out nsnet.fp16.onnx --fp16
-  python export/verify.py --ckpt runs/vitl14 --onnx nsnet.onnx --onnx-fp16 nsnet.fp16.onnx --synthetic 256
-  python export/to_trt.py --onnx nsnet.onnx --out nsnet.engine --fp16 --opt-batch 32 --max-batch 128 \\
+  {py} -m export.to_onnx --ckpt runs/vitl14 --out nsnet.onnx
+  {py} -m export.to_onnx --ckpt runs/vitl14 --out nsnet.fp16.onnx --fp16
+  {py} -m export.verify --ckpt runs/vitl14 --onnx nsnet.onnx --onnx-fp16 nsnet.fp16.onnx --synthetic 256
+  {py} -m export.to_trt --onnx nsnet.onnx --out nsnet.engine --fp16 --opt-batch 32 --max-batch 128 \\
       --timing-cache nsnet.timing_cache
-  nsnet detect photos/ --recursive --model nsnet.engine --csv results.csv
+  {nsnet} detect photos/ --recursive --model nsnet.engine --csv results.csv
 """
 
 
@@ -330,9 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="side of the synthetic images in pixels (>= 64)")
     p.add_argument("--held-out", default=DEFAULT_HELD_OUT, choices=GENERATORS,
                    help="generator left out of training entirely")
-    p.add_argument("--epochs", type=_positive, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=_positive, default=DEFAULT_EPOCHS, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: training.train's default for a frozen backbone)")
     p.add_argument("--prompt-bank", default="default", choices=("default", "coco"),
                    help="semantic corpus for the projector (coco: 80 prompts, faster)")
     p.add_argument("--seed", type=int, default=0)
