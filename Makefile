@@ -4,16 +4,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 KERNEL := $(VENV)/.kernel
+# The torch/torchvision the tests ran with, pinned here (and so in CI) only: pyproject.toml asks for
+# a compatible range. A CPU-only build installed first with these versions satisfies the pins.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup test demo bench clean gpu-wheels gpu-check
 
 setup: $(STAMP) $(KERNEL)
 
-# Re-installs only when pyproject.toml changes, so `make test` on a set-up tree costs nothing here.
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or the pins change, so `make test` on a set-up tree costs nothing here.
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[cpu,train,export,dev,ray]'
+	$(PY) -m pip install --quiet -e '.[cpu,train,export,dev,ray]' $(TORCH_PINS)
 	touch $(STAMP)
 
 # The compiled patch-entropy kernel, rebuilt in place whenever its source changes (the editable
