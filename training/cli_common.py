@@ -14,9 +14,10 @@ DEFAULT_TEMPERATURE = 0.07
 DEFAULT_ENERGY = 0.95
 DEFAULT_EPOCHS = 10
 # Learning rates by what trains. Only the head (the frozen linear-probe setting, any backbone):
-# a few-layer MLP on fixed features, for which 1e-3 converges in a few hundred Adam steps both
-# on ViT-L-14 features and on a small backbone's (1e-4 left nsnet-tiny at chance for 10 epochs).
-# With --lora-rank / --train-backbone pretrained weights move too, and steps that large wreck them.
+# a small MLP on fixed features, which at 1e-3 converges within the few hundred Adam steps a small
+# dataset gives (1e-4 lags there; measured in docs/training.md), and a full benchmark gives
+# thousands per epoch. With --lora-rank / --train-backbone pretrained weights move too, and steps
+# that large wreck them.
 HEAD_LR = 1e-3
 BACKBONE_LR = 1e-4
 

@@ -67,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="passes over the training images")
     g.add_argument("--batch-size", type=int, default=64, help="images per step (>= 2: SupCon needs pairs)")
     g.add_argument("--lr", type=float, default=None,
-                   help=f"AdamW learning rate (default: {HEAD_LR:g} when only the head trains, frozen backbone, "
-                        f"any size: the MLP head converges within a few hundred steps at that rate, where "
-                        f"1e-4 left a small backbone at chance for 10 epochs; {BACKBONE_LR:g} with --lora-rank "
-                        f"or --train-backbone, whose pretrained weights larger steps would wreck)")
+                   help=f"AdamW learning rate (default: {HEAD_LR:g} when only the head trains, frozen backbone "
+                        f"of any size: the MLP head on fixed features converges at that rate within the few "
+                        f"hundred steps a small dataset gives, where 1e-4 lags (docs/training.md); "
+                        f"{BACKBONE_LR:g} with --lora-rank or --train-backbone, whose pretrained weights "
+                        f"larger steps would wreck)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="SupCon temperature τ")
     g.add_argument("--supcon-weight", type=float, default=1.0, help="weight of the SupCon term")
