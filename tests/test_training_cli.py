@@ -286,3 +286,27 @@ def test_readme_command_offline_is_one_line_without_traceback(tmp_path) -> None:
 def test_unknown_tag_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="its tags: .*openai"):
         weights.locate("ViT-L-14", "opneai")
+
+
+def test_fetch_copies_cached_weights_with_a_sidecar_that_training_reads(tmp_path, monkeypatch, tiny_tag,
+                                                                        no_network) -> None:
+    """The helper's offline half: from a filled cache to a folder, then training from that folder
+    with the cache gone (the download itself needs a network and is not exercised here)."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in _random_tiny_clip(seed=9).state_dict().items()}
+    cache = tmp_path / "hub"
+    _fill_hf_cache(cache, tiny_tag, "open_clip_model.safetensors", lambda p: save_file(state, str(p)))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert weights.main(["fetch", "--model", "nsnet-tiny", "--tag", "fake", "--out", str(tmp_path / "w")]) == 0
+    dst = tmp_path / "w" / "nsnet-tiny-fake.safetensors"
+    side = json.loads(dst.with_suffix(".json").read_text())
+    assert side["model"] == "nsnet-tiny" and side["tag"] == "fake" and side["quick_gelu"] is False
+    assert side["sha256"] == hashlib.sha256(dst.read_bytes()).hexdigest()
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    run = tiny_run(tmp_path / "run", "--pretrained", str(dst))
+    _visual_equal(run, state)

@@ -31,7 +31,11 @@ PROBE_TIMEOUT_S = 3.0
 
 class WeightsUnavailable(RuntimeError):
     """The weights of a tag are not on this machine and cannot be downloaded; the message (one
-    line) says how to bring them."""
+    line) says how to bring them, ``why`` says what stopped the download."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ def fetch_command(backbone: str, tag: str) -> str:
     return f"python -m training.weights fetch --model {backbone} --tag {tag} --out DIR"
 
 
-def _pretrained_cfg(backbone: str, tag: str) -> dict:
+def _pretrained_cfg(backbone: str, tag: str, flag: str = "--pretrained") -> dict:
     import open_clip
 
     import nsnet_sdk.model  # noqa: F401  (registers nsnet-tiny)
@@ -78,6 +82,8 @@ def _pretrained_cfg(backbone: str, tag: str) -> dict:
     cfg = open_clip.get_pretrained_cfg(backbone, tag)
     if not cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(backbone)) or "none for this model"
+        if flag != "--pretrained":
+            raise ValueError(f"{flag} {tag!r} is not an open_clip tag of {backbone} (its tags: {known})")
         raise ValueError(f"--pretrained {tag!r} is neither a file nor an open_clip tag of {backbone} "
                          f"(its tags: {known}); or pass a local weights file, or 'none' for random weights")
     return cfg
@@ -125,7 +131,7 @@ def _unavailable(backbone: str, tag: str, why: str) -> WeightsUnavailable:
     return WeightsUnavailable(
         f"--pretrained {tag}: the {backbone} '{tag}' weights are not on this machine (Hugging Face cache "
         f"{hf_cache_dir()}) and {why}. On a connected machine run `{fetch_command(backbone, tag)}`, copy DIR "
-        f"here and pass --pretrained with the file it wrote (docs/training.md, 'Offline weights')")
+        f"here and pass --pretrained with the file it wrote (docs/training.md, 'Offline weights')", why)
 
 
 def download(backbone: str, tag: str) -> str:
@@ -209,7 +215,7 @@ def fetch(backbone: str, tag: str, out: str | Path) -> Path:
     """Download (or take from the cache) a tag's weights and copy them to ``out`` as
     ``<model>-<tag>.<ext>`` with a ``<model>-<tag>.json`` sidecar (model, tag, QuickGELU, sha256)
     that ``--pretrained FILE`` reads on the offline machine."""
-    cfg = _pretrained_cfg(backbone, tag)
+    cfg = _pretrained_cfg(backbone, tag, flag="--tag")
     hit = cached_file(backbone, tag)
     src = Path(hit[0]) if hit and hit[1] == "hf-cache" else None
     if src is None:
@@ -237,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         dst = fetch(args.model, args.tag, args.out)
-    except (ValueError, WeightsUnavailable, OSError) as exc:
+    except WeightsUnavailable as exc:
+        print(f"error: cannot fetch the {args.model} '{args.tag}' weights: {exc.why}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {dst} (+ {dst.with_suffix('.json').name}); on the offline machine: "
