@@ -339,9 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ModelLoadError, WeightsUnavailable) as exc:
         raise SystemExit(f"error: {exc}") from None
     if args.overwrite:  # only now, once the new run is built: a typo above leaves the old run whole
-        for name in RUN_FILES:
-            (run / name).unlink(missing_ok=True)
-        log.info("--overwrite: replaced the run in %s", run)
+        old = [run / name for name in RUN_FILES if (run / name).exists()]
+        for path in old:
+            path.unlink()
+        if old:
+            log.info("--overwrite: removed the earlier run's files from %s", run)
     model.requires_grad_(False)
     model.head.requires_grad_(True)
     model.classifier.requires_grad_(True)
