@@ -213,7 +213,7 @@ class Steps:
         target = self.data / self.a.held_out / "val"
         _call("detect", _tool("nsnet"), nsnet_main,
               ["detect", str(target), "--recursive", "--model", str(self.onnx),
-               "--json", str(self.jsonl), "--csv", str(self.csv)])
+               "--jsonl", str(self.jsonl), "--csv", str(self.csv), "--overwrite"])
         rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
         inputs = sorted(str(p) for p in target.rglob("*.png"))
         if sorted(r["source"] for r in rows) != inputs:

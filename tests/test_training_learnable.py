@@ -169,7 +169,9 @@ def test_write_threshold_stores_it_in_the_checkpoint(trained, synth, own_reals, 
     cal = json.loads((out / "calibration.json").read_text())
     assert meta["threshold"] == cal["threshold"] != 0.5 and cal["written_to"] == str(run / "nsnet.json")
     assert meta["calibration"]["fpr"] == 0.1 and meta["calibration"]["n_real"] == 16
-    assert meta["calibration"]["skipped"] == 1 and "FPR <= 0.1" in meta["threshold_source"]
+    assert meta["calibration"]["skipped"] == 1
+    card = meta["model_card"]
+    assert card["threshold"] == meta["threshold"] and card["threshold_source"] == f"calibrated at FPR 0.1 on {own_reals}"
 
 
 @pytest.mark.parametrize("where", ["same", "inside"])

@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibrate on --data itself (the scored images set their own threshold: the "
                         "reported false-positive rate is then optimistic)")
     c.add_argument("--write-threshold", action="store_true",
-                   help="also store the calibrated threshold in --ckpt's nsnet.json (models exported "
-                        "earlier keep theirs: re-export, or pass it to `nsnet detect --threshold`)")
+                   help="also store the calibrated threshold in --ckpt's nsnet.json and its model card "
+                        "(models exported earlier keep theirs: `nsnet info MODEL --set-threshold T --out NEW` "
+                        "re-stamps one)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -315,12 +316,13 @@ def calibrate(model, args, cfg: PatchConfig, device: torch.device, gens, previou
              args.calibrate_fpr, len(probs), root, skips.count,
              ": listed in calibration.json" if skips.count else "")
     if args.write_threshold:
+        # update_meta also rewrites the model card: its threshold_source then names this calibration
         update_meta(args.ckpt, threshold=threshold,
-                    threshold_source=f"calibrated: FPR <= {args.calibrate_fpr} on {len(probs)} real images of {root}",
                     calibration={k: doc[k] for k in ("fpr", "data", "n_real", "skipped", "previous_threshold")})
         doc["written_to"] = str(Path(args.ckpt) / "nsnet.json")
-        log.info("wrote threshold %.6g to %s (was %.6g); models exported earlier keep their own: re-export "
-                 "them or pass `nsnet detect --threshold %.6g`", threshold, doc["written_to"], previous, threshold)
+        log.info("wrote threshold %.6g to %s (was %.6g); models exported earlier keep their own: re-stamp them "
+                 "(`nsnet info MODEL --set-threshold %.6g --out NEW`) or export again", threshold,
+                 doc["written_to"], previous, threshold)
     else:
         log.info("%s unchanged (threshold %.6g); --write-threshold stores the new one", args.ckpt, previous)
     return doc
