@@ -243,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     gen_names = np.array([samples[i].generator for i in idx])
     result = per_generator(probs, labels, gen_names, threshold, seen)
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    card = meta.get("model_card") if isinstance(meta.get("model_card"), dict) else {}
     how = (f"calibrated here for FPR <= {args.calibrate_fpr} on {calibration['data']}" if calibration
-           else f"the checkpoint's ({meta.get('threshold_source', 'as stored in nsnet.json')})")
+           else f"the checkpoint's ({card.get('threshold_source') or 'as stored in nsnet.json'})")
     seen_note = (f"(seen) = in the checkpoint's training data ({', '.join(sorted(seen))}); (unseen) = not."
                  if seen else "The checkpoint records no training data, so no generator is marked seen.")
     tables = [f"# NS-Net evaluation\n\ncheckpoint `{args.ckpt}` ({meta['backbone']}, {meta.get('pretrained')}), "
