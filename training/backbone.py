@@ -10,13 +10,7 @@ import torch
 from torch import nn
 
 import nsnet_sdk.model  # noqa: F401  (registers the nsnet-tiny config)
-
-
-def resolve_pretrained(pretrained: str | None) -> str | None:
-    """``none`` / empty → None (random init); otherwise an open_clip tag or a local weights file."""
-    if pretrained is None or str(pretrained).strip().lower() in ("", "none", "random"):
-        return None
-    return str(pretrained)
+from training.weights import locate, resolve_pretrained
 
 
 def wants_quick_gelu(backbone: str, pretrained: str | None) -> bool:
@@ -36,8 +30,6 @@ def load_clip(backbone: str, pretrained: str | None, device: str | torch.device 
     """(open_clip model, its tokenizer, quick_gelu used). ``pretrained`` 'none' → random weights;
     a tag or file is resolved by `training.weights.locate` first, so a tag whose weights are not on
     an offline machine fails at once with WeightsUnavailable instead of retrying downloads."""
-    from training.weights import locate
-
     if backbone not in open_clip.list_models():
         raise ValueError(f"unknown open_clip backbone {backbone!r} (e.g. ViT-B-32, ViT-L-14, nsnet-tiny)")
     found = locate(backbone, pretrained)

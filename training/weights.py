@@ -51,6 +51,13 @@ class Located:
         return {"source": self.source, "tag": self.tag, "path": self.arg if self.source != "none" else None}
 
 
+def resolve_pretrained(pretrained: str | None) -> str | None:
+    """``none`` / empty → None (random init); otherwise an open_clip tag or a local weights file."""
+    if pretrained is None or str(pretrained).strip().lower() in ("", "none", "random"):
+        return None
+    return str(pretrained)
+
+
 def offline() -> bool:
     """True when Hugging Face's offline switch is set (read now, not at import)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
@@ -181,8 +188,6 @@ def locate(backbone: str, pretrained: str | None) -> Located:
     A tag is looked up in the Hugging Face cache and open_clip's URL cache first; only when absent
     and the machine is online is it downloaded. ValueError for an unknown tag or a file that does not
     exist or was fetched for another model; WeightsUnavailable when the weights cannot be had here."""
-    from training.backbone import resolve_pretrained  # one definition of 'none'
-
     name = resolve_pretrained(pretrained)
     if name is None:
         return Located(None, "none", None, None)
