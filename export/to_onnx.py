@@ -33,7 +33,8 @@ from pathlib import Path
 
 
 from export.parity import Parity, artifact_logits, compare, parity_inputs, reference_logits
-from nsnet_sdk.artifact import artifact_metadata, read_model_meta, read_onnx_metadata, sha256_file
+from nsnet_sdk.artifact import artifact_metadata, read_model_meta, read_onnx_metadata
+from nsnet_sdk.containers import sha256_file
 
 DEFAULT_OPSET = 17            # first opset with LayerNormalization: LN exports as one op
 EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to <out>.data (protobuf's hard limit is 2 GiB)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import containers
-from .containers import atomic_write, sha256_file  # noqa: F401  (part of this module's API)
+from .containers import atomic_write
 from .modelcard import (DEFAULT_THRESHOLD, VerdictBand, check_card, field_error, model_card,
                         probability)
 from .errors import ModelLoadError

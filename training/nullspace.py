@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from nsnet_sdk.model.network import NullSpace, project  # noqa: F401  (the projection itself)
 from training.cli_common import DEFAULT_ENERGY
 
 log = logging.getLogger(__name__)

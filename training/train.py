@@ -258,7 +258,7 @@ def save_train_state(run: Path, model: NSNet, optimizer: torch.optim.Optimizer, 
     import torch
     from safetensors.torch import save_file
 
-    from nsnet_sdk.artifact import atomic_write
+    from nsnet_sdk.containers import atomic_write
     from training.lora import lora_state_dict
 
     tensors: dict[str, torch.Tensor] = {f"lora/{k}": v for k, v in lora_state_dict(model).items()}

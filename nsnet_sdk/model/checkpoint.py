@@ -16,9 +16,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..artifact import (CHECKPOINT_FORMAT, RUN_CONFIG, RUN_WEIGHTS, atomic_write, read_run_json,
-                        sha256_file, write_run_json)
-from ..containers import check_tensors, safetensors_header
+from ..artifact import CHECKPOINT_FORMAT, RUN_CONFIG, RUN_WEIGHTS, read_run_json, write_run_json
+from ..containers import atomic_write, check_tensors, safetensors_header, sha256_file
 from ..errors import ModelLoadError
 from ..preprocess import DEFAULT
 from ..modelcard import DEFAULT_THRESHOLD, model_card
