@@ -15,6 +15,8 @@ from PIL import Image
 from nsnet_sdk.errors import ImageDecodeError, ImageTooLargeError, NSNetError
 from nsnet_sdk.preprocess import image_size, load_image
 
+from _decode_util import png_header_only
+
 
 def photo(h=60, w=90, seed=0):
     rng = np.random.default_rng(seed)
@@ -27,14 +29,6 @@ def encode(pil: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     pil.save(buf, fmt, **kw)
     return buf.getvalue()
-
-
-def png_header_only(w: int, h: int) -> bytes:
-    """A PNG whose IHDR claims w×h but which carries a few bytes of pixel data."""
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
 def test_every_input_kind_gives_the_same_pixels(tmp_path):

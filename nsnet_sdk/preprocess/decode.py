@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import struct
 import warnings
 from typing import Any
 
@@ -166,6 +165,9 @@ def _decode_bytes(data: bytes, max_pixels: int, src: str) -> tuple[np.ndarray, l
     if hdr is None:
         raise ImageDecodeError(f"{src}: not a recognised image (supported: {_DECODABLE})", src)
     _check_header(hdr, max_pixels, src)
+    defect = hdr.defect or (hdr.verify() if hdr.verify else None)
+    if defect:
+        raise ImageDecodeError(f"{src}: {defect}", src)
     rgb = _opencv(data, hdr, src)
     if rgb is None:
         rgb = _pillow(data, hdr, max_pixels, src)
@@ -194,8 +196,8 @@ def _from_pil(img: Any, max_pixels: int, src: str) -> np.ndarray:
             return _to_uint8_rgb(np.asarray(img.convert("RGBA" if transparent else "RGB")), src, bgr=False)
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"{src}: {e}", src) from None
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as e:
-        raise ImageDecodeError(f"{src}: cannot decode PIL image: {e}", src) from None
+    except Exception as e:  # Pillow's plugins raise many types (RuntimeError, struct.error, ...)
+        raise ImageDecodeError(f"{src}: cannot decode PIL image: {type(e).__name__}: {e}", src) from None
 
 
 def _read_file(path: str | os.PathLike, limit: int, label: str) -> bytes:

@@ -6,6 +6,7 @@ refuses the file when the `Header` exceeds these limits, before any decoder allo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 __all__ = ["Header", "Malformed", "MAX_DECODE_BYTES_PER_PIXEL", "MAX_JPEG_SCANS", "MAX_SCAN_PIXELS",
            "MAX_FRAMES", "MAX_SEGMENTS", "MIN_TILE_SIDE"]
@@ -15,7 +16,7 @@ MAX_DECODE_BYTES_PER_PIXEL = 8
 # libjpeg-turbo's own tools cap progressive scans the same way (djpeg -maxscans); ordinary encoders
 # write at most ~12. Every scan is a pass over all coefficients, so time is scans × pixels.
 MAX_JPEG_SCANS = 100
-MAX_SCAN_PIXELS = 4_000_000_000  # scans × pixels: e.g. 40 scans at the 100 MP default limit
+MAX_SCAN_PIXELS = 1_000_000_000  # scans × pixels: e.g. 10 scans at the 100 MP default limit
 # Frames (GIF, APNG, animated WebP) and pages (TIFF IFDs) a file may declare.
 MAX_FRAMES = 10_000
 # Chunks / marker segments / boxes walked before a file counts as a parser-time attack.
@@ -42,6 +43,12 @@ class Header:
     alpha: bool = False  # the file may carry transparency
     orientation: int = 1  # EXIF-style orientation declared by the container itself (TIFF, AVIF)
     notes: list[str] = field(default_factory=list)  # harmless defects, reported as warnings
+    # A defect that refuses the file, checked after the size limits so that a bomb is reported
+    # as too large rather than as the corrupt file it usually also is.
+    defect: str | None = None
+    # A slower structural check (e.g. inflating PNG data) run only once the limits have passed;
+    # returns a defect or None.
+    verify: Callable[[], str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 
 from . import sniff_boxes
 from .header import MAX_FRAMES, MAX_JPEG_SCANS, MAX_SEGMENTS, Header, Malformed
@@ -68,6 +69,7 @@ def _png(b: memoryview) -> Header:
         raise Malformed(f"PNG IHDR is invalid ({w}x{h}, bit depth {depth}, colour type {ctype})")
     alpha = ctype in (4, 6)
     frames, chunks, idat, ended = 0, 0, 0, False
+    spans: list[tuple[int, int]] = []
     while pos + 12 <= n:
         length, tag = struct.unpack(">I4s", b[pos : pos + 8])
         chunks += 1
@@ -79,6 +81,7 @@ def _png(b: memoryview) -> Header:
                             "remain (truncated or corrupt)")
         if tag == b"IDAT":
             idat += 1
+            spans.append((pos + 8, pos + 8 + length))
         elif tag == b"tRNS":
             alpha = True
         elif tag == b"fcTL" and length >= 20:
@@ -98,7 +101,47 @@ def _png(b: memoryview) -> Header:
                  decode_bytes=w * h * _PNG_CHANNELS[ctype] * (2 if depth == 16 else 1) * 2)
     if not ended:
         hdr.notes.append("truncated: PNG ends without its IEND chunk")
+    raw = _png_raw_size(w, h, _PNG_CHANNELS[ctype] * depth, interlace)
+    hdr.verify = lambda: _png_inflate_defect(b, spans, raw)
     return hdr
+
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_raw_size(w: int, h: int, bits: int, interlace: int) -> int:
+    """Bytes the IDAT stream inflates to: filter byte + packed samples, per row of each pass."""
+    if not interlace:
+        return h * (1 + (w * bits + 7) // 8)
+    size = 0
+    for x0, y0, dx, dy in _ADAM7:
+        pw, ph = -(-(w - x0) // dx), -(-(h - y0) // dy)
+        if pw > 0 and ph > 0:
+            size += ph * (1 + (pw * bits + 7) // 8)
+    return size
+
+
+def _png_inflate_defect(b: memoryview, spans: list[tuple[int, int]], expected: int) -> str | None:
+    """Why the IDAT stream is unusable, or None. libpng inflates the whole stream, however far it
+    runs past the image (a 2 MB file can hold 2 GB of deflated zeros: half a minute of CPU), so
+    the stream is inflated here first, never producing more than ``expected`` + 1 bytes."""
+    z = zlib.decompressobj()
+    out = 0
+    for s, t in spans:
+        data = bytes(b[s:t])
+        while data:
+            try:
+                got = len(z.decompress(data, max(1, min(expected + 1 - out, 1 << 20))))
+            except zlib.error as e:
+                return f"PNG pixel data is corrupt ({e})"
+            out += got
+            if out > expected:
+                return (f"PNG pixel data inflates beyond the {expected:,} bytes its IHDR declares "
+                        "(a deflate bomb or a corrupt file)")
+            data = z.unconsumed_tail
+    if out < expected:
+        return f"truncated: PNG pixel data inflates to {out:,} of the {expected:,} bytes its IHDR declares"
+    return None
 
 
 # -- JPEG ---------------------------------------------------------------------------------------
@@ -157,12 +200,13 @@ def _jpeg(b: bytes) -> Header:
     w, h, blocks, precision, progressive, huffman = frame
     # Every block's DC coefficient costs at least one bit in a Huffman-coded file, so fewer coded
     # bytes than blocks/8 means the scans stop early and the decoder would invent the rest.
-    if huffman and coded * 8 < blocks:
-        raise Malformed(f"truncated: JPEG declares {w}x{h} ({blocks:,} blocks) but carries {coded:,} "
-                        f"bytes of coded data, fewer than the {blocks // 8:,} it needs")
     sample = 2 if precision > 8 else 1
     coef = blocks * 128 if progressive or scans > 1 else 0  # whole-image coefficient buffer
-    return Header("jpeg", w, h, scans=scans, decode_bytes=w * h * 3 * sample + coef)
+    hdr = Header("jpeg", w, h, scans=scans, decode_bytes=w * h * 3 * sample + coef)
+    if huffman and coded * 8 < blocks:
+        hdr.defect = (f"truncated: JPEG declares {w}x{h} ({blocks:,} blocks) but carries {coded:,} "
+                      f"bytes of coded data, fewer than the {blocks // 8:,} it needs")
+    return hdr
 
 
 def _jpeg_frame(seg: bytes, marker: int) -> tuple[int, int, int, int, bool, bool]:
@@ -250,13 +294,12 @@ def _bmp(b: memoryview) -> Header:
         raise Malformed(f"BMP header size {dib} is not a known BMP variant")
     if bpp not in (1, 4, 8, 16, 24, 32) or comp not in (0, 1, 2, 3, 6) or planes != 1:
         raise Malformed(f"BMP declares {bpp} bits per pixel, compression {comp} (unsupported)")
-    w, h = w, abs(h)
-    if comp == 0 and w > 0 and h > 0:
-        stride = ((w * bpp + 31) // 32) * 4
-        if offset > n or n - offset < stride * h:
-            raise Malformed(f"truncated: BMP declares {w}x{h} ({stride * h:,} bytes of pixels) but "
-                            f"carries {max(n - offset, 0):,}")
-    return Header("bmp", w, h, alpha=bpp == 32)
+    hdr = Header("bmp", w, abs(h), alpha=bpp == 32)
+    stride = ((w * bpp + 31) // 32) * 4
+    if comp == 0 and (offset > n or n - offset < stride * abs(h)):
+        hdr.defect = (f"truncated: BMP declares {w}x{abs(h)} ({stride * abs(h):,} bytes of pixels) "
+                      f"but carries {max(n - offset, 0):,}")
+    return hdr
 
 
 # -- PNM ----------------------------------------------------------------------------------------
@@ -285,7 +328,8 @@ def _pnm(b: memoryview) -> Header:
     # (P1 digits may touch) or two (a digit and a separator).
     need = {4: ((w + 7) // 8) * h, 5: w * h * sample, 6: w * h * 3 * sample,
             1: w * h, 2: 2 * w * h - 1, 3: 6 * w * h - 1}[kind]
-    if w > 0 and h > 0 and left < need:
-        raise Malformed(f"truncated: PNM declares {w}x{h} but carries {max(left, 0):,} bytes of "
-                        f"samples, fewer than the {need:,} it needs")
-    return Header("pnm", w, h, decode_bytes=w * h * ch * sample * 2)
+    hdr = Header("pnm", w, h, decode_bytes=w * h * ch * sample * 2)
+    if left < need:
+        hdr.defect = (f"truncated: PNM declares {w}x{h} but carries {max(left, 0):,} bytes of "
+                      f"samples, fewer than the {need:,} it needs")
+    return hdr

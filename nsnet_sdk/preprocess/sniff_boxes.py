@@ -76,7 +76,7 @@ def tiff(b: memoryview) -> Header:
     t = first
     w, h = int(t[256][0]), int(t[257][0])
     spp = int(t.get(277, [1])[0])
-    bits = int(t.get(258, [1]).max())
+    bits = int(max(t.get(258, [1])))
     if not 1 <= spp <= 16 or bits not in (1, 2, 4, 8, 16, 32, 64):
         raise Malformed(f"TIFF declares {spp} samples of {bits} bits (unsupported)")
     planes = spp if int(t.get(284, [1])[0]) == 2 else 1
@@ -99,12 +99,12 @@ def tiff(b: memoryview) -> Header:
         expected = -(-h // rows) * planes
         offsets, counts = t.get(273), t.get(279)
         block = w * rows
-    if offsets is None or len(offsets) < expected or counts is not None and len(counts) < len(offsets):
-        raise Malformed(f"TIFF lists {0 if offsets is None else len(offsets)} strips/tiles, "
-                        f"its geometry needs {expected}")
-    if counts is not None and np.any(offsets[:expected] + counts[:expected] > n):
-        raise Malformed("truncated: TIFF pixel data lies past the end of the file")
     hdr.decode_bytes = w * h * px_bytes + block * px_bytes
+    if offsets is None or len(offsets) < expected or counts is not None and len(counts) < len(offsets):
+        hdr.defect = (f"TIFF lists {0 if offsets is None else len(offsets)} strips/tiles, "
+                      f"its geometry needs {expected}")
+    elif counts is not None and np.any(offsets[:expected] + counts[:expected] > n):
+        hdr.defect = "truncated: TIFF pixel data lies past the end of the file"
     return hdr
 
 

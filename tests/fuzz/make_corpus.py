@@ -1,0 +1,93 @@
+"""Writes the fuzzing seed corpus: one small file per format and variant `load_image` accepts.
+
+Usage: ``python tests/fuzz/make_corpus.py OUT_DIR``. Each file gets a leading selector byte for
+the harness (even: bytes path, odd: Pillow path); both variants are written.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+
+def _pil(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def seeds() -> dict[str, bytes]:
+    """name → encoded image, every format and the odd variants the decoders branch on."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (24, 40, 3), np.uint8)
+    img = Image.fromarray(rgb)
+    rgba = Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (24, 40), np.uint8)]))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (0, 120, 250)]
+    out = {
+        "baseline.jpg": _pil(img, "JPEG", quality=80),
+        "progressive.jpg": _pil(img, "JPEG", progressive=True, exif=exif.tobytes()),
+        "cmyk.jpg": _pil(img.convert("CMYK"), "JPEG"),
+        "gray.jpg": _pil(img.convert("L"), "JPEG"),
+        "rgb.png": _pil(img, "PNG"),
+        "rgba.png": _pil(rgba, "PNG"),
+        "palette.png": _pil(img.quantize(8), "PNG", transparency=2),
+        "interlaced.png": _pil(img, "PNG", interlace=1),
+        "apng.png": _pil(frames[0], "PNG", save_all=True, append_images=frames[1:]),
+        "anim.gif": _pil(frames[0], "GIF", save_all=True, append_images=frames[1:], transparency=0),
+        "lossy.webp": _pil(img, "WEBP"),
+        "lossless.webp": _pil(rgba, "WEBP", lossless=True),
+        "anim.webp": _pil(frames[0], "WEBP", save_all=True, append_images=frames[1:]),
+        "rgb.bmp": _pil(img, "BMP"),
+        "palette.bmp": _pil(img.quantize(16), "BMP"),
+        "strips.tif": _pil(img, "TIFF"),
+        "tiled.tif": _pil(img, "TIFF", tile=(16, 16)) if _tiles_ok() else _pil(img, "TIFF"),
+        "lzw.tif": _pil(rgba, "TIFF", compression="tiff_lzw"),
+        "pages.tif": _pil(frames[0], "TIFF", save_all=True, append_images=frames[1:]),
+        "bilevel.pbm": _pil(img.convert("1"), "PPM"),
+        "gray.pgm": _pil(img.convert("L"), "PPM"),
+        "rgb.ppm": _pil(img, "PPM"),
+        "ascii.ppm": b"P3\n2 2\n255\n0 0 0 255 0 0\n0 255 0 0 0 255\n",
+        "ascii.pbm": b"P1\n3 2\n0 1 0\n1 0 1\n",
+    }
+    for ext in (".avif", ".jp2"):
+        ok, enc = cv2.imencode(ext, rng.integers(0, 256, (64, 64, 3), np.uint8))
+        if ok:
+            out["opencv" + ext] = enc.tobytes()
+    try:
+        out["rotated.avif"] = _pil(img, "AVIF", exif=exif.tobytes())
+    except (KeyError, OSError, ValueError):
+        pass
+    return out
+
+
+def _tiles_ok() -> bool:
+    try:
+        _pil(Image.new("RGB", (16, 16)), "TIFF", tile=(16, 16))
+        return True
+    except (TypeError, ValueError, OSError):
+        return False
+
+
+def write(out_dir: str | Path) -> list[Path]:
+    """Write every seed twice (selector byte 0 and 1) under ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in seeds().items():
+        for sel in (0, 1):
+            p = out / f"{sel}-{name}"
+            p.write_bytes(bytes([sel]) + data)
+            paths.append(p)
+    return paths
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/fuzz/make_corpus.py OUT_DIR")
+    print(f"wrote {len(write(sys.argv[1]))} seeds to {sys.argv[1]}")
