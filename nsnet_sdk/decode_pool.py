@@ -18,7 +18,7 @@ import numpy as np
 from .errors import ImageDecodeError, as_input_error
 from .inputs import require_image, size_warnings
 from .preprocess import PatchConfig, normalize, patch_mosaic
-from .preprocess.decode import load_image_native
+from .preprocess.decode import decode_image
 
 DECODE_MODES = ("threads", "processes")
 Handle = tuple  # (Future, index into the future's list of outcomes, or None for a single outcome)
@@ -30,7 +30,8 @@ __all__ = ["DECODE_MODES", "prepare_into", "make_decoder"]
 def prepare_into(src: Any, name: str, cfg: PatchConfig, max_pixels: int, out: np.ndarray,
                  bgr: bool = False) -> Outcome:
     """Decode + patch mosaic + normalise ``src`` into ``out`` (float32 (3, size, size)):
-    (error, warnings). ``bgr``: array inputs are in OpenCV's BGR(A) order.
+    (error, warnings: the decoder's, e.g. a missing end marker, then the size's). ``bgr``: array
+    inputs are in OpenCV's BGR(A) order.
 
     The error, if any, is typed and names the input (anything untyped, e.g. ``ValueError:
     embedded null byte`` from a path, becomes an `ImageDecodeError` with the original as cause).
@@ -39,11 +40,11 @@ def prepare_into(src: Any, name: str, cfg: PatchConfig, max_pixels: int, out: np
     """
     try:
         require_image(src, name)
-        img, img_bgr = load_image_native(src, max_pixels=max_pixels, name=name)
-        if bgr and isinstance(src, np.ndarray):
-            img_bgr = True  # BGRA arrays lose their 4th channel in load_image_native: still BGR
+        img, decoded = decode_image(src, max_pixels, name=name)
+        # Arrays keep their channel order through decoding (a 4th channel is flattened as alpha).
+        img_bgr = bgr and isinstance(src, np.ndarray)
         normalize(patch_mosaic(img, cfg), cfg, out=out, bgr=img_bgr)
-        return None, size_warnings(img, cfg.patch)
+        return None, tuple(decoded) + size_warnings(img, cfg.patch)
     except Exception as e:  # recorded per input; one bad file must not stop a batch
         return as_input_error(e, name), ()
 
