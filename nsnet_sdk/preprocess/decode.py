@@ -75,7 +75,7 @@ def _check_header(hdr: Header, max_pixels: int, src: str) -> None:
             f"work limit of {MAX_SCAN_PIXELS:,} scan-pixels", src)
 
 
-def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool) -> np.ndarray:
+def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool, premultiplied: bool = False) -> np.ndarray:
     """Any decoded/array image → contiguous RGB uint8 HxWx3; a 4th channel is alpha, flattened
     over white (`flatten_alpha`)."""
     if arr.dtype == np.uint16:
@@ -92,7 +92,7 @@ def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ImageDecodeError(f"{src}: unsupported array shape {arr.shape} (need HxW, HxWx3 or HxWx4)", src)
     if arr.shape[2] == 4:
-        arr = flatten_alpha(arr)
+        arr = flatten_alpha(arr, premultiplied)
     if bgr:
         return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(arr)
@@ -123,15 +123,14 @@ def _opencv(data: bytes, hdr: Header, src: str) -> np.ndarray | None:
     if arr is None or arr.size == 0:
         return None
     _check_pixels(arr.shape[1], arr.shape[0], hdr.width * hdr.height, src)
-    rgb = _to_uint8_rgb(arr, src, bgr=True)
+    rgb = _to_uint8_rgb(arr, src, bgr=True, premultiplied=hdr.premultiplied)
     exif, xmp = _metadata_orientation(types, meta)
-    if hdr.alpha and hdr.fmt != "tiff":
-        o = exif or xmp or hdr.orientation
-    elif hdr.fmt == "tiff" and hdr.alpha:
-        o = hdr.orientation
-    else:  # OpenCV applied the EXIF orientation (TIFF: the Orientation tag) itself
-        o = 1 if exif or hdr.fmt == "tiff" else (xmp or hdr.orientation)
-    return apply_orientation(rgb, o)
+    if hdr.fmt == "tiff":  # libtiff's reader applies the Orientation tag in every mode
+        return rgb
+    if hdr.alpha:
+        return apply_orientation(rgb, exif or xmp or hdr.orientation)
+    # IMREAD_COLOR applied the EXIF orientation; XMP and AVIF irot/imir are left to do.
+    return rgb if exif else apply_orientation(rgb, xmp or hdr.orientation)
 
 
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP",
@@ -187,6 +186,8 @@ def _from_pil(img: Any, max_pixels: int, src: str) -> np.ndarray:
             # max_pixels is the limit here; Pillow's own (MAX_IMAGE_PIXELS) would warn below it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = ImageOps.exif_transpose(img)
+            if img.mode == "F":  # float samples in [0, 1], scaled like a float array
+                return _to_uint8_rgb(np.asarray(img), src, bgr=False)
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 arr = np.asarray(img)
                 if arr.dtype != np.uint16:  # mode "I" is int32 holding 16-bit data

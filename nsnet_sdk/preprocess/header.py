@@ -41,6 +41,7 @@ class Header:
     scans: int = 1  # JPEG scans (each a full pass over the coefficients)
     frames: int = 1  # frames or pages declared
     alpha: bool = False  # the file may carry transparency
+    premultiplied: bool = False  # the decoder returns colours already multiplied by alpha
     orientation: int = 1  # EXIF-style orientation declared by the container itself (TIFF, AVIF)
     notes: list[str] = field(default_factory=list)  # harmless defects, reported as warnings
     # A defect that refuses the file, checked after the size limits so that a bomb is reported

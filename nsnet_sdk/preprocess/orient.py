@@ -52,12 +52,15 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(img, turns)) if turns or orientation == 2 else img
 
 
-def flatten_alpha(rgba: np.ndarray) -> np.ndarray:
+def flatten_alpha(rgba: np.ndarray, premultiplied: bool = False) -> np.ndarray:
     """RGBA uint8 → RGB uint8 composited over white: ``c·a/255 + 255·(1 − a/255)``, rounded.
 
     Fully transparent pixels become white whatever colour they hide, so invisible content never
-    reaches the model; opaque pixels are unchanged.
+    reaches the model; opaque pixels are unchanged. ``premultiplied``: the colours are already
+    ``c·a/255`` (TIFF's associated alpha).
     """
     a = rgba[:, :, 3:4].astype(np.uint16)
     c = rgba[:, :, :3].astype(np.uint16)
+    if premultiplied:
+        return np.minimum(c + (255 - a), 255).astype(np.uint8)
     return ((c * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)

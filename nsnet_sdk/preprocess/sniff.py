@@ -56,7 +56,8 @@ def read_header(data: bytes | memoryview) -> Header | None:
 # -- PNG ----------------------------------------------------------------------------------------
 
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # decoded (a palette expands to RGB)
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # stored per pixel
 
 
 def _png(b: memoryview) -> Header:
@@ -101,7 +102,7 @@ def _png(b: memoryview) -> Header:
                  decode_bytes=w * h * _PNG_CHANNELS[ctype] * (2 if depth == 16 else 1) * 2)
     if not ended:
         hdr.notes.append("truncated: PNG ends without its IEND chunk")
-    raw = _png_raw_size(w, h, _PNG_CHANNELS[ctype] * depth, interlace)
+    raw = _png_raw_size(w, h, _PNG_SAMPLES[ctype] * depth, interlace)
     hdr.verify = lambda: _png_inflate_defect(b, spans, raw)
     return hdr
 

@@ -82,6 +82,9 @@ def tiff(b: memoryview) -> Header:
     planes = spp if int(t.get(284, [1])[0]) == 2 else 1
     px_bytes = max(4, spp) * max(1, bits // 8)  # decoders expand to at least 4 channels of 8 bits
     hdr = Header("tiff", w, h, frames=pages, alpha=338 in t or spp in (2, 4) and int(t.get(262, [2])[0]) != 5)
+    # libtiff's RGBA reader (8-bit samples) returns colours premultiplied by alpha; raw 16-bit
+    # samples are premultiplied only when the file says so (ExtraSamples = 1, associated alpha).
+    hdr.premultiplied = hdr.alpha and (bits <= 8 or int(t.get(338, [0])[0]) == 1)
     o = int(t.get(274, [1])[0])
     hdr.orientation = o if 1 <= o <= 8 else 1
     if 322 in t or 323 in t:
@@ -190,8 +193,9 @@ def _boxes(b: memoryview, start: int, end: int, counter: list[int]):
 
 
 # (irot angle or None, imir axis or None) → EXIF orientation, as libavif and Pillow map them.
-_AVIF_ORIENTATION = {(None, None): 1, (None, 0): 2, (None, 1): 4, (1, None): 8, (2, None): 3,
-                     (3, None): 6, (1, 0): 5, (1, 1): 7, (2, 0): 4, (2, 1): 2, (3, 0): 7, (3, 1): 5}
+# irot turns anticlockwise, then imir flips: axis 0 top-bottom, axis 1 left-right.
+_AVIF_ORIENTATION = {(None, None): 1, (None, 0): 4, (None, 1): 2, (1, None): 8, (2, None): 3,
+                     (3, None): 6, (1, 0): 5, (1, 1): 7, (2, 0): 2, (2, 1): 4, (3, 0): 7, (3, 1): 5}
 
 
 def avif(b: memoryview) -> Header:
