@@ -2,10 +2,12 @@
 refused, or scored with a warning when only their end marker is missing."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +142,16 @@ def test_truncation_warning_reaches_the_prediction(tmp_path):
     assert p_cut.ok and any("IEND" in w for w in p_cut.warnings)
     assert p_whole.ok and p_whole.warnings == ()
     assert p_cut.prob_fake == p_whole.prob_fake  # same pixels, same score: only flagged
+
+
+def test_lazy_pil_image_is_held_to_the_same_checks():
+    from _decode_util import jpeg_many_scans, png_deflate_bomb
+
+    for data, match in ((jpeg_many_scans(3000), "scans"), (png_deflate_bomb(64), "inflates beyond")):
+        img = Image.open(io.BytesIO(data))  # Pillow reads the header only; decoding is lazy
+        t = time.perf_counter()
+        with pytest.raises(ImageDecodeError, match=match):
+            load_image(img)
+        assert time.perf_counter() - t < 1.0
+    ok = Image.open(io.BytesIO(encode(Image.fromarray(noise(20, 30)), "PNG")))
+    np.testing.assert_array_equal(load_image(ok), noise(20, 30))

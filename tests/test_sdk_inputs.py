@@ -88,7 +88,8 @@ def build_corpus(d: Path) -> list[tuple[object, object]]:
     rgba = np.dstack([textured(80, 100, seed=7), np.linspace(0, 255, 80 * 100).reshape(80, 100)
                       .astype(np.uint8)])
     write_png(d / "rgba.png", rgba)
-    c.append((d / "rgba.png", rgba[..., :3]))
+    a = rgba[..., 3:].astype(int)  # the documented rule: composite over white, rounded
+    c.append((d / "rgba.png", ((rgba[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)))
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation 6: display = stored rotated 90° clockwise
     upright = textured(64, 96, seed=8)
@@ -154,7 +155,7 @@ def test_each_bad_input_alone_raises_its_typed_error(det, corpus):
 
 
 def test_odd_pictures_are_the_picture_they_show(det, corpus):
-    """First GIF frame / TIFF page, not the second; rotation applied; alpha ignored."""
+    """First GIF frame / TIFF page, not the second; rotation applied; CMYK converted."""
     gif, tiff = det.predict([p for p, _ in corpus if Path(p).suffix in (".gif", ".tiff")])
     assert gif.logit != pytest.approx(det.predict(_palette_frame(2)[1]).logit, abs=1e-4)
     assert tiff.logit != pytest.approx(det.predict(textured(70, 90, seed=4)).logit, abs=1e-4)

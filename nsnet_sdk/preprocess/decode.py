@@ -75,6 +75,22 @@ def _check_header(hdr: Header, max_pixels: int, src: str) -> None:
             f"work limit of {MAX_SCAN_PIXELS:,} scan-pixels", src)
 
 
+def _checked_header(data: bytes, max_pixels: int, src: str) -> Header | None:
+    """The file's `Header` once its structure and cost pass every check; None if unrecognised."""
+    try:
+        hdr = read_header(data)
+    except Malformed as e:
+        raise ImageDecodeError(f"{src}: {e}", src) from None
+    if hdr is None:
+        return None
+    _check_header(hdr, max_pixels, src)
+    # Structural defects come after the limits, so a bomb is reported as too large.
+    defect = hdr.defect or (hdr.verify() if hdr.verify else None)
+    if defect:
+        raise ImageDecodeError(f"{src}: {defect}", src)
+    return hdr
+
+
 def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool, premultiplied: bool = False) -> np.ndarray:
     """Any decoded/array image → contiguous RGB uint8 HxWx3; a 4th channel is alpha, flattened
     over white (`flatten_alpha`)."""
@@ -157,16 +173,9 @@ def _pillow(data: bytes, hdr: Header, max_pixels: int, src: str) -> np.ndarray |
 def _decode_bytes(data: bytes, max_pixels: int, src: str) -> tuple[np.ndarray, list[str]]:
     if len(data) == 0:
         raise ImageDecodeError(f"{src}: empty input (0 bytes)", src)
-    try:
-        hdr = read_header(data)
-    except Malformed as e:
-        raise ImageDecodeError(f"{src}: {e}", src) from None
+    hdr = _checked_header(data, max_pixels, src)
     if hdr is None:
         raise ImageDecodeError(f"{src}: not a recognised image (supported: {_DECODABLE})", src)
-    _check_header(hdr, max_pixels, src)
-    defect = hdr.defect or (hdr.verify() if hdr.verify else None)
-    if defect:
-        raise ImageDecodeError(f"{src}: {defect}", src)
     rgb = _opencv(data, hdr, src)
     if rgb is None:
         rgb = _pillow(data, hdr, max_pixels, src)
@@ -199,6 +208,24 @@ def _from_pil(img: Any, max_pixels: int, src: str) -> np.ndarray:
         raise ImageTooLargeError(f"{src}: {e}", src) from None
     except Exception as e:  # Pillow's plugins raise many types (RuntimeError, struct.error, ...)
         raise ImageDecodeError(f"{src}: cannot decode PIL image: {type(e).__name__}: {e}", src) from None
+
+
+def _check_pil_file(img: Any, max_pixels: int, src: str) -> None:
+    """A PIL image still backed by its file decodes lazily, with Pillow's decoders and none of
+    their limits: hold the file's structure to the same checks first."""
+    fp = getattr(img, "fp", None)
+    if fp is None or not hasattr(fp, "seek"):
+        return  # already decoded (or built in memory): nothing left to guard
+    try:
+        pos = fp.tell()
+        fp.seek(0)
+        data = fp.read(file_byte_limit(max_pixels) + 1)
+        fp.seek(pos)
+    except (OSError, ValueError):
+        return
+    if len(data) > file_byte_limit(max_pixels):
+        raise ImageTooLargeError(f"{src}: file is over the limit of {file_byte_limit(max_pixels):,} bytes", src)
+    _checked_header(data, max_pixels, src)
 
 
 def _read_file(path: str | os.PathLike, limit: int, label: str) -> bytes:
@@ -263,6 +290,7 @@ def decode_image(src: Any, max_pixels: int = MAX_PIXELS, *,
     if isinstance(src, (str, os.PathLike)):
         return _decode_bytes(_read_file(src, file_byte_limit(max_pixels), label), max_pixels, label)
     if type(src).__module__.startswith("PIL.") and hasattr(src, "convert"):
+        _check_pil_file(src, max_pixels, label)
         return _from_pil(src, max_pixels, label), []
     raise ImageDecodeError(f"{label}: unsupported input type {type(src).__name__}", label)
 
