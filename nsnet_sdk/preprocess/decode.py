@@ -117,7 +117,9 @@ def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool, premultiplied: bool = Fa
 def _metadata_orientation(types: Any, meta: Any) -> tuple[int | None, int | None]:
     """(EXIF orientation, XMP orientation) from OpenCV's metadata blocks."""
     exif = xmp = None
-    for t, m in zip(types if types is not None else (), meta if meta is not None else ()):
+    if types is None:
+        return None, None
+    for t, m in zip(types, meta):
         blob = np.asarray(m).tobytes()
         if int(t) == cv2.IMAGE_METADATA_EXIF:
             exif = exif_orientation(blob)
@@ -133,7 +135,10 @@ def _opencv(data: bytes, hdr: Header, src: str) -> np.ndarray | None:
     # 16-bit samples) and applies no orientation, which is then applied here.
     flags = cv2.IMREAD_UNCHANGED if hdr.alpha else cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
     try:
-        arr, types, meta = cv2.imdecodeWithMetadata(buf, flags)
+        if hasattr(cv2, "imdecodeWithMetadata"):
+            arr, types, meta = cv2.imdecodeWithMetadata(buf, flags)
+        else:  # OpenCV < 4.12: no metadata; EXIF orientation of images with alpha is not applied
+            arr, types, meta = cv2.imdecode(buf, flags), None, None
     except cv2.error:
         return None
     if arr is None or arr.size == 0:
