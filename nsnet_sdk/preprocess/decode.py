@@ -172,7 +172,12 @@ def _pillow(data: bytes, hdr: Header, max_pixels: int, src: str) -> np.ndarray |
     if img.width > hdr.width or img.height > hdr.height:
         raise ImageDecodeError(f"{src}: {hdr.fmt} decoder sees {img.width}x{img.height}, the header "
                                f"{hdr.width}x{hdr.height}: inconsistent file", src)
-    return _from_pil(img, max_pixels, src)
+    try:
+        return _from_pil(img, max_pixels, src)
+    except ImageTooLargeError:
+        raise
+    except ImageDecodeError:  # Pillow cannot decode it either: OpenCV's verdict stands
+        return None
 
 
 def _decode_bytes(data: bytes, max_pixels: int, src: str) -> tuple[np.ndarray, list[str]]:
