@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import warnings
 from typing import Any
 
 import cv2
@@ -166,6 +165,9 @@ def _pillow(data: bytes, hdr: Header, max_pixels: int, src: str) -> np.ndarray |
         return None
     try:
         img = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[hdr.fmt]])
+    except Image.DecompressionBombError as e:  # only when max_pixels exceeds Pillow's own limit
+        raise ImageTooLargeError(f"{src}: Pillow's limit (PIL.Image.MAX_IMAGE_PIXELS) refuses it: {e}",
+                                 src) from None
     except Exception:  # Pillow cannot read it either: OpenCV's verdict stands
         return None
     # Pillow's view of the size must agree with the header that passed the limits.
@@ -201,19 +203,16 @@ def _from_pil(img: Any, max_pixels: int, src: str) -> np.ndarray:
     try:
         if img.tell() != 0:  # first frame; n_frames would walk every frame of the file
             img.seek(0)
-        with warnings.catch_warnings():
-            # max_pixels is the limit here; Pillow's own (MAX_IMAGE_PIXELS) would warn below it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = ImageOps.exif_transpose(img)
-            if img.mode == "F":  # float samples in [0, 1], scaled like a float array
-                return _to_uint8_rgb(np.asarray(img), src, bgr=False)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                arr = np.asarray(img)
-                if arr.dtype != np.uint16:  # mode "I" is int32 holding 16-bit data
-                    arr = np.clip(arr, 0, 65535).astype(np.uint16)
-                return _to_uint8_rgb(arr, src, bgr=False)
-            transparent = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-            return _to_uint8_rgb(np.asarray(img.convert("RGBA" if transparent else "RGB")), src, bgr=False)
+        img = ImageOps.exif_transpose(img)
+        if img.mode == "F":  # float samples in [0, 1], scaled like a float array
+            return _to_uint8_rgb(np.asarray(img), src, bgr=False)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            arr = np.asarray(img)
+            if arr.dtype != np.uint16:  # mode "I" is int32 holding 16-bit data
+                arr = np.clip(arr, 0, 65535).astype(np.uint16)
+            return _to_uint8_rgb(arr, src, bgr=False)
+        transparent = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+        return _to_uint8_rgb(np.asarray(img.convert("RGBA" if transparent else "RGB")), src, bgr=False)
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"{src}: {e}", src) from None
     except Exception as e:  # Pillow's plugins raise many types (RuntimeError, struct.error, ...)
