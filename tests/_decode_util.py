@@ -193,6 +193,16 @@ def png_deflate_bomb(megabytes: int = 512) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + ihdr + idat + png_chunk(b"IEND", b"")
 
 
+def apng_many_frames(frames: int) -> bytes:
+    """A 64×64 PNG declaring an animation of ``frames`` frame-control chunks (each 38 bytes)."""
+    data = encode(Image.fromarray(noise(64, 64)), "PNG")
+    i = data.find(b"IDAT") - 4
+    actl = png_chunk(b"acTL", struct.pack(">II", frames, 0))
+    fctl = b"".join(png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", k, 64, 64, 0, 0, 1, 10, 0, 0))
+                    for k in range(frames))
+    return data[:i] + actl + fctl + data[i:]
+
+
 def png_many_chunks(chunks: int) -> bytes:
     """A 64×64 PNG with ``chunks`` empty private chunks before its pixels."""
     data = encode(Image.fromarray(noise(64, 64)), "PNG")
