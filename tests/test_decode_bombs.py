@@ -36,7 +36,7 @@ CASES = {
     "jpeg-3000-scans": ("u.jpeg_many_scans(3000)", "ImageDecodeError", "more than 100 scans"),
     "png-deflate-bomb": ("u.png_deflate_bomb(256)", "ImageDecodeError", "inflates beyond"),
     "png-150k-chunks": ("u.png_many_chunks(150_000)", "ImageDecodeError", "more than 100,000 chunks"),
-    "apng-12k-frames": ("u.apng_many_frames(12_000)", "ImageDecodeError", "more than 10,000 frames"),
+    "apng-12k-frames": ("u.apng_many_frames(12_000)", "ImageDecodeError", "more than 10,000"),
     "gif-20k-frames": ("u.gif_many_frames(20_000)", "ImageDecodeError", "more than 10,000 frames"),
     "tiff-12k-pages": ("u.tiff_many_pages(12_000)", "ImageDecodeError", "more than 10,000 pages"),
     # truncation: the 11000x9000 JPEG carrying 700 bytes

@@ -71,6 +71,8 @@ def _png(b: memoryview) -> Header:
     alpha = ctype in (4, 6)
     frames, chunks, idat, ended = 0, 0, 0, False
     spans: list[tuple[int, int]] = []
+    declared: int | None = None  # frames the acTL chunk declares
+    last, after_fdat = b"IHDR", False
     while pos + 12 <= n:
         length, tag = struct.unpack(">I4s", b[pos : pos + 8])
         chunks += 1
@@ -80,21 +82,41 @@ def _png(b: memoryview) -> Header:
             # The decoder would allocate what the length field says: never let it see this.
             raise Malformed(f"PNG chunk {tag!r} declares {length:,} bytes but only {n - pos - 12:,} "
                             "remain (truncated or corrupt)")
+        if not tag.isalpha() or not tag.isascii():
+            raise Malformed(f"PNG chunk type {tag!r} at byte {pos} is not a chunk name (corrupt)")
+        # Critical and animation chunks steer the decoder (OpenCV reads APNG chunks itself):
+        # they must be intact, and the animation well ordered.
+        if (tag[0] < 0x61 or tag in _APNG_CHUNKS) and _png_crc(b, pos, length) != struct.unpack(
+                ">I", b[pos + 8 + length : pos + 12 + length])[0]:
+            raise Malformed(f"PNG chunk {tag.decode()} at byte {pos} fails its CRC (corrupt)")
         if tag == b"IDAT":
+            if (idat and last != b"IDAT") or after_fdat:
+                raise Malformed("PNG image data (IDAT) is split by other chunks (corrupt)")
             idat += 1
             spans.append((pos + 8, pos + 8 + length))
         elif tag == b"tRNS":
             alpha = True
-        elif tag == b"fcTL" and length >= 20:
-            fw, fh, fx, fy = struct.unpack(">IIII", b[pos + 12 : pos + 28])
-            if fw == 0 or fh == 0 or fx + fw > w or fy + fh > h:
-                raise Malformed(f"APNG frame {fw}x{fh} at ({fx},{fy}) lies outside the {w}x{h} canvas")
-            frames += 1
-            if frames > MAX_FRAMES:
-                raise Malformed(f"APNG declares more than {MAX_FRAMES:,} frames")
+        elif tag == b"acTL":
+            if idat or declared is not None or length != 8:
+                raise Malformed("APNG animation control (acTL) is repeated, malformed or after the image data")
+            declared = struct.unpack(">I", b[pos + 8 : pos + 12])[0]
+            if declared > MAX_FRAMES:
+                raise Malformed(f"APNG declares {declared:,} frames (more than {MAX_FRAMES:,})")
+        elif tag in (b"fcTL", b"fdAT"):
+            if declared is None or (tag == b"fcTL" and length != 26) or length < 4:
+                raise Malformed(f"APNG {tag.decode()} chunk without acTL, or malformed")
+            after_fdat = after_fdat or tag == b"fdAT"
+            if tag == b"fcTL":
+                fw, fh, fx, fy = struct.unpack(">IIII", b[pos + 12 : pos + 28])
+                if fw == 0 or fh == 0 or fx + fw > w or fy + fh > h:
+                    raise Malformed(f"APNG frame {fw}x{fh} at ({fx},{fy}) lies outside the {w}x{h} canvas")
+                frames += 1
+                if frames > declared:
+                    raise Malformed(f"APNG has more frames than its acTL declares ({declared})")
         elif tag == b"IEND":
             ended = True
             break
+        last = tag
         pos += 12 + length
     if idat == 0:
         raise Malformed("PNG has no IDAT chunk: no pixel data (truncated or corrupt)")
@@ -114,6 +136,13 @@ _INFLATE_CHECK_BYTES = 64 << 10
 
 
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+_APNG_CHUNKS = (b"acTL", b"fcTL", b"fdAT")
+
+
+def _png_crc(b: memoryview, pos: int, length: int) -> int:
+    return zlib.crc32(b[pos + 4 : pos + 8 + length]) & 0xFFFFFFFF
 
 
 def _png_raw_size(w: int, h: int, bits: int, interlace: int) -> int:
