@@ -5,6 +5,8 @@ at native resolution: those with the highest and the lowest spectral entropy.
 
 - `config`: `PatchConfig`, the contract every artifact records, and the defaults.
 - `decode`: `load_image` (bomb guards, orientation, every input kind).
+- `header`, `sniff`, `sniff_boxes`: each format's structure checked before decoding, and the limits.
+- `orient`: the orientation and transparency rules every decoding path shares.
 - `scan`: `iter_image_paths` / `scan_image_paths`, the folder scan (which files are images).
 - `patches`: entropy, selection, mosaic, normalisation, batching.
 """
