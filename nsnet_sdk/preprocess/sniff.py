@@ -330,7 +330,7 @@ def _bmp(b: memoryview) -> Header:
         raise Malformed(f"BMP header size {dib} is not a known BMP variant")
     if bpp not in (1, 4, 8, 16, 24, 32) or comp not in (0, 1, 2, 3, 6) or planes != 1:
         raise Malformed(f"BMP declares {bpp} bits per pixel, compression {comp} (unsupported)")
-    hdr = Header("bmp", w, abs(h), alpha=bpp == 32)
+    hdr = Header("bmp", w, abs(h))  # OpenCV reads BMP as colour only, as Pillow does 32-bit BI_RGB
     stride = ((w * bpp + 31) // 32) * 4
     if comp == 0 and (offset > n or n - offset < stride * abs(h)):
         hdr.defect = (f"truncated: BMP declares {w}x{abs(h)} ({stride * abs(h):,} bytes of pixels) "
