@@ -1,4 +1,5 @@
-"""Writes the fuzzing seed corpus: one small file per format and variant `load_image` accepts.
+"""Writes the fuzzing seed corpus: one small file per format and variant `load_image` accepts,
+and one small hostile file per limit it enforces.
 
 Usage: ``python tests/fuzz/make_corpus.py OUT_DIR``. Each file gets a leading selector byte for
 the harness (even: bytes path, odd: Pillow path); both variants are written.
@@ -66,6 +67,23 @@ def seeds() -> dict[str, bytes]:
     return out
 
 
+def hostile_seeds() -> dict[str, bytes]:
+    """Small refused files (tests/_decode_util.py), so mutations start next to every limit."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import _decode_util as u
+    from test_decode_fuzz_findings import APNG_SEGFAULT
+
+    return {"idat-4gb.png": u.png_idat_says_4gb(), "apng-segfault.png": APNG_SEGFAULT,
+            "jpeg-700-bytes.jpg": u.jpeg_with_size(11000, 9000, keep=700),
+            "jpeg-200-scans.jpg": u.jpeg_many_scans(200, side=64),
+            "gif-outside.gif": u.gif_frame_outside_screen(), "webp-canvas.webp": u.webp_canvas(16384, 16384),
+            "bmp-rle.bmp": u.bmp_rle_with_size(50000, 50000), "pnm-short.ppm": u.pnm_header_only(900, 900),
+            "tiff-dup.tif": u.tiff_duplicate_size((20000, 20000), (16, 16)),
+            "tiff-tiles.tif": u.tiff_tiles((64, 64), (16384, 12288)),
+            "tiff-pages.tif": u.tiff_many_pages(20), "avif-ispe.avif": u.avif_with_ispe(40000, 40000),
+            "jp2-siz.jp2": u.jp2_with_siz(40000, 40000)}
+
+
 def _tiles_ok() -> bool:
     try:
         _pil(Image.new("RGB", (16, 16)), "TIFF", tile=(16, 16))
@@ -79,7 +97,7 @@ def write(out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, data in seeds().items():
+    for name, data in {**seeds(), **hostile_seeds()}.items():
         for sel in (0, 1):
             p = out / f"{sel}-{name}"
             p.write_bytes(bytes([sel]) + data)
