@@ -40,9 +40,9 @@ def prepare_into(src: Any, name: str, cfg: PatchConfig, max_pixels: int, out: np
     """
     try:
         require_image(src, name)
-        img, decoded = decode_image(src, max_pixels, name=name)
-        # Arrays keep their channel order through decoding (a 4th channel is flattened as alpha).
-        img_bgr = bgr and isinstance(src, np.ndarray)
+        img, img_bgr, decoded = decode_image(src, max_pixels, name=name, rgb=False)
+        if bgr and isinstance(src, np.ndarray):
+            img_bgr = True  # arrays keep their order (a 4th channel is flattened as alpha): BGR
         normalize(patch_mosaic(img, cfg), cfg, out=out, bgr=img_bgr)
         return None, tuple(decoded) + size_warnings(img, cfg.patch)
     except Exception as e:  # recorded per input; one bad file must not stop a batch

@@ -3,6 +3,7 @@ than 50 MB of memory growth and less than a second, measured in a fresh process.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +46,9 @@ CASES = {
 
 _RUNNER = r"""
 import json, resource, sys, time
-sys.path.insert(0, sys.argv[1])
 import _decode_util as u
 from nsnet_sdk.preprocess import load_image
-for name, expr in json.loads(sys.argv[2]).items():
+for name, expr in json.loads(sys.argv[1]).items():
     data = eval(expr)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
@@ -67,8 +67,9 @@ for name, expr in json.loads(sys.argv[2]).items():
 def outcomes() -> dict[str, dict]:
     """Every case decoded once, in one fresh process (peak RSS is measured around each call)."""
     exprs = {name: expr for name, (expr, _, _) in CASES.items()}
-    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(TESTS), json.dumps(exprs)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(exprs)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return {r["name"]: r for r in rows}
 

@@ -108,10 +108,10 @@ def test_png_missing_only_iend_is_scored_with_a_warning():
     rgb = noise(40, 50)
     data = encode(Image.fromarray(rgb), "PNG")
     cut = data[: data.rfind(b"IEND") - 4]
-    out, warnings = decode_image(cut)
+    out, _, warnings = decode_image(cut)
     np.testing.assert_array_equal(out, rgb)  # the pixel data was complete
     assert len(warnings) == 1 and "truncated" in warnings[0] and "IEND" in warnings[0]
-    assert decode_image(data)[1] == []
+    assert decode_image(data)[2] == []
     with pytest.raises(ImageDecodeError, match="truncated"):  # pixel data itself cut short
         load_image(data[: len(data) // 2] + data[data.rfind(b"IEND") - 4 :])
 
@@ -119,7 +119,7 @@ def test_png_missing_only_iend_is_scored_with_a_warning():
 def test_gif_missing_only_its_trailer_is_scored_with_a_warning():
     frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (10, 200)]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    out, warnings = decode_image(data[:-1])
+    out, _, warnings = decode_image(data[:-1])
     assert out.shape == (16, 16, 3) and abs(int(out.mean()) - 10) <= 2
     assert any("trailer" in w for w in warnings)
     with pytest.raises(ImageDecodeError, match="truncated"):

@@ -17,7 +17,8 @@ ROOT = FUZZ.parent.parent
 def test_fuzz_smoke_run_finds_nothing(tmp_path):
     pytest.importorskip("atheris", reason="atheris (libFuzzer for Python) is not installed")
     corpus = tmp_path / "corpus"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, str(FUZZ / "make_corpus.py"), str(corpus)], check=True, env=env,
                    cwd=ROOT, capture_output=True, timeout=60)
     assert len(list(corpus.iterdir())) >= 40

@@ -90,7 +90,8 @@ def _checked_header(data: bytes, max_pixels: int, src: str) -> Header | None:
     return hdr
 
 
-def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool, premultiplied: bool = False) -> np.ndarray:
+def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool, premultiplied: bool = False,
+                  swap: bool = True) -> np.ndarray:
     """Any decoded/array image → contiguous RGB uint8 HxWx3; a 4th channel is alpha, flattened
     over white (`flatten_alpha`)."""
     if arr.dtype == np.uint16:
@@ -108,7 +109,7 @@ def _to_uint8_rgb(arr: np.ndarray, src: str, bgr: bool, premultiplied: bool = Fa
         raise ImageDecodeError(f"{src}: unsupported array shape {arr.shape} (need HxW, HxWx3 or HxWx4)", src)
     if arr.shape[2] == 4:
         arr = flatten_alpha(arr, premultiplied)
-    if bgr:
+    if bgr and swap:  # swap=False keeps OpenCV's BGR order (the caller swaps what it keeps)
         return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(arr)
 
@@ -127,8 +128,9 @@ def _metadata_orientation(types: Any, meta: Any) -> tuple[int | None, int | None
     return exif, xmp
 
 
-def _opencv(data: bytes, hdr: Header, src: str) -> np.ndarray | None:
-    """Decode with OpenCV, orientation applied; None when OpenCV cannot decode the file."""
+def _opencv(data: bytes, hdr: Header, src: str, swap: bool = True) -> np.ndarray | None:
+    """Decode with OpenCV, orientation applied (RGB, or BGR with ``swap=False``); None when
+    OpenCV cannot decode the file."""
     buf = np.frombuffer(data, np.uint8)
     # IMREAD_COLOR applies EXIF orientation but drops alpha; IMREAD_UNCHANGED keeps alpha (and
     # 16-bit samples) and applies no orientation, which is then applied here.
@@ -143,7 +145,7 @@ def _opencv(data: bytes, hdr: Header, src: str) -> np.ndarray | None:
     if arr is None or arr.size == 0:
         return None
     _check_pixels(arr.shape[1], arr.shape[0], hdr.width * hdr.height, src)
-    rgb = _to_uint8_rgb(arr, src, bgr=True, premultiplied=hdr.premultiplied)
+    rgb = _to_uint8_rgb(arr, src, bgr=True, premultiplied=hdr.premultiplied, swap=swap)
     exif, xmp = _metadata_orientation(types, meta)
     if hdr.fmt == "tiff":  # libtiff's reader applies the Orientation tag in every mode
         return rgb
@@ -182,18 +184,19 @@ def _pillow(data: bytes, hdr: Header, max_pixels: int, src: str) -> np.ndarray |
         return None
 
 
-def _decode_bytes(data: bytes, max_pixels: int, src: str) -> tuple[np.ndarray, list[str]]:
+def _decode_bytes(data: bytes, max_pixels: int, src: str,
+                  swap: bool = True) -> tuple[np.ndarray, bool, list[str]]:
     if len(data) == 0:
         raise ImageDecodeError(f"{src}: empty input (0 bytes)", src)
     hdr = _checked_header(data, max_pixels, src)
     if hdr is None:
         raise ImageDecodeError(f"{src}: not a recognised image (supported: {_DECODABLE})", src)
-    rgb = _opencv(data, hdr, src)
+    rgb, is_bgr = _opencv(data, hdr, src, swap), not swap
     if rgb is None:
-        rgb = _pillow(data, hdr, max_pixels, src)
+        rgb, is_bgr = _pillow(data, hdr, max_pixels, src), False
     if rgb is None:
         raise ImageDecodeError(f"{src}: cannot decode {hdr.fmt} data (truncated or corrupt)", src)
-    return rgb, list(hdr.notes)
+    return rgb, is_bgr, list(hdr.notes)
 
 
 def _from_pil(img: Any, max_pixels: int, src: str) -> np.ndarray:
@@ -283,24 +286,26 @@ def file_byte_limit(max_pixels: int) -> int:
     return 6 * max_pixels + (64 << 20)
 
 
-def decode_image(src: Any, max_pixels: int = MAX_PIXELS, *,
-                 name: str | None = None) -> tuple[np.ndarray, list[str]]:
-    """`load_image`, plus the warnings decoding raised (e.g. a file missing only its end marker).
-
-    Used by the `Detector` to carry them into `Prediction.warnings`.
+def decode_image(src: Any, max_pixels: int = MAX_PIXELS, *, name: str | None = None,
+                 rgb: bool = True) -> tuple[np.ndarray, bool, list[str]]:
+    """`load_image`, plus (as the 2nd item) whether the pixels are in OpenCV's BGR order — only with
+    ``rgb=False``, which skips the full-frame swap of OpenCV decodes — and (3rd) the warnings
+    decoding raised (e.g. a file missing only its end marker), which the `Detector` carries into
+    `Prediction.warnings`.
     """
     label = _name(src, name)
     if isinstance(src, np.ndarray):
         if src.ndim >= 2:
             _check_pixels(src.shape[1], src.shape[0], max_pixels, label)
-        return _to_uint8_rgb(src, label, bgr=False), []
+        return _to_uint8_rgb(src, label, bgr=False), False, []
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return _decode_bytes(bytes(src), max_pixels, label)
+        return _decode_bytes(bytes(src), max_pixels, label, swap=rgb)
     if isinstance(src, (str, os.PathLike)):
-        return _decode_bytes(_read_file(src, file_byte_limit(max_pixels), label), max_pixels, label)
+        data = _read_file(src, file_byte_limit(max_pixels), label)
+        return _decode_bytes(data, max_pixels, label, swap=rgb)
     if type(src).__module__.startswith("PIL.") and hasattr(src, "convert"):
         _check_pil_file(src, max_pixels, label)
-        return _from_pil(src, max_pixels, label), []
+        return _from_pil(src, max_pixels, label), False, []
     raise ImageDecodeError(f"{label}: unsupported input type {type(src).__name__}", label)
 
 
@@ -329,5 +334,9 @@ def load_image(src: Any, max_pixels: int = MAX_PIXELS, *, name: str | None = Non
 
 def load_image_native(src: Any, max_pixels: int = MAX_PIXELS, *,
                       name: str | None = None) -> tuple[np.ndarray, bool]:
-    """(pixels, is_bgr): :func:`load_image` for callers that can take OpenCV's BGR order."""
-    return load_image(src, max_pixels, name=name), False
+    """(pixels, is_bgr): :func:`load_image` without the full-frame BGR→RGB swap of OpenCV decodes.
+
+    Patch selection is channel-order blind (R+G+B), so the Detector cuts the mosaic from the decode
+    buffer and lets ``normalize(..., bgr=True)`` put the channels in order for the 49 tiles only.
+    """
+    return decode_image(src, max_pixels, name=name, rgb=False)[:2]

@@ -1,7 +1,8 @@
 """Writes the fuzzing seed corpus: one small file per format and variant `load_image` accepts,
 and one small hostile file per limit it enforces.
 
-Usage: ``python tests/fuzz/make_corpus.py OUT_DIR``. Each file gets a leading selector byte for
+Usage, from the repository root: ``PYTHONPATH=$PWD:$PWD/tests python tests/fuzz/make_corpus.py
+OUT_DIR``. Each file gets a leading selector byte for
 the harness (even: bytes path, odd: Pillow path); both variants are written.
 """
 from __future__ import annotations
@@ -68,8 +69,8 @@ def seeds() -> dict[str, bytes]:
 
 
 def hostile_seeds() -> dict[str, bytes]:
-    """Small refused files (tests/_decode_util.py), so mutations start next to every limit."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    """Small refused files (tests/_decode_util.py, so tests/ must be on PYTHONPATH), so that
+    mutations start next to every limit."""
     import _decode_util as u
     from test_decode_fuzz_findings import APNG_SEGFAULT
 
