@@ -79,11 +79,6 @@ def _set_metadata(proto, metadata: dict[str, str]) -> None:
         proto.metadata_props.add(key=k, value=v)
 
 
-def read_metadata(onnx_path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file as a dict (weights are not loaded): the SDK's reader."""
-    return read_onnx_metadata(onnx_path)
-
-
 def op_counts(model) -> dict[str, int]:
     """Node count per op type of a ModelProto or path (top-level graph)."""
     import onnx
@@ -356,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    report = {"out": str(res.path), "metadata": read_metadata(res.path), "fused_ops": res.fused,
+    report = {"out": str(res.path), "metadata": read_onnx_metadata(res.path), "fused_ops": res.fused,
               "parity": asdict(res.parity) if res.parity else None}
     print(json.dumps(report, indent=2))
     return 0

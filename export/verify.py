@@ -29,7 +29,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from export.parity import PARITY_BATCH, Parity, compare, open_artifact, reference_logits
-from export.to_onnx import CheckpointError, load_run, read_metadata
+from export.to_onnx import CheckpointError, load_run
+from nsnet_sdk.artifact import read_model_meta
 
 
 def synthetic_batches(n: int, cfg, seed: int = 0, batch: int = PARITY_BATCH) -> Iterator[np.ndarray]:
@@ -121,7 +122,7 @@ def _onnx_check(name: str, path: Path, want: str) -> _Check:
     """An ONNX file's check. Isolated when either its metadata or the flag it came under says FP16:
     an FP16 graph that ONNX Runtime crashes on must end as a failed row, never take verify down."""
     try:
-        precision = read_metadata(path).get("nsnet.precision", want)
+        precision = read_model_meta(path).precision or want
     except Exception:  # a damaged file: the backend's load reports it as the row's error
         precision = want
     return _Check(name, path, isolated="fp16" in (precision, want), precision=precision)

@@ -25,7 +25,8 @@ from _export_util import make_run, random_inputs, script, torch_logits, weight_m
 from export import ort_run  # noqa: E402
 from export.fold import fold_model, folded_weights  # noqa: E402
 from export.parity import artifact_logits, compare, reference_logits  # noqa: E402
-from export.to_onnx import CheckpointError, export_model, export_onnx, read_metadata  # noqa: E402
+from export.to_onnx import CheckpointError, export_model, export_onnx  # noqa: E402
+from nsnet_sdk.artifact import read_onnx_metadata as read_metadata  # noqa: E402
 from nsnet_sdk.ort_options import session_options_for  # noqa: E402
 from nsnet_sdk.model import load_checkpoint  # noqa: E402
 

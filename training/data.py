@@ -26,12 +26,10 @@ from torch.utils.data import Dataset
 
 from nsnet_sdk.errors import NSNetError
 from training.cli_common import LAYOUTS
-from nsnet_sdk.preprocess import DEFAULT, IMAGE_SUFFIXES, PatchConfig, load_image, normalize, patch_mosaic
+from nsnet_sdk.preprocess import DEFAULT, PatchConfig, iter_image_paths, load_image, normalize, patch_mosaic
 
 log = logging.getLogger(__name__)
 
-# The files `nsnet detect` lists in a folder: a file the decoder then refuses (HEIC) is counted as skipped.
-IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 REAL, FAKE = 0, 1
 
 
@@ -43,7 +41,8 @@ class Sample:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files, _ = iter_image_paths([str(folder)], recursive=True)  # what `nsnet detect -r` scores
+    return [Path(f) for f in files]
 
 
 def _dir_names(root: Path, depth: int = 4) -> set[str]:
