@@ -40,7 +40,7 @@ class Sample:
     generator: str
 
 
-def _images(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     files, _ = iter_image_paths([str(folder)], recursive=True)  # what `nsnet detect -r` scores
     return [Path(f) for f in files]
 
@@ -88,7 +88,7 @@ def _label_dirs(root: Path, names: tuple[tuple[str, int], ...], depth: int,
                 continue
             rel = d.relative_to(root).parts
             generator = rel[0] if len(rel) > depth else root.name
-            out += [Sample(p, label, generator) for p in _images(d)]
+            out += [Sample(p, label, generator) for p in image_files(d)]
     return out
 
 
@@ -106,7 +106,7 @@ def _flat(root: Path) -> list[Sample]:
     out = []
     for label_dir, label in (("real", REAL), ("fake", FAKE)):
         if (root / label_dir).is_dir():
-            out += [Sample(p, label, root.name) for p in _images(root / label_dir)]
+            out += [Sample(p, label, root.name) for p in image_files(root / label_dir)]
     return out
 
 

@@ -278,13 +278,13 @@ def main(argv: list[str] | None = None) -> int:
 def _real_images(root: Path, layout: str, gens) -> list:
     """The real images of a calibration folder: its real class when it has a dataset layout (GenImage:
     the val split), else every image under it."""
-    from training.data import REAL, Sample, _images, detect_layout, discover
+    from training.data import REAL, Sample, image_files, detect_layout, discover
 
     if layout == "auto":
         try:
             layout = detect_layout(root)
         except ValueError:  # no layout: a plain folder of one's own real images
-            return [Sample(p, REAL, root.name) for p in _images(root)]
+            return [Sample(p, REAL, root.name) for p in image_files(root)]
     return [s for s in discover(root, layout, split="val" if layout == "genimage" else None, generators=gens)
             if s.label == REAL]
 

@@ -119,9 +119,9 @@ def normalize(mosaics, cfg: PatchConfig = DEFAULT, out=None):
     """uint8 (B, S, S, 3) → float32 (B, 3, S, S) ``(x/255 − mean)/std`` with the CPU path's float32
     scale and shift (so both round alike), written into ``out`` when given."""
     torch = _torch()
-    from ..preprocess.patches import _affine
+    from ..preprocess.patches import normalize_affine
 
-    scale, shift = (torch.from_numpy(v).to(mosaics.device).view(1, 3, 1, 1) for v in _affine(cfg))
+    scale, shift = (torch.from_numpy(v).to(mosaics.device).view(1, 3, 1, 1) for v in normalize_affine(cfg))
     x = mosaics.permute(0, 3, 1, 2).to(torch.float32) * scale + shift
     if out is None:
         return x.contiguous()

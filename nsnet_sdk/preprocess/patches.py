@@ -244,7 +244,9 @@ def patch_mosaic(
 
 
 @lru_cache(maxsize=8)
-def _affine(cfg: PatchConfig) -> tuple[np.ndarray, np.ndarray]:
+def normalize_affine(cfg: PatchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, shift), float32, with ``normalize(x) = x·scale + shift`` for uint8 x:
+    the one definition of CLIP normalisation (the GPU pipeline applies the same numbers)."""
     std = np.asarray(cfg.std, np.float64)
     return (1.0 / (255.0 * std)).astype(np.float32), (-np.asarray(cfg.mean) / std).astype(np.float32)
 
@@ -258,7 +260,7 @@ def normalize(mosaic: np.ndarray, cfg: PatchConfig = DEFAULT, out: np.ndarray | 
     """
     if out is None:
         out = np.empty((3, *mosaic.shape[:2]), np.float32)
-    scale, shift = _affine(cfg)
+    scale, shift = normalize_affine(cfg)
     planes = cv2.split(mosaic)
     for c, plane in enumerate(planes[::-1] if bgr else planes):
         np.multiply(plane, scale[c], out=out[c], dtype=np.float32)
