@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .cli_args import checked, positive_int
 from .errors import NSNetError
 
 
@@ -62,24 +63,7 @@ def calibrate_band(real: Sequence[float], fake: Sequence[float], *, fpr: float, 
 BAND_KEYS = ("t_real", "t_fake", "fpr", "fnr", "source")
 
 
-def _rate(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {v}")
-    return v
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+_rate = checked(float, lambda v: 0.0 <= v < 1.0, "a rate in [0, 1)")
 
 
 def add_parser(sub: Any) -> None:
@@ -97,7 +81,7 @@ def add_parser(sub: Any) -> None:
     w = p.add_mutually_exclusive_group()
     w.add_argument("--out", metavar="MODEL", help="write a copy of the model carrying the band here")
     w.add_argument("--in-place", action="store_true", help="store the band in MODEL itself")
-    p.add_argument("--batch-size", type=_positive, default=32, help="images per batch (32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (32)")
     p.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
     p.set_defaults(run=cmd_calibrate)
 

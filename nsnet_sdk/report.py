@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .containers import atomic_write
 from .errors import NSNetError
 from .results import CSV, JSONL, read_rows
 
@@ -182,9 +183,16 @@ def thumbnail(source: str, max_side: int, max_pixels: int) -> tuple[str, tuple[i
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii"), (w, h)
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the OS, or with a NUL: not a file here
+        return False
+
+
 def _locate(row: dict) -> str:
     src = row["source"]
-    if not Path(src).exists() and row.get("base") and (Path(row["base"]) / src).exists():
+    if not _exists(Path(src)) and row.get("base") and _exists(Path(row["base"]) / src):
         return str(Path(row["base"]) / src)
     return src
 
@@ -286,9 +294,7 @@ def build_report(rows: Sequence[dict], out: str | Path, *, detector: Any = None,
         n_errors=f"{len(errs):,}", errors=errors_html,
         rows_json=rows_json, page_size=PAGE_SIZE)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return out
 
 
