@@ -75,9 +75,11 @@ class _FakeCudart:
     are memmoves, and every call returns cuda-python's (err, value...) tuples."""
 
     class cudaMemcpyKind:
-        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost = "h2d", "d2h"
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice = "h2d", "d2h", "d2d"
 
     def __init__(self, fail_malloc_after: int | None = None):
+        self.copies: list[tuple[str, int, int, int]] = []  # (kind, dst, src, nbytes) in call order
+        self.memsets: list[tuple[int, int, int]] = []
         self.mem: dict[int, object] = {}
         self.freed: list[int] = []
         self.devices: list[int] = []
@@ -114,7 +116,14 @@ class _FakeCudart:
 
     def cudaMemcpyAsync(self, dst, src, n, kind, stream):
         import ctypes
+        self.copies.append((kind, dst, src, n))
         ctypes.memmove(dst, src, n)
+        return (0,)
+
+    def cudaMemsetAsync(self, ptr, value, n, stream):
+        import ctypes
+        self.memsets.append((ptr, value, n))
+        ctypes.memset(ptr, value, n)
         return (0,)
 
 
@@ -138,7 +147,7 @@ def _fake_tensorrt(min_batch: int, max_batch: int, size: int, logit_dims: tuple 
 
     class Context:
         def __init__(self):
-            self.shape, self.addr, self.batches = None, {}, []
+            self.shape, self.addr, self.batches, self.images_at = None, {}, [], []
 
         def set_input_shape(self, name, shape):
             self.shape = tuple(shape)
@@ -158,6 +167,7 @@ def _fake_tensorrt(min_batch: int, max_batch: int, size: int, logit_dims: tuple 
             logit = stand_in_logit(x.reshape(self.shape)).astype(np.float32)
             ctypes.memmove(self.addr["logit"], logit.ctypes.data, logit.nbytes)
             self.batches.append(self.shape[0])
+            self.images_at.append(self.addr["images"])
             return True
 
     class Engine:
@@ -356,3 +366,123 @@ def test_verify_holds_an_engine_to_its_sidecar_precision(tmp_path, fake_gpu):
     assert rows["exact"]["precision"] == "fp32" and rows["exact"]["passes"] is True
     assert rows["off"]["precision"] == "fp32" and rows["off"]["passes"] is False
 
+
+
+# -- device input by pointer, and the lent pinned buffer (stand-ins for the CUDA runtime) ----------
+
+class _StandInCudaArray:
+    """A CUDA array as torch or cupy describe it (``__cuda_array_interface__``), whose "device"
+    memory is host memory, as the stand-in runtime's is; ``device_index`` mimics torch's
+    ``tensor.device``."""
+
+    def __init__(self, x: np.ndarray, device_index: int | None = None, typestr: str = "<f4"):
+        self.host = np.ascontiguousarray(x)
+        self.__cuda_array_interface__ = {"shape": self.host.shape, "typestr": typestr,
+                                         "data": (self.host.ctypes.data, False), "strides": None,
+                                         "version": 3}
+        if device_index is not None:
+            import types
+            self.device = types.SimpleNamespace(type="cuda", index=device_index)
+
+
+def test_a_cuda_input_is_bound_by_its_pointer_split_by_offsets_and_never_copied_from_host(
+        tmp_path, fake_gpu):
+    from _sdk_util import stand_in_logit
+
+    cudart = fake_gpu(min_batch=2, max_batch=3)
+    backend = Detector(_engine(tmp_path), workers=0).backend
+    assert backend.accepts_device_input is True
+    x = np.random.default_rng(5).standard_normal((8, 3, 224, 224)).astype(np.float32)
+    dev = _StandInCudaArray(x)
+    ptr, row = dev.host.ctypes.data, x[0].nbytes
+    cudart.copies.clear()
+    np.testing.assert_allclose(backend.run(dev), stand_in_logit(x), atol=1e-4)
+    ctx = backend.context
+    assert ctx.batches == [3, 3, 2]  # the profile max is 3: 3+3+2, each read where it lies
+    assert ctx.images_at == [ptr, ptr + 3 * row, ptr + 6 * row]
+    assert [c[0] for c in cudart.copies] == ["d2h"] * 3  # only the logits come back; no input copy
+    assert cudart.memsets == []
+
+    # 7 rows: the last chunk of 1 is below the profile minimum of 2, so it goes device-to-device
+    # into the backend's buffer with one zeroed row of padding.
+    cudart.copies.clear()
+    ctx.images_at.clear()
+    np.testing.assert_allclose(backend.run(_StandInCudaArray(x[:7])), stand_in_logit(x[:7]), atol=1e-4)
+    ptr7 = ctx.images_at[0]
+    assert ctx.images_at == [ptr7, ptr7 + 3 * row, backend._d_in]
+    assert [c[:4] for c in cudart.copies if c[0] != "d2h"] == [("d2d", backend._d_in, ptr7 + 6 * row, row)]
+    assert not any(c[0] == "h2d" for c in cudart.copies)
+    assert cudart.memsets == [(backend._d_in + row, 0, row)]
+    backend.close()
+
+
+def test_cuda_inputs_the_engine_cannot_take_are_inference_errors(tmp_path, fake_gpu):
+    from nsnet_sdk import InferenceError
+
+    fake_gpu(min_batch=1, max_batch=4)
+    backend = Detector(_engine(tmp_path), device="cuda:1", workers=0).backend
+    ok = np.zeros((2, 3, 224, 224), np.float32)
+    with pytest.raises(InferenceError, match=r"shape \(2, 3, 112, 112\)"):
+        backend.run(_StandInCudaArray(np.zeros((2, 3, 112, 112), np.float32)))
+    with pytest.raises(InferenceError, match="float32"):
+        backend.run(_StandInCudaArray(ok, typestr="<f2"))
+    with pytest.raises(InferenceError, match="on cuda:0, the backend runs on cuda:1"):
+        backend.run(_StandInCudaArray(ok, device_index=0))
+    assert backend.context.batches == []
+    assert len(backend.run(_StandInCudaArray(ok, device_index=1))) == 2
+    backend.close()
+
+
+def test_a_batch_written_into_the_lent_pinned_buffer_is_not_copied_again(tmp_path, fake_gpu):
+    from _sdk_util import stand_in_logit
+
+    cudart = fake_gpu(min_batch=2, max_batch=4)
+    backend = Detector(_engine(tmp_path), workers=0).backend
+    assert backend.input_buffer(5) is None and backend.input_buffer(0) is None
+    x = np.random.default_rng(7).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    buf = backend.input_buffer(3)
+    buf[:] = x
+    # From here on any host write into the pinned buffer fails: run() may only read it.
+    backend._h_in = backend._h_in.view()
+    backend._h_in.flags.writeable = False
+    cudart.copies.clear()
+    np.testing.assert_allclose(backend.run(buf), stand_in_logit(x), atol=1e-4)
+    assert [c[0] for c in cudart.copies] == ["h2d", "d2h"]
+    assert cudart.copies[0][2] == buf.ctypes.data  # the one H2D copy reads the lent buffer
+    with pytest.raises(ValueError, match="read-only"):
+        backend.run(x.copy())  # any other host array is copied in: the guard above is real
+    backend.close()
+    assert backend.input_buffer(1) is None
+
+
+def test_the_gpu_pipeline_hands_its_tensor_only_to_backends_that_take_device_input(tmp_path, fake_gpu):
+    pytest.importorskip("torch")
+    from _sdk_util import build_stand_in_onnx
+    from nsnet_sdk.gpu.pipeline import resolve_pipeline
+    from nsnet_sdk.preprocess import DEFAULT
+
+    fake_gpu()
+    trt_backend = Detector(_engine(tmp_path), workers=0).backend
+    ort_cpu = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"],
+                       workers=0).backend
+    assert ort_cpu.accepts_device_input is False  # a CPU session cannot read device memory
+    assert resolve_pipeline("gpu", device="cpu", backend=trt_backend, config=DEFAULT).to_host is False
+    assert resolve_pipeline("gpu", device="cpu", backend=ort_cpu, config=DEFAULT).to_host is True
+    trt_backend.close()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_a_torch_cuda_tensor_runs_in_place_and_matches_the_host_path(tmp_path):
+    torch = pytest.importorskip("torch")
+    from export.to_trt import build_engine
+
+    tiny = tiny_export()
+    eng = build_engine(tiny["onnx"], tmp_path / "nsnet.engine", fp16=True, min_batch=2,
+                       opt_batch=4, max_batch=4)
+    with Detector(eng, workers=0) as det:
+        x = np.random.default_rng(0).standard_normal((7, 3, 224, 224)).astype(np.float32)
+        host = det.backend.run(x)
+        dev = torch.from_numpy(x).to(det.backend.device)
+        torch.cuda.current_stream(dev.device).synchronize()
+        np.testing.assert_allclose(det.backend.run(dev), host, atol=1e-5)

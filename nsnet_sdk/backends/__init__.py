@@ -13,6 +13,11 @@ class Backend(Protocol):
 
     ``metadata`` is the artifact's flat ``nsnet.*`` string map (docs/formats.md); ``device`` a short
     human description of where it runs; ``run`` maps float32 (B,3,S,S) to float32 logits (B,).
+
+    Optional, looked up with ``getattr``: ``accepts_device_input`` (True when ``run`` also takes a
+    CUDA array, see `device_array`, read in place; its producer must have finished writing it, e.g.
+    by synchronising its stream, before ``run`` is called) and ``input_buffer(n)`` (a host array of
+    n rows that ``run`` reads without a copy when handed it, or None).
     """
 
     name: str
@@ -22,6 +27,29 @@ class Backend(Protocol):
     def run(self, images: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+def device_array(x: Any, device_id: int | None = None) -> tuple[int, tuple[int, ...]] | None:
+    """(device pointer, shape) of a CUDA float32 (B,3,S,S) C-contiguous array — a torch CUDA tensor
+    or any object with ``__cuda_array_interface__`` — or None for a host array. `InferenceError`
+    for a CUDA array of another dtype, rank or layout (it cannot be bound as ``images``), or, where
+    the object says its device (torch's ``.device``), on a GPU other than ``device_id``."""
+    from ..errors import InferenceError
+
+    cai = getattr(x, "__cuda_array_interface__", None)
+    if cai is None:
+        return None
+    shape = tuple(int(d) for d in cai["shape"])
+    if cai.get("typestr") != "<f4" or len(shape) != 4:
+        raise InferenceError(f"CUDA input must be float32 (B,3,S,S), got {cai.get('typestr')} {shape}")
+    strides = cai.get("strides")
+    contiguous = tuple(int(np.prod(shape[i + 1:])) * 4 for i in range(len(shape)))
+    if strides is not None and tuple(strides) != contiguous:
+        raise InferenceError(f"CUDA input must be C-contiguous, got strides {tuple(strides)}")
+    index = getattr(getattr(x, "device", None), "index", None)
+    if device_id is not None and index is not None and int(index) != int(device_id):
+        raise InferenceError(f"CUDA input is on cuda:{index}, the backend runs on cuda:{device_id}")
+    return int(cai["data"][0]), shape
 
 
 def gpu_index(device: Any) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..artifact import read_onnx_metadata  # noqa: F401  (the SDK's reader; re-exported here)
+from . import device_array  # noqa: F401  (re-exported: its home before the TensorRT backend used it)
 from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -131,13 +132,14 @@ class OrtBackend:
         # On a GPU provider, IO binding: a host input is copied to the device once, a device input
         # (see `device_array`) is read in place, and the outputs stay in device memory.
         self._use_binding = self.device in _GPU_PROVIDERS
+        self.accepts_device_input = self._use_binding  # the GPU pipeline hands over its tensor
         options = self.session.get_provider_options().get(self.device, {})
         self._device_id = int(options.get("device_id", 0) or 0)
 
     def run(self, images: Any) -> np.ndarray:
         """float32 (B,3,S,S) → float32 logits (B,). ``images`` is a host array, or on a GPU provider
         also a CUDA array (a torch CUDA tensor or anything with ``__cuda_array_interface__``)."""
-        device = device_array(images)
+        device = device_array(images, self._device_id if self._use_binding else None)
         if device is not None and not self._use_binding:
             raise InferenceError(f"{self.path}: a CUDA input needs a GPU provider; this session "
                                  f"runs on {self.device}", source=str(self.path))
@@ -164,23 +166,6 @@ class OrtBackend:
 
     def close(self) -> None:
         self.session = None
-
-
-def device_array(x: Any) -> tuple[int, tuple[int, ...]] | None:
-    """(device pointer, shape) of a CUDA float32 (B,3,S,S) C-contiguous array — a torch CUDA tensor
-    or any object with ``__cuda_array_interface__`` — or None for a host array. `InferenceError`
-    for a CUDA array of another dtype, rank or layout (it cannot be bound as ``images``)."""
-    cai = getattr(x, "__cuda_array_interface__", None)
-    if cai is None:
-        return None
-    shape = tuple(int(d) for d in cai["shape"])
-    if cai.get("typestr") != "<f4" or len(shape) != 4:
-        raise InferenceError(f"CUDA input must be float32 (B,3,S,S), got {cai.get('typestr')} {shape}")
-    strides = cai.get("strides")
-    contiguous = tuple(int(np.prod(shape[i + 1:])) * 4 for i in range(len(shape)))
-    if strides is not None and tuple(strides) != contiguous:
-        raise InferenceError(f"CUDA input must be C-contiguous, got strides {tuple(strides)}")
-    return int(cai["data"][0]), shape
 
 
 def _input_size(metadata: dict[str, str]) -> int:

@@ -1,5 +1,7 @@
 """TensorRT backend: a serialised engine (``nsnet.engine`` + ``nsnet.engine.json`` sidecar) run
 with the TensorRT 10 tensor API and cuda-python; pinned host buffers, one stream, async copies.
+A CUDA input is bound by its device pointer (no copy), and a producer may write a host batch
+straight into the pinned input buffer it lends (`TensorRTBackend.input_buffer`).
 
 Batches larger than the engine's optimisation profile are split; smaller than its minimum are
 padded. Written against the documented APIs; exercised only where CUDA and TensorRT exist.
@@ -9,11 +11,13 @@ from __future__ import annotations
 import ctypes
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..artifact import ModelMeta, read_sidecar
 from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
+from . import device_array
 
 
 def import_cudart():
@@ -29,6 +33,7 @@ class TensorRTBackend:
     """Runs a TensorRT engine whose input is ``images`` [B,3,S,S] and outputs include ``logit``."""
 
     name = "tensorrt"
+    accepts_device_input = True  # a CUDA array is bound as 'images' by its pointer
 
     def __init__(self, path: str | Path, device_id: int = 0) -> None:
         self.path = Path(path)
@@ -131,15 +136,41 @@ class TensorRTBackend:
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
         return np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype=dtype).reshape(shape)
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """float32 (B,3,S,S) → float32 logits (B,), in chunks of at most the profile's max batch."""
+    def run(self, images: Any) -> np.ndarray:
+        """float32 (B,3,S,S) → float32 logits (B,), in chunks of at most the profile's max batch.
+
+        ``images`` is a host array, or a CUDA array on this engine's GPU (a torch CUDA tensor or
+        anything with ``__cuda_array_interface__``) whose memory is bound as ``images`` in place;
+        its producer must have finished writing it (synchronised its stream) before the call."""
+        device = device_array(images, self._device_id)
+        if device is not None:
+            ptr, shape = device
+            if shape[1:] != self._item_shape:
+                raise InferenceError(f"{self.path}: CUDA input has shape {shape}, the engine takes "
+                                     f"(B, {', '.join(map(str, self._item_shape))})",
+                                     source=str(self.path))
+            row = int(np.prod(shape[1:])) * 4
+            out = np.empty(shape[0], dtype=np.float32)
+            for start in range(0, shape[0], self.max_batch):
+                n = min(self.max_batch, shape[0] - start)
+                out[start:start + n] = self._run_chunk(n, device_ptr=ptr + start * row)
+            return out
         out = np.empty(len(images), dtype=np.float32)
         for start in range(0, len(images), self.max_batch):
             chunk = images[start:start + self.max_batch]
-            out[start:start + len(chunk)] = self._run_chunk(chunk)
+            out[start:start + len(chunk)] = self._run_chunk(len(chunk), host=chunk)
         return out
 
-    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
+    def input_buffer(self, n: int) -> np.ndarray | None:
+        """The pinned host input buffer's first ``n`` rows, for a producer to fill: `run` handed
+        this very view skips its host copy. None above the profile's max batch, or once closed.
+        One buffer per backend: the caller fills it only while no other batch is being run."""
+        if self._h_in is None or not 0 < n <= self.max_batch:
+            return None
+        return self._h_in[:n]
+
+    def _run_chunk(self, n: int, host: np.ndarray | None = None, device_ptr: int = 0) -> np.ndarray:
+        """One batch of n ≤ max_batch rows, from ``host`` or from device memory at ``device_ptr``."""
         # One context and one set of buffers: batches from several threads take turns.
         with self._lock:
             cudart, ctx = self._cudart, self.context
@@ -149,28 +180,45 @@ class TensorRTBackend:
             # The current device is per host thread, and the thread iterating results need not be
             # the one that built the backend.
             self._check(cudart.cudaSetDevice(self._device_id), "cudaSetDevice")
-            n = len(chunk)
             b = max(n, self.min_batch)  # below the profile minimum: pad with zeros, drop the rows
-            self._h_in[:n] = chunk
-            if b > n:
-                self._h_in[n:b] = 0
-            nbytes = b * self._h_in[0].nbytes
+            row = self._h_in[0].nbytes
+            stream = self._stream
+            kinds = cudart.cudaMemcpyKind
+            if host is not None:
+                # A batch written into the lent pinned buffer (`input_buffer`) is already there.
+                lent = (isinstance(host, np.ndarray) and host.dtype == np.float32
+                        and host.flags.c_contiguous and host.ctypes.data == self._h_in_ptr)
+                if not lent:
+                    self._h_in[:n] = host
+                if b > n:
+                    self._h_in[n:b] = 0
+                self._check(cudart.cudaMemcpyAsync(self._d_in, self._h_in_ptr, b * row,
+                                                   kinds.cudaMemcpyHostToDevice, stream),
+                            "cudaMemcpyAsync H2D")
+                images_ptr = self._d_in
+            elif b > n:  # a device batch below the minimum: into the device buffer, then pad
+                self._check(cudart.cudaMemcpyAsync(self._d_in, device_ptr, n * row,
+                                                   kinds.cudaMemcpyDeviceToDevice, stream),
+                            "cudaMemcpyAsync D2D")
+                self._check(cudart.cudaMemsetAsync(self._d_in + n * row, 0, (b - n) * row, stream),
+                            "cudaMemsetAsync")
+                images_ptr = self._d_in
+            else:
+                images_ptr = device_ptr  # read in place: no copy at all
             if not ctx.set_input_shape("images", (b, *self._item_shape)):
                 raise InferenceError(f"{self.path}: engine refused batch shape {b}",
                                      source=str(self.path))
-            ctx.set_tensor_address("images", self._d_in)
+            ctx.set_tensor_address("images", images_ptr)
             for name, ptr in self._d_out.items():
                 ctx.set_tensor_address(name, ptr)
-            stream = self._stream
-            kinds = cudart.cudaMemcpyKind
-            h2d, d2h = kinds.cudaMemcpyHostToDevice, kinds.cudaMemcpyDeviceToHost
-            self._check(cudart.cudaMemcpyAsync(self._d_in, self._h_in_ptr, nbytes, h2d, stream),
-                        "cudaMemcpyAsync H2D")
             if not ctx.execute_async_v3(int(stream)):
                 raise InferenceError(f"{self.path}: TensorRT execution failed", source=str(self.path))
             self._check(cudart.cudaMemcpyAsync(self._h_out_ptr, self._d_out["logit"],
-                                               b * self._logit_dtype.itemsize, d2h, stream),
+                                               b * self._logit_dtype.itemsize,
+                                               kinds.cudaMemcpyDeviceToHost, stream),
                         "cudaMemcpyAsync D2H")
+            # Also what keeps a caller's device batch (and the lent buffer) in use until the
+            # engine has read it: nothing returns before the stream is drained.
             self._check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
             return self._h_out[:n].astype(np.float32)
 

@@ -51,13 +51,16 @@ def resolve_pipeline(pipeline: str, *, device: Any = None, backend: Any = None,
     if device is None:
         device = backend.device if str(getattr(backend, "device", "")).startswith("cuda") else "cuda"
     return GpuPipeline(str(device), config, max_pixels=max_pixels,
-                       to_host=getattr(backend, "name", "") != "torch")
+                       to_host=not (getattr(backend, "name", "") == "torch"
+                                    or getattr(backend, "accepts_device_input", False)))
 
 
 class GpuPipeline:
     """Decode + patch selection + mosaic + normalisation of a batch on one torch device.
 
-    ``to_host``: hand the backend a numpy array (backends without a device-tensor input)."""
+    ``to_host``: hand the backend a numpy array (backends without a device-tensor input). Otherwise
+    the backend gets the device tensor itself, once this thread's stream has finished producing it:
+    TensorRT and ONNX Runtime read it on streams of their own."""
 
     def __init__(self, device: str, config: PatchConfig, *, max_pixels: int = MAX_PIXELS,
                  to_host: bool = False) -> None:
@@ -95,4 +98,8 @@ class GpuPipeline:
         batch = preprocess_batch(good, self.config) if good else None
         if batch is not None and self.to_host:
             batch = batch.cpu().numpy()
+        elif batch is not None and batch.is_cuda:
+            import torch
+
+            torch.cuda.current_stream(batch.device).synchronize()
         return batch, errors, [() if e else notes(d) for d, e in zip(decoded, errors)]
