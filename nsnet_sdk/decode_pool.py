@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,15 +52,20 @@ def prepare_into(src: Any, name: str, cfg: PatchConfig, max_pixels: int, out: np
 class _Decoder:
     """Batch buffers plus ``submit(src, name, buffer index, row) -> Future[NSNetError | None]``."""
 
-    def __init__(self, cfg: PatchConfig, max_pixels: int, batch_size: int, n_buffers: int) -> None:
+    def __init__(self, cfg: PatchConfig, max_pixels: int, batch_size: int, n_buffers: int,
+                 lend: Callable[[int], np.ndarray | None] | None = None) -> None:
         self.cfg, self.max_pixels = cfg, max_pixels
         self.shape = (n_buffers, batch_size, 3, cfg.size, cfg.size)
         self._local: list[np.ndarray | None] = [None] * n_buffers
+        self._lend = lend
 
     def buffer(self, i: int) -> np.ndarray:
-        """Batch buffer ``i`` (allocated on first use, so a short run stays small)."""
+        """Batch buffer ``i`` (allocated on first use, so a short run stays small): one the backend
+        lends (``lend(rows)``, its pinned memory) where it offers one, else a plain array."""
         if self._local[i] is None:
-            self._local[i] = np.empty(self.shape[1:], np.float32)
+            lent = self._lend(self.shape[1]) if self._lend is not None else None
+            ok = lent is not None and lent.shape == self.shape[1:] and lent.dtype == np.float32
+            self._local[i] = lent if ok else np.empty(self.shape[1:], np.float32)
         return self._local[i]
 
     def submit(self, src: Any, name: str, buf: int, row: int, bgr: bool = False) -> Future:
@@ -216,11 +221,13 @@ def _work_many(srcs: list[Any], names: list[str], buf: int, rows: list[int], bgr
 
 
 def make_decoder(mode: str, workers: int, cfg: PatchConfig, max_pixels: int, batch_size: int,
-                 n_buffers: int) -> _Decoder:
-    """The decoder for ``mode`` (see `DECODE_MODES`); ``workers=0`` decodes on the calling thread."""
+                 n_buffers: int, lend: Callable[[int], np.ndarray | None] | None = None) -> _Decoder:
+    """The decoder for ``mode`` (see `DECODE_MODES`); ``workers=0`` decodes on the calling thread.
+    ``lend``: the backend's ``input_buffer``, used for the batch buffers of in-process decoding
+    (worker processes write to shared memory instead)."""
     args = (cfg, max_pixels, batch_size, n_buffers)
     if workers == 0:
-        return _Decoder(*args)
+        return _Decoder(*args, lend)
     if mode == "processes":
         return _ProcessDecoder(workers, *args)
-    return _ThreadDecoder(workers, *args)
+    return _ThreadDecoder(workers, *args, lend)

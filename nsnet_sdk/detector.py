@@ -222,8 +222,10 @@ class Detector:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="nsnet-decode") if workers else _InlineExecutor()
         # CPU pipeline: 1 + ahead batch buffers (the one being inferred never overlaps the ones
         # being filled), filled by decode_pool's threads or processes.
+        # The buffers are the backend's pinned memory where it lends some (TensorRT): no host copy.
         decoder = None if self._gpu is not None else make_decoder(
-            self.decode, workers, self.config, self.max_pixels, bs, 1 + ahead)
+            self.decode, workers, self.config, self.max_pixels, bs, 1 + ahead,
+            lend=getattr(self.backend, "input_buffer", None))
         free = list(range(1 + ahead))
         inflight: deque = deque()
         counter = 0

@@ -433,26 +433,53 @@ def test_cuda_inputs_the_engine_cannot_take_are_inference_errors(tmp_path, fake_
     backend.close()
 
 
-def test_a_batch_written_into_the_lent_pinned_buffer_is_not_copied_again(tmp_path, fake_gpu):
+def test_a_batch_written_into_lent_pinned_memory_goes_to_the_device_without_a_host_copy(
+        tmp_path, fake_gpu):
+    import gc
+
     from _sdk_util import stand_in_logit
 
     cudart = fake_gpu(min_batch=2, max_batch=4)
     backend = Detector(_engine(tmp_path), workers=0).backend
-    assert backend.input_buffer(5) is None and backend.input_buffer(0) is None
-    x = np.random.default_rng(7).standard_normal((3, 3, 224, 224)).astype(np.float32)
-    buf = backend.input_buffer(3)
+    x = np.random.default_rng(7).standard_normal((5, 3, 224, 224)).astype(np.float32)
+    buf = backend.input_buffer(5)
+    base, row, n_allocs = buf.ctypes.data, x[0].nbytes, len(cudart.mem)
+    assert base in cudart.mem and base not in (backend._h_in_ptr, backend._d_in)  # its own allocation
     buf[:] = x
-    # From here on any host write into the pinned buffer fails: run() may only read it.
+    # From here on any host write into the staging buffer fails: run() may only read the lent one.
     backend._h_in = backend._h_in.view()
     backend._h_in.flags.writeable = False
     cudart.copies.clear()
     np.testing.assert_allclose(backend.run(buf), stand_in_logit(x), atol=1e-4)
-    assert [c[0] for c in cudart.copies] == ["h2d", "d2h"]
-    assert cudart.copies[0][2] == buf.ctypes.data  # the one H2D copy reads the lent buffer
+    assert backend.context.batches == [4, 2]  # the max of 4, then 1 row padded to the min of 2
+    assert [c for c in cudart.copies if c[0] == "h2d"] == [("h2d", backend._d_in, base, 4 * row),
+                                                           ("h2d", backend._d_in, base + 4 * row, row)]
+    assert cudart.memsets == [(backend._d_in + row, 0, row)]  # the padding, zeroed on the device
     with pytest.raises(ValueError, match="read-only"):
-        backend.run(x.copy())  # any other host array is copied in: the guard above is real
+        backend.run(x.copy())  # any other host array is staged: the guard above is real
+    del buf
+    gc.collect()
+    again = backend.input_buffer(3)  # the dropped buffer is reused, not allocated anew
+    assert again.ctypes.data == base and len(cudart.mem) == n_allocs
     backend.close()
-    assert backend.input_buffer(1) is None
+    assert sorted(cudart.freed) == sorted(cudart.mem) and backend.input_buffer(1) is None
+
+
+def test_the_detector_decodes_into_the_engine_s_pinned_memory(tmp_path, fake_gpu):
+    from _sdk_util import build_stand_in_onnx
+
+    cudart = fake_gpu(min_batch=1, max_batch=8)
+    imgs = [np.random.default_rng(i).integers(0, 256, (50 + 7 * i, 80, 3), np.uint8) for i in range(6)]
+    ref = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), workers=0).predict(imgs)
+    for workers in (0, 2):
+        det = Detector(_engine(tmp_path), workers=workers)
+        det.backend._h_in.flags.writeable = False  # the staging copy would fail: it must not happen
+        cudart.copies.clear()
+        got = det.predict(imgs, batch_size=3)
+        np.testing.assert_allclose([p.logit for p in got], [p.logit for p in ref], atol=1e-4)
+        h2d = [c for c in cudart.copies if c[0] == "h2d"]
+        assert len(h2d) == 2 and all(c[2] != det.backend._h_in_ptr for c in h2d)
+        det.close()
 
 
 def test_the_gpu_pipeline_hands_its_tensor_only_to_backends_that_take_device_input(tmp_path, fake_gpu):

@@ -17,7 +17,8 @@ class Backend(Protocol):
     Optional, looked up with ``getattr``: ``accepts_device_input`` (True when ``run`` also takes a
     CUDA array, see `device_array`, read in place; its producer must have finished writing it, e.g.
     by synchronising its stream, before ``run`` is called) and ``input_buffer(n)`` (a host array of
-    n rows that ``run`` reads without a copy when handed it, or None).
+    n rows, e.g. pinned memory, that ``run`` reads without a host copy when handed it or a
+    contiguous slice of it; reused once the caller drops it; or None).
     """
 
     name: str

@@ -1,7 +1,7 @@
 """TensorRT backend: a serialised engine (``nsnet.engine`` + ``nsnet.engine.json`` sidecar) run
 with the TensorRT 10 tensor API and cuda-python; pinned host buffers, one stream, async copies.
 A CUDA input is bound by its device pointer (no copy), and a producer may write a host batch
-straight into the pinned input buffer it lends (`TensorRTBackend.input_buffer`).
+straight into pinned memory the backend lends (`TensorRTBackend.input_buffer`).
 
 Batches larger than the engine's optimisation profile are split; smaller than its minimum are
 padded. Written against the documented APIs; exercised only where CUDA and TensorRT exist.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,10 @@ class TensorRTBackend:
         self._stream = None
         self.context = self.engine = None
         self._lock = threading.Lock()
+        # The lent pinned buffers (`input_buffer`); re-entrant: a buffer's finaliser may run under it.
+        self._pool_lock = threading.RLock()
+        self._lent: dict[int, int] = {}  # address → bytes, while a caller holds it
+        self._free_pinned: list[tuple[int, int]] = []
         self._device_id = int(device_id)
         self.device = f"cuda:{self._device_id}"
         try:
@@ -162,12 +167,34 @@ class TensorRTBackend:
         return out
 
     def input_buffer(self, n: int) -> np.ndarray | None:
-        """The pinned host input buffer's first ``n`` rows, for a producer to fill: `run` handed
-        this very view skips its host copy. None above the profile's max batch, or once closed.
-        One buffer per backend: the caller fills it only while no other batch is being run."""
-        if self._h_in is None or not 0 < n <= self.max_batch:
+        """A pinned host array of n input rows for a producer to fill: `run` copies a batch lying in
+        it straight to the device, with no host copy. It returns to the backend's pool once no view
+        of it remains (a later call reuses it) and is freed at `close`. None once closed."""
+        row = int(np.prod(self._item_shape)) * 4
+        with self._pool_lock:
+            if self.context is None or n < 1:
+                return None
+            fits = [k for k, (_, size) in enumerate(self._free_pinned) if size >= n * row]
+            ptr, size = (self._free_pinned.pop(fits[0]) if fits else
+                         (self._malloc(n * row, pinned=True), n * row))
+            self._lent[ptr] = size
+        arr = self._host_view(ptr, np.float32, (n, *self._item_shape))
+        weakref.finalize(arr, self._returned, ptr, size)
+        return arr
+
+    def _returned(self, ptr: int, size: int) -> None:
+        with self._pool_lock:
+            if self._lent.pop(ptr, None) is not None and self.context is not None:
+                self._free_pinned.append((ptr, size))
+
+    def _lent_address(self, host: Any) -> int | None:
+        """The address of ``host`` when it is a contiguous float32 run inside a lent buffer."""
+        if not (isinstance(host, np.ndarray) and host.dtype == np.float32 and host.flags.c_contiguous):
             return None
-        return self._h_in[:n]
+        p = host.ctypes.data
+        with self._pool_lock:
+            inside = any(base <= p and p + host.nbytes <= base + size for base, size in list(self._lent.items()))
+        return p if inside else None
 
     def _run_chunk(self, n: int, host: np.ndarray | None = None, device_ptr: int = 0) -> np.ndarray:
         """One batch of n ≤ max_batch rows, from ``host`` or from device memory at ``device_ptr``."""
@@ -184,17 +211,22 @@ class TensorRTBackend:
             row = self._h_in[0].nbytes
             stream = self._stream
             kinds = cudart.cudaMemcpyKind
-            if host is not None:
-                # A batch written into the lent pinned buffer (`input_buffer`) is already there.
-                lent = (isinstance(host, np.ndarray) and host.dtype == np.float32
-                        and host.flags.c_contiguous and host.ctypes.data == self._h_in_ptr)
-                if not lent:
-                    self._h_in[:n] = host
+            src = None if host is None else self._lent_address(host)
+            if host is not None and src is None:  # staged through the pinned buffer, padded there
+                self._h_in[:n] = host
                 if b > n:
                     self._h_in[n:b] = 0
                 self._check(cudart.cudaMemcpyAsync(self._d_in, self._h_in_ptr, b * row,
                                                    kinds.cudaMemcpyHostToDevice, stream),
                             "cudaMemcpyAsync H2D")
+                images_ptr = self._d_in
+            elif host is not None:  # already in pinned memory (`input_buffer`): no host copy
+                self._check(cudart.cudaMemcpyAsync(self._d_in, src, n * row,
+                                                   kinds.cudaMemcpyHostToDevice, stream),
+                            "cudaMemcpyAsync H2D")
+                if b > n:
+                    self._check(cudart.cudaMemsetAsync(self._d_in + n * row, 0, (b - n) * row, stream),
+                                "cudaMemsetAsync")
                 images_ptr = self._d_in
             elif b > n:  # a device batch below the minimum: into the device buffer, then pad
                 self._check(cudart.cudaMemcpyAsync(self._d_in, device_ptr, n * row,
@@ -227,8 +259,9 @@ class TensorRTBackend:
         cudart = getattr(self, "_cudart", None)
         if cudart is None:
             return
-        with self._lock:  # not while another thread's batch is using the buffers
+        with self._lock, self._pool_lock:  # not while another thread's batch uses the buffers
             self.context = None  # before the engine it was created from
+            self._lent, self._free_pinned = {}, []
             self.engine = None
             self._h_in = self._h_out = None  # views of the pinned memory freed below
             for kind, ptr in self._allocs:
