@@ -193,7 +193,8 @@ class TensorRTBackend:
             return None
         p = host.ctypes.data
         with self._pool_lock:
-            inside = any(base <= p and p + host.nbytes <= base + size for base, size in list(self._lent.items()))
+            lent = list(self._lent.items())
+        inside = any(base <= p and p + host.nbytes <= base + size for base, size in lent)
         return p if inside else None
 
     def _run_chunk(self, n: int, host: np.ndarray | None = None, device_ptr: int = 0) -> np.ndarray:
