@@ -59,7 +59,7 @@ def test_every_input_kind_gives_the_same_score_for_the_same_picture(tiny, tmp_pa
     data = png.read_bytes()
     kinds = [str(png), png, data, bytearray(data), pic, pic.astype(np.uint16) * 257,
              Image.fromarray(pic), Image.open(io.BytesIO(data)),
-             np.dstack([pic, np.full(pic.shape[:2], 7, np.uint8)])]
+             np.dstack([pic, np.full(pic.shape[:2], 255, np.uint8)])]  # opaque: the same picture
     preds = det.predict(kinds, batch_size=4)
     assert all(p.ok for p in preds), [p.error for p in preds if not p.ok]
     logits = [p.logit for p in preds]
