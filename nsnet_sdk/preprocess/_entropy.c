@@ -60,8 +60,8 @@ INLINE void bfly(vf *ar, vf *ai, vf *br, vf *bi, const int t) {
  * four elements goes through both stages in registers, with the same operations as two passes. */
 INLINE void stage_pair(vf *re, vf *im, const vf *sr, const vf *si, const int stride, const int half) {
     const int s1 = (P / 2) / half, s2 = s1 / 2;
-    for (int blk = 0; blk < P; blk += 4 * half)
-        for (int j = 0; j < half; j++) {
+    _Pragma("GCC unroll 32") for (int blk = 0; blk < P; blk += 4 * half)
+        _Pragma("GCC unroll 32") for (int j = 0; j < half; j++) {
             const int a = blk + j, b = a + half, c = b + half, d = c + half;
             /* The first pass reads its input straight from the source in bit-reversed order. */
             const int ia = sr ? BITREV[a] * stride : a, ib = sr ? BITREV[b] * stride : b;
@@ -82,7 +82,7 @@ INLINE void stage_pair(vf *re, vf *im, const vf *sr, const vf *si, const int str
 INLINE void fft32(vf *re, vf *im, const vf *sr, const vf *si, const int stride) {
     stage_pair(re, im, sr, si, stride, 1);       /* stages 1, 2 */
     stage_pair(re, im, NULL, NULL, 0, 4);        /* stages 4, 8 */
-    for (int j = 0; j < P / 2; j++)  /* stage 16 */
+    _Pragma("GCC unroll 32") for (int j = 0; j < P / 2; j++)  /* stage 16 */
         bfly(&re[j], &im[j], &re[j + P / 2], &im[j + P / 2], j);
 }
 
@@ -116,6 +116,16 @@ INLINE vf vsqrt(vf x) {
     return r;
 }
 
+typedef uint16_t vu16 __attribute__((vector_size(8 * sizeof(uint16_t))));
+
+/* s[0], s[3], ..., s[21] widened to int32 (two shuffles of three unaligned loads). */
+INLINE vi every_third(const uint16_t *s) {
+    vu16 a, b, c;
+    memcpy(&a, s, sizeof a), memcpy(&b, s + 8, sizeof b), memcpy(&c, s + 16, sizeof c);
+    const vu16 x = __builtin_shuffle(a, b, (vu16){0, 3, 6, 9, 12, 15, 0, 0});
+    return __builtin_convertvector(__builtin_shuffle(x, c, (vu16){0, 1, 2, 3, 4, 5, 10, 13}), vi);
+}
+
 /* Work space of one group: the mean-removed grey patches, then their row spectra. */
 typedef struct {
     vf g[P][P];      /* g[i][n]: pixel row i, column n of each lane's patch */
@@ -135,12 +145,28 @@ INLINE void group(const uint8_t *px, Py_ssize_t stride, int lanes, work_t *w, do
          * sums that start at a pixel (every third) are that pixel's R+G+B. */
         for (int j = 0; j < nb - 2; j++)
             s3[j] = (uint16_t)((uint16_t)src[j] + (uint16_t)src[j + 1] + (uint16_t)src[j + 2]);
-        for (int n = 0; n < P; n++) {
-            vi v;
-            for (int l = 0; l < L; l++) v[l] = s3[3 * (l * P + n)];
-            const vf f = __builtin_convertvector(v, vf);
-            w->g[i][n] = f;
-            sum += f;  /* integer patch sums below 2^24: exact */
+        for (int n0 = 0; n0 < P; n0 += 8) {
+            /* v[l] = pixels n0..n0+7 of lane l; an 8x8 transpose puts one pixel of every lane
+             * in each vector (shuffles instead of 64 scalar loads). */
+            vi v[L], t[L], u[L];
+            for (int l = 0; l < L; l++) v[l] = every_third(s3 + 3 * (l * P + n0));
+            for (int l = 0; l < L; l += 2) {
+                t[l] = __builtin_shuffle(v[l], v[l + 1], (vi){0, 8, 1, 9, 4, 12, 5, 13});
+                t[l + 1] = __builtin_shuffle(v[l], v[l + 1], (vi){2, 10, 3, 11, 6, 14, 7, 15});
+            }
+            for (int l = 0; l < L; l += 4)
+                for (int h = 0; h < 2; h++) {
+                    u[l + 2 * h] = __builtin_shuffle(t[l + h], t[l + h + 2], (vi){0, 1, 8, 9, 4, 5, 12, 13});
+                    u[l + 2 * h + 1] = __builtin_shuffle(t[l + h], t[l + h + 2], (vi){2, 3, 10, 11, 6, 7, 14, 15});
+                }
+            for (int c = 0; c < 4; c++) {
+                const vf lo = __builtin_convertvector(
+                    __builtin_shuffle(u[c], u[c + 4], (vi){0, 1, 2, 3, 8, 9, 10, 11}), vf);
+                const vf hi = __builtin_convertvector(
+                    __builtin_shuffle(u[c], u[c + 4], (vi){4, 5, 6, 7, 12, 13, 14, 15}), vf);
+                w->g[i][n0 + c] = lo, w->g[i][n0 + c + 4] = hi;
+                sum += lo + hi;  /* integer patch sums below 2^24: exact in any order */
+            }
         }
     }
     /* sum / 1024 is exact, and so is every g - mean: a flat patch becomes exactly zero. */
