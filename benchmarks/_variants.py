@@ -40,9 +40,10 @@ def derive(model: Path, workdir: Path, *, int8: bool = True, fp16: bool = False)
 
     Written under ``workdir`` by `export.to_onnx.derive_onnx` (metadata copied, precision updated).
     """
-    from export.to_onnx import derive_onnx, read_metadata
+    from export.to_onnx import derive_onnx
+    from nsnet_sdk.artifact import read_onnx_metadata
 
-    meta = read_metadata(model)
+    meta = read_onnx_metadata(model)
     if meta.get("nsnet.precision", "fp32") != "fp32":
         raise ValueError(f"{model}: --model must be the FP32 export (nsnet.precision = "
                          f"{meta.get('nsnet.precision')!r})")

@@ -272,11 +272,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         raise BenchError(f"--pipeline: expected cpu and/or gpu, got {','.join(args.pipeline)}")
     if args.threads < 1 or args.iters < 1 or args.warmup < 0 or args.size < 32:
         raise BenchError("--threads and --iters must be >= 1, --warmup >= 0, --size >= 32")
-    from export.to_onnx import read_metadata
+    from nsnet_sdk.artifact import read_onnx_metadata
     from nsnet_sdk.errors import ModelLoadError
 
     try:
-        meta = read_metadata(args.model)
+        meta = read_onnx_metadata(args.model)
     except ModelLoadError as e:
         raise BenchError(f"--model {e}") from e
     if "nsnet.preprocess" not in meta:
