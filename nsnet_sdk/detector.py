@@ -219,7 +219,11 @@ class Detector:
         # Batches queued behind the one being inferred: enough to give every worker a task plus
         # one spare. Inline (workers=0) nothing is gained by decoding ahead, so nothing is.
         ahead = 1 + math.ceil(workers / bs) if workers else 0
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="nsnet-decode") if workers else _InlineExecutor()
+        # Threads for provenance reads and GPU-pipeline batches; the CPU pipeline's decoding has
+        # its own workers in decode_pool, so without those two no second pool is started.
+        side_work = self.provenance is not None or self._gpu is not None
+        pool = (ThreadPoolExecutor(workers, thread_name_prefix="nsnet-decode") if workers and side_work
+                else _InlineExecutor())
         # CPU pipeline: 1 + ahead batch buffers (the one being inferred never overlaps the ones
         # being filled), filled by decode_pool's threads or processes.
         # The buffers are the backend's pinned memory where it lends some (TensorRT): no host copy.
