@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import nsnet_sdk.model  # noqa: F401  (registers the nsnet-tiny config)
-from training.weights import locate, resolve_pretrained
+from training.weights import Located, locate, resolve_pretrained
 
 
 def wants_quick_gelu(backbone: str, pretrained: str | None) -> bool:
@@ -26,13 +26,14 @@ def wants_quick_gelu(backbone: str, pretrained: str | None) -> bool:
 
 
 def load_clip(backbone: str, pretrained: str | None, device: str | torch.device = "cpu",
-              quick_gelu: bool | None = None) -> tuple[nn.Module, object, bool]:
+              quick_gelu: bool | None = None, found: Located | None = None) -> tuple[nn.Module, object, bool]:
     """(open_clip model, its tokenizer, quick_gelu used). ``pretrained`` 'none' → random weights;
     a tag or file is resolved by `training.weights.locate` first, so a tag whose weights are not on
-    an offline machine fails at once with WeightsUnavailable instead of retrying downloads."""
+    an offline machine fails at once with WeightsUnavailable instead of retrying downloads.
+    ``found``: that resolution when the caller already has it (it is not repeated)."""
     if backbone not in open_clip.list_models():
         raise ValueError(f"unknown open_clip backbone {backbone!r} (e.g. ViT-B-32, ViT-L-14, nsnet-tiny)")
-    found = locate(backbone, pretrained)
+    found = found or locate(backbone, pretrained)
     if quick_gelu is None:
         quick_gelu = found.quick_gelu if found.quick_gelu is not None else wants_quick_gelu(backbone, None)
     with warnings.catch_warnings():

@@ -192,8 +192,7 @@ def initial_model(args, device: torch.device) -> tuple[NSNet, dict[str, Any]]:
 
     # Resolved first: a tag whose weights are not on an offline machine fails here, in seconds.
     weights = locate(args.backbone, args.pretrained)
-    clip, tokenizer, quick_gelu = load_clip(args.backbone, weights.arg or "none", device,
-                                            quick_gelu=weights.quick_gelu)
+    clip, tokenizer, quick_gelu = load_clip(args.backbone, args.pretrained, device, found=weights)
     texts = prompt_bank(args.prompt_bank, args.templates)
     n_captions = 0
     if args.captions:

@@ -11,7 +11,6 @@ one line that says how to bring the weights.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -208,18 +207,12 @@ def locate(backbone: str, pretrained: str | None) -> Located:
     return Located(download(backbone, name), "download", name, qg)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch(backbone: str, tag: str, out: str | Path) -> Path:
     """Download (or take from the cache) a tag's weights and copy them to ``out`` as
     ``<model>-<tag>.<ext>`` with a ``<model>-<tag>.json`` sidecar (model, tag, QuickGELU, sha256)
     that ``--pretrained FILE`` reads on the offline machine."""
+    from nsnet_sdk.containers import sha256_file
+
     cfg = _pretrained_cfg(backbone, tag, flag="--tag")
     hit = cached_file(backbone, tag)
     src = Path(hit[0]) if hit and hit[1] == "hf-cache" else None
@@ -231,7 +224,7 @@ def fetch(backbone: str, tag: str, out: str | Path) -> Path:
     dst = out / f"{backbone}-{tag}{src.suffix}"
     shutil.copyfile(src, dst)
     sidecar = {"model": backbone, "tag": tag, "quick_gelu": bool(cfg.get("quick_gelu", False)),
-               "source": cfg.get("hf_hub") or cfg.get("url"), "sha256": _sha256(dst)}
+               "source": cfg.get("hf_hub") or cfg.get("url"), "sha256": sha256_file(dst)}
     dst.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     return dst
 
