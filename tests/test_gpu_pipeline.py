@@ -153,6 +153,24 @@ def test_decode_batch_routes_only_guarded_jpeg_png_and_falls_back_per_image(tmp_
     np.testing.assert_array_equal(out[5].numpy(), rgb)
 
 
+def test_decode_batch_never_waits_on_a_fifo_path(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    good = tmp_path / "good.png"
+    import cv2
+    rgb = textured(40, 50, 3)
+    cv2.imwrite(str(good), rgb[..., ::-1])
+    items = [str(fifo), str(good)]
+    dec = RecordingDecoder()
+    # A subprocess would be needed to time out a hang; a FIFO opened for reading with no writer
+    # blocks forever, so reaching the asserts at all is the check.
+    out = decode_batch(items, lambda i: load_image(items[i], name=f"item{i}"), device="cpu", decoder=dec)
+    assert isinstance(out[0], ImageDecodeError) and "FIFO" in str(out[0])
+    assert dec.handed == [good.read_bytes()]
+
+
 def test_importing_the_gpu_package_loads_no_torch():
     code = "import nsnet_sdk, nsnet_sdk.gpu, sys; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

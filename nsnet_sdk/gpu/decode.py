@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..preprocess.config import MAX_PIXELS
-from ..preprocess.decode import image_size
+from ..errors import NSNetError
+from ..preprocess.decode import file_byte_limit, image_size, read_image_file
 
 __all__ = ["nvimgcodec_available", "NvDecoder", "decode_batch"]
 
@@ -78,12 +78,9 @@ def _encoded(src: Any, max_pixels: int) -> bytes | None:
     """The bytes worth handing to nvImageCodec, or None (then `load_image` decides, with its
     guards): only JPEG and 8-bit PNG whose header is within the pixel limit."""
     if isinstance(src, (str, os.PathLike)):
-        try:
-            path = Path(src)
-            if path.stat().st_size > 6 * max_pixels + (64 << 20):
-                return None
-            data = path.read_bytes()
-        except (OSError, ValueError):
+        try:  # the CPU path's bounded read: a FIFO or device is refused unopened, never waited on
+            data = read_image_file(src, file_byte_limit(max_pixels), os.fsdecode(src))
+        except NSNetError:
             return None
     elif isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)

@@ -240,7 +240,7 @@ def _check_pil_file(img: Any, max_pixels: int, src: str) -> None:
     _checked_header(data, max_pixels, src)
 
 
-def _read_file(path: str | os.PathLike, limit: int, label: str) -> bytes:
+def read_image_file(path: str | os.PathLike, limit: int, label: str) -> bytes:
     """The bytes of a regular file, at most ``limit``; never blocks on a FIFO or device."""
     try:
         st = os.stat(path)
@@ -301,7 +301,7 @@ def decode_image(src: Any, max_pixels: int = MAX_PIXELS, *, name: str | None = N
     if isinstance(src, (bytes, bytearray, memoryview)):
         return _decode_bytes(bytes(src), max_pixels, label, swap=rgb)
     if isinstance(src, (str, os.PathLike)):
-        data = _read_file(src, file_byte_limit(max_pixels), label)
+        data = read_image_file(src, file_byte_limit(max_pixels), label)
         return _decode_bytes(data, max_pixels, label, swap=rgb)
     if type(src).__module__.startswith("PIL.") and hasattr(src, "convert"):
         _check_pil_file(src, max_pixels, label)
