@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cli_args import checked, positive_int
+from .cli_args import checked, positive_int, provider_list
 from .errors import NSNetError
 
 
@@ -96,9 +96,8 @@ def cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         for w in warnings:
             print(f"nsnet: warning: {w}", file=sys.stderr)
         sets[label] = paths
-    providers = [s.strip() for s in args.providers.split(",") if s.strip()] if args.providers else None
     try:
-        det = Detector(args.model, providers=providers, batch_size=args.batch_size)
+        det = Detector(args.model, providers=provider_list(args.providers), batch_size=args.batch_size)
     except (NSNetError, ValueError) as e:
         print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ import numpy as np
 
 from .containers import atomic_write
 from .errors import NSNetError
-from .results import CSV, JSONL, read_rows
+from .results import CSV, JSONL, WARNING_SEP, read_rows
 
 VERDICTS = ("ai-generated", "uncertain", "real", "error")
 TEMPLATE = Path(__file__).with_name("report_template.html")
@@ -84,7 +84,7 @@ def _text(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, (list, tuple)):
-        v = "; ".join(map(str, v))
+        v = WARNING_SEP.join(map(str, v))
     return str(v)[:MAX_CELL]
 
 

@@ -22,7 +22,6 @@ before it appends.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -30,6 +29,8 @@ import re
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Sequence
+
+from .containers import sha256_file
 
 CSV = "csv"
 JSONL = "jsonl"
@@ -321,8 +322,4 @@ def model_sha256(model: str | os.PathLike) -> str:
     p = Path(model)
     if p.is_dir():
         p = p / "nsnet.safetensors"
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(p)

@@ -16,7 +16,7 @@ from _sdk_util import (build_stand_in_onnx, contract_metadata, stand_in_logit, t
                        write_engine_pair)
 from nsnet_sdk import (BackendUnavailableError, Detector, ImageDecodeError, ModelLoadError,
                        Prediction, PreprocessMismatchError)
-from nsnet_sdk.backends.onnxruntime import read_onnx_metadata
+from nsnet_sdk.artifact import read_onnx_metadata
 from nsnet_sdk.preprocess import DEFAULT, PatchConfig, preprocess
 
 
@@ -411,7 +411,7 @@ def test_cuda_inputs_are_described_or_refused_before_binding(model):
     # A CUDA array is bound by pointer (no host round trip); one that cannot be bound as `images`
     # is a typed error, and a CPU session refuses device memory rather than reading it as host memory.
     from nsnet_sdk import InferenceError
-    from nsnet_sdk.backends.onnxruntime import device_array
+    from nsnet_sdk.backends import device_array
 
     class CudaArray:  # what torch/cupy expose: the CUDA array interface, version 3
         def __init__(self, shape, typestr="<f4", strides=None):

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifact import read_onnx_metadata  # noqa: F401  (the SDK's reader; re-exported here)
-from . import device_array  # noqa: F401  (re-exported: its home before the TensorRT backend used it)
+from ..artifact import read_onnx_metadata
+from . import device_array
 from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")

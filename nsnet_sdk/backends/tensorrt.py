@@ -94,13 +94,14 @@ class TensorRTBackend:
         lo, _opt, hi = self.engine.get_tensor_profile_shape("images", 0)
         self.min_batch, self.max_batch = max(1, int(lo[0])), int(hi[0])
         self._item_shape = tuple(int(d) for d in hi[1:])
+        self._row_bytes = int(np.prod(self._item_shape)) * 4  # one float32 [3,S,S] input
         # The same I/O contract as an ONNX graph: [B,3,S,S], S from the recorded config (the
         # batch is the profile's; 'logit' is checked against it below).
         ModelMeta.parse(self.metadata, str(self.path)).check_io(
             str(self.path), (-1, *self._item_shape), (-1,))
 
         _, self._stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        in_bytes = self.max_batch * int(np.prod(self._item_shape)) * 4
+        in_bytes = self.max_batch * self._row_bytes
         self._d_in = self._malloc(in_bytes, pinned=False)
         self._h_in_ptr = self._malloc(in_bytes, pinned=True)
         self._h_in = self._host_view(self._h_in_ptr, np.float32, (self.max_batch, *self._item_shape))
@@ -154,7 +155,7 @@ class TensorRTBackend:
                 raise InferenceError(f"{self.path}: CUDA input has shape {shape}, the engine takes "
                                      f"(B, {', '.join(map(str, self._item_shape))})",
                                      source=str(self.path))
-            row = int(np.prod(shape[1:])) * 4
+            row = self._row_bytes
             out = np.empty(shape[0], dtype=np.float32)
             for start in range(0, shape[0], self.max_batch):
                 n = min(self.max_batch, shape[0] - start)
@@ -170,7 +171,7 @@ class TensorRTBackend:
         """A pinned host array of n input rows for a producer to fill: `run` copies a batch lying in
         it straight to the device, with no host copy. It returns to the backend's pool once no view
         of it remains (a later call reuses it) and is freed at `close`. None once closed."""
-        row = int(np.prod(self._item_shape)) * 4
+        row = self._row_bytes
         with self._pool_lock:
             if self.context is None or n < 1:
                 return None
