@@ -24,7 +24,7 @@ import numpy as np
 
 from .containers import atomic_write
 from .errors import NSNetError
-from .results import CSV, JSONL, WARNING_SEP, read_rows
+from .results import CSV, JSONL, WARNING_SEP, read_rows, unescape_value
 
 VERDICTS = ("ai-generated", "uncertain", "real", "error")
 TEMPLATE = Path(__file__).with_name("report_template.html")
@@ -69,7 +69,8 @@ def _parquet_rows(path: Path) -> Iterable[dict]:
     import pyarrow.parquet as pq  # optional: only Parquet results need it
 
     for batch in pq.ParquetFile(path).iter_batches() if path.is_file() else pq.read_table(path).to_batches():
-        yield from batch.to_pylist()
+        # nsnet batch escapes text cells exactly as nsnet detect's files do (results.escape_text)
+        yield from ({k: unescape_value(v) for k, v in row.items()} for row in batch.to_pylist())
 
 
 def _float(v: Any) -> float | None:

@@ -187,7 +187,7 @@ def _parse_rows(data: bytes, fmt: str, path: str) -> list[dict[str, Any]]:
                 raise ResultFileError(f"{path}:{n}: not a JSON Lines result file ({e})") from None
             if not isinstance(rec, dict) or not isinstance(rec.get("source"), str):
                 raise ResultFileError(f"{path}:{n}: a row without a 'source' text field")
-            rows.append({k: _unescaped(v) for k, v in rec.items()})
+            rows.append({k: unescape_value(v) for k, v in rec.items()})
         return rows
     if not lines:
         return []
@@ -206,13 +206,14 @@ def _parse_rows(data: bytes, fmt: str, path: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _unescaped(value: Any) -> Any:
+def unescape_value(value: Any) -> Any:
+    """A row value with every text cell (in lists and dicts too) unescaped."""
     if isinstance(value, str):
         return unescape_text(value)
     if isinstance(value, list):
-        return [_unescaped(v) for v in value]
+        return [unescape_value(v) for v in value]
     if isinstance(value, dict):
-        return {unescape_text(k): _unescaped(v) for k, v in value.items()}
+        return {unescape_text(k): unescape_value(v) for k, v in value.items()}
     return value
 
 

@@ -87,7 +87,10 @@ def test_reads_nsnet_batch_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    table = pa.table({"path": ["a.jpg", "b.jpg", "c.jpg"], "prob_fake": [0.9, None, 0.1],
+    from nsnet_sdk.results import escape_text
+
+    odd = os.fsdecode(b"c\xffname.jpg")  # a non-UTF-8 name, escaped in the file as nsnet batch does
+    table = pa.table({"path": ["a.jpg", "b.jpg", escape_text(odd)], "prob_fake": [0.9, None, 0.1],
                       "logit": [2.2, None, -2.2], "is_fake": [True, None, False],
                       "error": [None, "ImageDecodeError: b.jpg: truncated", None], "model_sha256": ["0" * 64] * 3})
     (tmp_path / "out").mkdir()
@@ -98,7 +101,7 @@ def test_reads_nsnet_batch_parquet(tmp_path):
         rows, problems = read_results([src])
         assert problems == []
         assert sorted((r["source"], r["verdict"]) for r in rows) == [
-            ("a.jpg", "ai-generated"), ("b.jpg", "error"), ("c.jpg", "real")]
+            ("a.jpg", "ai-generated"), ("b.jpg", "error"), (odd, "real")]
 
 
 def test_any_row_values_normalise_and_render(tmp_path):
