@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 
 # The compiled patch-entropy kernel, rebuilt in place whenever its source changes (the editable
 # install above builds it once; this keeps it current on a set-up tree).
-$(KERNEL): $(STAMP) setup.py nsnet_sdk/preprocess/_entropy.c
+$(KERNEL): $(STAMP) setup.py nsnet_sdk/pipeline/_entropy.c
 	$(PY) setup.py --quiet build_ext --inplace
 	touch $(KERNEL)
 
@@ -36,7 +36,7 @@ bench: setup
 	$(PY) -m benchmarks.preprocess
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo_out nsnet_sdk/preprocess/_entropy*.so
+	rm -rf $(VENV) build *.egg-info demo_out nsnet_sdk/pipeline/_entropy*.so
 
 # ---- the NVIDIA path (docs/nvidia.md) ---------------------------------------------------------
 # gpu-wheels (on a connected machine): the few wheels a GPU box with only CUDA PyTorch lacks, into

@@ -11,5 +11,5 @@ from setuptools import Extension, setup
 # identically. -fno-math-errno lets sqrt vectorise (errno is never read).
 FLAGS = [] if sys.platform == "win32" else ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-Wno-psabi"]
 
-setup(ext_modules=[Extension("nsnet_sdk.preprocess._entropy", ["nsnet_sdk/preprocess/_entropy.c"],
+setup(ext_modules=[Extension("nsnet_sdk.pipeline._entropy", ["nsnet_sdk/pipeline/_entropy.c"],
                              extra_compile_args=FLAGS, optional=True)])

@@ -182,7 +182,7 @@ def _cuda_graph_runner(backend, batch: np.ndarray, autocast: bool) -> Callable[[
 def sample_mosaics(files: list[str], cfg, k: int = 8) -> np.ndarray:
     """(≤k,3,S,S): the first ``k`` readable files preprocessed, the model stage's input material."""
     from nsnet_sdk.errors import NSNetError
-    from nsnet_sdk.preprocess import load_image, preprocess
+    from nsnet_sdk.pipeline import load_image, preprocess
 
     base = []
     for f in files:
@@ -278,7 +278,7 @@ def measure_model(spec: dict) -> dict[str, Any]:
 def measure_preprocess(spec: dict) -> dict[str, Any]:
     """Decode + patch mosaic + normalise from files, ``workers`` threads; per-image latencies."""
     from nsnet_sdk.errors import NSNetError
-    from nsnet_sdk.preprocess import PatchConfig, load_image, normalize, patch_mosaic
+    from nsnet_sdk.pipeline import PatchConfig, load_image, normalize, patch_mosaic
 
     cfg = PatchConfig.from_dict(spec["preprocess"])
     files = spec["files"]

@@ -36,7 +36,7 @@ def _timed(fn: Callable[[], Any], device: str, iters: int, warmup: int = 1) -> t
 def measure_pipeline(det, files: list[str], batch_size: int, iters: int = 5) -> dict[str, Any]:
     """One row: per-image seconds of each stage (wall and host CPU) for ``det``'s pipeline at this
     batch size, model-only and end-to-end images/s, and cores needed to feed the model."""
-    from nsnet_sdk.preprocess import load_image, normalize, patch_mosaic
+    from nsnet_sdk.pipeline import load_image, normalize, patch_mosaic
 
     batch_files = list(np.resize(np.array(files, dtype=object), batch_size))
     gpu = det._gpu
@@ -49,8 +49,8 @@ def measure_pipeline(det, files: list[str], batch_size: int, iters: int = 5) -> 
         select = lambda: [normalize(patch_mosaic(x, cfg), cfg, out=buf[i]) for i, x in enumerate(rgbs)]  # noqa: E731
         batch = buf
     else:
-        from nsnet_sdk.gpu.decode import decode_batch
-        from nsnet_sdk.gpu.patches import preprocess_batch
+        from nsnet_sdk.pipeline.nvdecode import decode_batch
+        from nsnet_sdk.pipeline.torch_patches import preprocess_batch
 
         def decode():
             return decode_batch(batch_files, lambda i: load_image(batch_files[i]), device=device,

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from nsnet_sdk.preprocess.sniff import read_header
+from nsnet_sdk.pipeline.sniff import read_header
 
 cv2.setNumThreads(1)
 

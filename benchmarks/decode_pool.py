@@ -23,8 +23,8 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 
-from nsnet_sdk.decode_pool import make_decoder  # noqa: E402
-from nsnet_sdk.preprocess import DEFAULT, MAX_PIXELS, kernel_name  # noqa: E402
+from nsnet_sdk.pipeline.executors import make_decoder  # noqa: E402
+from nsnet_sdk.pipeline import DEFAULT, MAX_PIXELS, kernel_name  # noqa: E402
 from benchmarks.preprocess import photo_like, write_report  # noqa: E402  (same photos, same report)
 
 cv2.setNumThreads(1)

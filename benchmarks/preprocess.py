@@ -33,8 +33,8 @@ from typing import Callable  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nsnet_sdk.decode_pool import prepare_into  # noqa: E402
-from nsnet_sdk.preprocess import DEFAULT, MAX_PIXELS, kernel_name, patch_mosaic, select_kernel  # noqa: E402
+from nsnet_sdk.pipeline.executors import prepare_into  # noqa: E402
+from nsnet_sdk.pipeline import DEFAULT, MAX_PIXELS, kernel_name, patch_mosaic, select_kernel  # noqa: E402
 
 cv2.setNumThreads(1)
 SIZES = ((512, 512), (768, 1024), (1536, 2048))  # (h, w)

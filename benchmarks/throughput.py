@@ -79,7 +79,7 @@ def synthetic_files(n: int, size: int, root: Path) -> list[str]:
 
 def image_files(root: Path) -> list[str]:
     """The image files under ``root`` (recursive, sorted): what `nsnet detect --recursive` scores."""
-    from nsnet_sdk.preprocess import IMAGE_SUFFIXES, iter_image_paths
+    from nsnet_sdk.pipeline import IMAGE_SUFFIXES, iter_image_paths
 
     files, _ = iter_image_paths([str(root)], recursive=True)
     if not files:
@@ -318,7 +318,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         parity_path = None
         if args.parity_n > 0:
             from export.verify import synthetic_batches
-            from nsnet_sdk.preprocess import PatchConfig
+            from nsnet_sdk.pipeline import PatchConfig
 
             cfg = PatchConfig.from_dict(json.loads(meta["nsnet.preprocess"]))
             parity_path = workdir / "parity_inputs.npy"

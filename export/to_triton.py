@@ -11,7 +11,7 @@ Layout (docs/nvidia.md, "Triton"):
       nsnet_ensemble/    config.pbtxt, 1/           bytes in → logit and prob_fake out
 
 ``--preprocess client`` writes only ``nsnet``: the client sends mosaics it made with
-`nsnet_sdk.preprocess.preprocess_batch`. The Python model calls :func:`preprocess_encoded`, this
+`nsnet_sdk.pipeline.preprocess_batch`. The Python model calls :func:`preprocess_encoded`, this
 module's one function the Triton container runs (it needs ``pip install nsnet-sdk`` there).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 from nsnet_sdk.artifact import artifact_kind, read_model_meta
 from nsnet_sdk.errors import ImageDecodeError, NSNetError
-from nsnet_sdk.preprocess import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic
+from nsnet_sdk.pipeline import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic
 
 MODEL, PREPROCESS, ENSEMBLE = "nsnet", "nsnet_preprocess", "nsnet_ensemble"
 BYTES_INPUT = "image_bytes"
@@ -157,7 +157,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from export.to_triton import preprocess_encoded
-from nsnet_sdk.preprocess import PatchConfig
+from nsnet_sdk.pipeline import PatchConfig
 
 
 class TritonPythonModel:

@@ -9,7 +9,7 @@ SDK backend that serves it (`nsnet_sdk.backends`: ONNX Runtime on the CPU provid
 child process; TensorRT for an engine), and the bounds apply to its ``logit`` and ``sigmoid(logit)``
 (what `nsnet_sdk.Detector` reports). Inputs are real images (``--images``, streamed in batches of
 16, so any folder size fits in memory) or synthetic ones (``--synthetic N``, seeded), both through
-nsnet_sdk.preprocess with the checkpoint's PatchConfig. Bounds by the artifact's precision (ONNX
+nsnet_sdk.pipeline with the checkpoint's PatchConfig. Bounds by the artifact's precision (ONNX
 metadata, engine sidecar): FP32 max |Δlogit| ≤ 1e-4; FP16 (ONNX or engine) max |Δprob| ≤ 5e-3 and
 ≥ 99.9 % decision agreement; INT8 reported only.
 
@@ -36,7 +36,7 @@ from nsnet_sdk.artifact import read_model_meta
 def synthetic_batches(n: int, cfg, seed: int = 0, batch: int = PARITY_BATCH) -> Iterator[np.ndarray]:
     """(≤batch,3,S,S) inputs from ``n`` seeded random images of varied size and texture,
     preprocessed; the same images whatever ``batch`` is."""
-    from nsnet_sdk.preprocess import preprocess_batch
+    from nsnet_sdk.pipeline import preprocess_batch
 
     rng = np.random.default_rng(seed)
     imgs = []
@@ -57,7 +57,7 @@ def image_dir_batches(root: Path, cfg, batch: int = PARITY_BATCH) -> Iterator[np
     at a time, so memory holds one batch whatever the folder's size. A file that cannot be read is
     reported on stderr and skipped."""
     from nsnet_sdk.errors import NSNetError
-    from nsnet_sdk.preprocess import iter_image_paths, load_image, preprocess
+    from nsnet_sdk.pipeline import iter_image_paths, load_image, preprocess
 
     files, _ = iter_image_paths([str(root)], recursive=True)
     chunk = []
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: checkpoint directory not found: {args.ckpt}", file=sys.stderr)
         return 2
 
-    from nsnet_sdk.preprocess import PatchConfig
+    from nsnet_sdk.pipeline import PatchConfig
 
     try:
         model, meta = load_run(args.ckpt)

@@ -16,7 +16,7 @@ from .errors import (BackendUnavailableError, ImageDecodeError, ImageTooLargeErr
                      ModelLoadError, NSNetError, PreprocessMismatchError, RandomWeightsWarning,
                      UnsupportedInputError)
 from .prediction import Prediction
-from .preprocess import PatchConfig, load_image
+from .pipeline import PatchConfig, load_image
 
 __version__ = "0.1.0"
 

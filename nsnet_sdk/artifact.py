@@ -20,7 +20,7 @@ from .containers import atomic_write
 from .modelcard import (DEFAULT_THRESHOLD, VerdictBand, check_card, field_error, model_card,
                         probability)
 from .errors import ModelLoadError
-from .preprocess import PatchConfig
+from .pipeline import PatchConfig
 
 TENSORRT = "tensorrt"
 ONNXRUNTIME = "onnxruntime"

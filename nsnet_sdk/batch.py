@@ -10,7 +10,6 @@ already written. Ray is imported only when a job runs (``pip install 'nsnet-sdk[
 """
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
@@ -20,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import NSNetError
-from .prediction import Prediction
+from .prediction import Prediction, rename_source
 from .batch_inputs import expand_inputs, local_error
 from .results import FIELDS, escape_text, model_sha256, result_row
 
@@ -55,15 +53,6 @@ def failed_row(path: str, error: str, threshold: float, sha256: str) -> dict[str
     """The row of an input that never reached a Detector."""
     pred = Prediction(source=path, prob_fake=None, is_fake=None, logit=None, error=error)
     return prediction_row(pred, threshold, sha256)
-
-
-def rename_source(pred: Prediction, index: int, name: str) -> Prediction:
-    """``pred`` (from bytes at position ``index`` of a Detector call) named ``name`` instead of
-    ``<bytes #index>``, in ``source`` and in its error message, as if the file had been given."""
-    from dataclasses import replace
-
-    error = pred.error.replace(f"<bytes #{index}>", name) if pred.error else pred.error
-    return replace(pred, source=name, error=error)
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -292,85 +281,3 @@ def _score_on_ray(todo: list[str], model: str, sha: str, take: Callable[[list[di
     finally:
         if owned:
             ray.shutdown()
-
-
-# -- CLI ------------------------------------------------------------------------------------
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``nsnet batch`` (Ray is imported only when it runs)."""
-    from .cli_args import positive_int, probability
-
-    b = subparsers.add_parser(
-        "batch", help="score many images on a Ray cluster (Ray Data), Parquet output",
-        description="Score folders (recursive), globs, or text/Parquet listings of paths or URIs on "
-        "a Ray cluster, writing one Parquet row per input under --out. Needs the [ray] extra.")
-    b.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="folders, globs, files, or .txt/.lst/.csv/.parquet listings of paths/URIs")
-    b.add_argument("--model", "-m", required=True, help="model artifact (.onnx, .engine, run dir), "
-                   "readable at the same path on every node")
-    b.add_argument("--out", required=True, metavar="DIR", help="folder for the Parquet files")
-    b.add_argument("--address", help="Ray cluster: 'auto' or ray://host:10001 (default: start a "
-                   "local Ray)")
-    b.add_argument("--workers", type=positive_int, default=1, help="scoring actors (1)")
-    b.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
-                   help="GPUs per actor (0 = CPU actors)")
-    b.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (32)")
-    b.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
-    b.add_argument("--resume", action="store_true",
-                   help="skip inputs already in --out (continue a stopped job)")
-    b.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
-    b.set_defaults(run=cmd_batch)
-
-
-def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run ``nsnet batch``; exit 0 when every input has a row, 1 when the job failed, 2 on usage."""
-    try:
-        import ray  # noqa: F401
-        import pyarrow  # noqa: F401
-    except ImportError:
-        parser.error("nsnet batch needs Ray: pip install 'nsnet-sdk[ray]'")
-    if args.gpus_per_worker < 0:
-        parser.error("--gpus-per-worker must be >= 0")
-    from .cli_args import progress_bar
-
-    bar = None
-
-    def start(s: BatchSummary) -> None:
-        nonlocal bar
-        for w in s.warnings:
-            print(f"nsnet: warning: {w}", file=sys.stderr)
-        bar = progress_bar(s.inputs, args.quiet)
-        if bar is not None:
-            bar.update(s.skipped)
-
-    try:
-        summary = run_batch(args.inputs, args.model, args.out, address=args.address,
-                            workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                            batch_size=args.batch_size, resume=args.resume,
-                            threshold=args.threshold, threads_per_worker=None if args.gpus_per_worker else 1,
-                            on_start=start,
-                            on_rows=lambda rows: bar.update(len(rows)) if bar is not None else None)
-    except FileExistsError as e:
-        parser.error(str(e))
-    except (NSNetError, OSError) as e:
-        print(f"nsnet: error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # a Ray failure (cluster unreachable, actors unable to load the model)
-        print(f"nsnet: error: batch job failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if bar is not None:
-            bar.close()
-    if not args.quiet:
-        print(format_summary(summary, args.out), file=sys.stderr)
-    return 0
-
-
-def format_summary(s: BatchSummary, out: str) -> str:
-    """The final summary: images, errors, images/s overall and per worker."""
-    lines = [f"nsnet: {s.inputs} inputs: {s.scored} scored, {s.errors} errors, {s.skipped} already "
-             f"done; {s.images_per_s:.1f} images/s over {s.seconds:.1f}s; {s.files} Parquet "
-             f"files written to {out}"]
-    for w, (n, busy) in sorted(s.per_worker.items()):
-        lines.append(f"  worker {w}: {n} images, {n / busy if busy > 0 else 0:.1f} images/s busy")
-    return "\n".join(lines)

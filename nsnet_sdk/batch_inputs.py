@@ -8,7 +8,7 @@ import stat
 from typing import Sequence
 
 from .errors import NSNetError
-from .preprocess import iter_image_paths, load_image
+from .pipeline import iter_image_paths, load_image
 
 LISTING_SUFFIXES = (".txt", ".lst", ".csv")
 _GLOB_CHARS = frozenset("*?[")

@@ -22,14 +22,14 @@ import numpy as np
 
 from .artifact import ModelMeta, artifact_kind, read_model_meta
 from .backends import Backend, load_backend
-from .decode_pool import DECODE_MODES, make_decoder
+from .pipeline.executors import DECODE_MODES, make_decoder
 from .errors import InferenceError, PreprocessMismatchError, RandomWeightsWarning, as_input_error
-from .gpu import resolve_pipeline  # torch loads only when a GPU pipeline is built
-from .inputs import (bgr_to_rgb, check_channels, is_single_input, iter_inputs, require_image,
+from .pipeline.gpu import resolve_pipeline  # torch loads only when a GPU pipeline is built
+from .pipeline.inputs import (bgr_to_rgb, check_channels, is_single_input, iter_inputs, require_image,
                      size_warnings, source_name)
 from .prediction import Prediction, sigmoid
 from .provenance import provenance_reader, with_provenance
-from .preprocess import MAX_PIXELS, PatchConfig, kernel_name, load_image
+from .pipeline import MAX_PIXELS, PatchConfig, kernel_name, load_image
 
 if TYPE_CHECKING:
     from .explain import Explanation

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ImageDecodeError, InferenceError, NSNetError, UnsupportedInputError
-from .inputs import ACCEPTED_INPUTS, bgr_to_rgb, is_image, source_name
+from .pipeline.inputs import ACCEPTED_INPUTS, bgr_to_rgb, is_image, source_name
 from .prediction import sigmoid
-from .preprocess import load_image, mosaic_slots, normalize, patch_entropies, patch_mosaic
+from .pipeline import load_image, mosaic_slots, normalize, patch_entropies, patch_mosaic
 
 if TYPE_CHECKING:
     from .detector import Detector

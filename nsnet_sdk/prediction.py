@@ -55,3 +55,12 @@ class Prediction:
         """The record of an input that could not be scored."""
         return cls(source=source, prob_fake=None, is_fake=None, logit=None,
                    error=f"{type(exc).__name__}: {exc}")
+
+
+def rename_source(pred: Prediction, index: int, name: str) -> Prediction:
+    """``pred`` (from bytes at position ``index`` of a Detector call) named ``name`` instead of
+    ``<bytes #index>``, in ``source`` and in its error message, as if the file had been given."""
+    from dataclasses import replace
+
+    error = pred.error.replace(f"<bytes #{index}>", name) if pred.error else pred.error
+    return replace(pred, source=name, error=error)

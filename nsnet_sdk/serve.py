@@ -10,7 +10,6 @@ Ray, Ray Serve and FastAPI are imported only when the service is built (the ``[r
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request), which
 # are names local to build_app and must be objects, not strings.
 
-import argparse
 import hashlib
 import hmac
 import ipaddress
@@ -20,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from .batch import rename_source
+from .prediction import rename_source
 from .results import model_sha256
 
 DEFAULT_PORT = 8000
@@ -208,102 +207,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-# -- CLI ------------------------------------------------------------------------------------
-
-def _replicas(text: str) -> int | str:
-    if text == "auto":
-        return text
-    from .cli_args import positive_int
-
-    return positive_int(text)
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_bytes(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``nsnet serve`` (Ray Serve is imported only when it runs)."""
-    from .cli_args import positive_int, probability
-
-    s = subparsers.add_parser(
-        "serve", help="run an HTTP detection service on Ray Serve",
-        description="Serve POST /v1/detect, POST /v1/detect/batch, GET /v1/model and GET /healthz "
-        "on Ray Serve with dynamic batching. Binds to loopback unless --host says otherwise. "
-        "Needs the [ray] extra.")
-    s.add_argument("--model", "-m", required=True, help="model artifact (.onnx, .engine, run dir)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    s.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
-    s.add_argument("--address", help="Ray cluster: 'auto' or ray://host:10001 (default: local Ray)")
-    s.add_argument("--replicas", type=_replicas, default=1, metavar="N|auto",
-                   help="model replicas, or 'auto' for autoscaling (1)")
-    s.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G", help="GPUs per replica")
-    s.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
-                   help=f"requests per forward pass at most ({DEFAULT_MAX_BATCH})")
-    s.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS,
-                   help="how long a forward pass waits for more requests (5)")
-    s.add_argument("--max-bytes", type=_size, default=DEFAULT_MAX_BYTES,
-                   help="largest request body; larger ones get 413 (50MB)")
-    s.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
-    s.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer <token>', "
-                   "the token read from this environment variable")
-    s.set_defaults(run=cmd_serve)
-
-
-def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run the service until interrupted; 1 when it cannot start, 2 on usage errors."""
-    token_sha = None
-    if args.token_env:
-        token = os.environ.get(args.token_env, "")
-        if not token.strip():
-            parser.error(f"--token-env {args.token_env}: that environment variable is empty or unset")
-        token_sha = token_digest(token.strip())
-    if args.batch_wait_ms < 0 or args.gpus_per_replica < 0:
-        parser.error("--batch-wait-ms and --gpus-per-replica must be >= 0")
-    try:
-        import ray
-        from ray import serve
-    except ImportError:
-        parser.error("nsnet serve needs Ray Serve: pip install 'nsnet-sdk[ray]'")
-    from .artifact import artifact_kind
-    from .errors import NSNetError
-
-    try:
-        artifact_kind(args.model)
-        app = build_app(args.model, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                        max_bytes=args.max_bytes, token_sha256=token_sha, replicas=args.replicas,
-                        gpus_per_replica=args.gpus_per_replica, threshold=args.threshold)
-    except (NSNetError, OSError) as e:
-        print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
-        return 1
-    if not is_loopback(args.host) and token_sha is None:
-        print(f"nsnet: warning: serving on {args.host} without --token-env: anyone who can reach "
-              "it can use it", file=sys.stderr)
-    import signal
-
-    def stop(signum, frame):  # SIGTERM (systemd, docker stop) stops as cleanly as Ctrl-C
-        raise KeyboardInterrupt
-
-    ray.init(address=args.address, log_to_driver=False)
-    signal.signal(signal.SIGTERM, stop)  # after ray.init, which installs its own crash handler
-    try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(app, name=APP_NAME, route_prefix="/")
-        print(f"nsnet: serving {args.model} on http://{args.host}:{args.port} "
-              "(POST /v1/detect, /v1/detect/batch; GET /v1/model, /healthz, /docs); Ctrl-C stops",
-              file=sys.stderr)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-    except Exception as e:  # the deployment failed (model not loadable on a replica, port taken)
-        print(f"nsnet: error: service failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    finally:
-        serve.shutdown()
-        ray.shutdown()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nsnet_sdk.preprocess import DEFAULT, PatchConfig
+from nsnet_sdk.pipeline import DEFAULT, PatchConfig
 
 
 def contract_metadata(cfg: PatchConfig = DEFAULT, threshold: float = 0.5,

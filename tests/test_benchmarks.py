@@ -303,7 +303,7 @@ def test_cuda_plan_has_the_gpu_rows(tmp_path):
 
 
 def test_images_dir_lists_what_nsnet_detect_scores(tmp_path):
-    from nsnet_sdk.preprocess import iter_image_paths
+    from nsnet_sdk.pipeline import iter_image_paths
 
     (tmp_path / "sub").mkdir()
     for name in ("a.png", "sub/b.JPG", "sub/c.webp", "notes.txt"):

@@ -47,7 +47,7 @@ CASES = {
 _RUNNER = r"""
 import json, resource, sys, time
 import _decode_util as u
-from nsnet_sdk.preprocess import load_image
+from nsnet_sdk.pipeline import load_image
 for name, expr in json.loads(sys.argv[1]).items():
     data = eval(expr)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from nsnet_sdk.errors import ImageDecodeError, ImageTooLargeError
-from nsnet_sdk.preprocess import load_image
-from nsnet_sdk.preprocess.decode import decode_image, file_byte_limit
+from nsnet_sdk.pipeline import load_image
+from nsnet_sdk.pipeline.decode import decode_image
+from nsnet_sdk.pipeline.read import file_byte_limit
 
 from _decode_util import encode, noise
 
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _GUARDED = r"""
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-from nsnet_sdk.preprocess import load_image
+from nsnet_sdk.pipeline import load_image
 try:
     load_image(sys.argv[1])
     print("DECODED")

@@ -35,7 +35,7 @@ def with_fixed_crcs(png: bytes) -> bytes:
 
 _RUN = r"""
 import sys
-from nsnet_sdk.preprocess import load_image
+from nsnet_sdk.pipeline import load_image
 try:
     load_image(bytes.fromhex(sys.argv[1]))
     print("DECODED")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps, PngImagePlugin, features
 
 from nsnet_sdk.errors import ImageDecodeError
-from nsnet_sdk.preprocess import load_image
+from nsnet_sdk.pipeline import load_image
 
 from _decode_util import encode, noise
 

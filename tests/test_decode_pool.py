@@ -12,10 +12,10 @@ import pytest
 from _sdk_util import build_stand_in_onnx, stand_in_logit, textured, write_png
 
 from nsnet_sdk import Detector
-from nsnet_sdk.decode_pool import prepare_into
+from nsnet_sdk.pipeline.executors import prepare_into
 from nsnet_sdk.errors import UnsupportedInputError
-from nsnet_sdk.preprocess import DEFAULT, MAX_PIXELS, load_image, preprocess
-from nsnet_sdk.preprocess.decode import load_image_native
+from nsnet_sdk.pipeline import DEFAULT, MAX_PIXELS, load_image, preprocess
+from nsnet_sdk.pipeline.decode import load_image_native
 
 
 def sources(tmp: Path) -> dict[str, object]:

@@ -85,7 +85,7 @@ def test_onnx_is_the_trained_checkpoint_and_verified(demo):
 def test_detect_rows_match_inputs_and_the_pytorch_model(demo):
     import torch
 
-    from nsnet_sdk.preprocess import PatchConfig, load_image, preprocess_batch
+    from nsnet_sdk.pipeline import PatchConfig, load_image, preprocess_batch
     from nsnet_sdk.model import NSNet
 
     inputs = sorted((demo["out"] / "data" / HELD / "val").rglob("*.png"))

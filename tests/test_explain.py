@@ -15,7 +15,7 @@ from _sdk_util import build_stand_in_onnx, stand_in_logit, textured, write_png  
 
 from nsnet_sdk import Detector  # noqa: E402
 from nsnet_sdk.errors import ImageDecodeError, InferenceError, UnsupportedInputError  # noqa: E402
-from nsnet_sdk.preprocess import DEFAULT, patch_mosaic, preprocess  # noqa: E402
+from nsnet_sdk.pipeline import DEFAULT, patch_mosaic, preprocess  # noqa: E402
 
 P, G = DEFAULT.patch, DEFAULT.grid
 

@@ -440,7 +440,7 @@ def test_verify_streams_inputs_in_bounded_batches(tmp_path, capsys):
     import cv2
 
     from export.verify import image_dir_batches, synthetic_batches
-    from nsnet_sdk.preprocess import DEFAULT, load_image, preprocess
+    from nsnet_sdk.pipeline import DEFAULT, load_image, preprocess
 
     rng = np.random.default_rng(2)
     for i in range(19):

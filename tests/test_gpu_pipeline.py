@@ -1,4 +1,4 @@
-"""The GPU input pipeline (nsnet_sdk.gpu): the same selection, mosaic and scores as the CPU path.
+"""The GPU input pipeline (nsnet_sdk.pipeline.gpu): the same selection, mosaic and scores as the CPU path.
 
 Everything except the ``gpu``-marked tests runs the torch code on the CPU device; the ``gpu`` tests
 repeat the selection check on CUDA and cover the device handoff and the FP16 / CUDA-graph path.
@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nsnet_sdk.errors import BackendUnavailableError, ImageDecodeError  # noqa: E402
-from nsnet_sdk.gpu import patches as gp  # noqa: E402
-from nsnet_sdk.gpu.decode import decode_batch, nvimgcodec_available  # noqa: E402
-from nsnet_sdk.preprocess import (DEFAULT, load_image, mosaic_slots, patch_entropies,  # noqa: E402
+from nsnet_sdk.pipeline import torch_patches as gp  # noqa: E402
+from nsnet_sdk.pipeline.nvdecode import decode_batch, nvimgcodec_available  # noqa: E402
+from nsnet_sdk.pipeline import (DEFAULT, load_image, mosaic_slots, patch_entropies,  # noqa: E402
                                   patch_mosaic, preprocess)
 from test_preprocess import textured  # noqa: E402  (the conformance corpus' generator)
 
@@ -172,7 +172,7 @@ def test_decode_batch_never_waits_on_a_fifo_path(tmp_path):
 
 
 def test_importing_the_gpu_package_loads_no_torch():
-    code = "import nsnet_sdk, nsnet_sdk.gpu, sys; print('torch' in sys.modules)"
+    code = "import nsnet_sdk, nsnet_sdk.pipeline.gpu, sys; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
 
@@ -185,7 +185,7 @@ nvimg = pytest.mark.skipif(not nvimgcodec_available()[0], reason=nvimgcodec_avai
 def test_nvimagecodec_cpu_backend_matches_load_image(tmp_path):
     import cv2
 
-    from nsnet_sdk.gpu.decode import NvDecoder
+    from nsnet_sdk.pipeline.nvdecode import NvDecoder
 
     rgb = textured(123, 257, 2)
     png = cv2.imencode(".png", rgb[..., ::-1])[1].tobytes()
@@ -231,15 +231,15 @@ def test_gpu_pipeline_on_the_cpu_device_scores_like_the_cpu_pipeline(stand_in, t
 
 def test_auto_falls_back_to_the_cpu_pipeline_without_cuda_or_nvimagecodec(stand_in, monkeypatch):
     from nsnet_sdk import Detector
-    from nsnet_sdk.gpu import pipeline as pl
+    from nsnet_sdk.pipeline import gpu as pl
 
     if not (CUDA and nvimgcodec_available()[0]):
         assert Detector(stand_in, pipeline="auto").pipeline == "cpu"  # this machine, as it is
     monkeypatch.setattr(pl, "_cuda_available", lambda: (True, ""))  # CUDA there, codec absent
-    monkeypatch.setattr("nsnet_sdk.gpu.decode.nvimgcodec_available", lambda: (False, "absent"))
+    monkeypatch.setattr("nsnet_sdk.pipeline.nvdecode.nvimgcodec_available", lambda: (False, "absent"))
     assert Detector(stand_in, pipeline="auto").pipeline == "cpu"
     monkeypatch.setattr(pl, "_cuda_available", lambda: (False, "none"))  # codec there, no CUDA
-    monkeypatch.setattr("nsnet_sdk.gpu.decode.nvimgcodec_available", lambda: (True, ""))
+    monkeypatch.setattr("nsnet_sdk.pipeline.nvdecode.nvimgcodec_available", lambda: (True, ""))
     det = Detector(stand_in, pipeline="auto")
     assert det.pipeline == "cpu" and det.predict(textured(80, 80, 0)).error is None
 

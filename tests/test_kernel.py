@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nsnet_sdk.preprocess import (kernel_name, mosaic_slots, normalize, patch_entropies, patch_mosaic,
+from nsnet_sdk.pipeline import (kernel_name, mosaic_slots, normalize, patch_entropies, patch_mosaic,
                                   select_kernel)
 from test_preprocess import ref_entropies, textured
 
@@ -28,7 +28,7 @@ P, K = 32, 49
 ROUNDING_TIE = 2e-6
 
 try:
-    from nsnet_sdk.preprocess import _entropy
+    from nsnet_sdk.pipeline import _entropy
 except ImportError:
     _entropy = None
 
@@ -40,7 +40,7 @@ def test_kernel_is_built_where_required():
     """CI sets NSNET_REQUIRE_KERNEL=1: there a missing compiler or a broken build must fail."""
     if os.environ.get("NSNET_REQUIRE_KERNEL") != "1":
         pytest.skip("NSNET_REQUIRE_KERNEL is not set")
-    assert _entropy is not None, "nsnet_sdk.preprocess._entropy did not build"
+    assert _entropy is not None, "nsnet_sdk.pipeline._entropy did not build"
     assert "c-portable" in _entropy.variants()
     assert kernel_name() == _entropy.variants()[0]
 
@@ -252,14 +252,14 @@ def test_unknown_kernel_name_is_refused_and_the_choice_kept():
         select_kernel("c-quantum")
     assert kernel_name() == before
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NSNET_KERNEL": "c-quantum"}
-    r = subprocess.run([sys.executable, "-c", "import numpy as np; from nsnet_sdk.preprocess import "
+    r = subprocess.run([sys.executable, "-c", "import numpy as np; from nsnet_sdk.pipeline import "
                         "patch_entropies; patch_entropies(np.zeros((64, 64, 3), np.uint8))"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode != 0 and "NSNET_KERNEL=c-quantum" in r.stderr
 
 
 def test_reference_can_be_forced_and_other_patch_sizes_use_it():
-    from nsnet_sdk.preprocess import PatchConfig
+    from nsnet_sdk.pipeline import PatchConfig
 
     with kernel("reference"):
         assert kernel_name() == "reference"

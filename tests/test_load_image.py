@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from nsnet_sdk.errors import ImageDecodeError, ImageTooLargeError, NSNetError
-from nsnet_sdk.preprocess import image_size, load_image
+from nsnet_sdk.pipeline import image_size, load_image
 
 from _decode_util import png_header_only
 
@@ -187,7 +187,7 @@ def test_decompression_bomb_refused_before_allocation():
     # In a fresh process, peak memory stays far below the 2.7 GB the header asks for.
     code = (
         "import resource, sys\n"
-        "from nsnet_sdk.preprocess import load_image\n"
+        "from nsnet_sdk.pipeline import load_image\n"
         "from nsnet_sdk.errors import ImageTooLargeError\n"
         f"data = {bomb!r}\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"

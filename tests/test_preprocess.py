@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nsnet_sdk.preprocess import (
+from nsnet_sdk.pipeline import (
     CLIP_MEAN,
     CLIP_STD,
     DEFAULT,

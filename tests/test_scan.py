@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from nsnet_sdk.preprocess import iter_image_paths, scan_image_paths
+from nsnet_sdk.pipeline import iter_image_paths, scan_image_paths
 
 
 def _touch(path) -> str:

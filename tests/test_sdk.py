@@ -17,7 +17,7 @@ from _sdk_util import (build_stand_in_onnx, contract_metadata, stand_in_logit, t
 from nsnet_sdk import (BackendUnavailableError, Detector, ImageDecodeError, ModelLoadError,
                        Prediction, PreprocessMismatchError)
 from nsnet_sdk.artifact import read_onnx_metadata
-from nsnet_sdk.preprocess import DEFAULT, PatchConfig, preprocess
+from nsnet_sdk.pipeline import DEFAULT, PatchConfig, preprocess
 
 
 @pytest.fixture(scope="module")
@@ -441,7 +441,7 @@ def test_without_onnx_runtime_import_works_and_use_says_which_extra_to_install(m
         import numpy as np
         import nsnet_sdk
         from nsnet_sdk import BackendUnavailableError, Detector
-        from nsnet_sdk.preprocess import patch_mosaic
+        from nsnet_sdk.pipeline import patch_mosaic
         for call in (lambda: Detector({str(model)!r}), lambda: patch_mosaic(np.zeros((64, 64, 3), np.uint8))):
             try:
                 call()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from _sdk_util import build_stand_in_onnx, textured, write_png
 from nsnet_sdk import Detector, ImageDecodeError, ImageTooLargeError
-from nsnet_sdk.preprocess import load_image
+from nsnet_sdk.pipeline import load_image
 
 
 def png_claiming(width: int, height: int) -> bytes:

@@ -485,8 +485,8 @@ def test_the_detector_decodes_into_the_engine_s_pinned_memory(tmp_path, fake_gpu
 def test_the_gpu_pipeline_hands_its_tensor_only_to_backends_that_take_device_input(tmp_path, fake_gpu):
     pytest.importorskip("torch")
     from _sdk_util import build_stand_in_onnx
-    from nsnet_sdk.gpu.pipeline import resolve_pipeline
-    from nsnet_sdk.preprocess import DEFAULT
+    from nsnet_sdk.pipeline.gpu import resolve_pipeline
+    from nsnet_sdk.pipeline import DEFAULT
 
     fake_gpu()
     trt_backend = Detector(_engine(tmp_path), workers=0).backend

@@ -26,7 +26,7 @@ def test_tiny_config_registered() -> None:
 
 
 def test_epochs0_writes_loadable_checkpoint(tmp_path) -> None:
-    from nsnet_sdk.preprocess import DEFAULT
+    from nsnet_sdk.pipeline import DEFAULT
 
     run = tiny_run(tmp_path / "run")  # data folder does not exist: must not matter
     meta = json.loads((run / "nsnet.json").read_text())

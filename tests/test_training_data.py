@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nsnet_sdk.preprocess import DEFAULT, load_image, patch_mosaic, preprocess
+from nsnet_sdk.pipeline import DEFAULT, load_image, patch_mosaic, preprocess
 from training.corpus import PROMPT_DIR, prompt_bank, read_captions
 from training.data import Augment, ImageDataset, collate, detect_layout, discover, gaussian_blur, jpeg
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nsnet_sdk.preprocess import load_image, preprocess
+from nsnet_sdk.pipeline import load_image, preprocess
 from training.evaluate import PERTURBATIONS
 from training.evaluate import main as evaluate_main
 from nsnet_sdk.model import NSNet

@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 from _sdk_util import build_stand_in_onnx, contract_metadata, textured, write_engine_pair  # noqa: E402
 from export.to_triton import main, preprocess_encoded, write_repository  # noqa: E402
 from nsnet_sdk.errors import ImageDecodeError, ImageTooLargeError  # noqa: E402
-from nsnet_sdk.preprocess import DEFAULT, PatchConfig, preprocess_batch  # noqa: E402
+from nsnet_sdk.pipeline import DEFAULT, PatchConfig, preprocess_batch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

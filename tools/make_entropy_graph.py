@@ -1,11 +1,11 @@
-"""Writes nsnet_sdk/preprocess/entropy.onnx: the two matrix products of the patch DFTs, run by ONNX Runtime.
+"""Writes nsnet_sdk/pipeline/entropy.onnx: the two matrix products of the patch DFTs, run by ONNX Runtime.
 
     python tools/make_entropy_graph.py          # rewrite the shipped file
     python tools/make_entropy_graph.py --check  # exit 1 if the shipped file is out of date
 
 The graph holds no weights: the DFT matrices and the shapes are inputs, so one file serves any
 patch size. Only the GEMMs live here (ORT's elementwise Log and strided reductions are slower than
-OpenCV's); see nsnet_sdk/preprocess/ (_band_entropies) for the algebra.
+OpenCV's); see nsnet_sdk/pipeline/ (_band_entropies) for the algebra.
 """
 from __future__ import annotations
 

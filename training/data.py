@@ -1,4 +1,4 @@
-"""Datasets on disk: layout discovery, augmentation, and a torch Dataset over nsnet_sdk.preprocess.
+"""Datasets on disk: layout discovery, augmentation, and a torch Dataset over nsnet_sdk.pipeline.
 
 Layouts (``--layout``):
 
@@ -8,7 +8,7 @@ Layouts (``--layout``):
 - ``flat``: ``real/…`` and ``fake/…`` (one generator named after the root)
 - ``auto``: the first of those whose marker folders exist.
 
-Every image goes through :mod:`nsnet_sdk.preprocess`, the code inference runs. An unreadable file
+Every image goes through :mod:`nsnet_sdk.pipeline`, the code inference runs. An unreadable file
 yields no tensor; the loader reports it once and the run goes on.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from nsnet_sdk.errors import NSNetError
 from training.cli_common import LAYOUTS
-from nsnet_sdk.preprocess import DEFAULT, PatchConfig, iter_image_paths, load_image, normalize, patch_mosaic
+from nsnet_sdk.pipeline import DEFAULT, PatchConfig, iter_image_paths, load_image, normalize, patch_mosaic
 
 log = logging.getLogger(__name__)
 

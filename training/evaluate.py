@@ -28,7 +28,7 @@ from training.cli_common import LAYOUT_HELP, LAYOUTS, HelpFormatter, check_dir
 if TYPE_CHECKING:
     import torch
 
-    from nsnet_sdk.preprocess import PatchConfig
+    from nsnet_sdk.pipeline import PatchConfig
 
 log = logging.getLogger("training.evaluate")
 
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from nsnet_sdk.errors import ModelLoadError
     from nsnet_sdk.model import load_checkpoint
-    from nsnet_sdk.preprocess import PatchConfig
+    from nsnet_sdk.pipeline import PatchConfig
     from training.data import ImageDataset, SkipLog, detect_layout, discover
     from training.infer import score
     from training.train import pick_device

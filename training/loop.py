@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from nsnet_sdk.preprocess import PatchConfig
+from nsnet_sdk.pipeline import PatchConfig
 from training.data import Augment, ImageDataset, SkipLog, detect_layout, discover, loader, split_off, summary
 from training.infer import autocast, probs_from_features, run_dataset, score
 from training.losses import nsnet_loss

@@ -184,7 +184,7 @@ def seed_everything(seed: int) -> None:
 def initial_model(args, device: torch.device) -> tuple[NSNet, dict[str, Any]]:
     """Backbone + semantic basis from the text corpus + fresh head; and the run's base metadata."""
     from nsnet_sdk.model import NSNet
-    from nsnet_sdk.preprocess import DEFAULT
+    from nsnet_sdk.pipeline import DEFAULT
     from training.backbone import load_clip
     from training.corpus import encode_texts, prompt_bank, read_captions
     from training.nullspace import semantic_basis

@@ -172,7 +172,7 @@ def _input_size(metadata: dict[str, str]) -> int:
     """Side of the network input the artifact's preprocessing config implies (the default config's
     when the metadata is unusable: loading reports that, not this)."""
     from ..artifact import ModelMeta
-    from ..preprocess import DEFAULT
+    from ..pipeline import DEFAULT
 
     try:
         return ModelMeta.parse(metadata, "").preprocess.size

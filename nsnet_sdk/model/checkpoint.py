@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 from ..artifact import CHECKPOINT_FORMAT, RUN_CONFIG, RUN_WEIGHTS, read_run_json, write_run_json
 from ..containers import atomic_write, check_tensors, safetensors_header, sha256_file
 from ..errors import ModelLoadError
-from ..preprocess import DEFAULT
+from ..pipeline import DEFAULT
 from ..modelcard import DEFAULT_THRESHOLD, model_card
 
 FORMAT = CHECKPOINT_FORMAT

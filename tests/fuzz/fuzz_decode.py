@@ -14,7 +14,7 @@ import atheris
 
 with atheris.instrument_imports(include=["nsnet_sdk"]):
     from nsnet_sdk.errors import NSNetError
-    from nsnet_sdk.preprocess import load_image, patch_mosaic
+    from nsnet_sdk.pipeline import load_image, patch_mosaic
 
 # Small enough that every image the limits accept decodes well inside -rss_limit_mb=1024.
 MAX_PIXELS = int(os.environ.get("NSNET_FUZZ_MAX_PIXELS", 4_000_000))

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import UnsupportedInputError
+from ..errors import UnsupportedInputError
 
 ACCEPTED_INPUTS = ("a path (str or os.PathLike), encoded bytes, a numpy array (H×W gray, H×W×3 "
                    "RGB, H×W×4 RGBA; channels='bgr' for OpenCV's order) or a PIL image, or a "

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_args import provider_list
-from .errors import InferenceError, NSNetError
-from .explain import explain_rgb, render_png
-from .preprocess import load_image
+from .args import provider_list
+from ..errors import InferenceError, NSNetError
+from ..explain import explain_rgb, render_png
+from ..pipeline import load_image
 
 def add_parser(sub: Any) -> None:
     """Register ``nsnet explain``."""
@@ -38,8 +38,8 @@ def _unique_stem(stem: str, taken: set[str]) -> str:
 
 
 def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .detector import Detector
-    from .preprocess import iter_image_paths
+    from ..detector import Detector
+    from ..pipeline import iter_image_paths
 
     if not args.no_png:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from ..errors import BackendUnavailableError, NSNetError
-from ..preprocess.config import MAX_PIXELS, PatchConfig
+from .config import MAX_PIXELS, PatchConfig
 
 PIPELINES = ("cpu", "gpu", "auto")
 
@@ -35,7 +35,7 @@ def resolve_pipeline(pipeline: str, *, device: Any = None, backend: Any = None,
         raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
     if pipeline == "cpu":
         return None
-    from .decode import nvimgcodec_available
+    from .nvdecode import nvimgcodec_available
 
     if pipeline == "auto":
         if not (_cuda_available()[0] and nvimgcodec_available()[0]):
@@ -68,7 +68,7 @@ class GpuPipeline:
             import torch
         except ImportError as e:
             raise BackendUnavailableError(f"pipeline='gpu' needs torch: {e}") from e
-        from .decode import NvDecoder, nvimgcodec_available
+        from .nvdecode import NvDecoder, nvimgcodec_available
 
         self.device = str(torch.device(device))
         self.config = config
@@ -88,8 +88,8 @@ class GpuPipeline:
 
         ``load(src, i)`` decodes item i on the CPU (raising typed errors); ``as_error(e, i)``
         types any other exception for item i; ``notes(image)`` are an image's warnings."""
-        from .decode import decode_batch
-        from .patches import preprocess_batch
+        from .nvdecode import decode_batch
+        from .torch_patches import preprocess_batch
 
         decoded = decode_batch(items, lambda i: load(items[i], i), device=self.device,
                                decoder=self.decoder, max_pixels=self.max_pixels)

@@ -1,6 +1,6 @@
 """Patch selection in torch for a batch of differently sized images, on any torch device.
 
-The definition is `nsnet_sdk.preprocess.patches`' (the same 32×32 grid, BORDER_REFLECT padding,
+The definition is `nsnet_sdk.pipeline.patches`' (the same 32×32 grid, BORDER_REFLECT padding,
 spectral entropy of R+G+B with DC included, stable descending order with ties by ascending raster
 index, cyclic repetition below ``slots`` patches); this module only moves it onto the device.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..preprocess.config import DEFAULT, PatchConfig
+from .config import DEFAULT, PatchConfig
 
 __all__ = ["patch_entropies", "mosaic_slots", "patch_mosaics", "preprocess_batch"]
 
@@ -86,7 +86,7 @@ def patch_entropies(img, cfg: PatchConfig = DEFAULT):
 
 
 def mosaic_slots(entropies, slots: int):
-    """Raster indices of the patches placed in the mosaic slots (`nsnet_sdk.preprocess.mosaic_slots`
+    """Raster indices of the patches placed in the mosaic slots (`nsnet_sdk.pipeline.mosaic_slots`
     on the device): entropy descending, ties by raster index; top ``ceil(slots/2)`` then the last
     ``floor(slots/2)`` reversed; fewer patches than slots → the order repeated cyclically."""
     torch = _torch()
@@ -119,7 +119,7 @@ def normalize(mosaics, cfg: PatchConfig = DEFAULT, out=None):
     """uint8 (B, S, S, 3) → float32 (B, 3, S, S) ``(x/255 − mean)/std`` with the CPU path's float32
     scale and shift (so both round alike), written into ``out`` when given."""
     torch = _torch()
-    from ..preprocess.patches import normalize_affine
+    from .patches import normalize_affine
 
     scale, shift = (torch.from_numpy(v).to(mosaics.device).view(1, 3, 1, 1) for v in normalize_affine(cfg))
     x = mosaics.permute(0, 3, 1, 2).to(torch.float32) * scale + shift

@@ -1,5 +1,6 @@
-"""The ``nsnet`` command: ``nsnet detect`` scores images (`cli_detect`), ``nsnet info`` describes a
-model; the other subcommands (`PLUGINS`) are registered by the modules that implement them.
+"""The ``nsnet`` command: every subcommand's parser and command lives in this package, one module
+each (`PLUGINS`: ``detect``, ``batch``, ``serve``, ``explain``, ``report``, ``calibrate``), plus
+``nsnet info`` here. Feature modules (`nsnet_sdk.batch`, `nsnet_sdk.report`, ...) hold no argparse.
 
 Exit status: 0 when the run completed (inputs that could not be scored are rows with an
 ``error``, not failures), 1 when the model cannot be loaded or the backend fails on a batch
@@ -15,9 +16,9 @@ import sys
 import warnings
 from typing import Any, Callable, Sequence
 
-from . import __version__
-from .cli_args import probability, provider_list
-from .errors import BackendUnavailableError, NSNetError, RandomWeightsWarning
+from .. import __version__
+from .args import probability, provider_list
+from ..errors import BackendUnavailableError, NSNetError, RandomWeightsWarning
 
 
 # Subcommands that live beside the feature they expose: each module defines
@@ -25,7 +26,7 @@ from .errors import BackendUnavailableError, NSNetError, RandomWeightsWarning
 # ``fn(args, parser) -> int`` (``parser``: the subcommand's own, for its usage errors). Each module
 # imports its optional libraries (ray, matplotlib, c2pa) only inside ``fn``, so `nsnet --help`
 # stays light.
-PLUGINS = ("cli_detect", "batch", "serve", "cli_explain", "report", "calibrate")
+PLUGINS = ("detect", "batch", "serve", "explain", "report", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _engine_info_from_sidecar(model: str) -> dict[str, Any] | None:
     """`nsnet info` for an engine on a box without TensorRT: what its sidecar says, or None when
     ``model`` is not an engine with a valid sidecar."""
-    from .artifact import TENSORRT, artifact_kind, read_model_meta
-    from .detector import model_info
+    from ..artifact import TENSORRT, artifact_kind, read_model_meta
+    from ..detector import model_info
 
     try:
         if artifact_kind(model) != TENSORRT:
@@ -70,7 +71,7 @@ def _engine_info_from_sidecar(model: str) -> dict[str, Any] | None:
 
 
 def _restamp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .artifact import restamp
+    from ..artifact import restamp
 
     if args.out is None and not args.in_place:
         parser.error("--set-threshold needs --out NEW, or --in-place to rewrite MODEL itself")
@@ -106,7 +107,7 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _restamp(args, parser)
     if args.out is not None or args.in_place or args.threshold_source is not None:
         parser.error("--out, --in-place and --threshold-source go with --set-threshold")
-    from .detector import Detector
+    from ..detector import Detector
 
     try:
         det = Detector(args.model, providers=provider_list(args.providers), workers=0)
@@ -157,6 +158,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("nsnet: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

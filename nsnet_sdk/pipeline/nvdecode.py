@@ -2,7 +2,7 @@
 
 nvImageCodec decodes a batch at once and reports each image's failure separately; whatever it is
 not given (inputs other than encoded JPEG/8-bit PNG, headers over the pixel limit, unreadable
-paths) or fails on is decoded by `nsnet_sdk.preprocess.load_image`, so guards and typed errors are
+paths) or fails on is decoded by `nsnet_sdk.pipeline.load_image`, so guards and typed errors are
 the CPU path's. Nothing here imports nvImageCodec until a decoder is built.
 """
 from __future__ import annotations
@@ -11,9 +11,10 @@ import os
 import threading
 from typing import Any, Callable, Sequence
 
-from ..preprocess.config import MAX_PIXELS
+from .config import MAX_PIXELS
 from ..errors import NSNetError
-from ..preprocess.decode import file_byte_limit, image_size, read_image_file
+from .decode import image_size
+from .read import file_byte_limit, read_image_file
 
 __all__ = ["nvimgcodec_available", "NvDecoder", "decode_batch"]
 

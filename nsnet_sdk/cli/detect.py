@@ -10,12 +10,12 @@ import sys
 import threading
 from typing import Any
 
-from .cli_args import nonneg_int, positive_int, probability, progress_bar, provider_list
-from .detector import DEFAULT_BATCH_SIZE
-from .errors import NSNetError
-from .preprocess import ImageScan, scan_image_paths
-from .provenance import PROVENANCE_COLUMNS, provenance_columns
-from .results import CSV, FIELDS, JSONL, ResultFileError, ResultWriter, holds_result, model_sha256, result_row
+from .args import nonneg_int, positive_int, probability, progress_bar, provider_list
+from ..detector import DEFAULT_BATCH_SIZE
+from ..errors import NSNetError
+from ..pipeline import ImageScan, scan_image_paths
+from ..provenance import PROVENANCE_COLUMNS, provenance_columns
+from ..results import CSV, FIELDS, JSONL, ResultFileError, ResultWriter, holds_result, model_sha256, result_row
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -115,7 +115,7 @@ def _scan_notes(scan: ImageScan, verbose: bool) -> list[str]:
 
 def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``nsnet detect``; returns the exit status."""
-    from .quiet import native_stderr_to_logging, quiet_libraries
+    from ..quiet import native_stderr_to_logging, quiet_libraries
 
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:  # a typo, not an image that failed: nothing has been done yet
@@ -157,7 +157,7 @@ def _provenance_option(args: argparse.Namespace, parser: argparse.ArgumentParser
         if args.trust_anchors:
             parser.error("--trust-anchors needs --provenance")
         return False
-    from .provenance import ProvenanceReader
+    from ..provenance import ProvenanceReader
 
     try:
         return ProvenanceReader(trust_anchors=args.trust_anchors)
@@ -167,7 +167,7 @@ def _provenance_option(args: argparse.Namespace, parser: argparse.ArgumentParser
 
 def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan, sha: str) -> int:
     """Load the model, then score and report; the writers are open and checked."""
-    from .detector import Detector
+    from ..detector import Detector
 
     try:
         det = Detector(args.model, threshold=args.threshold,

@@ -5,7 +5,7 @@ Every format `load_image` accepts has a walker here that validates the container
 (chunk/box/segment lengths within the bytes present, required headers first, no ambiguous tags)
 and returns a `Header`: the canvas the decoder will allocate, an estimate of its peak allocation,
 and the counts that bound decoding time (JPEG scans, frames, pages). The walkers only read; they
-never allocate in proportion to what a header claims. `nsnet_sdk.preprocess.decode` applies the
+never allocate in proportion to what a header claims. `nsnet_sdk.pipeline.decode` applies the
 limits in `header` to the `Header`.
 """
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 from typing import Any
 
 import cv2
@@ -14,6 +13,7 @@ import numpy as np
 from ..errors import ImageDecodeError, ImageTooLargeError
 from .config import MAX_PIXELS
 from .header import MAX_DECODE_BYTES_PER_PIXEL, MAX_SCAN_PIXELS, Header, Malformed
+from .read import file_byte_limit, read_image_file
 from .orient import apply_orientation, exif_orientation, flatten_alpha, xmp_orientation
 from .sniff import read_header
 
@@ -60,7 +60,7 @@ def _check_pixels(w: int, h: int, max_pixels: int, src: str) -> None:
 
 
 def _check_header(hdr: Header, max_pixels: int, src: str) -> None:
-    """Refuse what decoding would cost beyond the limits (see `nsnet_sdk.preprocess.header`)."""
+    """Refuse what decoding would cost beyond the limits (see `nsnet_sdk.pipeline.header`)."""
     _check_pixels(hdr.width, hdr.height, max_pixels, src)
     budget = MAX_DECODE_BYTES_PER_PIXEL * max_pixels + (16 << 20)
     if hdr.decode_bytes > budget:
@@ -240,52 +240,6 @@ def _check_pil_file(img: Any, max_pixels: int, src: str) -> None:
     _checked_header(data, max_pixels, src)
 
 
-def read_image_file(path: str | os.PathLike, limit: int, label: str) -> bytes:
-    """The bytes of a regular file, at most ``limit``; never blocks on a FIFO or device."""
-    try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise ImageDecodeError(f"{label}: is a directory, not an image file", label)
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageDecodeError(f"{label}: not a regular file ({_file_kind(st.st_mode)}); refused "
-                                   "without opening it", label)
-        if st.st_size > limit:
-            raise ImageTooLargeError(f"{label}: file is {st.st_size:,} bytes, over the limit of "
-                                     f"{limit:,} (raise max_pixels to accept it)", label)
-        # O_NONBLOCK: if the path is swapped for a FIFO after the stat, open still returns at once.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-                     | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ImageDecodeError(f"{label}: not a regular file; refused", label)
-            data = f.read(limit + 1)  # a file growing after the stat is still capped
-        if data is None or len(data) > limit:
-            raise ImageTooLargeError(f"{label}: file grew past the limit of {limit:,} bytes while read", label)
-        return data
-    except FileNotFoundError:
-        raise ImageDecodeError(f"{label}: no such file", label) from None
-    except IsADirectoryError:
-        raise ImageDecodeError(f"{label}: is a directory, not an image file", label) from None
-    except OSError as e:
-        raise ImageDecodeError(f"{label}: cannot read: {e.strerror or e}", label) from None
-    except ValueError as e:  # a NUL byte or an unencodable name: the OS never saw the path
-        raise ImageDecodeError(f"{label}: cannot read: {e}", label) from e
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "not a plain file"
-
-
-def file_byte_limit(max_pixels: int) -> int:
-    """Largest file `load_image` reads for ``max_pixels``: a compressed image cannot much exceed
-    raw 16-bit RGB at the pixel limit, so anything larger is refused unread."""
-    return 6 * max_pixels + (64 << 20)
-
-
 def decode_image(src: Any, max_pixels: int = MAX_PIXELS, *, name: str | None = None,
                  rgb: bool = True) -> tuple[np.ndarray, bool, list[str]]:
     """`load_image`, plus (as the 2nd item) whether the pixels are in OpenCV's BGR order — only with
@@ -322,7 +276,7 @@ def load_image(src: Any, max_pixels: int = MAX_PIXELS, *, name: str | None = Non
     Before any decoder runs, the file's structure is validated and refused when it is corrupt,
     truncated inside its pixel data, or would cost more than the limits allow: more than
     ``max_pixels`` pixels, a decoder allocation over 8 bytes per allowed pixel, too many JPEG
-    scans, frames, pages or segments (`nsnet_sdk.preprocess.header`). Paths that are not regular
+    scans, frames, pages or segments (`nsnet_sdk.pipeline.header`). Paths that are not regular
     files (FIFOs, devices) are refused without being opened. ``name`` labels the input in errors.
 
     Raises:

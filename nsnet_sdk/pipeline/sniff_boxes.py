@@ -1,7 +1,7 @@
 """Header walkers for the tag- and box-structured formats: TIFF, WebP, AVIF and JPEG 2000.
 
 Each validates the structure the decoder will trust (tag values, chunk and box lengths, tile and
-strip geometry) and returns a `Header`; see `nsnet_sdk.preprocess.sniff` for the others.
+strip geometry) and returns a `Header`; see `nsnet_sdk.pipeline.sniff` for the others.
 """
 from __future__ import annotations
 

@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ImageDecodeError, as_input_error
+from ..errors import ImageDecodeError, as_input_error
 from .inputs import require_image, size_warnings
-from .preprocess import PatchConfig, normalize, patch_mosaic
-from .preprocess.decode import decode_image
+from .config import PatchConfig
+from .patches import normalize, patch_mosaic
+from .decode import decode_image
 
 DECODE_MODES = ("threads", "processes")
 Handle = tuple  # (Future, index into the future's list of outcomes, or None for a single outcome)
