@@ -53,8 +53,8 @@ def measure_pipeline(det, files: list[str], batch_size: int, iters: int = 5) -> 
         from nsnet_sdk.pipeline.torch_patches import preprocess_batch
 
         def decode():
-            return decode_batch(batch_files, lambda i: load_image(batch_files[i]), device=device,
-                                decoder=gpu.decoder, max_pixels=det.max_pixels)
+            return [t for t, _ in decode_batch(batch_files, [str(f) for f in batch_files], device=device,
+                                               decoder=gpu.decoder, max_pixels=gpu.max_pixels)]
 
         images = decode()
         select = lambda: preprocess_batch(images, cfg)  # noqa: E731

@@ -23,13 +23,12 @@ import numpy as np
 from .artifact import ModelMeta, artifact_kind, read_model_meta
 from .backends import Backend, load_backend
 from .pipeline.executors import DECODE_MODES, make_decoder
-from .errors import InferenceError, PreprocessMismatchError, RandomWeightsWarning, as_input_error
+from .errors import InferenceError, PreprocessMismatchError, RandomWeightsWarning
 from .pipeline.gpu import resolve_pipeline  # torch loads only when a GPU pipeline is built
-from .pipeline.inputs import (bgr_to_rgb, check_channels, is_single_input, iter_inputs, require_image,
-                     size_warnings, source_name)
+from .pipeline.inputs import check_channels, is_single_input, iter_inputs, source_name
 from .prediction import Prediction, sigmoid
 from .provenance import provenance_reader, with_provenance
-from .pipeline import MAX_PIXELS, PatchConfig, kernel_name, load_image
+from .pipeline import MAX_PIXELS, PatchConfig, kernel_name
 
 if TYPE_CHECKING:
     from .explain import Explanation
@@ -203,17 +202,6 @@ class Detector:
 
     # -- pipeline ---------------------------------------------------------------------------
 
-    def _load(self, src: Any, name: str, bgr: bool = False) -> np.ndarray:
-        """``src`` decoded to RGB uint8 with the Detector's guards (typed errors naming it)."""
-        require_image(src, name)
-        return load_image(bgr_to_rgb(src) if bgr else src, max_pixels=self.max_pixels, name=name)
-
-    def _prepare_gpu(self, chunk: list, names: list[str], bgr: bool) -> tuple[Any, list, list]:
-        """The GPU pipeline's batch: (device batch of the good rows, errors, warnings)."""
-        return self._gpu.prepare(chunk, lambda x, i: self._load(x, names[i], bgr),
-                                 lambda e, i: as_input_error(e, names[i]),
-                                 lambda img: size_warnings(img, self.config.patch))
-
     def _pipeline(self, items: Iterator[Any], bs: int, workers: int,
                   on_error: str, bgr: bool = False) -> Iterator[Prediction]:
         # Batches queued behind the one being inferred: enough to give every worker a task plus
@@ -250,7 +238,7 @@ class Detector:
                 counter += len(chunk)
                 provs = [pool.submit(self.provenance.read, x) for x in chunk] if self.provenance else None
                 if self._gpu is not None:  # one task per batch: nvImageCodec decodes batches
-                    inflight.append((names, [pool.submit(self._prepare_gpu, chunk, names, bgr)], None, provs))
+                    inflight.append((names, [pool.submit(self._gpu.prepare, chunk, names, bgr)], None, provs))
                     continue
                 buf = free.pop()
                 inflight.append((names, decoder.submit_batch(chunk, names, buf, bgr), buf, provs))

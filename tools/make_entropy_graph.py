@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-OUT = Path(__file__).resolve().parents[1] / "nsnet_sdk" / "preprocess" / "entropy.onnx"
+OUT = Path(__file__).resolve().parents[1] / "nsnet_sdk" / "pipeline" / "entropy.onnx"
 
 
 def build() -> onnx.ModelProto:

@@ -10,14 +10,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import ImageDecodeError, ImageTooLargeError
+from ..errors import ImageDecodeError, ImageTooLargeError, UnsupportedInputError
 from .config import MAX_PIXELS
 from .header import MAX_DECODE_BYTES_PER_PIXEL, MAX_SCAN_PIXELS, Header, Malformed
 from .read import file_byte_limit, read_image_file
 from .orient import apply_orientation, exif_orientation, flatten_alpha, xmp_orientation
 from .sniff import read_header
 
-__all__ = ["IMAGE_SUFFIXES", "image_size", "decode_image", "load_image", "load_image_native"]
+__all__ = ["IMAGE_SUFFIXES", "image_size", "inspect_bytes", "decode_image", "load_image", "load_image_native"]
 
 _DECODABLE = "JPEG, PNG, WebP, GIF, BMP, TIFF, PNM, AVIF, JPEG 2000"
 # File names treated as images when a folder is scanned (CLI, training data, benchmarks). HEIC is
@@ -184,13 +184,21 @@ def _pillow(data: bytes, hdr: Header, max_pixels: int, src: str) -> np.ndarray |
         return None
 
 
-def _decode_bytes(data: bytes, max_pixels: int, src: str,
-                  swap: bool = True) -> tuple[np.ndarray, bool, list[str]]:
+def inspect_bytes(data: bytes, max_pixels: int, src: str) -> Header:
+    """The `Header` of encoded ``data`` once its structure, size and decoding cost pass every check
+    (the gate every decode engine sits behind, nvImageCodec included); typed errors naming ``src``
+    otherwise. ``Header.notes`` are the warnings a decode of it carries."""
     if len(data) == 0:
         raise ImageDecodeError(f"{src}: empty input (0 bytes)", src)
     hdr = _checked_header(data, max_pixels, src)
     if hdr is None:
         raise ImageDecodeError(f"{src}: not a recognised image (supported: {_DECODABLE})", src)
+    return hdr
+
+
+def _decode_bytes(data: bytes, max_pixels: int, src: str,
+                  swap: bool = True) -> tuple[np.ndarray, bool, list[str]]:
+    hdr = inspect_bytes(data, max_pixels, src)
     rgb, is_bgr = _opencv(data, hdr, src, swap), not swap
     if rgb is None:
         rgb, is_bgr = _pillow(data, hdr, max_pixels, src), False
@@ -249,6 +257,13 @@ def decode_image(src: Any, max_pixels: int = MAX_PIXELS, *, name: str | None = N
     """
     label = _name(src, name)
     if isinstance(src, np.ndarray):
+        if src.dtype.kind == "f":
+            # A float array's scale cannot be known ([0, 1] or [0, 255] both occur): guessing scored
+            # the same picture 0.26 or 0.10, so the caller says it by converting.
+            raise UnsupportedInputError(
+                f"{label}: float arrays ({src.dtype}) are not accepted: their value range is ambiguous; "
+                "convert to uint8 first, e.g. (a * 255).round().clip(0, 255).astype(np.uint8) for values "
+                "in [0, 1], or a.round().clip(0, 255).astype(np.uint8) for values in [0, 255]", source=label)
         if src.ndim >= 2:
             _check_pixels(src.shape[1], src.shape[0], max_pixels, label)
         return _to_uint8_rgb(src, label, bgr=False), False, []

@@ -1,9 +1,9 @@
 """Choosing the input pipeline (``cpu``, ``gpu``, ``auto``) and running the GPU one for a batch."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from ..errors import BackendUnavailableError, NSNetError
+from ..errors import BackendUnavailableError
 from .config import MAX_PIXELS, PatchConfig
 
 PIPELINES = ("cpu", "gpu", "auto")
@@ -81,20 +81,19 @@ class GpuPipeline:
             except Exception:  # e.g. no usable backend on this machine: decode on the CPU
                 self.decoder = None
 
-    def prepare(self, items: Sequence[Any], load: Callable[[Any, int], Any],
-                as_error: Callable[[BaseException, int], NSNetError],
-                notes: Callable[[Any], tuple[str, ...]]) -> tuple[Any, list, list]:
-        """One batch → (network input of the decodable rows, per-item error or None, per-item notes).
-
-        ``load(src, i)`` decodes item i on the CPU (raising typed errors); ``as_error(e, i)``
-        types any other exception for item i; ``notes(image)`` are an image's warnings."""
+    def prepare(self, items: Sequence[Any], names: Sequence[str],
+                bgr: bool = False) -> tuple[Any, list, list]:
+        """One batch → (network input of the decodable rows, per-item typed error or None, per-item
+        warnings): the CPU executors' outcome for every input (`nvdecode.decode_batch`), with the
+        patch selection done by `torch_patches` on this pipeline's device."""
+        from .inputs import size_warnings
         from .nvdecode import decode_batch
         from .torch_patches import preprocess_batch
 
-        decoded = decode_batch(items, lambda i: load(items[i], i), device=self.device,
-                               decoder=self.decoder, max_pixels=self.max_pixels)
-        errors = [as_error(d, i) if isinstance(d, BaseException) else None for i, d in enumerate(decoded)]
-        good = [d for d, e in zip(decoded, errors) if e is None]
+        decoded = decode_batch(items, names, device=self.device, decoder=self.decoder,
+                               max_pixels=self.max_pixels, bgr=bgr)
+        errors = [d if isinstance(d, BaseException) else None for d, _ in decoded]
+        good = [d for (d, _), e in zip(decoded, errors) if e is None]
         batch = preprocess_batch(good, self.config) if good else None
         if batch is not None and self.to_host:
             batch = batch.cpu().numpy()
@@ -102,4 +101,5 @@ class GpuPipeline:
             import torch
 
             torch.cuda.current_stream(batch.device).synchronize()
-        return batch, errors, [() if e else notes(d) for d, e in zip(decoded, errors)]
+        notes = [() if e else n + size_warnings(d, self.config.patch) for (d, n), e in zip(decoded, errors)]
+        return batch, errors, notes

@@ -43,6 +43,11 @@ class Header:
     alpha: bool = False  # the file may carry transparency
     premultiplied: bool = False  # the decoder returns colours already multiplied by alpha
     orientation: int = 1  # EXIF-style orientation declared by the container itself (TIFF, AVIF)
+    # Sample layout as stored (JPEG components / PNG samples per pixel, bits per sample; 0 where
+    # not read) and the JPEG entropy coder: what decides which decode engines may take the file.
+    components: int = 0
+    bit_depth: int = 0
+    huffman: bool = True
     notes: list[str] = field(default_factory=list)  # harmless defects, reported as warnings
     # A defect that refuses the file, checked after the size limits so that a bomb is reported
     # as too large rather than as the corrupt file it usually also is.

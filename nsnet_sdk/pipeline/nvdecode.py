@@ -1,26 +1,31 @@
-"""Batched image decoding with nvImageCodec (optional), falling back to `load_image` per image.
+"""The GPU executor's decode engine: nvImageCodec, behind the same guards as the CPU decoders.
 
-nvImageCodec decodes a batch at once and reports each image's failure separately; whatever it is
-not given (inputs other than encoded JPEG/8-bit PNG, headers over the pixel limit, unreadable
-paths) or fails on is decoded by `nsnet_sdk.pipeline.load_image`, so guards and typed errors are
-the CPU path's. Nothing here imports nvImageCodec until a decoder is built.
+Every input goes through the chain's bounded read (`read.read_input_bytes`) and structural checks
+and budget (`decode.inspect_bytes`) first: bytes reach nvImageCodec only once they have passed what
+`load_image` demands, so a bomb, a truncated stream or a FIFO gets the CPU path's error. Only files
+whose decode nvImageCodec performs exactly as the CPU path does are handed to it (`gpu_decodable`);
+everything else (transparency, XMP orientation, CMYK, 12/16-bit, arithmetic coding, formats other
+than JPEG and PNG, arrays, PIL images) and anything nvImageCodec fails on is decoded by
+`decode.decode_image` from the bytes already read. Nothing here imports nvImageCodec until a
+decoder is built.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from ..errors import as_input_error
 from .config import MAX_PIXELS
-from ..errors import NSNetError
-from .decode import image_size
-from .read import file_byte_limit, read_image_file
+from .decode import decode_image, inspect_bytes
+from .header import Header
+from .inputs import bgr_to_rgb, require_image
+from .read import read_input_bytes
 
-__all__ = ["nvimgcodec_available", "NvDecoder", "decode_batch"]
+__all__ = ["nvimgcodec_available", "NvDecoder", "gpu_decodable", "decode_batch"]
 
-# What nvImageCodec is handed: its codecs for these match OpenCV's output (docs/nvidia.md);
-# everything else (16-bit PNG, WebP, TIFF, ...) keeps the CPU decoder's exact conversions.
-_FORMATS = ("jpeg", "png")
+_log = logging.getLogger("nsnet_sdk.nvimgcodec")
 
 
 def nvimgcodec_available() -> tuple[bool, str]:
@@ -32,22 +37,46 @@ def nvimgcodec_available() -> tuple[bool, str]:
     return True, ""
 
 
+def gpu_decodable(data: bytes, hdr: Header) -> bool:
+    """Whether nvImageCodec decodes this checked file to the CPU path's pixels: 8-bit Huffman JPEG
+    with 1 or 3 components, or 8-bit opaque PNG, whose orientation (if any) is EXIF's alone.
+
+    Left to the CPU decoder: transparency (flattened over white there), CMYK/YCCK and 12-bit JPEG,
+    arithmetic coding, 16-bit and low-bit-depth PNG, and files carrying an XMP ``tiff:Orientation``
+    (the CPU path applies it; nvImageCodec does not) or a PNG ``eXIf`` chunk.
+    """
+    if hdr.alpha or hdr.bit_depth != 8 or b"tiff:Orientation" in data:
+        return False
+    if hdr.fmt == "jpeg":
+        return hdr.huffman and hdr.components in (1, 3)
+    if hdr.fmt == "png":
+        return hdr.frames == 1 and b"eXIf" not in data
+    return False
+
+
 class NvDecoder:
-    """One nvImageCodec decoder (GPU backends on ``cuda``, its CPU backend on ``cpu``), EXIF
-    orientation applied, RGB out. Calls are serialised: one decoder is shared by the decode threads."""
+    """One nvImageCodec decoder (its GPU backends on ``cuda``; on ``cpu`` its CPU-only backend,
+    which needs no CUDA driver), EXIF orientation applied, RGB out. Calls are serialised: one decoder
+    is shared by the decode threads."""
 
     def __init__(self, device: str = "cuda") -> None:
         from nvidia import nvimgcodec
 
+        from ..quiet import native_stderr_to_logging
+
         self._nv = nvimgcodec
         self.device = str(device)
         self.on_gpu = self.device.startswith("cuda")
-        if self.on_gpu:
-            index = int(self.device.split(":")[1]) if ":" in self.device else 0
-            self._decoder = nvimgcodec.Decoder(device_id=index)
-        else:
-            self._decoder = nvimgcodec.Decoder(
-                backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+        # Building the decoder loads nvImageCodec's extensions, which print an [ERROR] line for each
+        # optional codec library absent (nvJPEG2000, nvTIFF): routed to logging, not the terminal.
+        with native_stderr_to_logging(logger=_log):
+            if self.on_gpu:
+                index = int(self.device.split(":")[1]) if ":" in self.device else 0
+                self._decoder = nvimgcodec.Decoder(device_id=index)
+            else:
+                self._decoder = nvimgcodec.Decoder(
+                    device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
+                    backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
         # Defaults: sRGB, interleaved (H×W×3), 8-bit; EXIF orientation as load_image applies it.
         self._params = nvimgcodec.DecodeParams(apply_exif_orientation=True, allow_any_depth=False)
         self._lock = threading.Lock()
@@ -66,8 +95,8 @@ class NvDecoder:
         out: list[Any] = []
         for img in images:
             try:
-                t = (torch.from_dlpack(img) if self.on_gpu
-                     else torch.from_numpy(np.array(img.cpu())))  # a copy the Image cannot outlive
+                # On the CPU: a writable copy the Image cannot outlive (torch warns on read-only views).
+                t = torch.from_dlpack(img) if self.on_gpu else torch.from_numpy(np.array(img.cpu()))
             except Exception:  # e.g. a None entry: this image failed
                 t = None
             ok = t is not None and t.dtype == torch.uint8 and t.ndim == 3 and t.shape[2] == 3
@@ -75,42 +104,46 @@ class NvDecoder:
         return out
 
 
-def _encoded(src: Any, max_pixels: int) -> bytes | None:
-    """The bytes worth handing to nvImageCodec, or None (then `load_image` decides, with its
-    guards): only JPEG and 8-bit PNG whose header is within the pixel limit."""
-    if isinstance(src, (str, os.PathLike)):
-        try:  # the CPU path's bounded read: a FIFO or device is refused unopened, never waited on
-            data = read_image_file(src, file_byte_limit(max_pixels), os.fsdecode(src))
-        except NSNetError:
-            return None
-    elif isinstance(src, (bytes, bytearray, memoryview)):
-        data = bytes(src)
-    else:
-        return None
-    info = image_size(data) if data else None
-    if info is None or info[0] not in _FORMATS or info[1] * info[2] > max_pixels or min(info[1:]) <= 0:
-        return None
-    if info[0] == "png" and (len(data) < 26 or data[24] != 8):  # bit depth 8 only
-        return None
-    return data
+def _tensor(img: Any, device: str) -> Any:
+    """A decoded array on ``device``; a read-only one (an array input as given) is copied, as torch
+    does not take read-only memory."""
+    import torch
+
+    return torch.from_numpy(img if img.flags.writeable else img.copy()).to(device)
 
 
-def decode_batch(items: Sequence[Any], load: Callable[[int], Any], *, device: str,
-                 decoder: NvDecoder | None = None, max_pixels: int = MAX_PIXELS) -> list[Any]:
-    """Decode a batch to uint8 H×W×3 torch tensors on ``device``: nvImageCodec for what it takes
-    (when ``decoder`` is given), ``load(i)`` (an RGB numpy array, or a typed error raised) for the
-    rest and for every image nvImageCodec failed on. Returns per item a tensor or the exception."""
+def decode_batch(items: Sequence[Any], names: Sequence[str], *, device: str,
+                 decoder: NvDecoder | None = None, max_pixels: int = MAX_PIXELS,
+                 bgr: bool = False) -> list[tuple[Any, tuple[str, ...]]]:
+    """Decode a batch to uint8 RGB H×W×3 torch tensors on ``device``: per item (tensor, the
+    decoder's warnings), or (the typed error naming it, ()). ``bgr``: array inputs are in OpenCV's
+    order. Outcomes are those of `decode.decode_image` on the same input."""
     import torch
 
     out: list[Any] = [None] * len(items)
-    if decoder is not None:
-        blobs = {i: b for i, b in enumerate(_encoded(x, max_pixels) for x in items) if b is not None}
-        for i, t in zip(blobs, decoder.decode(list(blobs.values())) if blobs else []):
-            out[i] = t
-    for i in range(len(items)):
-        if out[i] is None:
-            try:
-                out[i] = torch.from_numpy(load(i)).to(device)
-            except Exception as e:  # recorded per input: one bad file never fails the batch
-                out[i] = e
+    encoded: dict[int, tuple[bytes, Header]] = {}
+    for i, (src, name) in enumerate(zip(items, names)):
+        try:
+            require_image(src, name)
+            if decoder is not None and isinstance(src, (str, os.PathLike, bytes, bytearray, memoryview)):
+                src = read_input_bytes(src, max_pixels, name)  # read once: the CPU decode reuses it
+                hdr = inspect_bytes(src, max_pixels, name)
+                if gpu_decodable(src, hdr):
+                    encoded[i] = (src, hdr)
+                    continue
+            img, _, notes = decode_image(bgr_to_rgb(src) if bgr else src, max_pixels, name=name)
+            out[i] = (_tensor(img, device), tuple(notes))
+        except Exception as e:  # recorded per input: one bad file never fails the batch
+            out[i] = (as_input_error(e, name), ())
+    if encoded:
+        for i, t in zip(encoded, decoder.decode([data for data, _ in encoded.values()])):
+            data, hdr = encoded[i]
+            if t is not None and sorted(t.shape[:2]) == sorted((hdr.height, hdr.width)):
+                out[i] = (t, tuple(hdr.notes))
+                continue
+            try:  # nvImageCodec failed on a checked file: the CPU decoder's verdict is the outcome
+                img, _, notes = decode_image(data, max_pixels, name=names[i])
+                out[i] = (_tensor(img, device), tuple(notes))
+            except Exception as e:
+                out[i] = (as_input_error(e, names[i]), ())
     return out

@@ -120,8 +120,8 @@ def _png(b: memoryview) -> Header:
         pos += 12 + length
     if idat == 0:
         raise Malformed("PNG has no IDAT chunk: no pixel data (truncated or corrupt)")
-    hdr = Header("png", w, h, alpha=alpha, frames=max(frames, 1),
-                 decode_bytes=w * h * _PNG_CHANNELS[ctype] * (2 if depth == 16 else 1) * 2)
+    hdr = Header("png", w, h, alpha=alpha, frames=max(frames, 1), components=_PNG_SAMPLES[ctype],
+                 bit_depth=depth, decode_bytes=w * h * _PNG_CHANNELS[ctype] * (2 if depth == 16 else 1) * 2)
     if not ended:
         hdr.notes.append("truncated: PNG ends without its IEND chunk")
     raw = _png_raw_size(w, h, _PNG_SAMPLES[ctype] * depth, interlace)
@@ -233,19 +233,20 @@ def _jpeg(b: bytes) -> Header:
         i += 2 + length
     if frame is None or scans == 0:
         raise Malformed("JPEG has no frame header or no scan: no pixel data")
-    w, h, blocks, precision, progressive, huffman = frame
+    w, h, blocks, precision, progressive, huffman, nc = frame
     # Every block's DC coefficient costs at least one bit in a Huffman-coded file, so fewer coded
     # bytes than blocks/8 means the scans stop early and the decoder would invent the rest.
     sample = 2 if precision > 8 else 1
     coef = blocks * 128 if progressive or scans > 1 else 0  # whole-image coefficient buffer
-    hdr = Header("jpeg", w, h, scans=scans, decode_bytes=w * h * 3 * sample + coef)
+    hdr = Header("jpeg", w, h, scans=scans, decode_bytes=w * h * 3 * sample + coef, components=nc,
+                 bit_depth=precision, huffman=huffman)
     if huffman and coded * 8 < blocks:
         hdr.defect = (f"truncated: JPEG declares {w}x{h} ({blocks:,} blocks) but carries {coded:,} "
                       f"bytes of coded data, fewer than the {blocks // 8:,} it needs")
     return hdr
 
 
-def _jpeg_frame(seg: bytes, marker: int) -> tuple[int, int, int, int, bool, bool]:
+def _jpeg_frame(seg: bytes, marker: int) -> tuple[int, int, int, int, bool, bool, int]:
     precision, h, w, nc = struct.unpack(">BHHB", seg[:6])
     if h == 0 or w == 0:
         raise Malformed(f"JPEG frame declares {w}x{h} (a height set by a DNL marker is not supported)")
@@ -256,7 +257,7 @@ def _jpeg_frame(seg: bytes, marker: int) -> tuple[int, int, int, int, bool, bool
         raise Malformed(f"JPEG frame has invalid sampling factors {comps}")
     hmax, vmax = max(c[0] for c in comps), max(c[1] for c in comps)
     blocks = sum(-(-(-(-w * hs // hmax)) // 8) * -(-(-(-h * vs // vmax)) // 8) for hs, vs in comps)
-    return w, h, blocks, precision, marker in (0xC2, 0xC6, 0xCA, 0xCE), marker in _HUFFMAN_SOF
+    return w, h, blocks, precision, marker in (0xC2, 0xC6, 0xCA, 0xCE), marker in _HUFFMAN_SOF, nc
 
 
 # -- GIF ----------------------------------------------------------------------------------------
