@@ -1,14 +1,21 @@
-"""Image loading and NS-Net patch selection: the one preprocessing used by training and every backend.
+"""The input stage, once: bytes → checked → decoded → oriented → mosaic → normalised tensor.
 
-The network input is a ``grid``×``grid`` mosaic of the image's own ``patch``×``patch`` patches, taken
-at native resolution: those with the highest and the lowest spectral entropy.
+Every consumer (the Detector's executors, explain, provenance, the report, batch/serve, Triton's
+preprocessing, training) goes through these modules; none opens an input path or calls a decoder
+itself. The network input is a ``grid``×``grid`` mosaic of the image's own ``patch``×``patch``
+patches, taken at native resolution: those with the highest and the lowest spectral entropy.
 
 - `config`: `PatchConfig`, the contract every artifact records, and the defaults.
-- `decode`: `load_image` (bomb guards, orientation, every input kind).
-- `header`, `sniff`, `sniff_boxes`: each format's structure checked before decoding, and the limits.
-- `orient`: the orientation and transparency rules every decoding path shares.
+- `read`: the guard and bounded read, the one place that opens an input path.
+- `header`, `sniff`, `sniff_boxes`: each format's structure and cost checked before decoding.
+- `decode`: `inspect_bytes` (the checks every decode engine sits behind), `load_image`,
+  `decode_image` (OpenCV, Pillow fallback); `orient`: orientation and transparency rules.
+- `patches`: entropy (compiled kernel), selection, mosaic, normalisation, batching.
+- `inputs`: what counts as one input, result names, channel order.
+- `executors`: inline, threads and processes executors over that chain (`make_decoder`).
+- `gpu`, `nvdecode`, `torch_patches`: the GPU batch executor (nvImageCodec decode behind the same
+  checks, torch selection), proven to give every input the CPU executors' outcome.
 - `scan`: `iter_image_paths` / `scan_image_paths`, the folder scan (which files are images).
-- `patches`: entropy, selection, mosaic, normalisation, batching.
 """
 from __future__ import annotations
 
