@@ -305,3 +305,23 @@ def test_gpu_check_runs_every_step_on_the_cpu_device(tmp_path):
     assert [s["backend"] for s in report["skipped_rows"]] == ["tensorrt"]
     md = (tmp_path / "gpu_check_cpu.md").read_text()
     assert report["device"] in md and "Not run: tensorrt" in md
+
+
+@nvimg
+def test_gpu_pipeline_prints_no_library_noise_and_raises_no_warning(tmp_path):
+    """nvImageCodec's extensions print an [ERROR] line per optional codec library absent; the GPU
+    pipeline routes them to logging. And a read-only array input raises no torch UserWarning."""
+    code = (
+        "import numpy as np\n"
+        "from nsnet_sdk.pipeline.gpu import GpuPipeline\n"
+        "from nsnet_sdk.pipeline import DEFAULT\n"
+        "p = GpuPipeline('cpu', DEFAULT, to_host=True)\n"
+        "assert p.decoder is not None\n"
+        "a = np.full((64, 64, 3), 7, np.uint8); a.flags.writeable = False\n"
+        "batch, errors, _ = p.prepare([a], ['a'])\n"
+        "assert errors == [None] and batch.shape == (1, 3, 224, 224)\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    assert "[ERROR]" not in r.stderr and "Failed to load" not in r.stderr, r.stderr

@@ -30,8 +30,11 @@ _log = logging.getLogger("nsnet_sdk.nvimgcodec")
 
 def nvimgcodec_available() -> tuple[bool, str]:
     """(True, "") when ``nvidia.nvimgcodec`` imports, else (False, why)."""
+    from ..quiet import native_stderr_to_logging
+
     try:
-        from nvidia import nvimgcodec  # noqa: F401
+        with native_stderr_to_logging(logger=_log):  # its extensions' load errors: see NvDecoder
+            from nvidia import nvimgcodec  # noqa: F401
     except Exception as e:  # ImportError, or a missing CUDA runtime library
         return False, f"nvImageCodec is not usable ({type(e).__name__}: {e}); pip install 'nsnet-sdk[gpu-decode]'"
     return True, ""
@@ -60,16 +63,16 @@ class NvDecoder:
     is shared by the decode threads."""
 
     def __init__(self, device: str = "cuda") -> None:
-        from nvidia import nvimgcodec
-
         from ..quiet import native_stderr_to_logging
 
-        self._nv = nvimgcodec
         self.device = str(device)
         self.on_gpu = self.device.startswith("cuda")
-        # Building the decoder loads nvImageCodec's extensions, which print an [ERROR] line for each
-        # optional codec library absent (nvJPEG2000, nvTIFF): routed to logging, not the terminal.
+        # Loading nvImageCodec's extensions prints an [ERROR] line for each optional codec library
+        # absent (nvJPEG2000, nvTIFF; nvJPEG on the CPU): routed to logging, not the terminal.
         with native_stderr_to_logging(logger=_log):
+            from nvidia import nvimgcodec
+
+            self._nv = nvimgcodec
             if self.on_gpu:
                 index = int(self.device.split(":")[1]) if ":" in self.device else 0
                 self._decoder = nvimgcodec.Decoder(device_id=index)
