@@ -1,6 +1,8 @@
 """Choosing the input pipeline (``cpu``, ``gpu``, ``auto``) and running the GPU one for a batch."""
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any, Sequence
 
 from ..errors import BackendUnavailableError
@@ -75,11 +77,25 @@ class GpuPipeline:
         self.max_pixels = int(max_pixels)
         self.to_host = to_host
         self.decoder = None
+        self._local = threading.local()
         if nvimgcodec_available()[0]:
             try:
                 self.decoder = NvDecoder(self.device)
             except Exception:  # e.g. no usable backend on this machine: decode on the CPU
                 self.decoder = None
+
+    def _stream(self) -> Any:
+        """This thread's CUDA stream (None on the CPU). PyTorch creates its streams non-blocking, so
+        unlike the legacy default stream they never wait for the backend's stream or another
+        thread's: preparing batch n+1 overlaps inferring batch n."""
+        if not self.device.startswith("cuda"):
+            return None
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            import torch
+
+            stream = self._local.stream = torch.cuda.Stream(device=self.device)
+        return stream
 
     def prepare(self, items: Sequence[Any], names: Sequence[str],
                 bgr: bool = False) -> tuple[Any, list, list]:
@@ -90,16 +106,28 @@ class GpuPipeline:
         from .nvdecode import decode_batch
         from .torch_patches import preprocess_batch
 
-        decoded = decode_batch(items, names, device=self.device, decoder=self.decoder,
-                               max_pixels=self.max_pixels, bgr=bgr)
-        errors = [d if isinstance(d, BaseException) else None for d, _ in decoded]
-        good = [d for (d, _), e in zip(decoded, errors) if e is None]
-        batch = preprocess_batch(good, self.config) if good else None
-        if batch is not None and self.to_host:
-            batch = batch.cpu().numpy()
-        elif batch is not None and batch.is_cuda:
-            import torch
-
-            torch.cuda.current_stream(batch.device).synchronize()
+        stream = self._stream()
+        with _on(stream):
+            decoded = decode_batch(items, names, device=self.device, decoder=self.decoder,
+                                   max_pixels=self.max_pixels, bgr=bgr,
+                                   cuda_stream=stream.cuda_stream if stream is not None else 0)
+            errors = [d if isinstance(d, BaseException) else None for d, _ in decoded]
+            good = [d for (d, _), e in zip(decoded, errors) if e is None]
+            batch = preprocess_batch(good, self.config) if good else None
+            if batch is not None and self.to_host:
+                batch = batch.cpu().numpy()
+        if stream is not None:
+            # Waits for this thread's stream alone: the backend's inference of the previous batch,
+            # on its own stream, runs on meanwhile, and so do the other decode threads.
+            stream.synchronize()
         notes = [() if e else n + size_warnings(d, self.config.patch) for (d, n), e in zip(decoded, errors)]
         return batch, errors, notes
+
+
+def _on(stream: Any) -> Any:
+    """``torch.cuda.stream(stream)``, or nothing to enter on the CPU."""
+    if stream is None:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.cuda.stream(stream)

@@ -84,15 +84,16 @@ class NvDecoder:
         self._params = nvimgcodec.DecodeParams(apply_exif_orientation=True, allow_any_depth=False)
         self._lock = threading.Lock()
 
-    def decode(self, blobs: Sequence[bytes]) -> list[Any]:
-        """Encoded images → a list of uint8 H×W×3 torch tensors on ``device``, None where one failed."""
+    def decode(self, blobs: Sequence[bytes], cuda_stream: int = 0) -> list[Any]:
+        """Encoded images → a list of uint8 H×W×3 torch tensors on ``device``, None where one failed.
+        ``cuda_stream``: the stream (a ``cudaStream_t`` as int) the results are ordered on."""
         import numpy as np
         import torch
 
         with self._lock:
             try:
                 streams = [self._nv.CodeStream(b) for b in blobs]
-                images = self._decoder.decode(streams, params=self._params)
+                images = self._decoder.decode(streams, params=self._params, cuda_stream=cuda_stream)
             except Exception:  # a whole-batch failure still only means: decode these on the CPU
                 return [None] * len(blobs)
         out: list[Any] = []
@@ -117,7 +118,7 @@ def _tensor(img: Any, device: str) -> Any:
 
 def decode_batch(items: Sequence[Any], names: Sequence[str], *, device: str,
                  decoder: NvDecoder | None = None, max_pixels: int = MAX_PIXELS,
-                 bgr: bool = False) -> list[tuple[Any, tuple[str, ...]]]:
+                 bgr: bool = False, cuda_stream: int = 0) -> list[tuple[Any, tuple[str, ...]]]:
     """Decode a batch to uint8 RGB H×W×3 torch tensors on ``device``: per item (tensor, the
     decoder's warnings), or (the typed error naming it, ()). ``bgr``: array inputs are in OpenCV's
     order. Outcomes are those of `decode.decode_image` on the same input."""
@@ -139,7 +140,7 @@ def decode_batch(items: Sequence[Any], names: Sequence[str], *, device: str,
         except Exception as e:  # recorded per input: one bad file never fails the batch
             out[i] = (as_input_error(e, name), ())
     if encoded:
-        for i, t in zip(encoded, decoder.decode([data for data, _ in encoded.values()])):
+        for i, t in zip(encoded, decoder.decode([data for data, _ in encoded.values()], cuda_stream)):
             data, hdr = encoded[i]
             if t is not None and sorted(t.shape[:2]) == sorted((hdr.height, hdr.width)):
                 out[i] = (t, tuple(hdr.notes))
