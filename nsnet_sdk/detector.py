@@ -23,7 +23,8 @@ import numpy as np
 from .artifact import ModelMeta, artifact_kind, read_model_meta
 from .backends import Backend, load_backend
 from .pipeline.executors import DECODE_MODES, make_decoder
-from .errors import InferenceError, PreprocessMismatchError, RandomWeightsWarning, as_input_error
+from .errors import (InferenceError, PreprocessMismatchError, RandomWeightsWarning, as_input_error,
+                     nonfinite_logit_error)
 from .pipeline.gpu import resolve_pipeline  # torch loads only when a GPU pipeline is built
 from .pipeline.inputs import (bgr_to_rgb, check_channels, is_single_input, iter_inputs, require_image,
                      size_warnings, source_name)
@@ -203,6 +204,12 @@ class Detector:
 
     # -- pipeline ---------------------------------------------------------------------------
 
+    def _run(self, batch: Any) -> np.ndarray:
+        """The backend's logits for a batch of network rows (the pipeline's and explain's)."""
+        if self._closed:  # the backend's buffers and sessions are gone
+            raise InferenceError(f"{self.model_path}: the Detector is closed", source=str(self.model_path))
+        return self.backend.run(batch)
+
     def _load(self, src: Any, name: str, bgr: bool = False) -> np.ndarray:
         """``src`` decoded to RGB uint8 with the Detector's guards (typed errors naming it)."""
         require_image(src, name)
@@ -268,13 +275,10 @@ class Detector:
                 ok = [j for j, e in enumerate(errors) if e is None]
                 logits = np.full(len(names), np.nan, dtype=np.float32)
                 if ok:
-                    if self._closed:  # the backend's buffers and sessions are gone
-                        raise InferenceError(f"{self.model_path}: the Detector is closed",
-                                             source=str(self.model_path))
                     arr = None if buf is None else decoder.buffer(buf)
                     batch = (gpu_batch if buf is None else
                              arr[:len(ok)] if len(ok) == len(names) else arr[ok])
-                    logits[ok] = self.backend.run(batch)
+                    logits[ok] = self._run(batch)
                     del arr, batch  # no view of a shared-memory buffer outlives the pipeline
                 if buf is not None:
                     free.append(buf)
@@ -282,8 +286,7 @@ class Detector:
                 for j, name in enumerate(names):
                     err = errors[j]
                     if err is None and not math.isfinite(float(logits[j])):
-                        err = InferenceError(f"{name}: the model returned a non-finite logit",
-                                             source=name)
+                        err = nonfinite_logit_error(name)
                     if err is not None:
                         if on_error == "raise":
                             raise err
