@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .artifact import ModelMeta, artifact_kind, read_model_meta
+from .constants import DEFAULT_BATCH_SIZE
 from .backends import Backend, load_backend
 from .pipeline.executors import DECODE_MODES, make_decoder
 from .errors import (InferenceError, PreprocessMismatchError, RandomWeightsWarning, as_input_error,
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from .explain import Explanation
 
 ON_ERROR = ("raise", "record")
-DEFAULT_BATCH_SIZE = 32
 
 
 def default_workers() -> int:
