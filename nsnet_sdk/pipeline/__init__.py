@@ -8,7 +8,9 @@ at native resolution: those with the highest and the lowest spectral entropy.
 - `header`, `sniff`, `sniff_boxes`: each format's structure checked before decoding, and the limits.
 - `orient`: the orientation and transparency rules every decoding path shares.
 - `scan`: `iter_image_paths` / `scan_image_paths`, the folder scan (which files are images).
-- `patches`: entropy, selection, mosaic, normalisation, batching.
+- `patches`: entropy, selection, mosaic, normalisation, batching; `preprocess` is the one "decoded
+  image → network row" every consumer calls.
+- `triton`: the Triton Python-backend model (encoded bytes → rows) that export/to_triton.py names.
 """
 from __future__ import annotations
 
