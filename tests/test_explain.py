@@ -202,3 +202,46 @@ def test_the_drawn_photo_is_shrunk_before_matplotlib_sees_it(model, monkeypatch,
     render_png(ex, rgb, tmp_path / "wide.png", max_side=400)
     (shape, extent), = seen
     assert max(shape[:2]) == 400 and shape[:2] == (60, 400) and extent == (0, 2000, 300, 0)
+
+
+def _log_mean_onnx(path: Path) -> Path:
+    """A contract-honouring ONNX model with logit = log(mean of the input): NaN for a dark image
+    (its normalised mean is negative), finite for a light one."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from _sdk_util import contract_metadata
+
+    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Log", ["m"], ["logit"]),
+             helper.make_node("Sigmoid", ["logit"], ["prob_fake"])]
+    graph = helper.make_graph(
+        nodes, "log_mean", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, 224, 224])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["B"]),
+         helper.make_tensor_value_info("prob_fake", TensorProto.FLOAT, ["B"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, contract_metadata())
+    onnx.save(model, str(path))
+    return path
+
+
+def test_cli_explain_records_a_non_finite_logit_as_that_inputs_row(tmp_path):
+    """As `predict` records a non-finite logit for its input, `nsnet explain` writes an error row
+    for it and goes on with the next input."""
+    from nsnet_sdk.cli import main
+
+    model = _log_mean_onnx(tmp_path / "log.onnx")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    write_png(imgs / "a_light.png", np.full((96, 96, 3), 250, np.uint8))
+    write_png(imgs / "b_dark.png", np.full((96, 96, 3), 5, np.uint8))
+    write_png(imgs / "c_light.png", np.clip(textured(96, 120, seed=1).astype(int) + 150, 0, 255).astype(np.uint8))
+    with Detector(model, workers=0) as det:
+        assert det.predict(str(imgs / "b_dark.png"), on_error="record").error.startswith("InferenceError")
+    out = tmp_path / "out"
+    assert main(["explain", str(imgs), "-m", str(model), "--out", str(out), "--no-png"]) == 0
+    rows = _index(out)
+    assert [Path(r["source"]).name for r in rows] == ["a_light.png", "b_dark.png", "c_light.png"]
+    assert rows[1]["error"].startswith("InferenceError") and "non-finite" in rows[1]["error"]
+    assert rows[0]["error"] is None and rows[2]["error"] is None and rows[2]["json"] == "c_light.json"

@@ -78,10 +78,13 @@ def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                     render_png(expl, rgb, out / f"{stem}.png", threshold=det.threshold)
                     row["png"] = escape_text(f"{stem}.png")
                 done += 1
-            except InferenceError as e:  # the model, not this input, is at fault: stop
-                print(f"nsnet: error: inference failed on {escape_text(name)}: {escape_text(str(e))}",
-                      file=sys.stderr)
-                return 1
+            except InferenceError as e:
+                if e.source != name:  # the model (its runtime, a closed Detector), not this input: stop
+                    print(f"nsnet: error: inference failed on {escape_text(name)}: {escape_text(str(e))}",
+                          file=sys.stderr)
+                    return 1
+                row["error"] = escape_text(f"{type(e).__name__}: {e}")  # this input's logit was not finite
+                failed += 1
             except Exception as e:  # one bad input (or its drawing): an error row, and the run goes on
                 row["error"] = escape_text(f"{type(e).__name__}: {e}")
                 failed += 1
