@@ -36,7 +36,7 @@ def _timed(fn: Callable[[], Any], device: str, iters: int, warmup: int = 1) -> t
 def measure_pipeline(det, files: list[str], batch_size: int, iters: int = 5) -> dict[str, Any]:
     """One row: per-image seconds of each stage (wall and host CPU) for ``det``'s pipeline at this
     batch size, model-only and end-to-end images/s, and cores needed to feed the model."""
-    from nsnet_sdk.pipeline import load_image, normalize, patch_mosaic
+    from nsnet_sdk.pipeline import load_image, preprocess
 
     batch_files = list(np.resize(np.array(files, dtype=object), batch_size))
     gpu = det._gpu
@@ -46,7 +46,7 @@ def measure_pipeline(det, files: list[str], batch_size: int, iters: int = 5) -> 
         rgbs = [load_image(f) for f in batch_files]
         buf = np.empty((batch_size, 3, cfg.size, cfg.size), np.float32)
         decode = lambda: [load_image(f) for f in batch_files]  # noqa: E731
-        select = lambda: [normalize(patch_mosaic(x, cfg), cfg, out=buf[i]) for i, x in enumerate(rgbs)]  # noqa: E731
+        select = lambda: [preprocess(x, cfg, out=buf[i]) for i, x in enumerate(rgbs)]  # noqa: E731
         batch = buf
     else:
         from nsnet_sdk.pipeline.nvdecode import decode_batch

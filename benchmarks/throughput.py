@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from nsnet_sdk.constants import DEFAULT_THRESHOLD, RUN_CONFIG
 from benchmarks import _variants
 from benchmarks._pipeline import pipeline_stages
 from benchmarks._report import e2e_fraction, plot, print_report, ratios
@@ -264,8 +265,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
 
     if not args.model.is_file() or args.model.suffix != ".onnx":
         raise BenchError(f"--model {args.model}: not an .onnx file")
-    if args.ckpt and not (args.ckpt / "nsnet.json").is_file():
-        raise BenchError(f"--ckpt {args.ckpt}: not a run directory (no nsnet.json)")
+    if args.ckpt and not (args.ckpt / RUN_CONFIG).is_file():
+        raise BenchError(f"--ckpt {args.ckpt}: not a run directory (no {RUN_CONFIG})")
     if args.engine and not args.engine.is_file():
         raise BenchError(f"--engine {args.engine}: not found")
     if set(args.pipeline) - {"cpu", "gpu"}:
@@ -369,7 +370,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             "derive_seconds": round(derive_s, 1),
             "results": results,
             "reference_results": reference,
-            "parity": parity_report(cfgs, workdir, float(meta.get("nsnet.threshold", 0.5))),
+            "parity": parity_report(cfgs, workdir, float(meta.get("nsnet.threshold", DEFAULT_THRESHOLD))),
             "end_to_end_vs_model": [], "device_memory": device_mem, "cpu_time": cpu_time,
             "input_errors": sorted(input_errors),
             "failed": failed, "not_run": not_run, "not_on_gpu": flagged,

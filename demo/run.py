@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from nsnet_sdk.constants import RUN_CONFIG
 from training.cli_common import DEFAULT_EPOCHS
 from training.synthetic import GENERATORS  # the demo's data comes from training's own generator
 
@@ -175,7 +176,7 @@ class Steps:
         _call("train", f"{_tool('python')} -m training.train", train_main, argv)
         lines = (self.run / "metrics.jsonl").read_text().splitlines()
         last = json.loads(lines[-1])
-        meta = json.loads((self.run / "nsnet.json").read_text())
+        meta = json.loads((self.run / RUN_CONFIG).read_text())
         if sorted(meta["data"]["generators"]) != sorted(self.seen):
             raise StepFailed("train", f"checkpoint says it trained on {meta['data']['generators']}, "
                                       f"expected {self.seen}")

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from export.parity import Parity, artifact_logits, compare, parity_inputs, reference_logits
 from nsnet_sdk.artifact import artifact_metadata, read_model_meta, read_onnx_metadata
+from nsnet_sdk.constants import DEFAULT_THRESHOLD
 from nsnet_sdk.containers import sha256_file
 
 DEFAULT_OPSET = 17            # first opset with LayerNormalization: LN exports as one op
@@ -259,7 +260,7 @@ def export_model(ckpt_dir: str | Path, out_path: str | Path, *, fp16: bool = Fal
             except (OrtCrashError, NSNetError) as e:
                 raise ExportError(str(e)) from e
             parity = compare(precision, reference_logits(model, images), logits,
-                             float(meta.get("threshold", 0.5)))
+                             float(meta.get("threshold", DEFAULT_THRESHOLD)))
             log.info("parity %s", parity)
             if not parity.passes():
                 raise ExportError(f"{out}: parity past bounds: {parity}")

@@ -11,8 +11,9 @@ Layout (docs/nvidia.md, "Triton"):
       nsnet_ensemble/    config.pbtxt, 1/           bytes in → logit and prob_fake out
 
 ``--preprocess client`` writes only ``nsnet``: the client sends mosaics it made with
-`nsnet_sdk.pipeline.preprocess_batch`. The Python model calls :func:`preprocess_encoded`, this
-module's one function the Triton container runs (it needs ``pip install nsnet-sdk`` there).
+`nsnet_sdk.pipeline.preprocess_batch`. The Python model's code is runtime code,
+`nsnet_sdk.pipeline.triton.TritonPythonModel`: the generated ``model.py`` only imports it, so the
+container needs the installed package (``pip install 'nsnet-sdk[cpu]'``), not this checkout.
 """
 from __future__ import annotations
 
@@ -24,14 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from nsnet_sdk.artifact import artifact_kind, read_model_meta
-from nsnet_sdk.errors import ImageDecodeError, NSNetError
-from nsnet_sdk.pipeline import MAX_PIXELS, PatchConfig, load_image, normalize, patch_mosaic
+from nsnet_sdk.errors import NSNetError
+from nsnet_sdk.pipeline import PatchConfig
+from nsnet_sdk.pipeline.triton import BYTES_INPUT, CONFIG_PARAMETER
 
 MODEL, PREPROCESS, ENSEMBLE = "nsnet", "nsnet_preprocess", "nsnet_ensemble"
-BYTES_INPUT = "image_bytes"
 # ONNX TensorProto element types → Triton data types (those an NS-Net export can carry).
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE_INT32"}
 
@@ -53,24 +52,6 @@ class ModelIO:
     outputs: tuple[Tensor, ...]
     config: PatchConfig
     max_batch: int | None  # the engine profile's bound; None for ONNX (any batch)
-
-
-def preprocess_encoded(blobs: Sequence[bytes], config: PatchConfig,
-                       max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Encoded images → float32 (N, 3, size, size) network input, as `nsnet_sdk` preprocesses.
-
-    Raises:
-        ImageDecodeError / ImageTooLargeError: image ``i`` of the request (named ``image i``)
-            cannot be used; the Triton model answers that request with the message.
-    """
-    out = np.empty((len(blobs), 3, config.size, config.size), np.float32)
-    for i, blob in enumerate(blobs):
-        if not isinstance(blob, (bytes, bytearray, memoryview)):
-            raise ImageDecodeError(f"image {i}: expected encoded bytes, got {type(blob).__name__}",
-                                   source=f"image {i}")
-        rgb = load_image(bytes(blob), max_pixels=max_pixels, name=f"image {i}")
-        normalize(patch_mosaic(rgb, config), config, out=out[i])
-    return out
 
 
 def read_model(path: Path) -> ModelIO:
@@ -97,10 +78,24 @@ def read_model(path: Path) -> ModelIO:
         inputs = (Tensor("images", "TYPE_FP32", (3, cfg.size, cfg.size)),)
         outputs = (Tensor("logit", "TYPE_FP32", ()), Tensor("prob_fake", "TYPE_FP32", ()))
         platform, filename = "tensorrt_plan", "model.plan"
-        max_batch = (meta.engine_batches or (1, 1, 1))[2]
+        max_batch = _engine_max_batch(path, meta.engine_batches)
     else:
         raise ValueError(f"{path}: Triton serves an .onnx model or a TensorRT .engine/.plan, not a {kind} artifact")
     return ModelIO(platform, filename, inputs, outputs, meta.preprocess, max_batch)
+
+
+def _engine_max_batch(path: Path, profile: tuple[int, int, int] | None) -> int:
+    """The largest batch Triton may send the engine. Triton's dynamic batcher forms batches of
+    any size from 1 to ``max_batch_size`` and its TensorRT backend does not pad them, so an engine
+    whose profile starts above 1 would reject every smaller batch: refused, as is an engine whose
+    sidecar does not say its profile."""
+    if profile is None:
+        raise ValueError(f"{path}: the engine's sidecar records no optimisation profile "
+                         "(nsnet.trt.min_batch/opt_batch/max_batch); rebuild it with export/to_trt.py")
+    if profile[0] > 1:
+        raise ValueError(f"{path}: the engine was built with minimum batch {profile[0]}, but Triton "
+                         "sends batches of 1 and up without padding; rebuild it with --min-batch 1")
+    return profile[2]
 
 
 def _dims(t: Tensor) -> str:
@@ -132,7 +127,7 @@ def preprocess_config(io: ModelIO, max_batch: int, instances: int) -> str:
             + _io("output", [Tensor(image.name, "TYPE_FP32", image.dims)])
             + f"dynamic_batching {{\n  max_queue_delay_microseconds: 500\n}}\n"
             f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]\n"
-            f"parameters {{\n  key: \"nsnet.preprocess\"\n  value: {{ string_value: {json.dumps(io.config.to_json())} }}\n}}\n")
+            f"parameters {{\n  key: \"{CONFIG_PARAMETER}\"\n  value: {{ string_value: {json.dumps(io.config.to_json())} }}\n}}\n")
 
 
 def ensemble_config(io: ModelIO, max_batch: int) -> str:
@@ -150,34 +145,10 @@ def ensemble_config(io: ModelIO, max_batch: int) -> str:
             f"      input_map {{ key: \"{image.name}\" value: \"mosaic\" }}\n{outs}\n    }}\n  ]\n}}\n")
 
 
-_MODEL_PY = '''"""Triton Python backend: encoded image bytes → the NS-Net network input (nsnet_sdk's code)."""
-import json
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-from export.to_triton import preprocess_encoded
-from nsnet_sdk.pipeline import PatchConfig
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        cfg = json.loads(args["model_config"])
-        self.config = PatchConfig.from_json(cfg["parameters"]["nsnet.preprocess"]["string_value"])
-        self.output = cfg["output"][0]["name"]
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:  # one bad image fails its own request, never the others
-            blobs = pb_utils.get_input_tensor_by_name(request, "%s").as_numpy().reshape(-1)
-            try:
-                x = preprocess_encoded([bytes(b) for b in blobs], self.config)
-            except Exception as e:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
-                continue
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output, x)]))
-        return responses
-''' % BYTES_INPUT
+# The whole model is runtime code in nsnet_sdk: the container needs the installed package only.
+_MODEL_PY = '''"""Triton Python backend: encoded image bytes → the NS-Net network input (nsnet_sdk's pipeline)."""
+from nsnet_sdk.pipeline.triton import TritonPythonModel  # noqa: F401  (the class Triton loads)
+'''
 
 
 def write_repository(model: Path, out: Path, *, max_batch: int = 64, instances: int = 1,

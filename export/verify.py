@@ -31,6 +31,7 @@ import numpy as np
 from export.parity import PARITY_BATCH, Parity, compare, open_artifact, reference_logits
 from export.to_onnx import CheckpointError, load_run
 from nsnet_sdk.artifact import read_model_meta
+from nsnet_sdk.constants import DEFAULT_THRESHOLD
 
 
 def synthetic_batches(n: int, cfg, seed: int = 0, batch: int = PARITY_BATCH) -> Iterator[np.ndarray]:
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, KeyError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    threshold = float(meta.get("threshold", 0.5))
+    threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
 
     if args.images:
         root = Path(args.images)

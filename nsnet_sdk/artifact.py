@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from . import containers
+from .constants import DEFAULT_THRESHOLD, RUN_CONFIG, RUN_WEIGHTS
 from .containers import atomic_write
-from .modelcard import (DEFAULT_THRESHOLD, VerdictBand, check_card, field_error, model_card,
-                        probability)
+from .modelcard import VerdictBand, check_card, field_error, model_card, probability
 from .errors import ModelLoadError
 from .pipeline import PatchConfig
 
@@ -30,8 +29,6 @@ ONNX_FORMAT = "nsnet-onnx/1"
 CHECKPOINT_FORMAT = "nsnet-checkpoint/1"
 _FORMAT_MAJOR = {"nsnet-onnx": 1, "nsnet-checkpoint": 1}  # the major versions this reader knows
 PRECISIONS = ("fp32", "fp16", "int8")
-RUN_CONFIG = "nsnet.json"
-RUN_WEIGHTS = "nsnet.safetensors"
 
 # Typed keys of the flat map; every value in it is a string (ONNX metadata_props are strings).
 _JSON_KEYS = ("nsnet.preprocess", "nsnet.model_card", "nsnet.verdict_band")
@@ -362,60 +359,9 @@ def read_model_meta(path: str | Path, kind: str | None = None) -> ModelMeta:
     return ModelMeta.parse(artifact_metadata(doc, precision="fp32", fmt=doc["format"]), str(run))
 
 
-# -- re-stamping --------------------------------------------------------------------------------
 
-def restamp(path: str | Path, *, threshold: float | None = None, band: Mapping[str, Any] | None = None,
-            source: str, out: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Rewrite the threshold (and/or the verdict band) of an artifact, recording ``source`` as the
-    card's ``threshold_source``; weights untouched. ``out`` writes a copy there; without it the
-    artifact is rewritten in place, which needs ``overwrite=True``. Returns the path written."""
-    p = Path(path)
-    kind = artifact_kind(p)
-    meta = read_model_meta(p, kind)
-    if threshold is not None:
-        threshold = probability(threshold, "threshold", "threshold")
-    if band is not None:
-        band = VerdictBand.from_dict(band, "band").to_dict()
-    dst = p if out is None else Path(out)
-    if out is not None and dst.resolve() == p.resolve():
-        out, dst = None, p  # an output path naming the artifact itself is an in-place rewrite
-    if out is None and not overwrite:
-        raise ModelLoadError(f"{p}: refusing to rewrite in place; give an output path or overwrite=True",
-                             source=str(p))
-    if dst.exists() and dst != p and not overwrite:
-        raise ModelLoadError(f"{dst} exists; refusing to replace it without overwrite=True", source=str(dst))
-    card = dict(meta.model_card, threshold_source=source)
-    if threshold is not None:
-        card["threshold"] = threshold
-    if kind == TORCH:
-        run = p if p.is_dir() else p.parent
-        doc = read_run_json(run)
-        doc["model_card"] = model_card(doc, source_sha256=None) | card
-        if threshold is not None:
-            doc["threshold"] = doc["model_card"]["threshold"] = threshold
-        if band is not None:
-            doc["verdict_band"] = band
-        target = run if out is None else dst
-        if target != run:
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run / RUN_WEIGHTS, target / RUN_WEIGHTS)
-        write_run_json(target, doc)
-        return target
-    updates = {"nsnet.model_card": _compact(card)}
-    if threshold is not None:
-        updates["nsnet.threshold"] = repr(threshold)
-    if band is not None:
-        updates["nsnet.verdict_band"] = _compact(band)
-    if kind == TENSORRT:
-        side = json.loads(engine_sidecar(p).read_text(encoding="utf-8")) | updates
-        if dst != p:
-            atomic_write(dst, lambda t: shutil.copyfile(p, t))
-        write_sidecar(dst, side)
-        return dst
-    new = dict(meta.raw) | updates
-    ModelMeta.parse(new, str(dst))
-    atomic_write(dst, lambda t: containers.onnx_rewrite_metadata(p, t, new))
-    data = p.with_name(p.name + ".data")  # external weights are found relative to the model file
-    if dst.parent.resolve() != p.parent.resolve() and data.exists():
-        shutil.copyfile(data, dst.parent / data.name)
-    return dst
+def model_sha256(model: str | Path) -> str:
+    """sha256 (hex) of the file a model is loaded from: the ``.onnx`` / ``.engine`` file itself,
+    or a run directory's weights file; what result rows name their model by."""
+    p = Path(model)
+    return containers.sha256_file(p / RUN_WEIGHTS if p.is_dir() else p)

@@ -21,7 +21,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .prediction import Prediction, rename_source
 from .batch_inputs import expand_inputs, local_error
-from .results import FIELDS, escape_text, model_sha256, result_row
+from .artifact import model_sha256
+from .constants import DEFAULT_BATCH_SIZE
+from .results import FIELDS, escape_text, result_row
 
 # One Parquet row per input: the fields of `nsnet detect`'s rows (nsnet_sdk.results), the input
 # named `path`; text cells escaped as in detect's files (`results.unescape_text` reverses it).
@@ -160,7 +162,7 @@ def _ray_started(address: str | None, ray_init: dict[str, Any] | None) -> bool:
 
 def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.PathLike, *,
               address: str | None = None, workers: int = 1, gpus_per_worker: float = 0.0,
-              batch_size: int = 32, resume: bool = False, threshold: float | None = None,
+              batch_size: int = DEFAULT_BATCH_SIZE, resume: bool = False, threshold: float | None = None,
               threads_per_worker: int | None = 1, on_rows: Callable[[list[dict]], None] | None = None,
               on_start: Callable[[BatchSummary], None] | None = None,
               ray_init: dict[str, Any] | None = None, rows_per_file: int = ROWS_PER_FILE,

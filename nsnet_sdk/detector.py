@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .artifact import ModelMeta, artifact_kind, read_model_meta
+from .constants import DEFAULT_BATCH_SIZE
 from .backends import Backend, load_backend
 from .pipeline.executors import DECODE_MODES, make_decoder
-from .errors import InferenceError, PreprocessMismatchError, RandomWeightsWarning
+from .errors import InferenceError, PreprocessMismatchError, RandomWeightsWarning, nonfinite_logit_error
 from .pipeline.gpu import resolve_pipeline  # torch loads only when a GPU pipeline is built
 from .pipeline.inputs import check_channels, is_single_input, iter_inputs, source_name
 from .prediction import Prediction, sigmoid
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from .explain import Explanation
 
 ON_ERROR = ("raise", "record")
-DEFAULT_BATCH_SIZE = 32
 
 
 def default_workers() -> int:
@@ -202,6 +202,12 @@ class Detector:
 
     # -- pipeline ---------------------------------------------------------------------------
 
+    def _run(self, batch: Any) -> np.ndarray:
+        """The backend's logits for a batch of network rows (the pipeline's and explain's)."""
+        if self._closed:  # the backend's buffers and sessions are gone
+            raise InferenceError(f"{self.model_path}: the Detector is closed", source=str(self.model_path))
+        return self.backend.run(batch)
+
     def _pipeline(self, items: Iterator[Any], bs: int, workers: int,
                   on_error: str, bgr: bool = False) -> Iterator[Prediction]:
         # Batches queued behind the one being inferred: enough to give every worker a task plus
@@ -256,13 +262,10 @@ class Detector:
                 ok = [j for j, e in enumerate(errors) if e is None]
                 logits = np.full(len(names), np.nan, dtype=np.float32)
                 if ok:
-                    if self._closed:  # the backend's buffers and sessions are gone
-                        raise InferenceError(f"{self.model_path}: the Detector is closed",
-                                             source=str(self.model_path))
                     arr = None if buf is None else decoder.buffer(buf)
                     batch = (gpu_batch if buf is None else
                              arr[:len(ok)] if len(ok) == len(names) else arr[ok])
-                    logits[ok] = self.backend.run(batch)
+                    logits[ok] = self._run(batch)
                     del arr, batch  # no view of a shared-memory buffer outlives the pipeline
                 if buf is not None:
                     free.append(buf)
@@ -270,8 +273,7 @@ class Detector:
                 for j, name in enumerate(names):
                     err = errors[j]
                     if err is None and not math.isfinite(float(logits[j])):
-                        err = InferenceError(f"{name}: the model returned a non-finite logit",
-                                             source=name)
+                        err = nonfinite_logit_error(name)
                     if err is not None:
                         if on_error == "raise":
                             raise err

@@ -50,6 +50,12 @@ def as_input_error(e: BaseException, name: str) -> NSNetError:
     return err
 
 
+def nonfinite_logit_error(name: str) -> InferenceError:
+    """The error of an input whose logit came back NaN or infinite (the model, not the input, is
+    at fault; `Detector.predict` records it for that input, `Detector.explain` raises it)."""
+    return InferenceError(f"{name}: the model returned a non-finite logit", source=name)
+
+
 class RandomWeightsWarning(UserWarning):
     """The model's backbone had random weights (``pretrained`` = none): a test or demo model, not
     a detector for real use."""

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from .constants import DEFAULT_THRESHOLD
 from .errors import ModelLoadError
-
-DEFAULT_THRESHOLD = 0.5
 
 
 def field_error(source: str, key: str, why: str) -> ModelLoadError:

@@ -30,7 +30,6 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Sequence
 
-from .containers import sha256_file
 
 CSV = "csv"
 JSONL = "jsonl"
@@ -314,13 +313,3 @@ def holds_result(spec: str) -> bool:
     """True when ``spec`` is a non-empty regular file (writing a new result there would lose it)."""
     return spec != "-" and os.path.isfile(spec) and os.path.getsize(spec) > 0
 
-
-# -- the model a row came from --------------------------------------------------------------
-
-def model_sha256(model: str | os.PathLike) -> str:
-    """sha256 (hex) of the file a model is loaded from: the ``.onnx`` / ``.engine`` file itself,
-    or a run directory's ``nsnet.safetensors``."""
-    p = Path(model)
-    if p.is_dir():
-        p = p / "nsnet.safetensors"
-    return sha256_file(p)

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from .prediction import rename_source
-from .results import model_sha256
+from .artifact import model_sha256
 
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 32

@@ -14,7 +14,8 @@ import pytest
 
 from _sdk_util import build_stand_in_onnx, contract_metadata, textured, tiny_export, write_engine_pair
 from nsnet_sdk import Detector, ModelLoadError, RandomWeightsWarning
-from nsnet_sdk.artifact import read_model_meta, read_onnx_metadata, read_sidecar, restamp
+from nsnet_sdk.artifact import read_model_meta, read_onnx_metadata, read_sidecar
+from nsnet_sdk.restamp import restamp
 from nsnet_sdk.cli import main as nsnet
 
 BAND = {"t_real": 0.3, "t_fake": 0.6, "fpr": 0.05, "fnr": 0.1, "source": "calibrated on /data/cal"}

@@ -15,7 +15,8 @@ import pytest
 from _sdk_util import build_stand_in_onnx, contract_metadata, textured, write_png
 from nsnet_sdk import Detector
 from nsnet_sdk.cli import main
-from nsnet_sdk.results import FIELDS, model_sha256
+from nsnet_sdk.artifact import model_sha256
+from nsnet_sdk.results import FIELDS
 
 
 @pytest.fixture(scope="module")

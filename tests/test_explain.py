@@ -137,3 +137,111 @@ def test_cli_explain_writes_png_and_json_per_image(model, tmp_path):
     assert main(["explain", str(imgs / "a.png"), "-m", str(model), "--out", str(tmp_path / "o2"),
                  "--no-png"]) == 0
     assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["a.json", "explanations.jsonl"]
+
+
+def test_explain_carries_the_same_warnings_as_predict(model, tmp_path):
+    small = write_png(tmp_path / "tiny.png", textured(12, 20, seed=4))
+    with Detector(model, workers=0) as det:
+        want = det.predict(str(small)).warnings
+        got = det.explain(str(small)).warnings
+    assert want and got == tuple(want)  # the smaller-than-a-patch warning, from the one pipeline
+
+
+def _index(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "explanations.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_cli_explain_folder_non_utf8_name_and_failing_input_keep_the_run_going(model, tmp_path):
+    """A file name that is not UTF-8 is explained and drawn (its bytes escaped as detect's files
+    escape them); an input whose output cannot be written is an error row; the rest are explained."""
+    pytest.importorskip("matplotlib")
+    import os
+
+    from nsnet_sdk.cli import main
+    from nsnet_sdk.results import unescape_text
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    write_png(imgs / "a.png", textured(120, 150, seed=1))
+    odd = os.fsdecode(bytes(imgs) + b"/b\xff\xfe.png")  # invalid UTF-8, as os.listdir returns it
+    tmp = write_png(tmp_path / "b.png", textured(130, 100, seed=2))
+    Path(odd).write_bytes(tmp.read_bytes())  # (OpenCV's imwrite cannot take such a name)
+    write_png(imgs / "c.png", textured(90, 140, seed=3))
+    write_png(imgs / "d.png", textured(100, 100, seed=4))
+    out = tmp_path / "out"
+    (out / "c.json").mkdir(parents=True)  # c's JSON cannot be written: a failure that is no NSNetError
+    assert main(["explain", str(imgs), "-m", str(model), "--out", str(out)]) == 0
+    rows = _index(out)
+    assert [unescape_text(r["source"]) for r in rows] == [str(imgs / "a.png"), odd, str(imgs / "c.png"),
+                                                         str(imgs / "d.png")]
+    assert rows[1]["source"].endswith("/b\\xff\\xfe.png") and rows[1]["error"] is None
+    assert (out / os.fsdecode(b"b\xff\xfe.png")).is_file()  # drawn, the title escaped
+    assert rows[2]["error"].startswith("IsADirectoryError") and rows[2]["png"] is None
+    assert rows[3]["error"] is None and (out / "d.png").is_file()
+
+
+def test_the_drawn_photo_is_shrunk_before_matplotlib_sees_it(model, monkeypatch, tmp_path):
+    """Memory of the figure is bounded by ``max_side``, not by the photo: matplotlib is handed a
+    shrunk copy (with the original's coordinates), never the full-size array."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    from nsnet_sdk.explain import render_png
+
+    seen = []
+    real = Axes.imshow
+
+    def spy(self, x, *a, **k):
+        seen.append((np.shape(x), k.get("extent")))
+        return real(self, x, *a, **k)
+
+    monkeypatch.setattr(Axes, "imshow", spy)
+    rgb = textured(300, 2000, seed=6)
+    with Detector(model, workers=0) as det:
+        ex = det.explain(rgb)
+    render_png(ex, rgb, tmp_path / "wide.png", max_side=400)
+    (shape, extent), = seen
+    assert max(shape[:2]) == 400 and shape[:2] == (60, 400) and extent == (0, 2000, 300, 0)
+
+
+def _log_mean_onnx(path: Path) -> Path:
+    """A contract-honouring ONNX model with logit = log(mean of the input): NaN for a dark image
+    (its normalised mean is negative), finite for a light one."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from _sdk_util import contract_metadata
+
+    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Log", ["m"], ["logit"]),
+             helper.make_node("Sigmoid", ["logit"], ["prob_fake"])]
+    graph = helper.make_graph(
+        nodes, "log_mean", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, 224, 224])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["B"]),
+         helper.make_tensor_value_info("prob_fake", TensorProto.FLOAT, ["B"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, contract_metadata())
+    onnx.save(model, str(path))
+    return path
+
+
+def test_cli_explain_records_a_non_finite_logit_as_that_inputs_row(tmp_path):
+    """As `predict` records a non-finite logit for its input, `nsnet explain` writes an error row
+    for it and goes on with the next input."""
+    from nsnet_sdk.cli import main
+
+    model = _log_mean_onnx(tmp_path / "log.onnx")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    write_png(imgs / "a_light.png", np.full((96, 96, 3), 250, np.uint8))
+    write_png(imgs / "b_dark.png", np.full((96, 96, 3), 5, np.uint8))
+    write_png(imgs / "c_light.png", np.clip(textured(96, 120, seed=1).astype(int) + 150, 0, 255).astype(np.uint8))
+    with Detector(model, workers=0) as det:
+        assert det.predict(str(imgs / "b_dark.png"), on_error="record").error.startswith("InferenceError")
+    out = tmp_path / "out"
+    assert main(["explain", str(imgs), "-m", str(model), "--out", str(out), "--no-png"]) == 0
+    rows = _index(out)
+    assert [Path(r["source"]).name for r in rows] == ["a_light.png", "b_dark.png", "c_light.png"]
+    assert rows[1]["error"].startswith("InferenceError") and "non-finite" in rows[1]["error"]
+    assert rows[0]["error"] is None and rows[2]["error"] is None and rows[2]["json"] == "c_light.json"

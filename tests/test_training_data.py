@@ -148,3 +148,46 @@ def test_discovery_lists_what_the_sdk_decodes(tmp_path) -> None:
     x, label, _, err = ImageDataset(samples)[1]
     assert err is None and label == 1
     assert np.array_equal(x.numpy(), preprocess(load_image(samples[1].path), DEFAULT))
+
+
+def test_training_rows_are_the_detectors_rows_and_hostile_files_are_skipped(tmp_path) -> None:
+    """Training loads through the inference pipeline: the same row as the Detector's executor for
+    an image with transparency, and a FIFO, a header declaring 20000×9000 pixels and a truncated
+    file are each one reported error (refused before decoding; the FIFO is never opened)."""
+    import os
+    import threading
+
+    from nsnet_sdk.pipeline.executors import prepare_into
+    from training.data import Sample
+
+    rgba = np.dstack([np.random.default_rng(1).integers(0, 256, (80, 96, 3), dtype=np.uint8),
+                      np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (80, 1))])
+    good = tmp_path / "rgba.png"
+    cv2.imwrite(str(good), rgba[..., [2, 1, 0, 3]])
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.png"  # a 100-byte PNG whose header declares 20000×9000 pixels
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 20000, 9000, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:200])
+    ds = ImageDataset([Sample(p, 0, "g") for p in (good, fifo, huge, cut)])
+    items = []
+    t = threading.Thread(target=lambda: items.extend(ds[i] for i in range(len(ds))), daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "reading a FIFO blocked the data loader"
+    want = np.empty((3, DEFAULT.size, DEFAULT.size), np.float32)
+    assert prepare_into(str(good), "rgba.png", DEFAULT, 10**8, want) == (None, ())
+    assert items[0][3] is None and np.array_equal(items[0][0].numpy(), want)
+    errors = [e for _, _, _, e in items[1:]]
+    assert all(e is not None for e in errors), errors
+    assert "ImageTooLargeError" in errors[1] and "20000x9000" in errors[1]

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nsnet_sdk.errors import NSNetError
+from nsnet_sdk.errors import as_input_error
+from nsnet_sdk.pipeline import DEFAULT, PatchConfig, iter_image_paths, load_image, preprocess
 from training.cli_common import LAYOUTS
-from nsnet_sdk.pipeline import DEFAULT, PatchConfig, iter_image_paths, load_image, normalize, patch_mosaic
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +214,10 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         s = self.samples[i]
-        try:
-            rgb = load_image(s.path)
-        except NSNetError as exc:
+        try:  # the bounded read, structural checks and decode inference runs
+            rgb = load_image(s.path, name=str(s.path))
+        except Exception as e:  # one unreadable file is skipped and reported, never the run's end
+            exc = as_input_error(e, str(s.path))
             return None, s.label, i, f"{type(exc).__name__}: {exc}"
         if self.transform is not None:
             rgb = self.transform(rgb)
@@ -226,7 +227,7 @@ class ImageDataset(Dataset):
             rgb = self.augment.apply(rgb, rng)
             if not self.augment.slot_shuffle:
                 rng = None
-        x = normalize(patch_mosaic(rgb, self.cfg, rng=rng), self.cfg)
+        x = preprocess(rgb, self.cfg, rng=rng)
         return torch.from_numpy(x), s.label, i, None
 
 

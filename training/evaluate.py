@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from nsnet_sdk.constants import DEFAULT_THRESHOLD, RUN_CONFIG
 from training.cli_common import LAYOUT_HELP, LAYOUTS, HelpFormatter, check_dir
 
 if TYPE_CHECKING:
@@ -96,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors that need no torch: paths, and a calibration that would leak into the scores."""
     ckpt = Path(args.ckpt)
-    if not (ckpt / "nsnet.json").is_file():
-        parser.error(f"--ckpt {ckpt}: not a run directory (no nsnet.json)")
+    if not (ckpt / RUN_CONFIG).is_file():
+        parser.error(f"--ckpt {ckpt}: not a run directory (no {RUN_CONFIG})")
     check_dir(parser, "--data", args.data)
     if args.calibrate_fpr is None:
         if args.calibration or args.write_threshold or args.calibrate_on_eval_data:
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    threshold = float(meta.get("threshold", 0.5))
+    threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
     calibration = None
     if args.calibrate_fpr is not None:
         calibration = calibrate(model, args, cfg, device, gens, previous=threshold)
@@ -320,7 +321,7 @@ def calibrate(model, args, cfg: PatchConfig, device: torch.device, gens, previou
         # update_meta also rewrites the model card: its threshold_source then names this calibration
         update_meta(args.ckpt, threshold=threshold,
                     calibration={k: doc[k] for k in ("fpr", "data", "n_real", "skipped", "previous_threshold")})
-        doc["written_to"] = str(Path(args.ckpt) / "nsnet.json")
+        doc["written_to"] = str(Path(args.ckpt) / RUN_CONFIG)
         log.info("wrote threshold %.6g to %s (was %.6g); models exported earlier keep their own: re-stamp them "
                  "(`nsnet info MODEL --set-threshold %.6g --out NEW`) or export again", threshold,
                  doc["written_to"], previous, threshold)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
+from nsnet_sdk.constants import DEFAULT_THRESHOLD
 from nsnet_sdk.pipeline import PatchConfig
 from training.data import Augment, ImageDataset, SkipLog, detect_layout, discover, loader, split_off, summary
 from training.infer import autocast, probs_from_features, run_dataset, score
@@ -136,7 +137,7 @@ def fit(args, model, optimizer, scaler: torch.amp.GradScaler, meta: dict[str, An
             else:
                 probs, vlabels, _ = score(model, ImageDataset(val, cfg), args.batch_size, device, args.workers,
                                           progress, val_skips, desc="validating")
-            m = detection_metrics(probs, vlabels, float(meta.get("threshold", 0.5)))
+            m = detection_metrics(probs, vlabels, float(meta.get("threshold", DEFAULT_THRESHOLD)))
             record.update({f"val_{k}": v for k, v in m.items()})
         record["skipped"] = skips.count
         record["seconds"] = round(time.perf_counter() - t0, 3)

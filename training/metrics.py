@@ -4,10 +4,12 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score
 
+from nsnet_sdk.constants import DEFAULT_THRESHOLD
+
 KEYS = ("acc", "ap", "real_acc", "fake_acc", "n")
 
 
-def detection_metrics(prob_fake: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict:
+def detection_metrics(prob_fake: np.ndarray, labels: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """{"acc", "ap", "real_acc", "fake_acc", "n"}; a value that is undefined for the data (AP with
     one class only, the accuracy of an absent class) is None."""
     p = np.asarray(prob_fake, np.float64)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nsnet_sdk.constants import DEFAULT_THRESHOLD, RUN_CONFIG, RUN_WEIGHTS
 from training.cli_common import (BANKS, DEFAULT_ENERGY, DEFAULT_EPOCHS, DEFAULT_TEMPERATURE, HEAD_LR, BACKBONE_LR,
                                  LAYOUT_HELP, LAYOUTS, HelpFormatter, check_dir, check_file, default_lr,
                                  looks_like_path)
@@ -31,8 +32,7 @@ log = logging.getLogger("training.train")
 METRICS = "metrics.jsonl"
 TRAIN_STATE = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
-CHECKPOINT_JSON = "nsnet.json"  # nsnet_sdk.model.checkpoint.CONFIG, read here without importing torch
-RUN_FILES = (CHECKPOINT_JSON, "nsnet.safetensors", METRICS, TRAIN_STATE, TRAIN_STATE_JSON)
+RUN_FILES = (RUN_CONFIG, RUN_WEIGHTS, METRICS, TRAIN_STATE, TRAIN_STATE_JSON)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +108,7 @@ def _existing_run(run: Path) -> dict[str, Any] | None:
     if not any((run / name).exists() for name in RUN_FILES):
         return None
     try:
-        doc = json.loads((run / CHECKPOINT_JSON).read_text())
+        doc = json.loads((run / RUN_CONFIG).read_text())
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
@@ -218,7 +218,7 @@ def initial_model(args, device: torch.device) -> tuple[NSNet, dict[str, Any]]:
         "projector": dict(info.to_dict(), requested_energy=args.energy, requested_rank=args.rank,
                           prompt_bank=args.prompt_bank, templates=args.templates,
                           captions=str(args.captions) if args.captions else None),
-        "threshold": 0.5,
+        "threshold": DEFAULT_THRESHOLD,
     }
     return model, meta
 
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     start_epoch = 0
     resume_state = run / TRAIN_STATE_JSON
     try:  # bad inputs (backbone name, weights, --rank, --templates, captions file, run dir) end as one line
-        if args.resume and (run / CHECKPOINT_JSON).is_file():
+        if args.resume and (run / RUN_CONFIG).is_file():
             model, meta = load_checkpoint(run, device=device)
             meta = {k: v for k, v in meta.items() if k not in ("format", "embed_dim", "head")}
             start_epoch = int(meta.get("training", {}).get("epochs", 0))

@@ -71,7 +71,7 @@ def _engine_info_from_sidecar(model: str) -> dict[str, Any] | None:
 
 
 def _restamp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..artifact import restamp
+    from ..restamp import restamp
 
     if args.out is None and not args.in_place:
         parser.error("--set-threshold needs --out NEW, or --in-place to rewrite MODEL itself")

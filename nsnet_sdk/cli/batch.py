@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from ..batch import BatchSummary, run_batch
+from ..constants import DEFAULT_BATCH_SIZE
 from ..errors import NSNetError
 from .args import positive_int, probability, progress_bar
 
@@ -28,7 +29,8 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--workers", type=positive_int, default=1, help="scoring actors (1)")
     b.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="GPUs per actor (0 = CPU actors)")
-    b.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (32)")
+    b.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images per batch ({DEFAULT_BATCH_SIZE})")
     b.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
     b.add_argument("--resume", action="store_true",
                    help="skip inputs already in --out (continue a stopped job)")

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..calibrate import BAND_KEYS, calibrate_band
+from ..constants import DEFAULT_BATCH_SIZE
 from ..errors import NSNetError
 from .args import checked, positive_int, provider_list
 
@@ -28,7 +29,8 @@ def add_parser(sub: Any) -> None:
     w = p.add_mutually_exclusive_group()
     w.add_argument("--out", metavar="MODEL", help="write a copy of the model carrying the band here")
     w.add_argument("--in-place", action="store_true", help="store the band in MODEL itself")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (32)")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images per batch ({DEFAULT_BATCH_SIZE})")
     p.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
     p.set_defaults(run=cmd_calibrate)
 
@@ -70,7 +72,7 @@ def cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         return 1
     print(json.dumps(result, indent=2))
     if args.out or args.in_place:
-        from ..artifact import restamp
+        from ..restamp import restamp
 
         band = {k: result[k] for k in BAND_KEYS}
         try:

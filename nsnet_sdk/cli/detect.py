@@ -11,11 +11,12 @@ import threading
 from typing import Any
 
 from .args import nonneg_int, positive_int, probability, progress_bar, provider_list
-from ..detector import DEFAULT_BATCH_SIZE
+from ..constants import DEFAULT_BATCH_SIZE
 from ..errors import NSNetError
 from ..pipeline import ImageScan, scan_image_paths
 from ..provenance import PROVENANCE_COLUMNS, provenance_columns
-from ..results import CSV, FIELDS, JSONL, ResultFileError, ResultWriter, holds_result, model_sha256, result_row
+from ..artifact import model_sha256
+from ..results import CSV, FIELDS, JSONL, ResultFileError, ResultWriter, holds_result, result_row
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

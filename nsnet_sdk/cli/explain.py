@@ -10,8 +10,8 @@ from typing import Any
 
 from .args import provider_list
 from ..errors import InferenceError, NSNetError
-from ..explain import explain_rgb, render_png
-from ..pipeline import load_image
+from ..explain import explain_rgb, load_for_explain, render_png
+from ..results import escape_text
 
 def add_parser(sub: Any) -> None:
     """Register ``nsnet explain``."""
@@ -65,22 +65,31 @@ def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         for src in inputs:
             name = str(src)
             stem = _unique_stem(Path(name).stem or "image", taken)
-            row: dict[str, Any] = {"source": name, "json": None, "png": None, "error": None}
+            # Text is escaped as in `nsnet detect`'s files (results.escape_text): a name that is not
+            # valid UTF-8 keeps its bytes as \xNN, and `results.unescape_text` gives the path back.
+            row: dict[str, Any] = {"source": escape_text(name), "json": None, "png": None, "error": None}
             try:
-                rgb = load_image(src, max_pixels=det.max_pixels, name=name)
-                expl = explain_rgb(det, rgb, name)
-                (out / f"{stem}.json").write_text(json.dumps(expl.to_dict()), encoding="utf-8")
-                row["json"] = f"{stem}.json"
+                rgb, notes = load_for_explain(det, src, name)
+                expl = explain_rgb(det, rgb, name, notes)
+                doc = {**expl.to_dict(), "source": row["source"], "warnings": [escape_text(w) for w in notes]}
+                (out / f"{stem}.json").write_text(json.dumps(doc), encoding="utf-8")
+                row["json"] = escape_text(f"{stem}.json")
                 if not args.no_png:
                     render_png(expl, rgb, out / f"{stem}.png", threshold=det.threshold)
-                    row["png"] = f"{stem}.png"
+                    row["png"] = escape_text(f"{stem}.png")
                 done += 1
             except InferenceError as e:
-                print(f"nsnet: error: inference failed on {name}: {e}", file=sys.stderr)
-                return 1
-            except NSNetError as e:  # one bad image: record it, go on with the rest
-                row["error"] = f"{type(e).__name__}: {e}"
+                if e.source != name:  # the model (its runtime, a closed Detector), not this input: stop
+                    print(f"nsnet: error: inference failed on {escape_text(name)}: {escape_text(str(e))}",
+                          file=sys.stderr)
+                    return 1
+                row["error"] = escape_text(f"{type(e).__name__}: {e}")  # this input's logit was not finite
+                failed += 1
+            except Exception as e:  # one bad input (or its drawing): an error row, and the run goes on
+                row["error"] = escape_text(f"{type(e).__name__}: {e}")
                 failed += 1
             index.write(json.dumps(row) + "\n")
-    print(f"nsnet: {done} explained, {failed} errors; written to {out}", file=sys.stderr)
+            index.flush()
+    print(f"nsnet: {done} explained, {failed} error{'' if failed == 1 else 's'}; written to {out}",
+          file=sys.stderr)
     return 0

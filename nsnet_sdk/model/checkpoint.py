@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..artifact import CHECKPOINT_FORMAT, RUN_CONFIG, RUN_WEIGHTS, read_run_json, write_run_json
+from ..artifact import CHECKPOINT_FORMAT, read_run_json, write_run_json
+from ..constants import RUN_CONFIG, RUN_WEIGHTS
 from ..containers import atomic_write, check_tensors, safetensors_header, sha256_file
 from ..errors import ModelLoadError
 from ..pipeline import DEFAULT

@@ -10,12 +10,14 @@ patches, taken at native resolution: those with the highest and the lowest spect
 - `header`, `sniff`, `sniff_boxes`: each format's structure and cost checked before decoding.
 - `decode`: `inspect_bytes` (the checks every decode engine sits behind), `load_image`,
   `decode_image` (OpenCV, Pillow fallback); `orient`: orientation and transparency rules.
-- `patches`: entropy (compiled kernel), selection, mosaic, normalisation, batching.
+- `patches`: entropy (compiled kernel), selection, mosaic, normalisation, batching; `preprocess`
+  is the one "decoded image → network row" every consumer calls.
 - `inputs`: what counts as one input, result names, channel order.
 - `executors`: inline, threads and processes executors over that chain (`make_decoder`).
 - `gpu`, `nvdecode`, `torch_patches`: the GPU batch executor (nvImageCodec decode behind the same
   checks, torch selection), proven to give every input the CPU executors' outcome.
 - `scan`: `iter_image_paths` / `scan_image_paths`, the folder scan (which files are images).
+- `triton`: the Triton Python-backend model (encoded bytes → rows) that export/to_triton.py names.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ImageDecodeError, as_input_error
 from .inputs import require_image, size_warnings
 from .config import PatchConfig
-from .patches import normalize, patch_mosaic
+from .patches import preprocess
 from .decode import decode_image
 
 DECODE_MODES = ("threads", "processes")
@@ -44,7 +44,7 @@ def prepare_into(src: Any, name: str, cfg: PatchConfig, max_pixels: int, out: np
         img, img_bgr, decoded = decode_image(src, max_pixels, name=name, rgb=False)
         if bgr and isinstance(src, np.ndarray):
             img_bgr = True  # arrays keep their order (a 4th channel is flattened as alpha): BGR
-        normalize(patch_mosaic(img, cfg), cfg, out=out, bgr=img_bgr)
+        preprocess(img, cfg, out=out, bgr=img_bgr)
         return None, tuple(decoded) + size_warnings(img, cfg.patch)
     except Exception as e:  # recorded per input; one bad file must not stop a batch
         return as_input_error(e, name), ()

@@ -222,19 +222,21 @@ def mosaic_slots(entropies: np.ndarray, slots: int) -> np.ndarray:
 
 
 def patch_mosaic(
-    rgb: np.ndarray, cfg: PatchConfig = DEFAULT, rng: np.random.Generator | None = None
+    rgb: np.ndarray, cfg: PatchConfig = DEFAULT, rng: np.random.Generator | None = None, *,
+    slots: np.ndarray | None = None
 ) -> np.ndarray:
     """The uint8 (size, size, 3) mosaic of selected patches, copied pixel for pixel.
 
     Slot i sits at mosaic row ``i // grid``, column ``i % grid``. Given ``rng``, the slots are
     randomly permuted (a training augmentation; inference passes no rng and is deterministic).
+    ``slots``: the selection already computed (``mosaic_slots(patch_entropies(rgb, cfg))``), so
+    a caller that needs it too does not pay for the entropies twice.
     """
     _check_rgb(rgb)
     p, gsz = cfg.patch, cfg.grid
     padded = _pad(rgb, p)
-    ent = _entropies(padded, p)
-    nr, nc = ent.shape
-    idx = mosaic_slots(ent, cfg.slots)
+    nr, nc = padded.shape[0] // p, padded.shape[1] // p
+    idx = mosaic_slots(_entropies(padded, p), cfg.slots) if slots is None else np.asarray(slots)
     if rng is not None:
         idx = rng.permutation(idx)
     if padded.flags.c_contiguous and padded.shape[1] == nc * p:
@@ -274,9 +276,13 @@ def normalize(mosaic: np.ndarray, cfg: PatchConfig = DEFAULT, out: np.ndarray | 
     return out
 
 
-def preprocess(rgb: np.ndarray, cfg: PatchConfig = DEFAULT) -> np.ndarray:
-    """RGB uint8 H×W×3 → the network input: float32 (3, size, size)."""
-    return normalize(patch_mosaic(rgb, cfg), cfg)
+def preprocess(img: np.ndarray, cfg: PatchConfig = DEFAULT, out: np.ndarray | None = None, *,
+               bgr: bool = False, rng: np.random.Generator | None = None,
+               slots: np.ndarray | None = None) -> np.ndarray:
+    """A decoded uint8 H×W×3 image → its network row, float32 (3, size, size): the mosaic
+    (`patch_mosaic`; ``rng`` and ``slots`` as there) normalised (`normalize`; ``out``, and
+    ``bgr=True`` for an image in OpenCV's order). The one way every consumer makes a row."""
+    return normalize(patch_mosaic(img, cfg, rng, slots=slots), cfg, out=out, bgr=bgr)
 
 
 def preprocess_batch(
@@ -294,7 +300,7 @@ def preprocess_batch(
         raise ValueError(f"out has shape {out.shape} {out.dtype}, need ({len(items)}, 3, {cfg.size}, {cfg.size}) float32")
     for i, item in enumerate(items):
         rgb = item if _is_rgb8(item) else load_image(item)
-        normalize(patch_mosaic(rgb, cfg), cfg, out=out[i])
+        preprocess(rgb, cfg, out=out[i])
     return out[: len(items)]
 
 
