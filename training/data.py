@@ -180,11 +180,12 @@ def gaussian_blur(rgb: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
-    """JPEG re-compression at ``quality`` (1–100), decoded back to RGB uint8."""
+    """JPEG re-compression at ``quality`` (1–100), decoded back to RGB uint8 by the pipeline's own
+    decoder, exactly as an uploaded JPEG would be at inference."""
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
-    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return load_image(buf.tobytes(), name=f"<JPEG q{int(quality)} re-compression>")
 
 
 def downscale(rgb: np.ndarray, factor: float) -> np.ndarray:
