@@ -365,10 +365,13 @@ def read_model_meta(path: str | Path, kind: str | None = None) -> ModelMeta:
 # -- re-stamping --------------------------------------------------------------------------------
 
 def restamp(path: str | Path, *, threshold: float | None = None, band: Mapping[str, Any] | None = None,
-            source: str, out: str | Path | None = None, overwrite: bool = False) -> Path:
+            source: str | None, out: str | Path | None = None, overwrite: bool = False,
+            card_fields: Mapping[str, Any] | None = None) -> Path:
     """Rewrite the threshold (and/or the verdict band) of an artifact, recording ``source`` as the
-    card's ``threshold_source``; weights untouched. ``out`` writes a copy there; without it the
-    artifact is rewritten in place, which needs ``overwrite=True``. Returns the path written."""
+    card's ``threshold_source`` (None keeps the card's own: a band alone does not change how the
+    threshold was chosen) and ``card_fields`` (e.g. ``calibration``) in the card; weights
+    untouched. ``out`` writes a copy there; without it the artifact is rewritten in place, which
+    needs ``overwrite=True``. Returns the path written."""
     p = Path(path)
     kind = artifact_kind(p)
     meta = read_model_meta(p, kind)
@@ -384,7 +387,10 @@ def restamp(path: str | Path, *, threshold: float | None = None, band: Mapping[s
                              source=str(p))
     if dst.exists() and dst != p and not overwrite:
         raise ModelLoadError(f"{dst} exists; refusing to replace it without overwrite=True", source=str(dst))
-    card = dict(meta.model_card, threshold_source=source)
+    card = dict(meta.model_card, **(card_fields or {}))
+    if source is not None:
+        card["threshold_source"] = source
+    check_card(card, str(dst))
     if threshold is not None:
         card["threshold"] = threshold
     if kind == TORCH:
