@@ -84,7 +84,9 @@ def band_warnings(n_real: int, n_fake: int, fpr: float, fnr: float, band: dict[s
     out = []
     for name, n, rate, kind in (("fpr", n_real, fpr, "real"), ("fnr", n_fake, fnr, "AI-generated")):
         if rate > 0 and n < 10.0 / rate:
-            out.append(f"{n} {kind} images are too few for --{name} {rate:g}: about {math.ceil(10.0 / rate):,} "
+            need = 10.0 / rate
+            need_s = f"{math.ceil(need):,}" if need < 1e12 else f"{need:.3g}"
+            out.append(f"{n} {kind} images are too few for --{name} {rate:g}: about {need_s} "
                        f"are needed to measure it (the achieved rate's 95% interval is in the output)")
     if band["t_fake"] >= 1.0 and fpr > 0 and n_real * fpr < 1:
         out.append(f"no real image may be flagged at --fpr {fpr:g} with {n_real} real images: t_fake is 1.0, "
