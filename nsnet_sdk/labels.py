@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 LABELS = ("real", "ai-generated", "skip")
 KEYS = ("source", "sha256", "model_sha256", "prob_fake", "label", "note", "time")
@@ -92,13 +92,29 @@ def read_labels(paths: Iterable[str | Path]) -> list[Label]:
     return list(by_key.values())
 
 
-def check_model(labels: Sequence[Label], model_sha256: str) -> None:
+def model_identities(model: str | Path) -> set[str]:
+    """The model sha256s whose scores ``model`` reproduces: its own file's, and the one its card's
+    ``calibration`` record names (the model it was re-stamped from: metadata only, same weights)."""
+    from .artifact import read_model_meta
+    from .results import model_sha256
+
+    ids = {model_sha256(model)}
+    cal = read_model_meta(model).model_card.get("calibration")
+    if isinstance(cal, dict) and isinstance(cal.get("model_sha256"), str):
+        ids.add(cal["model_sha256"])
+    return ids
+
+
+def check_model(labels: Sequence[Label], model_sha256: str | Collection[str]) -> None:
     """Refuse labels whose scores came from another model (their ``prob_fake`` would not be this
-    model's): `LabelFileError` naming the models found."""
-    other = sorted({lab.model_sha256 or "not recorded" for lab in labels} - {model_sha256})
+    model's): `LabelFileError` naming the models found. ``model_sha256``: one sha256, or the set
+    `model_identities` gives."""
+    accepted = {model_sha256} if isinstance(model_sha256, str) else set(model_sha256)
+    other = sorted({lab.model_sha256 or "not recorded" for lab in labels} - accepted)
     if other:
-        raise LabelFileError(f"labels were scored by another model (sha256 {', '.join(other)}), not {model_sha256}: "
-                             "score the files with this model, review that report, and export its labels")
+        raise LabelFileError(f"labels were scored by another model (sha256 {', '.join(other)}), not "
+                             f"{' / '.join(sorted(accepted))}: score the files with this model, review that "
+                             "report, and export its labels")
 
 
 def split_scores(labels: Sequence[Label]) -> tuple[list[float], list[float], dict[str, int]]:

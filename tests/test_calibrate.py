@@ -184,6 +184,9 @@ def test_calibrate_from_labels_sets_the_band_from_the_reviewed_scores(scored, tm
     cal = card["calibration"]
     assert (cal["n_real"], cal["n_fake"], cal["source"]) == (11, 12, f"labels={lab}")
     assert cal["date_range"] == ["2026-11-14T00:00:00Z", "2026-11-22T00:00:00Z"]
+    # The calibrated copy has the same weights: it accepts the labels of the model it came from.
+    assert cal["model_sha256"] == sha
+    assert main(["calibrate", "-m", str(out), "--labels", str(lab), "--fpr", "0.1", "--fnr", "0.1"]) == 0
     # Labels scored by another model are refused; the model is not written.
     other = _labels_file(tmp_path / "other.jsonl", scored, "f" * 64, [None] * len(scored["files"]))
     assert main(["calibrate", "-m", str(scored["model"]), "--labels", str(other), "--out",

@@ -356,15 +356,14 @@ def evaluate_labels(args: argparse.Namespace) -> int:
     from nsnet_sdk.artifact import read_model_meta
     from nsnet_sdk.calibrate import clopper_pearson
     from nsnet_sdk.errors import NSNetError
-    from nsnet_sdk.labels import LabelFileError, check_model, read_labels, split_scores
-    from nsnet_sdk.results import model_sha256
+    from nsnet_sdk.labels import LabelFileError, check_model, model_identities, read_labels, split_scores
     from training.metrics import detection_metrics
 
     try:
         labels = read_labels(args.labels)
         band, threshold = None, 0.5 if args.threshold is None else args.threshold
         if args.model:
-            check_model(labels, model_sha256(args.model))
+            check_model(labels, model_identities(args.model))
             meta = read_model_meta(args.model)
             band, threshold = meta.band, meta.threshold
     except (LabelFileError, NSNetError, OSError) as exc:

@@ -83,13 +83,12 @@ def cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error("give --real PATH... and --fake PATH..., or --labels labels.jsonl")
     dates: list[str] = []
     if args.labels:
-        from ..labels import LabelFileError, check_model, read_labels, split_scores
-        from ..results import model_sha256
+        from ..labels import LabelFileError, check_model, model_identities, read_labels, split_scores
 
         try:
             labels = read_labels(args.labels)
-            check_model(labels, model_sha256(args.model))
-        except (LabelFileError, OSError) as e:
+            check_model(labels, model_identities(args.model))
+        except (LabelFileError, NSNetError, OSError) as e:
             print(f"nsnet: error: {e}", file=sys.stderr)
             return 1
         real, fake, left = split_scores(labels)
@@ -120,7 +119,11 @@ def cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         from ..artifact import restamp
 
         band = {k: result[k] for k in BAND_KEYS}
+        from ..results import model_sha256
+
         summary = calibration_summary(result, source=what, left_out=left_out, dates=dates)
+        # The copy answers for labels of the model it came from: a re-stamp leaves the weights as they are.
+        summary["model_sha256"] = model_sha256(args.model)
         try:
             # source=None: the band does not change the single threshold, so its origin stays
             written = restamp(args.model, band=band, source=None, out=args.out, overwrite=args.in_place,
