@@ -367,11 +367,9 @@ def read_model_meta(path: str | Path, kind: str | None = None) -> ModelMeta:
 def restamp(path: str | Path, *, threshold: float | None = None, band: Mapping[str, Any] | None = None,
             source: str | None, out: str | Path | None = None, overwrite: bool = False,
             card_fields: Mapping[str, Any] | None = None) -> Path:
-    """Rewrite the threshold (and/or the verdict band) of an artifact, recording ``source`` as the
-    card's ``threshold_source`` (None keeps the card's own: a band alone does not change how the
-    threshold was chosen) and ``card_fields`` (e.g. ``calibration``) in the card; weights
-    untouched. ``out`` writes a copy there; without it the artifact is rewritten in place, which
-    needs ``overwrite=True``. Returns the path written."""
+    """Rewrite the threshold and/or verdict band of an artifact and ``card_fields`` of its card;
+    ``source`` becomes the card's ``threshold_source`` (None keeps it). Weights untouched. ``out``
+    writes a copy; without it the artifact is rewritten in place, which needs ``overwrite=True``."""
     p = Path(path)
     kind = artifact_kind(p)
     meta = read_model_meta(p, kind)
@@ -387,10 +385,8 @@ def restamp(path: str | Path, *, threshold: float | None = None, band: Mapping[s
                              source=str(p))
     if dst.exists() and dst != p and not overwrite:
         raise ModelLoadError(f"{dst} exists; refusing to replace it without overwrite=True", source=str(dst))
-    card = dict(meta.model_card, **(card_fields or {}))
-    if source is not None:
-        card["threshold_source"] = source
-    check_card(card, str(dst))
+    keep = {} if source is None else {"threshold_source": source}
+    card = check_card(dict(meta.model_card, **(card_fields or {}), **keep), str(dst))
     if threshold is not None:
         card["threshold"] = threshold
     if kind == TORCH:

@@ -92,6 +92,9 @@ def test_reads_nsnet_batch_parquet(tmp_path):
         assert problems == []
         assert sorted((r["source"], r["verdict"]) for r in rows) == [
             ("a.jpg", "ai-generated"), ("b.jpg", "error"), (odd, "real")]
+    # The page shows the name as the result files write it, and carries the model's sha256.
+    page = build_report(rows, tmp_path / "p.html").read_text(encoding="utf-8")
+    assert "c\\xffname.jpg" in page and f"model sha256 {'0' * 64}" in page
 
 
 def test_any_row_values_normalise_and_render(tmp_path):
