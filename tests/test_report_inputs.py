@@ -153,3 +153,14 @@ def test_any_byte_names_go_through_detect_report_and_calibrate(tmp_path, capsys)
         capsys.readouterr()
 
     run()
+
+
+def test_long_warnings_stay_a_few_lines(tmp_path, browser):  # noqa: F811
+    long = "; ".join(f"warning number {i} about this image, with enough words to wrap" for i in range(30))
+    rows = [normalise_row({"source": "a.png", "prob_fake": 0.7, "warnings": long}),
+            normalise_row({"source": "b.png", "prob_fake": 0.6})]
+    out = build_report(rows, tmp_path / "r.html", top=0)
+    browser.open(out)
+    heights = browser.js("Array.from(document.querySelectorAll('#rows tbody tr')).map(tr => tr.getBoundingClientRect().height)")
+    assert heights[0] <= 3 * heights[1]  # not the ~15 lines the full text takes
+    assert browser.js("document.querySelector('#rows tbody tr div.clip').title") == long
