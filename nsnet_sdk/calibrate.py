@@ -15,14 +15,10 @@ carry a low-information warning (an image smaller than one patch) are left out b
 """
 from __future__ import annotations
 
-import json
 import math
-import sys
 from typing import Any, Sequence
 
 import numpy as np
-
-from .errors import NSNetError
 
 
 CONFIDENCE = 0.95

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,7 @@ from _browser import browser  # noqa: E402,F401  (the fixture)
 from _sdk_util import build_stand_in_onnx, contract_metadata, textured, write_png  # noqa: E402
 
 from nsnet_sdk.cli import main  # noqa: E402
-from nsnet_sdk.report import build_report, normalise_row, read_results  # noqa: E402
+from nsnet_sdk.report import build_report, normalise_row  # noqa: E402
 from nsnet_sdk.results import escape_text, model_sha256  # noqa: E402
 
 
