@@ -14,8 +14,10 @@ def add_parser(sub: Any) -> None:
     """Register ``nsnet report``."""
     p = sub.add_parser("report", help="one self-contained HTML review report from result files",
                        description="Build an HTML report (no server, no network) from nsnet detect / "
-                       "nsnet batch results (JSON Lines or CSV): counts by verdict, score histogram, "
-                       "the most suspicious images, errors, and a sortable, paged table of all rows.")
+                       "nsnet batch results (JSON Lines or CSV): model, threshold or band, counts by verdict, "
+                       "score histogram, the most suspicious images, errors, and a sortable, paged table "
+                       "of all rows in which a reviewer labels rows and exports labels.jsonl (for nsnet "
+                       "calibrate --labels).")
     p.add_argument("results", nargs="+", metavar="RESULTS",
                    help="result files: JSON Lines or CSV (nsnet detect), Parquet (nsnet batch)")
     p.add_argument("--out", required=True, metavar="HTML", help="report file to write")
