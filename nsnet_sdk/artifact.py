@@ -70,7 +70,8 @@ def engine_sidecar(path: str | Path) -> Path:
 
 # -- the flat map: writer and validating parser ------------------------------------------------
 
-def _compact(obj: Any) -> str:
+def compact_json(obj: Any) -> str:
+    """The canonical one-line JSON of a metadata value (sorted keys, no spaces)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
@@ -84,7 +85,7 @@ def artifact_metadata(doc: Mapping[str, Any], *, precision: str, source_sha256: 
         "nsnet.preprocess": PatchConfig.from_dict(doc["preprocess"]).to_json(),
         "nsnet.threshold": repr(float(doc.get("threshold", DEFAULT_THRESHOLD))),
         "nsnet.precision": precision,
-        "nsnet.model_card": _compact(model_card(doc, source_sha256=source_sha256)),
+        "nsnet.model_card": compact_json(model_card(doc, source_sha256=source_sha256)),
     }
     rank = (doc.get("projector") or {}).get("rank")
     if rank is not None:
@@ -92,7 +93,7 @@ def artifact_metadata(doc: Mapping[str, Any], *, precision: str, source_sha256: 
     if source_sha256 is not None:
         out["nsnet.source_sha256"] = source_sha256
     if doc.get("verdict_band") is not None:
-        out["nsnet.verdict_band"] = _compact(VerdictBand.from_dict(doc["verdict_band"]).to_dict())
+        out["nsnet.verdict_band"] = compact_json(VerdictBand.from_dict(doc["verdict_band"]).to_dict())
     return out
 
 
@@ -254,7 +255,7 @@ def read_sidecar(path: str | Path) -> dict[str, str]:
                 raise field_error(src, k, f"expected true or false, got {v!r}")
             out[k] = "true" if v else "false"
         elif k in _JSON_KEYS and isinstance(v, dict):
-            out[k] = _compact(v)
+            out[k] = compact_json(v)
         elif isinstance(v, str):
             out[k] = v
         else:

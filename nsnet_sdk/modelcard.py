@@ -70,7 +70,7 @@ class VerdictBand:
 _CARD_TYPES: dict[str, tuple[type, ...]] = {
     "backbone": (str,), "pretrained": (str,), "training_data": (dict, type(None)),
     "validation": (dict, type(None)), "threshold_source": (str,), "created": (str,),
-    "source_sha256": (str, type(None)),
+    "source_sha256": (str, type(None)), "calibration": (dict, type(None)),
 }
 
 

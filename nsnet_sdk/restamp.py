@@ -9,19 +9,21 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import containers
-from .artifact import (TENSORRT, TORCH, ModelMeta, _compact, artifact_kind, engine_sidecar, read_model_meta,
+from .artifact import (TENSORRT, TORCH, ModelMeta, compact_json, artifact_kind, engine_sidecar, read_model_meta,
                        read_run_json, write_run_json, write_sidecar)
 from .constants import RUN_WEIGHTS
 from .containers import atomic_write
 from .errors import ModelLoadError
-from .modelcard import VerdictBand, model_card, probability
+from .modelcard import VerdictBand, check_card, model_card, probability
 
 
 def restamp(path: str | Path, *, threshold: float | None = None, band: Mapping[str, Any] | None = None,
-            source: str, out: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Rewrite the threshold (and/or the verdict band) of an artifact, recording ``source`` as the
-    card's ``threshold_source``; weights untouched. ``out`` writes a copy there; without it the
-    artifact is rewritten in place, which needs ``overwrite=True``. Returns the path written."""
+            source: str | None, out: str | Path | None = None, overwrite: bool = False,
+            card_fields: Mapping[str, Any] | None = None) -> Path:
+    """Rewrite the threshold and/or verdict band of an artifact and ``card_fields`` of its card;
+    ``source`` becomes the card's ``threshold_source`` (None keeps it). Weights untouched. ``out``
+    writes a copy; without it the artifact is rewritten in place, which needs ``overwrite=True``.
+    Returns the path written."""
     p = Path(path)
     kind = artifact_kind(p)
     meta = read_model_meta(p, kind)
@@ -37,7 +39,8 @@ def restamp(path: str | Path, *, threshold: float | None = None, band: Mapping[s
                              source=str(p))
     if dst.exists() and dst != p and not overwrite:
         raise ModelLoadError(f"{dst} exists; refusing to replace it without overwrite=True", source=str(dst))
-    card = dict(meta.model_card, threshold_source=source)
+    keep = {} if source is None else {"threshold_source": source}
+    card = check_card(dict(meta.model_card, **(card_fields or {}), **keep), str(dst))
     if threshold is not None:
         card["threshold"] = threshold
     if kind == TORCH:
@@ -54,11 +57,11 @@ def restamp(path: str | Path, *, threshold: float | None = None, band: Mapping[s
             shutil.copyfile(run / RUN_WEIGHTS, target / RUN_WEIGHTS)
         write_run_json(target, doc)
         return target
-    updates = {"nsnet.model_card": _compact(card)}
+    updates = {"nsnet.model_card": compact_json(card)}
     if threshold is not None:
         updates["nsnet.threshold"] = repr(threshold)
     if band is not None:
-        updates["nsnet.verdict_band"] = _compact(band)
+        updates["nsnet.verdict_band"] = compact_json(band)
     if kind == TENSORRT:
         side = json.loads(engine_sidecar(p).read_text(encoding="utf-8")) | updates
         if dst != p:

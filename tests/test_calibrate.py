@@ -91,3 +91,128 @@ def test_cli_calibrate_stores_the_band_the_detector_uses(tmp_path, capsys):
         assert p.verdict == want
     with Detector(model, workers=0) as det:  # --out wrote a copy; the original is untouched
         assert det.meta.band is None
+
+
+# -- what a band achieves, with its uncertainty -------------------------------------------------------
+
+@pytest.mark.parametrize("k,n", [(0, 10), (1, 10), (5, 10), (10, 10), (3, 32), (0, 1000), (7, 20_000), (19_990, 20_000)])
+def test_clopper_pearson_matches_the_beta_quantiles(k, n):
+    beta = pytest.importorskip("scipy.stats").beta
+    from nsnet_sdk.calibrate import clopper_pearson
+
+    lo, hi = clopper_pearson(k, n)
+    assert lo == pytest.approx(0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1), abs=1e-9)
+    assert hi == pytest.approx(1.0 if k == n else beta.ppf(0.975, k + 1, n - k), abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(probs, probs, rates, rates)
+def test_achieved_rates_lie_in_their_intervals(real, fake, fpr, fnr):
+    b = calibrate_band(real, fake, fpr=fpr, fnr=fnr)
+    for rate, (lo, hi) in ((b["real_flagged"], b["real_flagged_ci"]), (b["fake_missed"], b["fake_missed_ci"])):
+        assert 0 <= lo <= rate <= hi <= 1
+    assert b["confidence"] == 0.95
+
+
+def test_too_few_real_images_for_the_rate_is_said():
+    rng = np.random.default_rng(3)
+    small = calibrate_band(rng.random(32), rng.random(500), fpr=0.01, fnr=0.05)
+    assert any("32 real images are too few for --fpr 0.01" in w for w in small["warnings"])
+    assert small["real_flagged_ci"][1] > 0.1  # 0 of 32 flagged still allows a rate above 10 %
+    big = calibrate_band(rng.random(1000), rng.random(200), fpr=0.01, fnr=0.05)
+    assert big["warnings"] == []
+
+
+# -- nsnet calibrate --labels, and what it leaves in the model card ------------------------------------
+
+@pytest.fixture()
+def scored(tmp_path):
+    """A stand-in model, 24 images scored by it, and one 10x10 image (its score says little)."""
+    pytest.importorskip("onnx")
+    from _sdk_util import build_stand_in_onnx, textured, write_png
+
+    from nsnet_sdk import Detector
+
+    model = build_stand_in_onnx(tmp_path / "m.onnx")
+    files = []
+    for label, seeds in (("real", range(0, 12)), ("fake", range(12, 24))):
+        (tmp_path / label).mkdir()
+        for s in seeds:
+            files.append((label, tmp_path / label / f"{s}.png"))
+            write_png(files[-1][1], textured(96, 96 + 8 * s, seed=s))
+    write_png(tmp_path / "real" / "tiny.png", textured(10, 10, seed=99))
+    with Detector(model, workers=0) as det:
+        preds = {str(p.source): p for p in det.predict([f for _, f in files])}
+    return {"model": model, "files": files, "preds": preds, "root": tmp_path}
+
+
+def _labels_file(path, scored, model_sha, labels):
+    import hashlib
+
+    with open(path, "w") as f:
+        for (truth, file), lab in zip(scored["files"], labels):
+            lab = lab or {"real": "real", "fake": "ai-generated"}[truth]
+            day = {"real": 14, "ai-generated": 22, "skip": 30}[lab]  # skips are not calibration data
+            f.write(json.dumps({"source": str(file), "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+                                "model_sha256": model_sha, "prob_fake": scored["preds"][str(file)].prob_fake,
+                                "label": lab, "note": "", "time": f"2026-11-{day}T00:00:00Z"}) + "\n")
+    return path
+
+
+def test_calibrate_from_labels_sets_the_band_from_the_reviewed_scores(scored, tmp_path, capsys):
+    from nsnet_sdk import Detector
+    from nsnet_sdk.cli import main
+    from nsnet_sdk.results import model_sha256
+
+    sha = model_sha256(scored["model"])
+    labels = ["skip"] + [None] * (len(scored["files"]) - 1)  # the first file skipped, the rest as they are
+    lab = _labels_file(tmp_path / "labels.jsonl", scored, sha, labels)
+    out = tmp_path / "cal.onnx"
+    capsys.readouterr()
+    assert main(["calibrate", "-m", str(scored["model"]), "--labels", str(lab), "--fpr", "0.1", "--fnr", "0.1",
+                 "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    real = [scored["preds"][str(f)].prob_fake for t, f in scored["files"][1:] if t == "real"]
+    fake = [scored["preds"][str(f)].prob_fake for t, f in scored["files"][1:] if t == "fake"]
+    expect = calibrate_band(real, fake, fpr=0.1, fnr=0.1)
+    assert (printed["t_real"], printed["t_fake"], printed["n_real"], printed["n_fake"]) == (
+        expect["t_real"], expect["t_fake"], 11, 12)
+    assert printed["real_flagged_ci"] == expect["real_flagged_ci"] and printed["warnings"] == expect["warnings"]
+    with Detector(out, workers=0) as det:
+        band, card = det.meta.band, det.meta.model_card
+    assert (band.t_real, band.t_fake) == (expect["t_real"], expect["t_fake"])
+    cal = card["calibration"]
+    assert (cal["n_real"], cal["n_fake"], cal["source"]) == (11, 12, f"labels={lab}")
+    assert cal["date_range"] == ["2026-11-14T00:00:00Z", "2026-11-22T00:00:00Z"]
+    # The calibrated copy has the same weights: it accepts the labels of the model it came from.
+    assert cal["model_sha256"] == sha
+    assert main(["calibrate", "-m", str(out), "--labels", str(lab), "--fpr", "0.1", "--fnr", "0.1"]) == 0
+    # Labels scored by another model are refused; the model is not written.
+    other = _labels_file(tmp_path / "other.jsonl", scored, "f" * 64, [None] * len(scored["files"]))
+    assert main(["calibrate", "-m", str(scored["model"]), "--labels", str(other), "--out",
+                 str(tmp_path / "no.onnx")]) == 1
+    assert "another model" in capsys.readouterr().err and not (tmp_path / "no.onnx").exists()
+
+
+def test_calibrate_keeps_the_threshold_source_and_leaves_out_low_information(scored, tmp_path, capsys):
+    from nsnet_sdk import Detector
+    from nsnet_sdk.cli import main
+
+    with Detector(scored["model"], workers=0) as det:
+        before = det.meta.model_card.get("threshold_source")
+    out = tmp_path / "cal.onnx"
+    capsys.readouterr()
+    root = scored["root"]
+    assert main(["calibrate", "-m", str(scored["model"]), "--real", str(root / "real"), "--fake", str(root / "fake"),
+                 "--fpr", "0.1", "--fnr", "0.1", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed["n_real"] == 12 and printed["left_out"] == 1  # tiny.png is not calibration data
+    assert "1 inputs left out: their score says little" in captured.err
+    assert "12 real images are too few for --fpr 0.1" in captured.err
+    with Detector(out, workers=0) as det:
+        card = det.meta.model_card
+    # The band does not change the single threshold, so how that was chosen stays as it was.
+    assert card.get("threshold_source") == before
+    assert card["calibration"]["left_out"] == 1 and card["calibration"]["date_range"] is None
+    assert card["calibration"]["real_flagged_ci"] == printed["real_flagged_ci"]

@@ -4,29 +4,19 @@ the page's content, its size at 100,000 rows, and the page as headless Chromium 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
-import signal
-import shutil
-import subprocess
-import tempfile
-import time
-import urllib.request
-from contextlib import ExitStack
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("onnx")
 
+from _browser import browser  # noqa: E402,F401  (the fixture)
 from _sdk_util import build_stand_in_onnx, textured, write_png  # noqa: E402
 
 from nsnet_sdk.cli import main  # noqa: E402
 from nsnet_sdk.report import build_report, normalise_row, read_results  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +92,9 @@ def test_reads_nsnet_batch_parquet(tmp_path):
         assert problems == []
         assert sorted((r["source"], r["verdict"]) for r in rows) == [
             ("a.jpg", "ai-generated"), ("b.jpg", "error"), (odd, "real")]
+    # The page shows the name as the result files write it, and carries the model's sha256.
+    page = build_report(rows, tmp_path / "p.html").read_text(encoding="utf-8")
+    assert "c\\xffname.jpg" in page and f"model sha256 {'0' * 64}" in page
 
 
 def test_any_row_values_normalise_and_render(tmp_path):
@@ -165,8 +158,10 @@ def test_overlays_are_the_explanation_boxes(results, tmp_path):
         page = page.split('<section id="declared">')[0]  # the one suspicious card
         best = max((r for r in rows if r["prob_fake"] is not None), key=lambda r: r["prob_fake"])
         ex = det.explain(best["source"])
+    # An image larger than the mosaic repeats no patch: each box at the full overlay opacity.
     rects = re.findall(r'<rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)" fill="#[0-9a-f]{6}" '
-                       r'fill-opacity="0.45" stroke="#[0-9a-f]{6}" stroke-width="\d+"><title>([-+0-9.]+)</title>', page)
+                       r'fill-opacity="0.450" stroke="#[0-9a-f]{6}" stroke-width="1" vector-effect="non-scaling-stroke">'
+                       r'<title>([-+0-9.]+)</title>', page)
     assert [(int(x), int(y), int(x) + int(w), int(y) + int(h)) for x, y, w, h, _ in rects] == list(map(tuple, ex.boxes))
     assert [float(c) for *_, c in rects] == pytest.approx(ex.contributions, abs=6e-4)
     assert f'viewBox="0 0 {ex.size[0]} {ex.size[1]}"' in page
@@ -193,102 +188,7 @@ def test_cli_report(results, tmp_path):
     assert main(["report", str(tmp_path / "nothing.jsonl"), "--out", str(tmp_path / "x.html")]) == 1
 
 
-# -- in a real browser ------------------------------------------------------------------------------
-
-class Browser:
-    """Headless Chromium driven over the DevTools protocol (loopback only): navigate, evaluate
-    JavaScript, and collect console errors and uncaught exceptions."""
-
-    def __init__(self) -> None:
-        from websockets.sync.client import connect
-
-        self.profile = tempfile.mkdtemp(prefix="nsnet-chromium-")
-        self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-             f"--user-data-dir={self.profile}", "--window-size=1280,1800", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            env=dict(os.environ, TMPDIR=self.profile))  # its helper processes and temp files stay ours
-        port_file = Path(self.profile) / "DevToolsActivePort"
-        deadline = time.time() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if time.time() > deadline or self.proc.poll() is not None:
-                self.close()
-                pytest.fail("chromium did not open its DevTools port")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
-        page = next(t for t in targets if t["type"] == "page")
-        self.stack = ExitStack()
-        self.ws = self.stack.enter_context(connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=20))
-        self.next_id = 0
-        self.errors: list[str] = []
-        self.events: list[dict] = []
-        for method in ("Runtime.enable", "Log.enable", "Page.enable"):
-            self.call(method)
-
-    def call(self, method: str, **params):
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv(timeout=60))
-            if msg.get("id") == self.next_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-            self._event(msg)
-
-    def _event(self, msg: dict) -> None:
-        m, p = msg.get("method"), msg.get("params", {})
-        self.events.append(msg)
-        if m == "Runtime.exceptionThrown":
-            self.errors.append(json.dumps(p.get("exceptionDetails", {}))[:500])
-        elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            self.errors.append(json.dumps(p.get("args", []))[:500])
-        elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
-            self.errors.append(p["entry"].get("text", "")[:500])
-
-    def open(self, path: Path) -> None:
-        self.events.clear()
-        self.call("Page.navigate", url=path.resolve().as_uri())
-        deadline = time.time() + 60
-        while not any(e.get("method") == "Page.loadEventFired" for e in self.events):
-            assert time.time() < deadline, "page did not load"
-            self._event(json.loads(self.ws.recv(timeout=60)))
-
-    def js(self, expr: str):
-        r = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in r:
-            raise AssertionError(f"{expr}: {r['exceptionDetails']}")
-        return r["result"].get("value")
-
-    def close(self) -> None:
-        if getattr(self, "stack", None) is not None:
-            self.stack.close()
-        # The browser's renderer/zygote children share the session we started it in: end that group.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(10)
-                time.sleep(0.5)
-            except subprocess.TimeoutExpired:
-                continue
-        shutil.rmtree(self.profile, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install -y chromium)")
-    pytest.importorskip("websockets", reason="the DevTools client needs the websockets package")
-    b = Browser()
-    yield b
-    b.close()
-
+# -- in a real browser (tests/_browser.py) ------------------------------------------------------------------------------
 
 ROWS = "document.querySelectorAll('#rows tbody tr')"
 

@@ -1,7 +1,8 @@
 """Evaluate a run directory on a benchmark folder, per generator, in the paper's table form.
 
 ``python -m training.evaluate --ckpt RUN --data ROOT --out REPORT [--layout auto] [--robustness]
-[--calibrate-fpr 0.05 --calibration REAL_DIR [--write-threshold]]``
+[--calibrate-fpr 0.05 --calibration REAL_DIR [--write-threshold]]``, or, on reviewed production
+data, ``python -m training.evaluate --labels labels.jsonl [--model MODEL] [--out REPORT]``.
 
 REPORT gets ``metrics.json`` ({"overall": {...}, "per_generator": {name: {...}}} with keys acc, ap,
 real_acc, fake_acc, n, seen), ``table.md`` (generators in the checkpoint's training data marked
@@ -62,9 +63,16 @@ PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--ckpt", required=True, help="run directory (nsnet.safetensors + nsnet.json)")
-    p.add_argument("--data", required=True, help="benchmark root")
-    p.add_argument("--out", required=True, help="report directory to write")
+    p.add_argument("--ckpt", help="run directory (nsnet.safetensors + nsnet.json)")
+    p.add_argument("--data", help="benchmark root")
+    p.add_argument("--out", help="report directory to write (optional with --labels)")
+    r = p.add_argument_group("reviewed production data (no scoring, no torch)")
+    r.add_argument("--labels", nargs="+", metavar="JSONL",
+                   help="labels.jsonl exported from nsnet report: ACC/AP/FPR of the scores the labelled rows "
+                        "carry, at the operating point of --model (its threshold and band) or of --threshold")
+    r.add_argument("--model", metavar="MODEL", help="with --labels: the .onnx/.engine/run directory that scored "
+                   "the rows (its sha256 must match the labels')")
+    r.add_argument("--threshold", type=float, default=None, help="with --labels and no --model: the threshold (0.5)")
     p.add_argument("--layout", default="auto", choices=LAYOUTS, help=LAYOUT_HELP)
     p.add_argument("--split", default="val", help="GenImage split folder to evaluate (ignored by other layouts)")
     p.add_argument("--generators", default=None, help="comma-separated generator names (default: all)")
@@ -96,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors that need no torch: paths, and a calibration that would leak into the scores."""
+    if args.labels:
+        if args.ckpt or args.data or args.calibrate_fpr is not None or args.robustness:
+            parser.error("--labels evaluates the labelled rows' own scores: no --ckpt, --data, --calibrate-fpr "
+                         "or --robustness")
+        if args.model and args.threshold is not None:
+            parser.error("give --model or --threshold, not both")
+        return
+    if args.model or args.threshold is not None:
+        parser.error("--model and --threshold go with --labels")
+    if not (args.ckpt and args.data and args.out):
+        parser.error("--ckpt, --data and --out are required (or --labels labels.jsonl)")
     ckpt = Path(args.ckpt)
     if not (ckpt / RUN_CONFIG).is_file():
         parser.error(f"--ckpt {ckpt}: not a run directory (no {RUN_CONFIG})")
@@ -198,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)  # before torch
+    if args.labels:
+        return evaluate_labels(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("training").setLevel(logging.INFO)
 
@@ -328,6 +349,48 @@ def calibrate(model, args, cfg: PatchConfig, device: torch.device, gens, previou
     else:
         log.info("%s unchanged (threshold %.6g); --write-threshold stores the new one", args.ckpt, previous)
     return doc
+
+
+def evaluate_labels(args: argparse.Namespace) -> int:
+    """ACC/AP/FPR at the operating point on reviewed rows: their own prob_fake against the
+    reviewer's label ('skip' left out), with 95 % Clopper–Pearson intervals for the error rates."""
+    from nsnet_sdk.artifact import read_model_meta
+    from nsnet_sdk.calibrate import clopper_pearson
+    from nsnet_sdk.errors import NSNetError
+    from nsnet_sdk.labels import LabelFileError, check_model, model_identities, read_labels, split_scores
+    from training.metrics import detection_metrics
+
+    try:
+        labels = read_labels(args.labels)
+        band, threshold = None, 0.5 if args.threshold is None else args.threshold
+        if args.model:
+            check_model(labels, model_identities(args.model))
+            meta = read_model_meta(args.model)
+            band, threshold = meta.band, meta.threshold
+    except (LabelFileError, NSNetError, OSError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    real, fake, left = split_scores(labels)
+    if not real and not fake:
+        raise SystemExit("error: no labelled rows with a score (all skipped?)")
+    probs = np.asarray(real + fake, np.float64)
+    y = np.asarray([0] * len(real) + [1] * len(fake))
+    m = detection_metrics(probs, y, threshold)
+    rates = {"fpr": (int(np.sum(probs[y == 0] >= threshold)), len(real)),
+             "fnr": (int(np.sum(probs[y == 1] < threshold)), len(fake))}
+    if band is not None:  # the band's own error rates: real read ai-generated, fake read real
+        rates |= {"band_fpr": (int(np.sum(probs[y == 0] >= band.t_fake)), len(real)),
+                  "band_fnr": (int(np.sum(probs[y == 1] < band.t_real)), len(fake)),
+                  "uncertain": (int(np.sum((probs >= band.t_real) & (probs < band.t_fake))), len(probs))}
+    doc = {"labels": [str(p) for p in args.labels], "model": args.model, "threshold": threshold,
+           "band": band.to_dict() if band is not None else None, **m, "left_out": left,
+           **{k: {"rate": k_ / n if n else None, "ci95": list(clopper_pearson(k_, n)) if n else None, "n": n}
+              for k, (k_, n) in rates.items()}}
+    text = json.dumps(doc, indent=2)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "labels_metrics.json").write_text(text + "\n")
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":

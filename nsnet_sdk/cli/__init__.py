@@ -124,6 +124,10 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         info = det.info()
         det.close()
+    from ..results import model_sha256
+
+    # The sha256 every result row of this model carries (model_sha256), which labels must match.
+    info = {"model": info["model"], "model_sha256": model_sha256(args.model)} | info
     if args.json:
         print(json.dumps(info, indent=2))
     else:

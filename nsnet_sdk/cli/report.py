@@ -14,8 +14,10 @@ def add_parser(sub: Any) -> None:
     """Register ``nsnet report``."""
     p = sub.add_parser("report", help="one self-contained HTML review report from result files",
                        description="Build an HTML report (no server, no network) from nsnet detect / "
-                       "nsnet batch results (JSON Lines or CSV): counts by verdict, score histogram, "
-                       "the most suspicious images, errors, and a sortable, paged table of all rows.")
+                       "nsnet batch results (JSON Lines or CSV): model, threshold or band, counts by verdict, "
+                       "score histogram, the most suspicious images, errors, and a sortable, paged table "
+                       "of all rows in which a reviewer labels rows and exports labels.jsonl (for nsnet "
+                       "calibrate --labels).")
     p.add_argument("results", nargs="+", metavar="RESULTS",
                    help="result files: JSON Lines or CSV (nsnet detect), Parquet (nsnet batch)")
     p.add_argument("--out", required=True, metavar="HTML", help="report file to write")
@@ -26,6 +28,9 @@ def add_parser(sub: Any) -> None:
                    help="do not read provenance from files whose rows lack it")
     p.add_argument("--trust-anchors", metavar="PEM", help="CA certificates whose C2PA signers are trusted")
     p.add_argument("--title", default="NS-Net review report")
+    p.add_argument("--base", metavar="DIR", help="read no file outside DIR (thumbnails, provenance, the "
+                   "sha256 that labels carry); without it, results files are trusted input: the report "
+                   "reads any local file they name")
     p.set_defaults(run=cmd_report)
 
 
@@ -54,7 +59,7 @@ def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             return 1
     try:
         out = build_report(rows, args.out, detector=det, reader=reader, top=args.top, title=args.title,
-                           sources=args.results, problems=problems)
+                           sources=args.results, problems=problems, base=args.base)
     except OSError as e:
         print(f"nsnet: error: cannot write {args.out}: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,129 @@
+"""Identical files scored once: result rows keyed by (file sha256, model sha256, options that change
+a row), deduplicated within a run (`first_of_each`) and kept across runs and processes in a SQLite
+cache (`ResultCache`: the standard library's sqlite3, WAL mode, safe with several writers).
+
+A cache answers only for its own model and options: both are part of every key, so another model's
+or option's row can never come back. A cache file that SQLite cannot read, or whose schema is not
+this one, is reported (`ResultCache.problems`), moved aside and rebuilt, never trusted; a stored row
+that does not decode is dropped and scored again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+SCHEMA = "nsnet-result-cache/1"
+_TABLE = ("CREATE TABLE IF NOT EXISTS results (file_sha256 TEXT NOT NULL, model_sha256 TEXT NOT NULL, "
+          "options TEXT NOT NULL, row TEXT NOT NULL, created REAL NOT NULL, "
+          "PRIMARY KEY (file_sha256, model_sha256, options)) WITHOUT ROWID")
+
+
+def options_key(options: Mapping[str, Any]) -> str:
+    """A stable digest of the options that change a row (threshold, band, pixel limit,
+    preprocessing, provenance on/off, ...): canonical JSON, sorted keys, then sha256."""
+    text = json.dumps(options, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def first_of_each(file_sha256s: Sequence[str | None]) -> tuple[list[int], list[int]]:
+    """In-run deduplication: (indices to score: the first input of each distinct sha256, and every
+    unreadable one, whose sha256 is None; for each input, the index whose row it takes)."""
+    first: dict[str, int] = {}
+    todo, source = [], []
+    for i, sha in enumerate(file_sha256s):
+        if sha is None or sha not in first:
+            if sha is not None:
+                first[sha] = i
+            todo.append(i)
+            source.append(i)
+        else:
+            source.append(first[sha])
+    return todo, source
+
+
+class ResultCache:
+    """Rows of one model and one set of options in a SQLite file shared by runs and processes.
+
+    ``get(file_sha256)`` returns the stored row with ``cached`` set to True (None on a miss);
+    ``put(file_sha256, row)`` stores a row (its ``cached`` key is not stored).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, model_sha256: str, options: Mapping[str, Any],
+                 timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.model_sha256 = model_sha256
+        self.options = options_key(options)
+        self.timeout = timeout
+        self.problems: list[str] = []
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as e:  # not a database, a broken header, another schema
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}-{os.getpid()}")
+            self.problems.append(f"{self.path}: not a usable result cache ({e}); moved to {aside} and rebuilt")
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+                except FileNotFoundError:
+                    pass
+            self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+            db.execute("PRAGMA synchronous=NORMAL")
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
+            db.execute("BEGIN IMMEDIATE")  # one process creates the tables; the others wait for it
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA,))
+            db.execute(_TABLE)
+            db.execute("COMMIT")
+            schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if schema is None or schema[0] != SCHEMA:
+                raise sqlite3.DatabaseError(f"schema {schema and schema[0]!r}, expected {SCHEMA!r}")
+            cols = [r[1] for r in db.execute("PRAGMA table_info(results)")]
+            if cols != ["file_sha256", "model_sha256", "options", "row", "created"]:
+                raise sqlite3.DatabaseError(f"table results has columns {cols}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def get(self, file_sha256: str) -> dict[str, Any] | None:
+        """The row stored for this file, model and options, marked ``cached``; None when absent."""
+        hit = self._db.execute("SELECT row FROM results WHERE file_sha256 = ? AND model_sha256 = ? AND options = ?",
+                               (file_sha256, self.model_sha256, self.options)).fetchone()
+        if hit is None:
+            return None
+        try:
+            row = json.loads(hit[0])
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):  # a damaged entry is dropped, and the file scored again
+            self.problems.append(f"{self.path}: entry for {file_sha256} does not decode; dropped")
+            self._db.execute("DELETE FROM results WHERE file_sha256 = ? AND model_sha256 = ? AND options = ?",
+                             (file_sha256, self.model_sha256, self.options))
+            return None
+        return dict(row, cached=True)
+
+    def put(self, file_sha256: str, row: Mapping[str, Any]) -> None:
+        """Store ``row`` (JSON-ready values) for this file under this model and options."""
+        # ASCII JSON: a file name that is not UTF-8 (a lone surrogate) travels as \udcXX and comes back
+        data = json.dumps({k: v for k, v in row.items() if k != "cached"}, ensure_ascii=True, allow_nan=False)
+        self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
+                         (file_sha256, self.model_sha256, self.options, data, time.time()))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "ResultCache":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
