@@ -96,7 +96,7 @@ def model_identities(model: str | Path) -> set[str]:
     """The model sha256s whose scores ``model`` reproduces: its own file's, and the one its card's
     ``calibration`` record names (the model it was re-stamped from: metadata only, same weights)."""
     from .artifact import read_model_meta
-    from .results import model_sha256
+    from .artifact import model_sha256
 
     ids = {model_sha256(model)}
     cal = read_model_meta(model).model_card.get("calibration")

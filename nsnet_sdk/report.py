@@ -214,7 +214,7 @@ def _model_header(rows: Sequence[dict], detector: Any) -> str:
     thresholds = sorted({r["threshold"] for r in rows if r.get("threshold") is not None})
     parts = [f"model sha256 {', '.join(models)}" if models else "model sha256 not recorded in the rows"]
     if detector is not None:
-        from .results import model_sha256
+        from .artifact import model_sha256
 
         band = detector.meta.band
         parts.append(f"band: real below {band.t_real:.4g}, ai-generated at or above {band.t_fake:.4g}"

@@ -162,7 +162,7 @@ def _labels_file(path, scored, model_sha, labels):
 def test_calibrate_from_labels_sets_the_band_from_the_reviewed_scores(scored, tmp_path, capsys):
     from nsnet_sdk import Detector
     from nsnet_sdk.cli import main
-    from nsnet_sdk.results import model_sha256
+    from nsnet_sdk.artifact import model_sha256
 
     sha = model_sha256(scored["model"])
     labels = ["skip"] + [None] * (len(scored["files"]) - 1)  # the first file skipped, the rest as they are

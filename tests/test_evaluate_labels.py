@@ -20,7 +20,7 @@ def test_labels_metrics_at_the_models_band(tmp_path, capsys):
     from sklearn.metrics import average_precision_score
 
     from _sdk_util import build_stand_in_onnx, contract_metadata
-    from nsnet_sdk.results import model_sha256
+    from nsnet_sdk.artifact import model_sha256
     from training.evaluate import main
 
     band = {"t_real": 0.3, "t_fake": 0.7, "fpr": 0.05, "fnr": 0.05, "source": "test"}

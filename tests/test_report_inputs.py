@@ -19,7 +19,8 @@ from _sdk_util import build_stand_in_onnx, contract_metadata, textured, write_pn
 
 from nsnet_sdk.cli import main  # noqa: E402
 from nsnet_sdk.report import build_report, normalise_row  # noqa: E402
-from nsnet_sdk.results import escape_text, model_sha256  # noqa: E402
+from nsnet_sdk.artifact import model_sha256  # noqa: E402
+from nsnet_sdk.results import escape_text  # noqa: E402
 
 
 def _data(page: str) -> dict:

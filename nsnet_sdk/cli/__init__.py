@@ -124,7 +124,7 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         info = det.info()
         det.close()
-    from ..results import model_sha256
+    from ..artifact import model_sha256
 
     # The sha256 every result row of this model carries (model_sha256), which labels must match.
     info = {"model": info["model"], "model_sha256": model_sha256(args.model)} | info
