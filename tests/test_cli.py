@@ -14,6 +14,7 @@ import pytest
 
 from _sdk_util import build_stand_in_onnx, contract_metadata, textured, write_png
 from nsnet_sdk import Detector
+from nsnet_sdk import InputOptions
 from nsnet_sdk.cli import main
 from nsnet_sdk.results import FIELDS, model_sha256
 
@@ -78,7 +79,7 @@ def test_detect_writes_one_row_per_input_in_jsonl_and_csv(model, tree, tmp_path,
     (jw, cw), = warned.values()
     assert len(jw) == 1 and "10x10" in jw[0] and cw == "; ".join(jw)
     scored = [r for r in rows if not r["error"]]
-    ref = Detector(model, workers=0).predict([Path(r["source"]) for r in scored])
+    ref = Detector(model, options=InputOptions(workers=0)).predict([Path(r["source"]) for r in scored])
     np.testing.assert_allclose([r["prob_fake"] for r in scored], [p.prob_fake for p in ref], atol=1e-9)
     np.testing.assert_allclose([r["logit"] for r in scored], [p.logit for p in ref], atol=1e-6)
     err = capsys.readouterr().err

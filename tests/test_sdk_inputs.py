@@ -18,6 +18,7 @@ from PIL import Image
 
 from _sdk_util import build_stand_in_onnx, textured, write_png
 from nsnet_sdk import Detector, ImageDecodeError, ImageTooLargeError
+from nsnet_sdk import InputOptions
 from nsnet_sdk.pipeline import load_image
 
 
@@ -107,7 +108,7 @@ def build_corpus(d: Path) -> list[tuple[object, object]]:
 
 @pytest.fixture(scope="module")
 def det(tmp_path_factory) -> Detector:
-    return Detector(build_stand_in_onnx(tmp_path_factory.mktemp("m") / "m.onnx"), workers=2)
+    return Detector(build_stand_in_onnx(tmp_path_factory.mktemp("m") / "m.onnx"), options=InputOptions(workers=2))
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +174,8 @@ def test_decompression_bomb_is_refused_before_allocation(tmp_path, det):
     bomb.write_bytes(png_claiming(30000, 30000))  # 2.7 GB of RGB if it were decoded
     code = textwrap.dedent(f"""
         import resource
-        from nsnet_sdk import Detector
-        d = Detector({str(det.model_path)!r}, workers=2)
+        from nsnet_sdk import Detector, InputOptions
+        d = Detector({str(det.model_path)!r}, options=InputOptions(workers=2))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         data = open({str(bomb)!r}, "rb").read()
         preds = d.predict([{str(bomb)!r}, data] * 3)
@@ -192,6 +193,7 @@ def test_decompression_bomb_is_refused_before_allocation(tmp_path, det):
 
 def test_opencv_arrays_score_like_the_file_with_channels_bgr(det, tmp_path):
     from nsnet_sdk import Detector
+    from nsnet_sdk import InputOptions
 
     pic = textured(80, 96, seed=11)
     path = write_png(tmp_path / "pic.png", pic)
@@ -204,7 +206,7 @@ def test_opencv_arrays_score_like_the_file_with_channels_bgr(det, tmp_path):
     bgra = cv2.imread(str(tmp_path / "rgba.png"), cv2.IMREAD_UNCHANGED)
     assert bgra.shape[2] == 4
     assert det.predict(bgra, channels="bgr").logit == det.predict(tmp_path / "rgba.png").logit
-    with Detector(det.model_path, workers=0, channels="bgr") as d2:
+    with Detector(det.model_path, options=InputOptions(workers=0, channels="bgr")) as d2:
         got = d2.predict([bgr, path, bgr[..., 1]])  # arrays in BGR; files and gray unaffected
         assert [p.logit for p in got] == [ref.logit, ref.logit, det.predict(pic[..., 1]).logit]
         assert d2.predict(pic, channels="rgb").logit == ref.logit

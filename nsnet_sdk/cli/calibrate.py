@@ -35,6 +35,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..detector import Detector
+    from ..options import BackendOptions, InputOptions
     from ..pipeline import iter_image_paths
 
     sets = {}
@@ -44,7 +45,8 @@ def cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             print(f"nsnet: warning: {w}", file=sys.stderr)
         sets[label] = paths
     try:
-        det = Detector(args.model, providers=provider_list(args.providers), batch_size=args.batch_size)
+        det = Detector(args.model, backend=BackendOptions(providers=provider_list(args.providers)),
+                       options=InputOptions(batch_size=args.batch_size))
     except (NSNetError, ValueError) as e:
         print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
         return 1

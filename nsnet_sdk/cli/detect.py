@@ -168,12 +168,10 @@ def _provenance_option(args: argparse.Namespace, parser: argparse.ArgumentParser
 def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan, sha: str) -> int:
     """Load the model, then score and report; the writers are open and checked."""
     from ..detector import Detector
+    from ..options import BackendOptions, InputOptions
 
     try:
-        det = Detector(args.model, threshold=args.threshold,
-                       providers=provider_list(args.providers), batch_size=args.batch_size,
-                       workers=args.workers, provenance=args.provenance_reader,
-                       decode=args.decode)
+        det = Detector(args.model, threshold=args.threshold, backend=BackendOptions(providers=provider_list(args.providers)), options=InputOptions(batch_size=args.batch_size, workers=args.workers, provenance=args.provenance_reader, executor=args.decode))
     except (NSNetError, ValueError) as e:
         _say(f"error: cannot load model: {e}")
         return 1
