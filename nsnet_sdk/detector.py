@@ -95,8 +95,8 @@ class Detector:
         self.backend_options = bopts = as_backend_options(backend)
         kind = artifact_kind(self.model_path)
         if bopts.engine is not None and bopts.engine != kind and {bopts.engine, kind} != ONNX_ENGINES:
-            raise ValueError(f"{self.model_path}: a {kind} artifact cannot be run by engine="
-                             f"{bopts.engine!r} (an .onnx file runs on onnxruntime or openvino)")
+            raise ValueError(f"{self.model_path} (an artifact for {kind}) cannot be run by engine="
+                             f"{bopts.engine!r}; an .onnx file runs on onnxruntime or openvino")
         self.kind = bopts.engine or kind
         self.batch_size, self.workers, self.max_pixels = opts.batch_size, opts.workers, opts.max_pixels
         self.channels, self.decode = opts.channels, opts.executor
