@@ -221,6 +221,10 @@ class Detector:
             out.append(x)
         return out, unread
 
+    def _unread_provenance(self, err: Exception) -> dict:
+        """The provenance record of an input that could not be read: nothing found, and why."""
+        return {**self.provenance.read(b""), "error": f"{type(err).__name__}: {err}"}
+
     def _pipeline(self, items: Iterator[Any], bs: int, workers: int,
                   on_error: str, bgr: bool = False) -> Iterator[Prediction]:
         # Batches queued behind the one being inferred: enough to give every worker a task plus
@@ -258,8 +262,8 @@ class Detector:
                 provs, unread = None, {}
                 if self.provenance is not None:  # decoder and provenance read the same bytes
                     chunk, unread = self._read_once(chunk, names)
-                    provs = [_done(None) if j in unread else pool.submit(self.provenance.read, x)
-                             for j, x in enumerate(chunk)]
+                    provs = [_done(self._unread_provenance(unread[j])) if j in unread
+                             else pool.submit(self.provenance.read, x) for j, x in enumerate(chunk)]
                 if self._gpu is not None:  # one task per batch: nvImageCodec decodes batches
                     inflight.append((names, [pool.submit(self._prepare_gpu, chunk, names, bgr)], None,
                                      provs, unread))
