@@ -471,3 +471,22 @@ def test_without_onnx_runtime_import_works_and_use_says_which_extra_to_install(m
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["refused: True", "refused: True"]
 
+
+
+def test_is_fake_follows_the_verdict_band_and_the_threshold_without_one(tmp_path):
+    band = {"t_real": 0.3, "t_fake": 0.6, "fpr": 0.05, "fnr": 0.1, "source": "test"}
+    banded = build_stand_in_onnx(tmp_path / "b.onnx", metadata=dict(
+        contract_metadata(threshold=0.5), **{"nsnet.verdict_band": json.dumps(band)}))
+    images = [textured(64 + 9 * i, 80 + 7 * i, seed=i) for i in range(24)]
+    with Detector(banded, options=InputOptions(workers=0)) as det:
+        preds = det.predict(images)
+    verdicts = {p.verdict for p in preds}
+    assert "uncertain" in verdicts and len(verdicts) >= 2, "pick images whose scores straddle the band"
+    for p in preds:  # one decision rule: the band's verdict, not the single threshold
+        want = {"ai-generated": True, "real": False, "uncertain": None}[p.verdict]
+        assert p.is_fake is want, p
+    with Detector(build_stand_in_onnx(tmp_path / "p.onnx"), threshold=0.45,
+                  options=InputOptions(workers=0)) as det:
+        plain = det.predict(images)
+    assert all(p.verdict is None and p.is_fake == (p.prob_fake >= 0.45) for p in plain)
+    assert {p.is_fake for p in plain} == {True, False}
