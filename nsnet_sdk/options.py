@@ -99,7 +99,7 @@ class BackendOptions:
         device: where the model runs (and the GPU pipeline with it): torch: a torch device
             (default ``cuda`` when available, else ``cpu``); TensorRT: a GPU index or ``"cuda:N"``;
             ONNX Runtime: ``"cpu"`` or ``"cuda[:N]"`` picks the execution provider when
-            ``providers`` is not given; OpenVINO: ``"cpu"``.
+            ``providers`` is not given (the backend maps it); OpenVINO: ``"cpu"``.
         precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"int8"``, passed to the engine; None: the
             artifact's. ONNX Runtime and TensorRT run the precision the file was exported in.
         providers: ONNX Runtime execution providers (names or (name, options)), in order.
@@ -161,13 +161,10 @@ class BackendOptions:
         if engine == "openvino" and dev not in (None, "cpu"):
             raise ValueError(f"device={self.device!r} does not apply to the openvino engine, which "
                              "runs on the CPU here (device='cpu' or None)")
-        if engine == "onnxruntime" and dev is not None:
-            if not (dev == "cpu" or dev.removeprefix("cuda").lstrip(":").isdigit() or dev == "cuda"):
-                raise ValueError(f"device for ONNX Runtime must be 'cpu', 'cuda' or 'cuda:N', "
-                                 f"got {self.device!r}")
 
-    def load_options(self, engine: str) -> dict[str, Any]:
-        """The keyword options `nsnet_sdk.backends.load_backend` gets for ``engine``."""
+    def load_options(self) -> dict[str, Any]:
+        """The keyword options `nsnet_sdk.backends.load_backend` gets (each backend reads what
+        applies to it; `check` has refused the rest)."""
         opts: dict[str, Any] = {"device": self.device}
         if self.intra_op_threads is not None:
             opts["intra_op_threads"] = self.intra_op_threads
@@ -175,15 +172,8 @@ class BackendOptions:
             opts["precision"] = self.precision
         if self.cuda_graphs:
             opts["cuda_graphs"] = True
-        providers = list(self.providers) if self.providers is not None else None
-        if engine == "onnxruntime" and providers is None and self.device is not None:
-            dev = str(self.device).lower()
-            # The device picks the provider: no silent run on the CPU when a GPU was asked for.
-            index = int(dev.removeprefix("cuda").lstrip(":") or 0) if dev != "cpu" else 0
-            providers = (["CPUExecutionProvider"] if dev == "cpu" else
-                         [("CUDAExecutionProvider", {"device_id": index})])
-        if providers is not None:
-            opts["providers"] = providers
+        if self.providers is not None:
+            opts["providers"] = list(self.providers)
         return opts
 
 
