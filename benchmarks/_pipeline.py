@@ -89,8 +89,7 @@ def pipeline_stages(pipelines: list[str], model, files: list[str], device: str,
     a table on stderr."""
     import sys
 
-    from nsnet_sdk import Detector
-    from nsnet_sdk import BackendOptions, InputOptions
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     rows = []
     for pipeline in pipelines:

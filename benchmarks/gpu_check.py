@@ -88,8 +88,7 @@ def benchmark(args, work: Path) -> tuple[list[dict], list[dict]]:
     """(rows measured, rows skipped with their reason)."""
     import onnxruntime as ort
 
-    from nsnet_sdk import Detector
-    from nsnet_sdk import BackendOptions, InputOptions
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     cuda = args.device == "cuda"
     files = synthetic_files(args.images, args.size, work / "images")

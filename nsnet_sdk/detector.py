@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -28,8 +28,7 @@ from .errors import InferenceError, PreprocessMismatchError, RandomWeightsWarnin
 from .pipeline.gpu import resolve_pipeline  # torch loads only when a GPU pipeline is built
 from .pipeline.inputs import (bgr_to_rgb, check_channels, is_single_input, iter_inputs, require_image,
                      size_warnings, source_name)
-from .options import (DEFAULT_BATCH_SIZE, BackendOptions, InputOptions, as_backend_options,  # noqa: F401
-                      as_input_options, check_threshold, default_workers)
+from .options import BackendOptions, InputOptions, as_backend_options, as_input_options, check_threshold
 from .prediction import Prediction, decide, sigmoid
 from .provenance import provenance_reader, with_provenance
 from .pipeline import PatchConfig, kernel_name, load_image

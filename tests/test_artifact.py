@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from _sdk_util import build_stand_in_onnx, contract_metadata, tiny_export, write_engine_pair
-from nsnet_sdk import Detector, ModelLoadError, PatchConfig
-from nsnet_sdk import InputOptions
+from nsnet_sdk import Detector, InputOptions, ModelLoadError, PatchConfig
 from nsnet_sdk.artifact import read_model_meta
 from nsnet_sdk.pipeline import DEFAULT
 

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from _sdk_util import build_stand_in_onnx, contract_metadata, textured, tiny_export, write_engine_pair
-from nsnet_sdk import Detector, ModelLoadError, RandomWeightsWarning
-from nsnet_sdk import InputOptions
+from nsnet_sdk import Detector, InputOptions, ModelLoadError, RandomWeightsWarning
 from nsnet_sdk.artifact import read_model_meta, read_onnx_metadata, read_sidecar, restamp
 from nsnet_sdk.cli import main as nsnet
 

@@ -62,8 +62,7 @@ def test_cli_calibrate_stores_the_band_the_detector_uses(tmp_path, capsys):
     pytest.importorskip("onnx")
     from _sdk_util import build_stand_in_onnx, textured, write_png
 
-    from nsnet_sdk import Detector
-    from nsnet_sdk import InputOptions
+    from nsnet_sdk import Detector, InputOptions
     from nsnet_sdk.cli import main
 
     model = build_stand_in_onnx(tmp_path / "m.onnx")

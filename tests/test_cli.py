@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from _sdk_util import build_stand_in_onnx, contract_metadata, textured, write_png
-from nsnet_sdk import Detector
-from nsnet_sdk import InputOptions
+from nsnet_sdk import Detector, InputOptions
 from nsnet_sdk.cli import main
 from nsnet_sdk.results import DETECT_FIELDS, model_sha256
 

@@ -77,8 +77,7 @@ def test_detector_scores_the_good_file_next_to_a_fifo(tmp_path):
     pytest.importorskip("onnxruntime")
     from _sdk_util import build_stand_in_onnx
 
-    from nsnet_sdk import Detector
-    from nsnet_sdk import InputOptions
+    from nsnet_sdk import Detector, InputOptions
 
     fifo = tmp_path / "fifo.jpg"
     os.mkfifo(fifo)
@@ -132,8 +131,7 @@ def test_truncation_warning_reaches_the_prediction(tmp_path):
     pytest.importorskip("onnxruntime")
     from _sdk_util import build_stand_in_onnx
 
-    from nsnet_sdk import Detector
-    from nsnet_sdk import InputOptions
+    from nsnet_sdk import Detector, InputOptions
 
     data = encode(Image.fromarray(noise(64, 64)), "PNG")
     cut = tmp_path / "cut.png"

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from _sdk_util import build_stand_in_onnx, stand_in_logit, textured, write_png
 
-from nsnet_sdk import Detector
-from nsnet_sdk import InputOptions
+from nsnet_sdk import Detector, InputOptions
 from nsnet_sdk.pipeline.executors import prepare_into
 from nsnet_sdk.errors import UnsupportedInputError
 from nsnet_sdk.pipeline import DEFAULT, MAX_PIXELS, load_image, preprocess

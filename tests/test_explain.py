@@ -13,8 +13,7 @@ pytest.importorskip("onnx")
 
 from _sdk_util import build_stand_in_onnx, stand_in_logit, textured, write_png  # noqa: E402
 
-from nsnet_sdk import Detector  # noqa: E402
-from nsnet_sdk import InputOptions
+from nsnet_sdk import Detector, InputOptions  # noqa: E402
 from nsnet_sdk.errors import ImageDecodeError, InferenceError, UnsupportedInputError  # noqa: E402
 from nsnet_sdk.pipeline import DEFAULT, patch_mosaic, preprocess  # noqa: E402
 

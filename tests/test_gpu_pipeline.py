@@ -209,8 +209,7 @@ def stand_in(tmp_path_factory):
 
 def test_gpu_pipeline_on_the_cpu_device_scores_like_the_cpu_pipeline(stand_in, tmp_path):
     from _sdk_util import write_png
-    from nsnet_sdk import Detector
-    from nsnet_sdk import BackendOptions, InputOptions
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     inputs = [textured(300, 400, 0), str(write_png(tmp_path / "b.png", textured(64, 33, 1))),
               b"garbage", textured(10, 12, 2), 42, str(tmp_path / "missing.png"), textured(700, 90, 3)]
@@ -231,8 +230,7 @@ def test_gpu_pipeline_on_the_cpu_device_scores_like_the_cpu_pipeline(stand_in, t
 
 
 def test_auto_falls_back_to_the_cpu_pipeline_without_cuda_or_nvimagecodec(stand_in, monkeypatch):
-    from nsnet_sdk import Detector
-    from nsnet_sdk import BackendOptions, InputOptions
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
     from nsnet_sdk.pipeline import gpu as pl
 
     if not (CUDA and nvimgcodec_available()[0]):
@@ -247,8 +245,7 @@ def test_auto_falls_back_to_the_cpu_pipeline_without_cuda_or_nvimagecodec(stand_
 
 
 def test_gpu_pipeline_without_cuda_is_refused_unless_device_cpu(stand_in):
-    from nsnet_sdk import Detector
-    from nsnet_sdk import BackendOptions, InputOptions
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     with pytest.raises(ValueError, match="pipeline must be one of"):
         Detector(stand_in, options=InputOptions(pipeline="GPU"))
@@ -268,8 +265,7 @@ def tiny():
 
 
 def test_torch_backend_takes_the_device_tensor_of_the_gpu_pipeline(tiny):
-    from nsnet_sdk import Detector
-    from nsnet_sdk import BackendOptions, InputOptions
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     rgbs = [textured(200, 300, i) for i in range(4)]
     cpu = Detector(tiny["run"], backend=BackendOptions(device="cpu"), options=InputOptions(workers=0)).predict(rgbs)
@@ -296,8 +292,7 @@ def test_cuda_selection_equals_the_cpu_path(shape):
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_pipeline_hands_a_device_tensor_to_the_torch_backend(tiny):
-    from nsnet_sdk import Detector
-    from nsnet_sdk import BackendOptions, InputOptions
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     rgbs = [textured(300, 200, i) for i in range(6)]
     det = Detector(tiny["run"], backend=BackendOptions(device="cuda"), options=InputOptions(pipeline="gpu", workers=0))
@@ -328,8 +323,7 @@ def test_cuda_fp16_matches_fp32_within_5e_3_in_probability(tiny, graphs):
 def test_pipeline_stage_rows_are_consistent(stand_in, tmp_path):
     from benchmarks._pipeline import markdown_table, measure_pipeline
     from _sdk_util import write_png
-    from nsnet_sdk import Detector
-    from nsnet_sdk import BackendOptions, InputOptions
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     files = [str(write_png(tmp_path / f"{i}.png", textured(120, 90 + i, i))) for i in range(3)]
     rows = []

@@ -232,8 +232,7 @@ def model(tmp_path_factory):
 
 
 def test_detector_fills_provenance_only_when_asked(model, tmp_path):
-    from nsnet_sdk import Detector
-    from nsnet_sdk import InputOptions
+    from nsnet_sdk import Detector, InputOptions
 
     ai = tmp_path / "ai.png"
     ai.write_bytes(png_with(png_chunk(b"tEXt", b"parameters\x00a cat")))

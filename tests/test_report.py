@@ -157,8 +157,7 @@ def test_report_content(results, tmp_path):
 
 
 def test_overlays_are_the_explanation_boxes(results, tmp_path):
-    from nsnet_sdk import Detector
-    from nsnet_sdk import InputOptions
+    from nsnet_sdk import Detector, InputOptions
 
     rows, _ = read_results([results["jsonl"]])
     with Detector(results["model"], options=InputOptions(workers=0)) as det:
@@ -295,8 +294,7 @@ ROWS = "document.querySelectorAll('#rows tbody tr')"
 
 
 def test_report_renders_in_chromium(results, browser, tmp_path):
-    from nsnet_sdk import Detector
-    from nsnet_sdk import InputOptions
+    from nsnet_sdk import Detector, InputOptions
 
     rows, _ = read_results([results["jsonl"]])
     with Detector(results["model"], options=InputOptions(workers=0)) as det:

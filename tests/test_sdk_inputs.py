@@ -192,8 +192,7 @@ def test_decompression_bomb_is_refused_before_allocation(tmp_path, det):
 # -- input kinds, channel order and tiny images (issue 13 "Inputs") -----------------------------
 
 def test_opencv_arrays_score_like_the_file_with_channels_bgr(det, tmp_path):
-    from nsnet_sdk import Detector
-    from nsnet_sdk import InputOptions
+    from nsnet_sdk import Detector, InputOptions
 
     pic = textured(80, 96, seed=11)
     path = write_png(tmp_path / "pic.png", pic)

@@ -19,8 +19,7 @@ pytest.importorskip("onnx")
 from PIL import Image  # noqa: E402
 
 from _sdk_util import textured, tiny_export, write_png  # noqa: E402
-from nsnet_sdk import Detector  # noqa: E402
-from nsnet_sdk import InputOptions
+from nsnet_sdk import Detector, InputOptions  # noqa: E402
 
 FP32_LOGIT_TOL = 1e-4
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from _sdk_util import contract_metadata, tiny_export, write_engine_pair
-from nsnet_sdk import Detector
-from nsnet_sdk import BackendOptions, InputOptions
+from nsnet_sdk import BackendOptions, Detector, InputOptions
 from nsnet_sdk.artifact import ModelMeta, artifact_kind
 from nsnet_sdk.backends.tensorrt import read_sidecar
 

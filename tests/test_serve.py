@@ -10,8 +10,7 @@ import pytest
 from _ray_util import local_ray
 from _sdk_util import build_stand_in_onnx, textured, write_png
 from test_sdk_inputs import png_claiming
-from nsnet_sdk import Detector
-from nsnet_sdk import InputOptions
+from nsnet_sdk import Detector, InputOptions
 from nsnet_sdk.cli import main
 from nsnet_sdk.serve import parse_bytes
 
