@@ -204,16 +204,16 @@ def model_inputs(base: np.ndarray, n: int) -> np.ndarray:
 
 
 def measure_model(spec: dict) -> dict[str, Any]:
-    from nsnet_sdk import Detector
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     cuda = _Cuda(spec["device"], use_torch=spec["backend"] == "torch")
     threads = int(spec["threads"])
-    kwargs: dict[str, Any] = {"intra_op_threads": threads, "workers": 0}
+    kwargs: dict[str, Any] = {"intra_op_threads": threads}
     if spec.get("providers"):
         kwargs["providers"] = spec["providers"]
     if spec["backend"] == "torch":
         kwargs["device"] = spec["device"]
-    det = Detector(spec["model"], **kwargs)
+    det = Detector(spec["model"], backend=BackendOptions(**kwargs), options=InputOptions(workers=0))
     if spec["backend"] == "torch":
         import torch
 

@@ -89,11 +89,12 @@ def pipeline_stages(pipelines: list[str], model, files: list[str], device: str,
     a table on stderr."""
     import sys
 
-    from nsnet_sdk import Detector
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     rows = []
     for pipeline in pipelines:
-        with Detector(model, pipeline=pipeline, device=device) as det:
+        with Detector(model, backend=BackendOptions(device=device),
+                      options=InputOptions(pipeline=pipeline)) as det:
             rows += [measure_pipeline(det, files, bs, iters) for bs in batch_sizes]
     if rows:
         print(markdown_table(rows), file=sys.stderr)

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from nsnet_sdk import Detector
+from nsnet_sdk import BackendOptions, Detector, InputOptions
 from nsnet_sdk.provenance import read_provenance
 
 from .provenance_samples import make_chain, sign_jpeg
@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("jpeg", "png_text", "c2pa"):
             if files[kind]:
                 add(f"provenance only, {kind}", median_ms(lambda: [read_provenance(p) for p in files[kind]], args.repeat, n))
-        opts = dict(workers=0, batch_size=32, intra_op_threads=args.threads)
-        with Detector(model, **opts) as det, Detector(model, provenance=True, **opts) as det_p:
+        backend = BackendOptions(intra_op_threads=args.threads)
+        with Detector(model, backend=backend, options=InputOptions(workers=0, batch_size=32)) as det, \
+                Detector(model, backend=backend, options=InputOptions(workers=0, batch_size=32, provenance=True)) as det_p:
             for kind in ("jpeg", "c2pa"):
                 if not files[kind]:
                     continue

@@ -88,8 +88,7 @@ def benchmark(args, work: Path) -> tuple[list[dict], list[dict]]:
     """(rows measured, rows skipped with their reason)."""
     import onnxruntime as ort
 
-    from nsnet_sdk import Detector
-    from nsnet_sdk.backends.torch import TorchBackend
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     cuda = args.device == "cuda"
     files = synthetic_files(args.images, args.size, work / "images")
@@ -98,11 +97,9 @@ def benchmark(args, work: Path) -> tuple[list[dict], list[dict]]:
     dev = "cuda" if cuda else "cpu"
 
     def torch_det(pipeline: str):
-        det = Detector(run, device=dev, pipeline=pipeline)
-        if cuda:  # the CUDA fast path: FP16 autocast + one CUDA graph per batch size
-            det.backend.close()
-            det.backend = TorchBackend(run, device=dev, precision="fp16", cuda_graphs=True)
-        return det
+        # On CUDA, the fast path: FP16 autocast + one CUDA graph per batch size.
+        fast = dict(precision="fp16", cuda_graphs=True) if cuda else {}
+        return Detector(run, backend=BackendOptions(device=dev, **fast), options=InputOptions(pipeline=pipeline))
 
     label = {"backend": "torch", "precision": "fp16+graphs" if cuda else "fp32"}
     rows += _rows(torch_det, label, files, args.batch_sizes, args.iters)
@@ -128,7 +125,8 @@ def benchmark(args, work: Path) -> tuple[list[dict], list[dict]]:
 
         onnx_path = Path(export_onnx(run, work / "nsnet.onnx"))
         if ort_ep in providers:
-            rows += _rows(lambda p: Detector(onnx_path, providers=[ort_ep], pipeline=p, device=dev),
+            rows += _rows(lambda p: Detector(onnx_path, backend=BackendOptions(providers=[ort_ep], device=dev),
+                                             options=InputOptions(pipeline=p)),
                           {"backend": f"onnxruntime ({ort_ep})", "precision": "fp32"},
                           files, args.batch_sizes, args.iters)
         else:
@@ -145,7 +143,8 @@ def benchmark(args, work: Path) -> tuple[list[dict], list[dict]]:
                 skipped.append({"backend": "tensorrt", "precision": "fp16",
                                 "skipped": f"engine build failed: {type(e).__name__}: {e}"})
             else:
-                rows += _rows(lambda p: Detector(engine, pipeline=p, device=0),
+                rows += _rows(lambda p: Detector(engine, backend=BackendOptions(device=0),
+                                                 options=InputOptions(pipeline=p)),
                               {"backend": "tensorrt", "precision": "fp16"}, files, args.batch_sizes, args.iters)
     return rows, skipped
 

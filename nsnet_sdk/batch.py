@@ -114,9 +114,10 @@ class Scorer:
     def __init__(self, model: str, sha256: str, threshold: float, batch_size: int,
                  threads: int | None) -> None:
         from .detector import Detector
+        from .options import BackendOptions, InputOptions
 
-        self.det = Detector(model, threshold=threshold, batch_size=batch_size, workers=0,
-                            intra_op_threads=threads)
+        self.det = Detector(model, threshold=threshold, backend=BackendOptions(intra_op_threads=threads),
+                            options=InputOptions(batch_size=batch_size, workers=0))
         self.sha256 = sha256
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 

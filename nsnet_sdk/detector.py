@@ -1,8 +1,9 @@
-"""`Detector`: one class over the TensorRT, ONNX Runtime and PyTorch backends.
+"""`Detector`: one class over the TensorRT, ONNX Runtime, PyTorch and OpenVINO backends, configured
+by two option groups (`nsnet_sdk.options`).
 
 The pipeline overlaps decoding + patch selection of the next batches (a thread pool, where OpenCV
 and the entropy kernel release the GIL, or a process pool writing into shared memory; see
-`decode_pool`) with inference of the current one on the calling thread. At most
+`nsnet_sdk.pipeline.executors`) with inference of the current one on the calling thread. At most
 ``1 + ceil(workers / batch_size)`` batches are ever submitted ahead (none with ``workers=0``), each
 decoded straight into one of a few reused buffers, so memory stays flat however many inputs an
 iterator yields; results come back in input order, exactly one per input.
@@ -16,39 +17,36 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from .artifact import ModelMeta, artifact_kind, read_model_meta
 from .constants import DEFAULT_BATCH_SIZE
 from .backends import Backend, load_backend
-from .pipeline.executors import DECODE_MODES, make_decoder
-from .errors import InferenceError, PreprocessMismatchError, RandomWeightsWarning, nonfinite_logit_error
+from .pipeline.executors import make_decoder
+from .errors import (InferenceError, PreprocessMismatchError, RandomWeightsWarning, as_input_error,
+                     nonfinite_logit_error)
 from .pipeline.gpu import resolve_pipeline  # torch loads only when a GPU pipeline is built
 from .pipeline.inputs import check_channels, is_single_input, iter_inputs, source_name
-from .prediction import Prediction, sigmoid
+from .options import BackendOptions, InputOptions, as_backend_options, as_input_options, check_threshold
+from .prediction import Prediction, decide, sigmoid
 from .provenance import provenance_reader, with_provenance
-from .pipeline import MAX_PIXELS, PatchConfig, kernel_name
+from .pipeline import PatchConfig, kernel_name
+from .pipeline.read import read_input_bytes
 
 if TYPE_CHECKING:
     from .explain import Explanation
 
 ON_ERROR = ("raise", "record")
-
-
-def default_workers() -> int:
-    """Decode threads: one per core, at most 8 (beyond that the backend is the bottleneck)."""
-    return max(1, min(8, os.cpu_count() or 1))
+ONNX_ENGINES = {"onnxruntime", "openvino"}  # the engines an .onnx file can run on
 
 
 class _InlineExecutor:
     """Runs each task at submit time: the workers=0 (single-threaded) pipeline."""
 
     def submit(self, fn, *args) -> Future:
-        f: Future = Future()
-        f.set_result(fn(*args))
-        return f
+        return _done(fn(*args))
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         pass
@@ -58,64 +56,60 @@ class Detector:
     """Scores images as real or AI-generated with an exported NS-Net model.
 
     Inputs: paths, encoded bytes, PIL images, or numpy arrays in **RGB** order (H×W gray, H×W×3,
-    H×W×4 RGBA) unless ``channels="bgr"`` says they come from OpenCV.
+    H×W×4 RGBA) unless ``InputOptions(channels="bgr")`` says they come from OpenCV.
+
+        Detector("nsnet.onnx")                                   # ONNX Runtime, CPU pipeline
+        Detector("nsnet.onnx", backend="openvino")               # another engine for the same file
+        Detector("runs/tiny", backend=BackendOptions(device="cpu"),
+                 options=InputOptions(pipeline="gpu", workers=0))  # GPU executor on the CPU
 
     Args:
         model: ``.engine``/``.plan`` (TensorRT, with its ``.json`` sidecar), ``.onnx`` (ONNX
-            Runtime), or a training run directory / its ``nsnet.safetensors`` (PyTorch).
+            Runtime or OpenVINO), or a training run directory / its ``nsnet.safetensors`` (PyTorch).
         threshold: decision threshold on ``prob_fake``; default: the one stored in the model.
+            A model with a calibrated verdict band decides by its band instead (`Prediction.is_fake`).
         preprocess: a `PatchConfig` (or its dict) to check against the model's; a contradiction
             raises `PreprocessMismatchError` unless ``force=True``, which uses the override.
         force: accept a contradicting ``preprocess``.
-        providers: ONNX Runtime providers (names or (name, options)); default TensorRT EP →
-            CUDA EP → CPU EP, whichever are available.
-        intra_op_threads: threads inside one inference (ONNX Runtime / torch); default: runtime's.
-        device: torch device for the PyTorch backend (default ``cuda`` when available, else cpu);
-            for TensorRT a GPU index or ``"cuda:N"`` (default 0).
-        batch_size: default batch size of `predict` / `predict_iter`.
-        workers: decode/preprocess workers (0 = on the calling thread); default one per core.
-        decode: CPU pipeline workers as ``"threads"`` (default) or ``"processes"`` (shared memory).
-        max_pixels: images whose header declares more pixels are refused before decoding.
-        channels: channel order of numpy array inputs: ``"rgb"`` (default; what `load_image`
-            returns, and PIL's order) or ``"bgr"`` (OpenCV's ``cv2.imread`` order; BGRA for
-            4 channels). Paths, bytes and PIL images are decoded to RGB whatever this says.
-        provenance: True or a `ProvenanceReader`: fill `Prediction.provenance` (nsnet_sdk.provenance).
-        pipeline: ``"cpu"`` (default; decode and patch selection in threads), ``"gpu"`` (batched
-            nvImageCodec decode and torch patch selection on ``device``; ``device="cpu"`` runs it
-            on the CPU) or ``"auto"`` (GPU where CUDA and nvImageCodec exist). docs/nvidia.md.
+        backend: how the model runs: an engine name (``"onnxruntime"``, ``"tensorrt"``,
+            ``"torch"``, ``"openvino"``) or `BackendOptions` (engine, device, precision,
+            providers, intra_op_threads, cuda_graphs); default: by the artifact's kind.
+        options: how inputs are read and prepared: `InputOptions` (batch_size, workers,
+            executor, pipeline, channels, max_pixels, provenance); default ``InputOptions()``.
 
     Raises:
         ModelLoadError: the artifact is missing, of unknown kind, unreadable or lacks metadata
             (`BackendUnavailableError` when its runtime library is not installed).
         PreprocessMismatchError: see ``preprocess``.
+        ValueError: an option out of range, or one that the chosen engine or pipeline would
+            ignore (e.g. ``cuda_graphs`` on ONNX Runtime, ``executor="processes"`` with the GPU
+            pipeline, a precision the model file was not exported in).
     """
 
     def __init__(self, model: str | os.PathLike, *, threshold: float | None = None,
                  preprocess: PatchConfig | Mapping[str, Any] | None = None, force: bool = False,
-                 providers: Sequence[Any] | None = None, intra_op_threads: int | None = None,
-                 device: str | int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 workers: int | None = None, max_pixels: int = MAX_PIXELS,
-                 channels: str = "rgb", provenance: Any = False, pipeline: str = "cpu",
-                 decode: str = "threads") -> None:
+                 backend: str | BackendOptions | None = None,
+                 options: InputOptions | None = None) -> None:
         self.model_path = Path(model)
-        self.kind = artifact_kind(self.model_path)
-        self.batch_size = _check_batch_size(batch_size)
-        self.workers = default_workers() if workers is None else _check_workers(workers)
-        self.max_pixels = int(max_pixels)
-        self.channels, self.provenance = check_channels(channels), provenance_reader(provenance)
-        if decode not in DECODE_MODES:
-            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
-        self.decode = decode
+        self.options = opts = as_input_options(options)
+        self.backend_options = bopts = as_backend_options(backend)
+        kind = artifact_kind(self.model_path)
+        if bopts.engine is not None and bopts.engine != kind and {bopts.engine, kind} != ONNX_ENGINES:
+            raise ValueError(f"{self.model_path} (an artifact for {kind}) cannot be run by engine="
+                             f"{bopts.engine!r}; an .onnx file runs on onnxruntime or openvino")
+        self.kind = bopts.engine or kind
+        self.batch_size, self.workers, self.max_pixels = opts.batch_size, opts.workers, opts.max_pixels
+        self.channels, self.decode = opts.channels, opts.executor
+        self.provenance = provenance_reader(opts.provenance)
         # Every metadata field is validated before a runtime library parses the file.
-        self.meta: ModelMeta = read_model_meta(self.model_path, self.kind)
-        self.backend: Backend = load_backend(
-            self.kind, self.model_path, providers=providers, intra_op_threads=intra_op_threads,
-            device=device)
+        self.meta: ModelMeta = read_model_meta(self.model_path, kind)
+        bopts.check(self.kind, self.meta.precision)
+        self.threshold = self.meta.threshold if threshold is None else check_threshold(threshold)
+        self.backend: Backend = load_backend(self.kind, self.model_path, **bopts.load_options())
         try:
             self.config = self._resolve_preprocess(preprocess, force)
-            self.threshold = self.meta.threshold if threshold is None else _check_threshold(threshold)
-            self._gpu = resolve_pipeline(pipeline, device=device, backend=self.backend,  # None: CPU
-                                         config=self.config, max_pixels=self.max_pixels)
+            self._gpu = resolve_pipeline(opts.pipeline, device=bopts.device, backend=self.backend,
+                                         config=self.config, max_pixels=self.max_pixels)  # None: CPU
             self.pipeline = "cpu" if self._gpu is None else f"gpu:{self._gpu.device}"
         except BaseException:
             self.backend.close()  # refused after loading: free its session / GPU memory now
@@ -168,8 +162,8 @@ class Detector:
         and ``channels`` as in `predict`; an element of an unsupported kind gets an
         `UnsupportedInputError` result (or raises it with ``on_error="raise"``)."""
         items = iter([inputs]) if is_single_input(inputs) else iter_inputs(inputs)
-        bs = self.batch_size if batch_size is None else _check_batch_size(batch_size)
-        nw = self.workers if workers is None else _check_workers(workers)
+        bs = self.batch_size if batch_size is None else _positive("batch_size", batch_size, 1)
+        nw = self.workers if workers is None else _positive("workers", workers, 0)
         bgr = check_channels(channels or self.channels) == "bgr"
         return self._pipeline(items, bs, nw, _check_on_error(on_error), bgr)
 
@@ -208,6 +202,24 @@ class Detector:
             raise InferenceError(f"{self.model_path}: the Detector is closed", source=str(self.model_path))
         return self.backend.run(batch)
 
+    def _read_once(self, chunk: list, names: list[str]) -> tuple[list, dict[int, Exception]]:
+        """``chunk`` with each path replaced by its bytes, read once through the bounded reader
+        (a FIFO or device is refused unopened), and {position: typed error} of those that could
+        not be read; their place holds empty bytes, whose outcome the read's error replaces."""
+        out, unread = [], {}
+        for j, (x, name) in enumerate(zip(chunk, names)):
+            if isinstance(x, (str, os.PathLike)):
+                try:
+                    x = read_input_bytes(x, self.max_pixels, name)
+                except Exception as e:  # recorded for this input; the batch goes on
+                    unread[j], x = as_input_error(e, name), b""
+            out.append(x)
+        return out, unread
+
+    def _unread_provenance(self, err: Exception) -> dict:
+        """The provenance record of an input that could not be read: nothing found, and why."""
+        return {**self.provenance.read(b""), "error": f"{type(err).__name__}: {err}"}
+
     def _pipeline(self, items: Iterator[Any], bs: int, workers: int,
                   on_error: str, bgr: bool = False) -> Iterator[Prediction]:
         # Batches queued behind the one being inferred: enough to give every worker a task plus
@@ -242,12 +254,17 @@ class Detector:
                     return
                 names = [source_name(x, counter + j) for j, x in enumerate(chunk)]
                 counter += len(chunk)
-                provs = [pool.submit(self.provenance.read, x) for x in chunk] if self.provenance else None
+                provs, unread = None, {}
+                if self.provenance is not None:  # decoder and provenance read the same bytes
+                    chunk, unread = self._read_once(chunk, names)
+                    provs = [_done(self._unread_provenance(unread[j])) if j in unread
+                             else pool.submit(self.provenance.read, x) for j, x in enumerate(chunk)]
                 if self._gpu is not None:  # one task per batch: nvImageCodec decodes batches
-                    inflight.append((names, [pool.submit(self._gpu.prepare, chunk, names, bgr)], None, provs))
+                    inflight.append((names, [pool.submit(self._gpu.prepare, chunk, names, bgr)], None,
+                                     provs, unread))
                     continue
                 buf = free.pop()
-                inflight.append((names, decoder.submit_batch(chunk, names, buf, bgr), buf, provs))
+                inflight.append((names, decoder.submit_batch(chunk, names, buf, bgr), buf, provs, unread))
 
         try:
             while True:
@@ -256,9 +273,10 @@ class Detector:
                     if source_error is not None:
                         raise source_error
                     break
-                names, futs, buf, provs = inflight.popleft()
+                names, futs, buf, provs, unread = inflight.popleft()
                 gpu_batch, errors, notes = (futs[0].result() if buf is None else
                                             (None, *zip(*[decoder.result(h, n) for h, n in zip(futs, names)])))
+                errors = [unread.get(j, e) for j, e in enumerate(errors)]  # the read's own error
                 ok = [j for j, e in enumerate(errors) if e is None]
                 logits = np.full(len(names), np.nan, dtype=np.float32)
                 if ok:
@@ -280,11 +298,12 @@ class Detector:
                         yield with_provenance(Prediction.failed(name, err), provs, j)
                         continue
                     p = float(probs[j])
-                    yield with_provenance(Prediction(source=name, prob_fake=p, is_fake=p >= self.threshold,
+                    is_fake, verdict = decide(p, self.threshold, band)
+                    yield with_provenance(Prediction(source=name, prob_fake=p, is_fake=is_fake,
                                                      logit=float(logits[j]), warnings=notes[j],
-                                                     verdict=band.verdict(p) if band is not None else None), provs, j)
+                                                     verdict=verdict), provs, j)
         finally:
-            for _, futs, buf, provs in inflight:
+            for _, futs, buf, provs, _ in inflight:
                 if buf is not None:
                     decoder.cancel(futs)  # decode_pool handles, not futures
                 for f in (futs if buf is None else []) + (provs or []):
@@ -292,6 +311,12 @@ class Detector:
             pool.shutdown(wait=True)
             if decoder is not None:
                 decoder.close()
+
+
+def _done(value: Any) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
 
 
 _WARNED_RANDOM: set[str] = set()
@@ -321,26 +346,10 @@ def model_info(model: str | os.PathLike, backend: str, device: str | None, meta:
     }
 
 
-def _check_batch_size(bs: Any) -> int:
-    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {bs!r}")
-    return int(bs)
-
-
-def _check_workers(w: Any) -> int:
-    if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0:
-        raise ValueError(f"workers must be an integer >= 0, got {w!r}")
-    return int(w)
-
-
-def _check_threshold(t: Any) -> float:
-    try:
-        t = float(t)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number in [0, 1], got {t!r}") from None
-    if not (math.isfinite(t) and 0.0 <= t <= 1.0):
-        raise ValueError(f"threshold must be in [0, 1], got {t}")
-    return t
+def _positive(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def _check_on_error(mode: str) -> str:

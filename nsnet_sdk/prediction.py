@@ -2,13 +2,26 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+
+_VERDICT_IS_FAKE = {"ai-generated": True, "real": False, "uncertain": None}
 
 
 def sigmoid(logit: np.ndarray) -> np.ndarray:
     """``prob_fake`` from logits: float64, clipped so extreme logits give 0/1 without overflow warnings."""
     return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logit, np.float64), -80.0, 80.0)))
+
+
+def decide(prob_fake: float, threshold: float, band: Any = None) -> tuple[bool | None, str | None]:
+    """The one decision rule: ``(is_fake, verdict)`` of a score. With a calibrated verdict band
+    (`nsnet_sdk.modelcard.VerdictBand`) ``is_fake`` follows the verdict: ``"ai-generated"`` → True,
+    ``"real"`` → False, ``"uncertain"`` → None; without one, ``prob_fake >= threshold`` and no verdict."""
+    if band is None:
+        return prob_fake >= threshold, None
+    verdict = band.verdict(prob_fake)
+    return _VERDICT_IS_FAKE[verdict], verdict
 
 
 @dataclass(frozen=True)
@@ -19,7 +32,9 @@ class Prediction:
         source: the path as given, or ``<bytes #i>``, ``<array #i>``, ``<PIL #i>`` (``i`` = the
             input's position in the call).
         prob_fake: probability that the image is AI-generated, or None when it was not scored.
-        is_fake: ``prob_fake >= threshold``, or None when not scored.
+        is_fake: with a verdict band, the verdict's (``"ai-generated"`` → True, ``"real"`` →
+            False, ``"uncertain"`` → None); without one ``prob_fake >= threshold``; None when not
+            scored (see `decide`).
         logit: the raw model output (``prob_fake = sigmoid(logit)``), or None when not scored.
         error: None when scored, else ``"ErrorClass: message"``.
         warnings: conditions that did not stop scoring but make the score less trustworthy

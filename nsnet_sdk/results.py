@@ -39,6 +39,11 @@ FIELDS = ("source", "prob_fake", "is_fake", "logit", "error", "warnings", "verdi
           "model_sha256")
 """Columns of a result row, in file order. ``warnings`` is a list in JSONL and the entries
 joined with ``"; "`` in CSV; ``verdict`` may be empty (None)."""
+SETTINGS = "settings"
+"""`nsnet detect`'s extra column: the options beside model and threshold that change a row's
+values (pixel limit, pipeline, engine, precision), compared on ``--resume``."""
+DETECT_FIELDS = FIELDS + (SETTINGS,)
+"""Columns of `nsnet detect`'s files (before any ``--provenance`` columns)."""
 
 WARNING_SEP = "; "
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
@@ -227,7 +232,7 @@ class ResultWriter:
     `flush` in one ``write`` of whole rows, handed to the OS at once: call it once per batch.
     ``mode``: ``"new"`` (the file must not hold results yet), ``"overwrite"``, or
     ``"resume"`` (append; `done` holds the sources already present, `model_sha256s` the models
-    they came from). Files that are not regular (a FIFO, ``/dev/stdout``) are written as they are.
+    they came from, `thresholds` and `settings` those they were scored with). Files that are not regular (a FIFO, ``/dev/stdout``) are written as they are.
 
     Raises (when opening): `ResultFileError` for a file that cannot be resumed (or, with
     ``"new"``, one that holds results), `OSError` when the file cannot be opened for writing.
@@ -242,6 +247,8 @@ class ResultWriter:
         self.spec, self.fmt, self.mode, self.fields = spec, fmt, mode, tuple(fields)
         self.done: set[str] = set()
         self.model_sha256s: set[str] = set()
+        self.thresholds: set[float] = set()
+        self.settings: set[str] = set()
         self._pending: list[dict[str, Any]] = []
         self._raw: BinaryIO | None = None
         self._header_due = fmt == CSV
@@ -267,6 +274,12 @@ class ResultWriter:
         rows = _parse_rows(data, self.fmt, self.spec)
         self.done = {r["source"] for r in rows}
         self.model_sha256s = {r.get("model_sha256") for r in rows} - {None, ""}
+        self.settings = {r.get(SETTINGS) for r in rows} - {None, ""}
+        try:
+            self.thresholds = {float(r["threshold"]) for r in rows if r.get("threshold") not in (None, "")}
+        except (TypeError, ValueError) as e:
+            raise ResultFileError(f"{self.spec}: a threshold cell is not a number ({e}); cannot "
+                                  "resume into it") from None
         self._keep = data.rfind(b"\n") + 1
 
     def begin(self) -> None:

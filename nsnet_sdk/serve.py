@@ -138,8 +138,9 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
 
         def __init__(self) -> None:
             from .detector import Detector
+            from .options import InputOptions
 
-            self.det = Detector(model, threshold=threshold, batch_size=max_batch, workers=0)
+            self.det = Detector(model, threshold=threshold, options=InputOptions(batch_size=max_batch, workers=0))
             self.score.set_max_batch_size(max_batch)
             self.score.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
             self.stats = {"requests": 0, "images": 0, "forward_passes": 0, "batched_images": 0}

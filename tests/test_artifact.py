@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from _sdk_util import build_stand_in_onnx, contract_metadata, tiny_export, write_engine_pair
-from nsnet_sdk import Detector, ModelLoadError, PatchConfig
+from nsnet_sdk import Detector, InputOptions, ModelLoadError, PatchConfig
 from nsnet_sdk.artifact import read_model_meta
 from nsnet_sdk.pipeline import DEFAULT
 
@@ -21,7 +21,7 @@ from nsnet_sdk.pipeline import DEFAULT
 def refused(model: Path, *fragments: str) -> ModelLoadError:
     """Load ``model``; assert a ModelLoadError whose message names the file and each fragment."""
     with pytest.raises(ModelLoadError) as info:
-        Detector(model, workers=0)
+        Detector(model, options=InputOptions(workers=0))
     msg = str(info.value)
     assert model.name in msg, msg
     for f in fragments:
@@ -46,7 +46,7 @@ def edit_json(run: Path, change) -> Path:
 
 
 def test_intact_run_directory_loads(run):
-    with Detector(run, workers=0) as det:  # the baseline every case below breaks one field of
+    with Detector(run, options=InputOptions(workers=0)) as det:  # the baseline every case below breaks one field of
         assert det.meta.format == "nsnet-checkpoint/1"
 
 

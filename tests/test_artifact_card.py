@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from _sdk_util import build_stand_in_onnx, contract_metadata, textured, tiny_export, write_engine_pair
-from nsnet_sdk import Detector, ModelLoadError, RandomWeightsWarning
+from nsnet_sdk import Detector, InputOptions, ModelLoadError, RandomWeightsWarning
 from nsnet_sdk.artifact import read_model_meta, read_onnx_metadata, read_sidecar
 from nsnet_sdk.restamp import restamp
 from nsnet_sdk.cli import main as nsnet
@@ -92,9 +92,9 @@ def test_random_backbone_warns_once_per_model(tmp_path):
                                                                               source_sha256="cd" * 32))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        Detector(rnd, workers=0).close()
-        Detector(rnd, workers=0).close()
-        Detector(real, workers=0).close()
+        Detector(rnd, options=InputOptions(workers=0)).close()
+        Detector(rnd, options=InputOptions(workers=0)).close()
+        Detector(real, options=InputOptions(workers=0)).close()
     hits = [w for w in caught if issubclass(w.category, RandomWeightsWarning)]
     assert len(hits) == 1 and "rnd.onnx" in str(hits[0].message)
 
@@ -114,14 +114,14 @@ def test_band_sets_three_way_verdicts_and_absent_band_leaves_none(tmp_path):
         contract_metadata(), **{"nsnet.verdict_band": json.dumps(BAND)}))
     plain = build_stand_in_onnx(tmp_path / "p.onnx")
     images = [textured(64 + 9 * i, 80 + 7 * i, seed=i) for i in range(24)]
-    with Detector(banded, workers=0) as det:
+    with Detector(banded, options=InputOptions(workers=0)) as det:
         assert det.meta.band is not None and det.meta.band.to_dict() == BAND
         preds = det.predict(images)
     want = ["ai-generated" if p.prob_fake >= BAND["t_fake"] else "real" if p.prob_fake < BAND["t_real"]
             else "uncertain" for p in preds]
     assert [p.verdict for p in preds] == want
     assert len(set(want)) >= 2, "the stand-in's scores should straddle the band; pick other images"
-    with Detector(plain, workers=0) as det:
+    with Detector(plain, options=InputOptions(workers=0)) as det:
         assert det.meta.band is None and all(p.verdict is None for p in det.predict(images))
 
 
@@ -146,7 +146,7 @@ def test_restamp_onnx_rewrites_metadata_only(tmp_path):
     assert {k: v for k, v in new.items() if k not in ("nsnet.threshold", "nsnet.model_card", "nsnet.verdict_band")} \
         == {k: v for k, v in old.items() if k not in ("nsnet.threshold", "nsnet.model_card")}
     imgs = [textured(90, 120, seed=s) for s in range(3)]
-    with Detector(src, workers=0) as a, Detector(out, workers=0) as b:
+    with Detector(src, options=InputOptions(workers=0)) as a, Detector(out, options=InputOptions(workers=0)) as b:
         assert b.threshold == 0.7
         np.testing.assert_array_equal([p.logit for p in a.predict(imgs)], [p.logit for p in b.predict(imgs)])
 

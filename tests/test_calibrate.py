@@ -62,7 +62,7 @@ def test_cli_calibrate_stores_the_band_the_detector_uses(tmp_path, capsys):
     pytest.importorskip("onnx")
     from _sdk_util import build_stand_in_onnx, textured, write_png
 
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
     from nsnet_sdk.cli import main
 
     model = build_stand_in_onnx(tmp_path / "m.onnx")
@@ -75,13 +75,13 @@ def test_cli_calibrate_stores_the_band_the_detector_uses(tmp_path, capsys):
     assert main(["calibrate", "-m", str(model), "--real", str(tmp_path / "real"), "--fake",
                  str(tmp_path / "fake"), "--fpr", "0.1", "--fnr", "0.1", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         real = [p.prob_fake for p in det.predict(sorted((tmp_path / "real").iterdir()))]
         fake = [p.prob_fake for p in det.predict(sorted((tmp_path / "fake").iterdir()))]
         assert all(p.verdict is None for p in det.predict(sorted((tmp_path / "real").iterdir())))
     expect = calibrate_band(real, fake, fpr=0.1, fnr=0.1)
     assert (printed["t_real"], printed["t_fake"]) == (expect["t_real"], expect["t_fake"])
-    with Detector(out, workers=0) as det:
+    with Detector(out, options=InputOptions(workers=0)) as det:
         preds = det.predict(sorted((tmp_path / "real").iterdir()) + sorted((tmp_path / "fake").iterdir()))
         band = det.meta.band
     assert (band.t_real, band.t_fake) == (expect["t_real"], expect["t_fake"])
@@ -89,7 +89,7 @@ def test_cli_calibrate_stores_the_band_the_detector_uses(tmp_path, capsys):
         want = ("ai-generated" if p.prob_fake >= band.t_fake else "real" if p.prob_fake < band.t_real
                 else "uncertain")
         assert p.verdict == want
-    with Detector(model, workers=0) as det:  # --out wrote a copy; the original is untouched
+    with Detector(model, options=InputOptions(workers=0)) as det:  # --out wrote a copy; the original is untouched
         assert det.meta.band is None
 
 

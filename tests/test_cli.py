@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from _sdk_util import build_stand_in_onnx, contract_metadata, textured, write_png
-from nsnet_sdk import Detector
+from nsnet_sdk import Detector, InputOptions
 from nsnet_sdk.cli import main
 from nsnet_sdk.artifact import model_sha256
-from nsnet_sdk.results import FIELDS
+from nsnet_sdk.results import DETECT_FIELDS
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,9 @@ def test_detect_writes_one_row_per_input_in_jsonl_and_csv(model, tree, tmp_path,
     expected_sources = [str(p) for p in tree["top"]] + [str(explicit_txt), str(tiny)]
     rows = read_jsonl(out_j)
     assert [r["source"] for r in rows] == expected_sources
-    assert all(tuple(r) == FIELDS for r in rows)
+    assert all(tuple(r) == DETECT_FIELDS for r in rows)
     with open(out_c, newline="") as f:
-        assert f.readline().rstrip("\r\n") == ",".join(FIELDS)  # the header comes first
+        assert f.readline().rstrip("\r\n") == ",".join(DETECT_FIELDS)  # the header comes first
         f.seek(0)
         crow = list(csv.DictReader(f))
     assert [r["source"] for r in crow] == expected_sources
@@ -79,7 +79,7 @@ def test_detect_writes_one_row_per_input_in_jsonl_and_csv(model, tree, tmp_path,
     (jw, cw), = warned.values()
     assert len(jw) == 1 and "10x10" in jw[0] and cw == "; ".join(jw)
     scored = [r for r in rows if not r["error"]]
-    ref = Detector(model, workers=0).predict([Path(r["source"]) for r in scored])
+    ref = Detector(model, options=InputOptions(workers=0)).predict([Path(r["source"]) for r in scored])
     np.testing.assert_allclose([r["prob_fake"] for r in scored], [p.prob_fake for p in ref], atol=1e-9)
     np.testing.assert_allclose([r["logit"] for r in scored], [p.logit for p in ref], atol=1e-6)
     err = capsys.readouterr().err
@@ -157,7 +157,7 @@ def test_empty_directory_completes_with_a_warning(model, tmp_path, capsys):
     assert main(["detect", str(tmp_path / "empty"), "-m", str(model), "--json",
                  str(tmp_path / "o.jsonl"), "--csv", str(tmp_path / "o.csv")]) == 0
     assert (tmp_path / "o.jsonl").read_text() == ""
-    assert (tmp_path / "o.csv").read_text() == ",".join(FIELDS) + "\n"
+    assert (tmp_path / "o.csv").read_text() == ",".join(DETECT_FIELDS) + "\n"
     assert "no image files" in capsys.readouterr().err
 
 
@@ -348,3 +348,89 @@ def test_info_on_an_engine_without_tensorrt_prints_the_sidecar(tmp_path, capsys)
     eng.with_name(eng.name + ".json").write_text("{}")  # no usable metadata: still an error
     assert main(["info", str(eng)]) == 1
     assert "cannot load model" in capsys.readouterr().err
+
+
+# ---- pipeline, device, engine and limits from the command line --------------------------------
+
+def test_detect_runs_the_gpu_pipeline_on_the_cpu_device(model, tree, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from nsnet_sdk.pipeline.gpu import GpuPipeline
+
+    batches = []
+    real_prepare = GpuPipeline.prepare
+
+    def counted(self, items, *args):
+        batches.append((self.device, len(items)))
+        return real_prepare(self, items, *args)
+
+    monkeypatch.setattr(GpuPipeline, "prepare", counted)
+    root, out = tree["root"][0], tmp_path / "gpu.jsonl"
+    assert main(["detect", str(root), "-m", str(model), "--pipeline", "gpu", "--device", "cpu",
+                 "--batch-size", "2", "--jsonl", str(out)]) == 0
+    rows = read_jsonl(out)
+    assert [r["source"] for r in rows] == [str(p) for p in tree["top"]]
+    assert batches == [("cpu", 2), ("cpu", 2)]  # every input went through the GPU executor, on the CPU
+    assert {r["settings"] for r in rows} == {f"max_pixels={100_000_000} pipeline=gpu engine=onnxruntime precision=fp32"}
+    assert "onnxruntime on CPUExecutionProvider" in capsys.readouterr().err
+    monkeypatch.setattr(GpuPipeline, "prepare", real_prepare)
+    cpu_out = tmp_path / "cpu.jsonl"
+    assert main(["detect", str(root), "-m", str(model), "--jsonl", str(cpu_out), "-q"]) == 0
+    for g, c in zip(rows, read_jsonl(cpu_out)):
+        assert g["error"] == c["error"] and g["warnings"] == c["warnings"]
+        if c["error"] is None:
+            assert g["logit"] == pytest.approx(c["logit"], abs=1e-5)
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--decode", "processes", "--pipeline", "gpu"], "applies to the CPU pipeline only"),
+    (["--decode", "processes", "--workers", "0"], "needs workers >= 1"),
+    (["--pipeline", "GPU"], "invalid choice"),
+    (["--backend", "onnx"], "invalid choice"),
+    (["--precision", "fp8"], "invalid choice"),
+    (["--max-pixels", "0"], "positive integer"),
+])
+def test_options_that_would_be_ignored_or_are_invalid_are_usage_errors(model, tree, tmp_path, capsys, argv, why):
+    with pytest.raises(SystemExit) as e:
+        main(["detect", str(tree["top"][0]), "-m", str(model), "--jsonl", str(tmp_path / "o.jsonl"), *argv])
+    assert e.value.code == 2 and why in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists() or (tmp_path / "o.jsonl").stat().st_size == 0
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--precision", "fp16"], "precision='fp16' cannot be honoured by the 'onnxruntime' engine"),
+    (["--backend", "torch"], "cannot be run by engine='torch'"),
+])
+def test_options_the_engine_cannot_honour_fail_the_model_load(model, tree, tmp_path, capsys, argv, why):
+    assert main(["detect", str(tree["top"][0]), "-m", str(model), "--jsonl", str(tmp_path / "o.jsonl"),
+                 *argv]) == 1
+    assert why in capsys.readouterr().err
+
+
+def test_max_pixels_lifts_or_lowers_the_pixel_limit(model, tmp_path, capsys):
+    img = str(write_png(tmp_path / "a.png", textured(60, 100)))  # 6,000 pixels
+    out = tmp_path / "o.jsonl"
+    assert main(["detect", img, "-m", str(model), "--jsonl", str(out), "-q", "--max-pixels", "5999"]) == 0
+    row, = read_jsonl(out)
+    assert row["error"].startswith("ImageTooLargeError") and "raise max_pixels" in row["error"]
+    assert main(["detect", img, "-m", str(model), "--jsonl", str(out), "-q", "--overwrite",
+                 "--max-pixels", "6000"]) == 0
+    row, = read_jsonl(out)
+    assert row["error"] is None and row["settings"].startswith("max_pixels=6000 ")
+
+
+def test_a_banded_model_decides_by_verdict_and_the_summary_counts_verdicts(tmp_path, capsys):
+    band = {"t_real": 0.3, "t_fake": 0.6, "fpr": 0.05, "fnr": 0.1, "source": "test"}
+    banded = build_stand_in_onnx(tmp_path / "b.onnx", metadata=dict(
+        contract_metadata(threshold=0.5), **{"nsnet.verdict_band": json.dumps(band)}))
+    imgs = [str(write_png(tmp_path / f"p{i}.png", textured(64 + 9 * i, 80 + 7 * i, seed=i))) for i in range(24)]
+    out = tmp_path / "o.jsonl"
+    assert main(["detect", *imgs, "-m", str(banded), "--jsonl", str(out)]) == 0
+    rows = read_jsonl(out)
+    verdicts = [r["verdict"] for r in rows]
+    assert {"ai-generated", "uncertain"} <= set(verdicts) or {"real", "uncertain"} <= set(verdicts)
+    for r in rows:  # one decision rule: is_fake follows the verdict, never the single threshold
+        assert r["is_fake"] == {"ai-generated": True, "real": False, "uncertain": None}[r["verdict"]]
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("ai-generated", "real", "uncertain"))
+    err = capsys.readouterr().err
+    assert f"24 inputs: 24 scored, {counts}, 0 errors (verdict band 0.3..0.6" in err
+    assert " fake," not in err

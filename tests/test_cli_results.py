@@ -19,7 +19,7 @@ import pytest
 
 from _sdk_util import build_stand_in_onnx, contract_metadata, textured, write_png
 from nsnet_sdk.cli import main
-from nsnet_sdk.results import FIELDS, read_rows, unescape_text
+from nsnet_sdk.results import DETECT_FIELDS, read_rows, unescape_text
 
 BATCH = 4
 
@@ -84,12 +84,12 @@ def _check_complete(out_j: Path, out_c: Path, inputs: list[str]) -> tuple[list[s
     text = out_j.read_text()
     assert text == "" or text.endswith("\n"), "a torn JSON Lines row"
     jrows = [json.loads(line) for line in text.splitlines()]
-    assert all(tuple(r) == FIELDS for r in jrows)
+    assert all(tuple(r) == DETECT_FIELDS for r in jrows)
     ctext = out_c.read_text()
-    assert ctext.startswith(",".join(FIELDS) + "\n") and ctext.endswith("\n")
+    assert ctext.startswith(",".join(DETECT_FIELDS) + "\n") and ctext.endswith("\n")
     with open(out_c, newline="") as f:
         crows = list(csv.DictReader(f))
-    assert all(len(r) == len(FIELDS) and None not in r.values() for r in crows)
+    assert all(len(r) == len(DETECT_FIELDS) and None not in r.values() for r in crows)
     for rows in (jrows, crows):
         assert {r["source"] for r in rows} <= set(inputs)
     return [r["source"] for r in jrows], [r["source"] for r in crows]
@@ -186,6 +186,26 @@ def test_resume_refuses_a_file_of_another_model_or_format(model, tmp_path, capsy
         main(["detect", img, "-m", str(model), "--csv", str(out_c), "--resume"])
     assert e.value.code == 2 and "columns" in capsys.readouterr().err
     assert out.read_bytes() == before and out_c.read_text() == "source,prob_fake\nx.png,0.5\n"
+
+
+@pytest.mark.parametrize("fmt", ["--jsonl", "--csv"])
+@pytest.mark.parametrize("change", [["--threshold", "0.9"], ["--max-pixels", "5000"],
+                                    ["--pipeline", "gpu", "--device", "cpu"]])
+def test_resume_refuses_rows_scored_with_another_threshold_or_settings(model, tmp_path, capsys, fmt, change):
+    imgs = [str(write_png(tmp_path / f"p{i}.png", textured(64, 64, seed=i))) for i in range(2)]
+    out = tmp_path / ("o.csv" if fmt == "--csv" else "o.jsonl")
+    assert main(["detect", imgs[0], "-m", str(model), fmt, str(out), "-q"]) == 0
+    before = out.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        main(["detect", *imgs, "-m", str(model), fmt, str(out), "-q", "--resume", *change])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "resume it with" in err and "--overwrite" in err
+    assert ("threshold 0.5, not 0.9" in err) if change[0] == "--threshold" else ("settings" in err)
+    assert out.read_bytes() == before  # nothing mixed in
+    # The same options resume it; explicitly giving the model's own threshold is the same run.
+    assert main(["detect", *imgs, "-m", str(model), fmt, str(out), "-q", "--resume",
+                 "--threshold", "0.5"]) == 0
+    assert [r["source"] for r in read_rows(out)] == imgs
 
 
 def _number(cell: str) -> bool:

@@ -77,13 +77,13 @@ def test_detector_scores_the_good_file_next_to_a_fifo(tmp_path):
     pytest.importorskip("onnxruntime")
     from _sdk_util import build_stand_in_onnx
 
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
 
     fifo = tmp_path / "fifo.jpg"
     os.mkfifo(fifo)
     good = tmp_path / "good.png"
     good.write_bytes(encode(Image.fromarray(noise(64, 64)), "PNG"))
-    det = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), workers=1)
+    det = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), options=InputOptions(workers=1))
     result: list = []
     worker = threading.Thread(target=lambda: result.extend(det.predict([str(fifo), str(good)])), daemon=True)
     worker.start()
@@ -131,14 +131,14 @@ def test_truncation_warning_reaches_the_prediction(tmp_path):
     pytest.importorskip("onnxruntime")
     from _sdk_util import build_stand_in_onnx
 
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
 
     data = encode(Image.fromarray(noise(64, 64)), "PNG")
     cut = tmp_path / "cut.png"
     cut.write_bytes(data[: data.rfind(b"IEND") - 4])
     whole = tmp_path / "whole.png"
     whole.write_bytes(data)
-    with Detector(build_stand_in_onnx(tmp_path / "m.onnx"), workers=0) as det:
+    with Detector(build_stand_in_onnx(tmp_path / "m.onnx"), options=InputOptions(workers=0)) as det:
         p_cut, p_whole = det.predict([str(cut), str(whole)])
     assert p_cut.ok and any("IEND" in w for w in p_cut.warnings)
     assert p_whole.ok and p_whole.warnings == ()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from _sdk_util import build_stand_in_onnx, stand_in_logit, textured, write_png
 
-from nsnet_sdk import Detector
+from nsnet_sdk import Detector, InputOptions
 from nsnet_sdk.pipeline.executors import prepare_into
 from nsnet_sdk.errors import UnsupportedInputError
 from nsnet_sdk.pipeline import DEFAULT, MAX_PIXELS, load_image, preprocess
@@ -89,7 +89,7 @@ def test_order_and_one_result_per_input_with_bad_inputs_mixed_in(tmp_path, decod
     model = build_stand_in_onnx(tmp_path / "m.onnx")
     inputs, ok = mixed_inputs(tmp_path)
     before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    with Detector(model, workers=2, batch_size=3, decode=decode) as det:
+    with Detector(model, options=InputOptions(workers=2, batch_size=3, executor=decode)) as det:
         preds = det.predict(inputs)
     assert len(preds) == len(inputs)
     for i, (p, src, good) in enumerate(zip(preds, inputs, ok)):
@@ -109,9 +109,9 @@ def test_processes_give_the_same_predictions_as_threads(tmp_path, channels):
     model = build_stand_in_onnx(tmp_path / "m.onnx")
     inputs, _ = mixed_inputs(tmp_path)
     inputs = inputs[:11] + [textured(20, 90, 3)]  # the lambda is refused differently (not picklable)
-    with Detector(model, workers=2, batch_size=4, channels=channels) as det:
+    with Detector(model, options=InputOptions(workers=2, batch_size=4, channels=channels)) as det:
         a = det.predict(inputs)
-    with Detector(model, workers=2, batch_size=4, decode="processes", channels=channels) as det:
+    with Detector(model, options=InputOptions(workers=2, batch_size=4, executor="processes", channels=channels)) as det:
         b = det.predict(inputs)
     key = lambda p: (p.source, p.logit if p.error is None else None, type(p.error), p.warnings)  # noqa: E731
     assert [key(p) for p in a] == [key(p) for p in b]
@@ -122,7 +122,7 @@ def test_a_crashed_decode_worker_fails_its_inputs_not_the_run(tmp_path):
     model = build_stand_in_onnx(tmp_path / "m.onnx")
     good = [write_png(tmp_path / f"g{i}.png", textured(64, 64, i)) for i in range(8)]
     inputs = good[:2] + [_KillsWorker()] + good[2:]
-    with Detector(model, workers=1, batch_size=1, decode="processes") as det:
+    with Detector(model, options=InputOptions(workers=1, batch_size=1, executor="processes")) as det:
         preds = det.predict(inputs)
     assert len(preds) == len(inputs)
     assert preds[2].error is not None
@@ -131,5 +131,5 @@ def test_a_crashed_decode_worker_fails_its_inputs_not_the_run(tmp_path):
 
 def test_decode_mode_is_validated(tmp_path):
     model = build_stand_in_onnx(tmp_path / "m.onnx")
-    with pytest.raises(ValueError, match="decode"):
-        Detector(model, decode="fibers")
+    with pytest.raises(ValueError, match="executor"):
+        Detector(model, options=InputOptions(executor="fibers"))

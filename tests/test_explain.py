@@ -13,7 +13,7 @@ pytest.importorskip("onnx")
 
 from _sdk_util import build_stand_in_onnx, stand_in_logit, textured, write_png  # noqa: E402
 
-from nsnet_sdk import Detector  # noqa: E402
+from nsnet_sdk import Detector, InputOptions  # noqa: E402
 from nsnet_sdk.errors import ImageDecodeError, InferenceError, UnsupportedInputError  # noqa: E402
 from nsnet_sdk.pipeline import DEFAULT, patch_mosaic, preprocess  # noqa: E402
 
@@ -32,7 +32,7 @@ SHAPES = [(300, 417), (100, 200), (20, 50)]
 @pytest.mark.parametrize("h,w", SHAPES)
 def test_boxes_are_exactly_the_patches_patch_mosaic_selected(model, h, w):
     rgb = textured(h, w, seed=h)
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         ex = det.explain(rgb)
     mosaic = patch_mosaic(rgb, DEFAULT)
     assert len(ex.boxes) == len(ex.contributions) == G * G and ex.size == (w, h)
@@ -46,7 +46,7 @@ def test_boxes_are_exactly_the_patches_patch_mosaic_selected(model, h, w):
 
 def test_contributions_match_a_direct_occlusion_computation(model):
     rgb = textured(260, 330, seed=3)
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         ex = det.explain(rgb)
         pred = det.predict(rgb)
     x = preprocess(rgb, DEFAULT).astype(np.float64)
@@ -75,7 +75,7 @@ def test_contributions_on_the_nsnet_tiny_network():
 
     art = tiny_export()
     rgb = textured(240, 290, seed=5)
-    with Detector(art["onnx"], workers=0) as det:
+    with Detector(art["onnx"], options=InputOptions(workers=0)) as det:
         ex = det.explain(rgb)
     net, _ = load_checkpoint(art["run"])
     net.eval()
@@ -93,9 +93,9 @@ def test_contributions_on_the_nsnet_tiny_network():
 
 def test_explain_follows_the_detectors_channel_order(model):
     rgb = textured(150, 190, seed=9)
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         want = det.explain(rgb)
-    with Detector(model, workers=0, channels="bgr") as det:
+    with Detector(model, options=InputOptions(workers=0, channels="bgr")) as det:
         got = det.explain(np.ascontiguousarray(rgb[..., ::-1]))
     assert got.contributions == want.contributions and got.boxes == want.boxes
 
@@ -103,7 +103,7 @@ def test_explain_follows_the_detectors_channel_order(model):
 def test_explain_errors_are_typed_and_name_the_input(model, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really")
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         with pytest.raises(ImageDecodeError, match="broken.jpg"):
             det.explain(str(bad))
         with pytest.raises(UnsupportedInputError, match="int"):
@@ -128,7 +128,7 @@ def test_cli_explain_writes_png_and_json_per_image(model, tmp_path):
     index = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
     assert [Path(r["source"]).name for r in index] == ["a.png", "b.png", "c.jpg"]
     assert index[2]["error"].startswith("ImageDecodeError") and index[2]["json"] is None
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         for r in index[:2]:
             saved = json.loads((out / r["json"]).read_text())
             assert saved == json.loads(json.dumps(det.explain(r["source"]).to_dict()))

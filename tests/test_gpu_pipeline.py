@@ -155,12 +155,12 @@ def stand_in(tmp_path_factory):
 
 def test_gpu_pipeline_on_the_cpu_device_scores_like_the_cpu_pipeline(stand_in, tmp_path):
     from _sdk_util import write_png
-    from nsnet_sdk import Detector
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     inputs = [textured(300, 400, 0), str(write_png(tmp_path / "b.png", textured(64, 33, 1))),
               b"garbage", textured(10, 12, 2), 42, str(tmp_path / "missing.png"), textured(700, 90, 3)]
-    cpu = Detector(stand_in, workers=2).predict(inputs, batch_size=3)
-    det = Detector(stand_in, pipeline="gpu", device="cpu", workers=2)
+    cpu = Detector(stand_in, options=InputOptions(workers=2)).predict(inputs, batch_size=3)
+    det = Detector(stand_in, backend=BackendOptions(device="cpu"), options=InputOptions(pipeline="gpu", workers=2))
     assert det.pipeline == "gpu:cpu" and det.info()["pipeline"] == "gpu:cpu"
     gpu = det.predict(inputs, batch_size=3)
     assert [p.source for p in gpu] == [p.source for p in cpu]
@@ -176,29 +176,29 @@ def test_gpu_pipeline_on_the_cpu_device_scores_like_the_cpu_pipeline(stand_in, t
 
 
 def test_auto_falls_back_to_the_cpu_pipeline_without_cuda_or_nvimagecodec(stand_in, monkeypatch):
-    from nsnet_sdk import Detector
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
     from nsnet_sdk.pipeline import gpu as pl
 
     if not (CUDA and nvimgcodec_available()[0]):
-        assert Detector(stand_in, pipeline="auto").pipeline == "cpu"  # this machine, as it is
+        assert Detector(stand_in, options=InputOptions(pipeline="auto")).pipeline == "cpu"  # this machine, as it is
     monkeypatch.setattr(pl, "_cuda_available", lambda: (True, ""))  # CUDA there, codec absent
     monkeypatch.setattr("nsnet_sdk.pipeline.nvdecode.nvimgcodec_available", lambda: (False, "absent"))
-    assert Detector(stand_in, pipeline="auto").pipeline == "cpu"
+    assert Detector(stand_in, options=InputOptions(pipeline="auto")).pipeline == "cpu"
     monkeypatch.setattr(pl, "_cuda_available", lambda: (False, "none"))  # codec there, no CUDA
     monkeypatch.setattr("nsnet_sdk.pipeline.nvdecode.nvimgcodec_available", lambda: (True, ""))
-    det = Detector(stand_in, pipeline="auto")
+    det = Detector(stand_in, options=InputOptions(pipeline="auto"))
     assert det.pipeline == "cpu" and det.predict(textured(80, 80, 0)).error is None
 
 
 def test_gpu_pipeline_without_cuda_is_refused_unless_device_cpu(stand_in):
-    from nsnet_sdk import Detector
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     with pytest.raises(ValueError, match="pipeline must be one of"):
-        Detector(stand_in, pipeline="GPU")
+        Detector(stand_in, options=InputOptions(pipeline="GPU"))
     if CUDA:
         pytest.skip("this machine has CUDA: the refusal cannot happen here")
     with pytest.raises(BackendUnavailableError, match="device='cpu'"):
-        Detector(stand_in, pipeline="gpu")
+        Detector(stand_in, options=InputOptions(pipeline="gpu"))
 
 
 @pytest.fixture(scope="module")
@@ -211,11 +211,11 @@ def tiny():
 
 
 def test_torch_backend_takes_the_device_tensor_of_the_gpu_pipeline(tiny):
-    from nsnet_sdk import Detector
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     rgbs = [textured(200, 300, i) for i in range(4)]
-    cpu = Detector(tiny["run"], device="cpu", workers=0).predict(rgbs)
-    det = Detector(tiny["run"], device="cpu", pipeline="gpu", workers=0)
+    cpu = Detector(tiny["run"], backend=BackendOptions(device="cpu"), options=InputOptions(workers=0)).predict(rgbs)
+    det = Detector(tiny["run"], backend=BackendOptions(device="cpu"), options=InputOptions(pipeline="gpu", workers=0))
     assert det._gpu.to_host is False  # the torch backend gets the tensor itself
     x = gp.preprocess_batch([torch.from_numpy(r) for r in rgbs])
     np.testing.assert_allclose(det.backend.run(x), det.backend.run(x.numpy()), atol=1e-6, rtol=0)
@@ -238,16 +238,16 @@ def test_cuda_selection_equals_the_cpu_path(shape):
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_pipeline_hands_a_device_tensor_to_the_torch_backend(tiny):
-    from nsnet_sdk import Detector
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     rgbs = [textured(300, 200, i) for i in range(6)]
-    det = Detector(tiny["run"], device="cuda", pipeline="gpu", workers=0)
+    det = Detector(tiny["run"], backend=BackendOptions(device="cuda"), options=InputOptions(pipeline="gpu", workers=0))
     calls = []
     run = det.backend.run
     det.backend.run = lambda x: calls.append(x) or run(x)
     got = [p.logit for p in det.predict(rgbs)]
     assert calls and all(isinstance(x, torch.Tensor) and x.is_cuda for x in calls)
-    want = [p.logit for p in Detector(tiny["run"], device="cpu").predict(rgbs)]
+    want = [p.logit for p in Detector(tiny["run"], backend=BackendOptions(device="cpu")).predict(rgbs)]
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
@@ -269,12 +269,12 @@ def test_cuda_fp16_matches_fp32_within_5e_3_in_probability(tiny, graphs):
 def test_pipeline_stage_rows_are_consistent(stand_in, tmp_path):
     from benchmarks._pipeline import markdown_table, measure_pipeline
     from _sdk_util import write_png
-    from nsnet_sdk import Detector
+    from nsnet_sdk import BackendOptions, Detector, InputOptions
 
     files = [str(write_png(tmp_path / f"{i}.png", textured(120, 90 + i, i))) for i in range(3)]
     rows = []
     for pipeline in ("cpu", "gpu"):
-        with Detector(stand_in, pipeline=pipeline, device="cpu", workers=1) as det:
+        with Detector(stand_in, backend=BackendOptions(device="cpu"), options=InputOptions(pipeline=pipeline, workers=1)) as det:
             rows.append(measure_pipeline(det, files, 4, iters=2))
     assert [r["pipeline"] for r in rows] == ["cpu", "gpu"] and rows[1]["device"] == "cpu"
     for r in rows:

@@ -232,20 +232,20 @@ def model(tmp_path_factory):
 
 
 def test_detector_fills_provenance_only_when_asked(model, tmp_path):
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
 
     ai = tmp_path / "ai.png"
     ai.write_bytes(png_with(png_chunk(b"tEXt", b"parameters\x00a cat")))
     plain = tmp_path / "plain.jpg"
     plain.write_bytes(jpeg_bytes())
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         assert det.predict(str(ai)).provenance is None
-    with Detector(model, workers=2, batch_size=2, provenance=True) as det:
+    with Detector(model, options=InputOptions(workers=2, batch_size=2, provenance=True)) as det:
         preds = det.predict([str(ai), str(plain), str(tmp_path / "missing.jpg"), str(ai)])
     assert [p.provenance["summary"] for p in preds] == ["ai-declared", "unknown", "unknown", "ai-declared"]
     assert preds[0].prob_fake is not None and preds[2].error is not None
     # The score is the same with and without provenance: reported beside it, never mixed in.
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         assert det.predict(str(ai)).logit == preds[0].logit
 
 

@@ -150,10 +150,10 @@ def test_report_content(results, tmp_path):
 
 
 def test_overlays_are_the_explanation_boxes(results, tmp_path):
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
 
     rows, _ = read_results([results["jsonl"]])
-    with Detector(results["model"], workers=0) as det:
+    with Detector(results["model"], options=InputOptions(workers=0)) as det:
         page = build_report(rows, tmp_path / "r.html", detector=det, top=1).read_text()
         page = page.split('<section id="declared">')[0]  # the one suspicious card
         best = max((r for r in rows if r["prob_fake"] is not None), key=lambda r: r["prob_fake"])
@@ -194,10 +194,10 @@ ROWS = "document.querySelectorAll('#rows tbody tr')"
 
 
 def test_report_renders_in_chromium(results, browser, tmp_path):
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
 
     rows, _ = read_results([results["jsonl"]])
-    with Detector(results["model"], workers=0) as det:
+    with Detector(results["model"], options=InputOptions(workers=0)) as det:
         out = build_report(rows, tmp_path / "r.html", detector=det, top=6)
     browser.open(out)
     n = results["n"]

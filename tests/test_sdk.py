@@ -14,8 +14,8 @@ import pytest
 
 from _sdk_util import (build_stand_in_onnx, contract_metadata, stand_in_logit, textured,
                        write_engine_pair)
-from nsnet_sdk import (BackendUnavailableError, Detector, ImageDecodeError, ModelLoadError,
-                       Prediction, PreprocessMismatchError)
+from nsnet_sdk import (BackendOptions, BackendUnavailableError, Detector, ImageDecodeError, InputOptions,
+                       ModelLoadError, Prediction, PreprocessMismatchError)
 from nsnet_sdk.artifact import read_onnx_metadata
 from nsnet_sdk.pipeline import DEFAULT, PatchConfig, preprocess
 
@@ -27,13 +27,21 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def det(model) -> Detector:
-    return Detector(model, workers=2)
+    return Detector(model, options=InputOptions(workers=2))
 
 
 def pictures(n: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [textured(int(rng.integers(40, 300)), int(rng.integers(40, 300)), seed=seed + i)
             for i in range(n)]
+
+
+def torch_cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def sigmoid(x):
@@ -75,12 +83,12 @@ def test_results_do_not_depend_on_workers_or_batch_size(det, workers, batch_size
 
 def test_threshold_comes_from_the_model_and_can_be_overridden(tmp_path):
     path = build_stand_in_onnx(tmp_path / "m.onnx", metadata=contract_metadata(threshold=0.25))
-    d = Detector(path, workers=0)
+    d = Detector(path, options=InputOptions(workers=0))
     assert d.threshold == 0.25
     imgs = pictures(8, seed=5)
     preds = d.predict(imgs)
     assert [p.is_fake for p in preds] == [p.prob_fake >= 0.25 for p in preds]
-    d2 = Detector(path, workers=0, threshold=0.999)
+    d2 = Detector(path, threshold=0.999, options=InputOptions(workers=0))
     assert d2.threshold == 0.999
     assert [p.is_fake for p in d2.predict(imgs)] == [p.prob_fake >= 0.999 for p in preds]
     for bad in (-0.1, 1.5, float("nan"), "x"):
@@ -90,12 +98,12 @@ def test_threshold_comes_from_the_model_and_can_be_overridden(tmp_path):
 
 def test_preprocess_override_must_agree_unless_forced(model):
     same = PatchConfig.from_dict(DEFAULT.to_dict())
-    assert Detector(model, preprocess=same, workers=0).config == DEFAULT
-    assert Detector(model, preprocess=DEFAULT.to_dict(), workers=0).config == DEFAULT
+    assert Detector(model, preprocess=same, options=InputOptions(workers=0)).config == DEFAULT
+    assert Detector(model, preprocess=DEFAULT.to_dict(), options=InputOptions(workers=0)).config == DEFAULT
     other = PatchConfig(patch=16, grid=14)  # same 224 input side, different selection
     with pytest.raises(PreprocessMismatchError, match="contradicts"):
         Detector(model, preprocess=other)
-    forced = Detector(model, preprocess=other, force=True, workers=0)
+    forced = Detector(model, preprocess=other, force=True, options=InputOptions(workers=0))
     assert forced.config == other
     img = pictures(1, seed=9)[0]
     assert forced.predict(img).logit == pytest.approx(
@@ -265,8 +273,8 @@ def test_import_nsnet_sdk_never_imports_torch_or_tensorrt(model):
         sys.meta_path.insert(0, Block())
         import numpy as np
         import nsnet_sdk
-        from nsnet_sdk import Detector, Prediction, errors
-        d = Detector({str(model)!r}, workers=2)
+        from nsnet_sdk import Detector, InputOptions, Prediction, errors
+        d = Detector({str(model)!r}, options=InputOptions(workers=2))
         p = d.predict(np.full((64, 64, 3), 100, np.uint8))
         assert p.ok, p
         bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "tensorrt")]
@@ -304,7 +312,7 @@ class _FakeBackend:
 def test_non_finite_logit_is_an_error_row_and_backend_failure_raises(model):
     from nsnet_sdk import InferenceError
 
-    d = Detector(model, workers=0)
+    d = Detector(model, options=InputOptions(workers=0))
     d.backend = _FakeBackend(logits=[np.nan, 2.0, np.inf])
     preds = d.predict(pictures(3))
     assert [p.ok for p in preds] == [False, True, False]
@@ -330,10 +338,18 @@ def test_a_model_refused_after_loading_has_its_backend_closed(model, monkeypatch
     monkeypatch.setattr(detector_module, "load_backend", spy)
     with pytest.raises(PreprocessMismatchError):
         Detector(model, preprocess=PatchConfig(patch=16, grid=14))
+    if not torch_cuda_available():  # the GPU pipeline on cuda is refused once the model is loaded
+        with pytest.raises(BackendUnavailableError, match="pipeline='gpu'"):
+            Detector(model, options=InputOptions(pipeline="gpu"))
+        assert [b.closed for b in opened] == [[True], [True]]
+    # Refused before anything is loaded: a bad threshold, an option the engine would ignore.
+    n = len(opened)
     with pytest.raises(ValueError, match="threshold"):
         Detector(model, threshold=2.0)
-    assert [b.closed for b in opened] == [[True], [True]]
-    Detector(model, workers=0)
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        Detector(model, backend=BackendOptions(cuda_graphs=True))
+    assert len(opened) == n
+    Detector(model, options=InputOptions(workers=0))
     assert opened[-1].closed == []
 
 
@@ -374,9 +390,8 @@ def test_provider_choice(model):
     with pytest.raises(ModelLoadError, match="not available"):
         choose_providers(["TensorrtExecutionProvider"], avail)
     with pytest.raises(ModelLoadError, match="not available"):
-        Detector(model, providers=["NoSuchExecutionProvider"])
-    assert Detector(model, providers=["CPUExecutionProvider"], intra_op_threads=1,
-                    workers=0).backend.device == "CPUExecutionProvider"
+        Detector(model, backend=BackendOptions(providers=["NoSuchExecutionProvider"]))
+    assert Detector(model, backend=BackendOptions(providers=["CPUExecutionProvider"], intra_op_threads=1), options=InputOptions(workers=0)).backend.device == "CPUExecutionProvider"
 
 
 def test_an_fp16_model_never_runs_on_the_cpu_with_a_gpu_providers_options(tmp_path, monkeypatch):
@@ -388,7 +403,7 @@ def test_an_fp16_model_never_runs_on_the_cpu_with_a_gpu_providers_options(tmp_pa
     model = build_stand_in_onnx(tmp_path / "m.onnx", metadata={**contract_metadata(), "nsnet.precision": "fp16"})
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
-        backend = Detector(model, workers=0).backend
+        backend = Detector(model, options=InputOptions(workers=0)).backend
     assert backend.device == "CPUExecutionProvider"
     level = backend.session.get_session_options().graph_optimization_level
     assert level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -427,7 +442,7 @@ def test_cuda_inputs_are_described_or_refused_before_binding(model):
         device_array(CudaArray((3, 4, 4)))
     with pytest.raises(InferenceError, match="C-contiguous"):
         device_array(CudaArray((2, 3, 4, 4), strides=(4, 32, 8, 2)))
-    backend = Detector(model, providers=["CPUExecutionProvider"], workers=0).backend
+    backend = Detector(model, backend=BackendOptions(providers=["CPUExecutionProvider"]), options=InputOptions(workers=0)).backend
     with pytest.raises(InferenceError, match="needs a GPU provider"):
         backend.run(CudaArray((2, 3, 224, 224)))
 
@@ -456,3 +471,22 @@ def test_without_onnx_runtime_import_works_and_use_says_which_extra_to_install(m
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["refused: True", "refused: True"]
 
+
+
+def test_is_fake_follows_the_verdict_band_and_the_threshold_without_one(tmp_path):
+    band = {"t_real": 0.3, "t_fake": 0.6, "fpr": 0.05, "fnr": 0.1, "source": "test"}
+    banded = build_stand_in_onnx(tmp_path / "b.onnx", metadata=dict(
+        contract_metadata(threshold=0.5), **{"nsnet.verdict_band": json.dumps(band)}))
+    images = [textured(64 + 9 * i, 80 + 7 * i, seed=i) for i in range(24)]
+    with Detector(banded, options=InputOptions(workers=0)) as det:
+        preds = det.predict(images)
+    verdicts = {p.verdict for p in preds}
+    assert "uncertain" in verdicts and len(verdicts) >= 2, "pick images whose scores straddle the band"
+    for p in preds:  # one decision rule: the band's verdict, not the single threshold
+        want = {"ai-generated": True, "real": False, "uncertain": None}[p.verdict]
+        assert p.is_fake is want, p
+    with Detector(build_stand_in_onnx(tmp_path / "p.onnx"), threshold=0.45,
+                  options=InputOptions(workers=0)) as det:
+        plain = det.predict(images)
+    assert all(p.verdict is None and p.is_fake == (p.prob_fake >= 0.45) for p in plain)
+    assert {p.is_fake for p in plain} == {True, False}

@@ -4,6 +4,7 @@ every odd-but-valid image is scored as the picture it shows."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from _sdk_util import build_stand_in_onnx, textured, write_png
-from nsnet_sdk import Detector, ImageDecodeError, ImageTooLargeError
+from nsnet_sdk import Detector, ImageDecodeError, ImageTooLargeError, InputOptions
 from nsnet_sdk.pipeline import load_image
 
 
@@ -107,7 +108,7 @@ def build_corpus(d: Path) -> list[tuple[object, object]]:
 
 @pytest.fixture(scope="module")
 def det(tmp_path_factory) -> Detector:
-    return Detector(build_stand_in_onnx(tmp_path_factory.mktemp("m") / "m.onnx"), workers=2)
+    return Detector(build_stand_in_onnx(tmp_path_factory.mktemp("m") / "m.onnx"), options=InputOptions(workers=2))
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +174,8 @@ def test_decompression_bomb_is_refused_before_allocation(tmp_path, det):
     bomb.write_bytes(png_claiming(30000, 30000))  # 2.7 GB of RGB if it were decoded
     code = textwrap.dedent(f"""
         import resource
-        from nsnet_sdk import Detector
-        d = Detector({str(det.model_path)!r}, workers=2)
+        from nsnet_sdk import Detector, InputOptions
+        d = Detector({str(det.model_path)!r}, options=InputOptions(workers=2))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         data = open({str(bomb)!r}, "rb").read()
         preds = d.predict([{str(bomb)!r}, data] * 3)
@@ -191,7 +192,7 @@ def test_decompression_bomb_is_refused_before_allocation(tmp_path, det):
 # -- input kinds, channel order and tiny images (issue 13 "Inputs") -----------------------------
 
 def test_opencv_arrays_score_like_the_file_with_channels_bgr(det, tmp_path):
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
 
     pic = textured(80, 96, seed=11)
     path = write_png(tmp_path / "pic.png", pic)
@@ -204,7 +205,7 @@ def test_opencv_arrays_score_like_the_file_with_channels_bgr(det, tmp_path):
     bgra = cv2.imread(str(tmp_path / "rgba.png"), cv2.IMREAD_UNCHANGED)
     assert bgra.shape[2] == 4
     assert det.predict(bgra, channels="bgr").logit == det.predict(tmp_path / "rgba.png").logit
-    with Detector(det.model_path, workers=0, channels="bgr") as d2:
+    with Detector(det.model_path, options=InputOptions(workers=0, channels="bgr")) as d2:
         got = d2.predict([bgr, path, bgr[..., 1]])  # arrays in BGR; files and gray unaffected
         assert [p.logit for p in got] == [ref.logit, ref.logit, det.predict(pic[..., 1]).logit]
         assert d2.predict(pic, channels="rgb").logit == ref.logit
@@ -253,3 +254,54 @@ def test_images_smaller_than_one_patch_carry_a_warning(det, h, w, warned):
 def test_warnings_travel_with_their_own_input_in_a_batch(det):
     preds = det.predict([textured(64, 64), textured(8, 8), textured(64, 64, seed=2)], batch_size=2)
     assert [bool(p.warnings) for p in preds] == [False, True, False]
+
+
+# ---- provenance reads the bytes the decoder reads ---------------------------------------------
+
+def test_provenance_on_a_fifo_gives_an_error_row_instead_of_hanging(det, tmp_path):
+    import threading
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    good = str(write_png(tmp_path / "good.png", textured(64, 64)))
+    got: list = []
+    with Detector(det.model_path, options=InputOptions(workers=2, provenance=True)) as d:
+        t = threading.Thread(target=lambda: got.extend(d.predict([good, str(fifo), good])), daemon=True)
+        t.start()
+        t.join(timeout=30)  # a hang guard, not a timing assertion: before, the run blocked forever
+        hung = t.is_alive()
+        if hung:  # release whatever opened the FIFO, so the run ends
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            t.join(timeout=10)
+        assert not hung and len(got) == 3, "predict blocked on the FIFO"
+    fifo_row = got[1]
+    assert fifo_row.source == str(fifo) and fifo_row.error.startswith("ImageDecodeError: ")
+    assert "FIFO" in fifo_row.error and fifo_row.provenance["error"] == fifo_row.error
+    assert got[0].ok and got[2].ok and got[0].provenance["error"] is None
+
+
+def test_provenance_reads_the_same_bytes_the_image_is_decoded_from(det, tmp_path):
+    from nsnet_sdk.provenance import ProvenanceReader
+
+    seen: list = []
+
+    class Recording(ProvenanceReader):
+        def read(self, src):
+            seen.append(src)
+            return super().read(src)
+
+    paths = [str(write_png(tmp_path / f"p{i}.png", textured(70, 60 + i, seed=i))) for i in range(3)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not a jpeg")
+    inputs = [paths[0], Path(paths[1]), str(bad), paths[2]]
+    with Detector(det.model_path, options=InputOptions(workers=0, provenance=Recording())) as d:
+        with_prov = d.predict(inputs)
+    # Each path was read once and the provenance reader got its bytes, not the path to open again.
+    assert seen == [Path(p).read_bytes() for p in inputs]
+    with Detector(det.model_path, options=InputOptions(workers=0)) as d:
+        plain = d.predict(inputs)
+    # Result names are the paths as given; scores, errors and warnings are those of the plain run.
+    assert [p.source for p in with_prov] == [str(p) for p in inputs] == [p.source for p in plain]
+    for a, b in zip(with_prov, plain):
+        assert (a.logit, a.error, a.warnings) == (b.logit, b.error, b.warnings)
+        assert a.provenance is not None and b.provenance is None

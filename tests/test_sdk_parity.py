@@ -19,7 +19,7 @@ pytest.importorskip("onnx")
 from PIL import Image  # noqa: E402
 
 from _sdk_util import textured, tiny_export, write_png  # noqa: E402
-from nsnet_sdk import Detector  # noqa: E402
+from nsnet_sdk import Detector, InputOptions  # noqa: E402
 
 FP32_LOGIT_TOL = 1e-4
 
@@ -36,9 +36,9 @@ def images() -> list[np.ndarray]:
 
 
 def test_onnx_runtime_matches_pytorch_checkpoint(tiny, images):
-    ort_det = Detector(tiny["onnx"], workers=2)
-    torch_det = Detector(tiny["run"], workers=2)
-    st_det = Detector(tiny["run"] / "nsnet.safetensors", workers=0)
+    ort_det = Detector(tiny["onnx"], options=InputOptions(workers=2))
+    torch_det = Detector(tiny["run"], options=InputOptions(workers=2))
+    st_det = Detector(tiny["run"] / "nsnet.safetensors", options=InputOptions(workers=0))
     assert (ort_det.backend.name, torch_det.backend.name, st_det.backend.name) == \
         ("onnxruntime", "torch", "torch")
     assert ort_det.config == torch_det.config and ort_det.threshold == torch_det.threshold
@@ -53,7 +53,7 @@ def test_onnx_runtime_matches_pytorch_checkpoint(tiny, images):
 
 
 def test_every_input_kind_gives_the_same_score_for_the_same_picture(tiny, tmp_path):
-    det = Detector(tiny["onnx"], workers=2)
+    det = Detector(tiny["onnx"], options=InputOptions(workers=2))
     pic = textured(150, 210, seed=42)
     png = write_png(tmp_path / "pic.png", pic)
     data = png.read_bytes()
@@ -79,11 +79,11 @@ def test_fp16_and_int8_models_run_on_the_cpu_provider(tiny, images, tmp_path):
     np.savez(arrays, *images)
     code = textwrap.dedent(f"""
         import json, numpy as np
-        from nsnet_sdk import Detector
+        from nsnet_sdk import Detector, InputOptions
         imgs = list(np.load({str(arrays)!r}).values())
         out = {{}}
         for path in ({str(fp16)!r}, {str(int8)!r}):
-            d = Detector(path, workers=2)
+            d = Detector(path, options=InputOptions(workers=2))
             preds = d.predict(imgs, batch_size=5)
             out[d.meta.precision] = [p.prob_fake for p in preds]
             out[d.meta.precision + "_errors"] = [p.error for p in preds if not p.ok]
@@ -93,6 +93,6 @@ def test_fp16_and_int8_models_run_on_the_cpu_provider(tiny, images, tmp_path):
     assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["fp16_errors"] == [] and got["int8_errors"] == [], got
-    ref = np.array([p.prob_fake for p in Detector(tiny["onnx"], workers=0).predict(images)])
+    ref = np.array([p.prob_fake for p in Detector(tiny["onnx"], options=InputOptions(workers=0)).predict(images)])
     np.testing.assert_allclose(got["fp16"], ref, atol=5e-3, rtol=0)
     np.testing.assert_allclose(got["int8"], ref, atol=5e-2, rtol=0)

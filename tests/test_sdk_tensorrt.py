@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from _sdk_util import contract_metadata, tiny_export, write_engine_pair
-from nsnet_sdk import Detector
+from nsnet_sdk import BackendOptions, Detector, InputOptions
 from nsnet_sdk.artifact import ModelMeta, artifact_kind
 from nsnet_sdk.backends.tensorrt import read_sidecar
 
@@ -59,8 +59,8 @@ def test_tensorrt_engine_matches_onnx_runtime(tmp_path):
     assert json.loads((tmp_path / "nsnet.engine.json").read_text())["nsnet.trt.max_batch"] == 4
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (int(rng.integers(32, 300)), 200, 3), np.uint8) for _ in range(11)]
-    ref = Detector(tiny["onnx"], workers=0).predict(imgs)
-    with Detector(eng, workers=2) as det:
+    ref = Detector(tiny["onnx"], options=InputOptions(workers=0)).predict(imgs)
+    with Detector(eng, options=InputOptions(workers=2)) as det:
         assert det.backend.name == "tensorrt" and det.backend.max_batch == 4
         got = det.predict(imgs, batch_size=11)      # split into 4+4+3
         one = det.predict(imgs[0])                   # padded up to the profile minimum of 2
@@ -234,8 +234,8 @@ def test_engine_pipeline_splits_pads_and_matches_onnx_on_stand_ins(tmp_path, fak
 
     cudart = fake_gpu()
     imgs = [np.random.default_rng(i).integers(0, 256, (40 + 9 * i, 70, 3), np.uint8) for i in range(11)]
-    ref = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), workers=0).predict(imgs)
-    det = Detector(_engine(tmp_path), device="cuda:1", workers=2)
+    ref = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), options=InputOptions(workers=0)).predict(imgs)
+    det = Detector(_engine(tmp_path), backend=BackendOptions(device="cuda:1"), options=InputOptions(workers=2))
     assert det.backend.name == "tensorrt" and det.backend.device == "cuda:1"
     got = det.predict(imgs, batch_size=11)
     one = det.predict(imgs[0])
@@ -271,7 +271,7 @@ def test_engine_load_failures_are_model_load_errors_and_free_what_was_allocated(
         Detector(eng)
     for bad in ("cpu", "cuda:x", -1, True):
         with pytest.raises(ValueError, match="GPU index"):
-            Detector(_engine(tmp_path), device=bad)
+            Detector(_engine(tmp_path), backend=BackendOptions(device=bad))
 
 
 def test_engine_batches_from_several_threads_take_turns(tmp_path, fake_gpu):
@@ -294,9 +294,9 @@ def test_engine_batches_from_several_threads_take_turns(tmp_path, fake_gpu):
     ctx_cls.execute_async_v3 = slow_execute
     rng = np.random.default_rng(0)
     groups = [[rng.integers(0, 256, (64, 64, 3), np.uint8) for _ in range(3)] for _ in range(4)]
-    ref = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), workers=0)
+    ref = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), options=InputOptions(workers=0))
     want = [[p.logit for p in ref.predict(g)] for g in groups]
-    det = Detector(_engine(tmp_path), workers=0)
+    det = Detector(_engine(tmp_path), options=InputOptions(workers=0))
     got: list = [None] * len(groups)
 
     def score(i):
@@ -319,7 +319,7 @@ def test_batch_range_comes_from_the_engine_profile_not_the_sidecar(tmp_path, fak
     fake_gpu(min_batch=2, max_batch=3)
     eng = _engine(tmp_path)
     assert read_sidecar(eng)["nsnet.trt.max_batch"] == "32"
-    backend = Detector(eng, workers=0).backend
+    backend = Detector(eng, options=InputOptions(workers=0)).backend
     assert (backend.min_batch, backend.max_batch) == (2, 3)
     x = np.random.default_rng(3).standard_normal((7, 3, 224, 224)).astype(np.float32)
     np.testing.assert_allclose(backend.run(x), stand_in_logit(x), atol=1e-4)
@@ -333,7 +333,7 @@ def test_an_engine_refusing_a_batch_shape_is_an_inference_error(tmp_path, fake_g
     from nsnet_sdk import InferenceError
 
     fake_gpu(min_batch=1, max_batch=4)
-    backend = Detector(_engine(tmp_path), workers=0).backend
+    backend = Detector(_engine(tmp_path), options=InputOptions(workers=0)).backend
     ctx = backend.context
     monkeypatch.setattr(type(ctx), "set_input_shape", lambda self, name, shape: False)
     with pytest.raises(InferenceError, match="refused batch shape 2"):
@@ -390,7 +390,7 @@ def test_a_cuda_input_is_bound_by_its_pointer_split_by_offsets_and_never_copied_
     from _sdk_util import stand_in_logit
 
     cudart = fake_gpu(min_batch=2, max_batch=3)
-    backend = Detector(_engine(tmp_path), workers=0).backend
+    backend = Detector(_engine(tmp_path), options=InputOptions(workers=0)).backend
     assert backend.accepts_device_input is True
     x = np.random.default_rng(5).standard_normal((8, 3, 224, 224)).astype(np.float32)
     dev = _StandInCudaArray(x)
@@ -420,7 +420,7 @@ def test_cuda_inputs_the_engine_cannot_take_are_inference_errors(tmp_path, fake_
     from nsnet_sdk import InferenceError
 
     fake_gpu(min_batch=1, max_batch=4)
-    backend = Detector(_engine(tmp_path), device="cuda:1", workers=0).backend
+    backend = Detector(_engine(tmp_path), backend=BackendOptions(device="cuda:1"), options=InputOptions(workers=0)).backend
     ok = np.zeros((2, 3, 224, 224), np.float32)
     with pytest.raises(InferenceError, match=r"shape \(2, 3, 112, 112\)"):
         backend.run(_StandInCudaArray(np.zeros((2, 3, 112, 112), np.float32)))
@@ -440,7 +440,7 @@ def test_a_batch_written_into_lent_pinned_memory_goes_to_the_device_without_a_ho
     from _sdk_util import stand_in_logit
 
     cudart = fake_gpu(min_batch=2, max_batch=4)
-    backend = Detector(_engine(tmp_path), workers=0).backend
+    backend = Detector(_engine(tmp_path), options=InputOptions(workers=0)).backend
     x = np.random.default_rng(7).standard_normal((5, 3, 224, 224)).astype(np.float32)
     buf = backend.input_buffer(5)
     base, row, n_allocs = buf.ctypes.data, x[0].nbytes, len(cudart.mem)
@@ -470,9 +470,9 @@ def test_the_detector_decodes_into_the_engine_s_pinned_memory(tmp_path, fake_gpu
 
     cudart = fake_gpu(min_batch=1, max_batch=8)
     imgs = [np.random.default_rng(i).integers(0, 256, (50 + 7 * i, 80, 3), np.uint8) for i in range(6)]
-    ref = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), workers=0).predict(imgs)
+    ref = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), options=InputOptions(workers=0)).predict(imgs)
     for workers in (0, 2):
-        det = Detector(_engine(tmp_path), workers=workers)
+        det = Detector(_engine(tmp_path), options=InputOptions(workers=workers))
         det.backend._h_in.flags.writeable = False  # the staging copy would fail: it must not happen
         cudart.copies.clear()
         got = det.predict(imgs, batch_size=3)
@@ -489,9 +489,8 @@ def test_the_gpu_pipeline_hands_its_tensor_only_to_backends_that_take_device_inp
     from nsnet_sdk.pipeline import DEFAULT
 
     fake_gpu()
-    trt_backend = Detector(_engine(tmp_path), workers=0).backend
-    ort_cpu = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"],
-                       workers=0).backend
+    trt_backend = Detector(_engine(tmp_path), options=InputOptions(workers=0)).backend
+    ort_cpu = Detector(build_stand_in_onnx(tmp_path / "m.onnx"), backend=BackendOptions(providers=["CPUExecutionProvider"]), options=InputOptions(workers=0)).backend
     assert ort_cpu.accepts_device_input is False  # a CPU session cannot read device memory
     assert resolve_pipeline("gpu", device="cpu", backend=trt_backend, config=DEFAULT).to_host is False
     assert resolve_pipeline("gpu", device="cpu", backend=ort_cpu, config=DEFAULT).to_host is True
@@ -507,7 +506,7 @@ def test_a_torch_cuda_tensor_runs_in_place_and_matches_the_host_path(tmp_path):
     tiny = tiny_export()
     eng = build_engine(tiny["onnx"], tmp_path / "nsnet.engine", fp16=True, min_batch=2,
                        opt_batch=4, max_batch=4)
-    with Detector(eng, workers=0) as det:
+    with Detector(eng, options=InputOptions(workers=0)) as det:
         x = np.random.default_rng(0).standard_normal((7, 3, 224, 224)).astype(np.float32)
         host = det.backend.run(x)
         dev = torch.from_numpy(x).to(det.backend.device)

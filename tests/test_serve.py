@@ -10,7 +10,7 @@ import pytest
 from _ray_util import local_ray
 from _sdk_util import build_stand_in_onnx, textured, write_png
 from test_sdk_inputs import png_claiming
-from nsnet_sdk import Detector
+from nsnet_sdk import Detector, InputOptions
 from nsnet_sdk.cli import main
 from nsnet_sdk.serve import parse_bytes
 
@@ -58,7 +58,7 @@ def url(model):
 
 @pytest.fixture(scope="module")
 def reference(model, images) -> list:
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         return [det.predict(b) for b in images]
 
 
@@ -110,7 +110,7 @@ def test_bad_uploads_get_4xx_json_and_good_ones_still_answer(url, model, images,
     bad = {b"": "ImageDecodeError", b"\xff\xd8\xff\xe0 not a JPEG after all": "ImageDecodeError",
            b"/etc/hostname": "ImageDecodeError",  # a path is only bytes: never opened
            png_claiming(50000, 50000): "ImageTooLargeError"}
-    with Detector(model, workers=0) as det:  # the service answers with the CLI's typed errors
+    with Detector(model, options=InputOptions(workers=0)) as det:  # the service answers with the CLI's typed errors
         assert {b: det.predict(b, on_error="record").error.split(":")[0] for b in bad} == bad
 
     async def run():

@@ -77,6 +77,6 @@ def load_backend(kind: str, path: str | Path, **options: Any) -> Backend:
         return TensorRTBackend(path, device_id=gpu_index(options.get("device")))
     if kind == "torch":
         from .torch import TorchBackend
-        return TorchBackend(path, device=options.get("device"),
-                            intra_op_threads=options.get("intra_op_threads"))
+        return TorchBackend(path, device=options.get("device"), intra_op_threads=options.get("intra_op_threads"),
+                            precision=options.get("precision") or "fp32", cuda_graphs=bool(options.get("cuda_graphs")))
     raise ValueError(f"unknown backend kind {kind!r}")

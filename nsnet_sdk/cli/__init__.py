@@ -108,9 +108,11 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.out is not None or args.in_place or args.threshold_source is not None:
         parser.error("--out, --in-place and --threshold-source go with --set-threshold")
     from ..detector import Detector
+    from ..options import BackendOptions, InputOptions
 
     try:
-        det = Detector(args.model, providers=provider_list(args.providers), workers=0)
+        det = Detector(args.model, backend=BackendOptions(providers=provider_list(args.providers)),
+                       options=InputOptions(workers=0))
     except BackendUnavailableError as e:
         info = _engine_info_from_sidecar(args.model)
         if info is None:

@@ -46,6 +46,7 @@ def _warn(msg: str) -> None:
 def _scores_from_folders(args: argparse.Namespace) -> tuple[dict[str, list[float]], int] | None:
     """Scores of --real/--fake scored now, and how many low-information inputs were left out."""
     from ..detector import Detector
+    from ..options import BackendOptions, InputOptions
     from ..pipeline import iter_image_paths
 
     sets = {}
@@ -55,7 +56,8 @@ def _scores_from_folders(args: argparse.Namespace) -> tuple[dict[str, list[float
             _warn(w)
         sets[label] = paths
     try:
-        det = Detector(args.model, providers=provider_list(args.providers), batch_size=args.batch_size)
+        det = Detector(args.model, backend=BackendOptions(providers=provider_list(args.providers)),
+                       options=InputOptions(batch_size=args.batch_size))
     except (NSNetError, ValueError) as e:
         print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
         return None

@@ -8,15 +8,19 @@ import os
 import signal
 import sys
 import threading
+from collections import Counter
 from typing import Any
 
 from .args import nonneg_int, positive_int, probability, progress_bar, provider_list
 from ..constants import DEFAULT_BATCH_SIZE
 from ..errors import NSNetError
-from ..pipeline import ImageScan, scan_image_paths
+from ..options import DEFAULT_BATCH_SIZE, ENGINES, PRECISIONS
+from ..pipeline import MAX_PIXELS, ImageScan, scan_image_paths
+from ..pipeline.executors import DECODE_MODES
+from ..pipeline.gpu import PIPELINES
 from ..provenance import PROVENANCE_COLUMNS, provenance_columns
 from ..artifact import model_sha256
-from ..results import CSV, FIELDS, JSONL, ResultFileError, ResultWriter, holds_result, result_row
+from ..results import CSV, DETECT_FIELDS, JSONL, SETTINGS, ResultFileError, ResultWriter, holds_result, result_row
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -25,8 +29,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "detect", help="score images as real or AI-generated",
         description="Score image files. Folders are scanned for image files (by extension); "
         "files named explicitly are always attempted. One row per input (source, prob_fake, "
-        "is_fake, logit, error, warnings, verdict, threshold, model_sha256) is written as it is "
-        "scored. Exit status: 0 run completed (unreadable inputs are rows with an error), "
+        "is_fake, logit, error, warnings, verdict, threshold, model_sha256, settings) is written as "
+        "it is scored. Exit status: 0 run completed (unreadable inputs are rows with an error), "
         "1 model cannot be loaded or inference failed (rows before it are kept), 2 usage error, "
         "130 interrupted.")
     d.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
@@ -43,15 +47,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                           help="replace result files that already hold results")
     existing.add_argument("--resume", action="store_true",
                           help="append to existing result files, skipping inputs already in them "
-                          "(matched by path)")
+                          "(matched by path); refused when the file's rows came from another model, "
+                          "threshold or settings")
     d.add_argument("--threshold", type=probability, help="decision threshold on prob_fake "
                    "(default: the model's)")
     d.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per batch ({DEFAULT_BATCH_SIZE})")
     d.add_argument("--workers", type=nonneg_int, default=None,
                    help="decode workers (default: one per core; 0 = none)")
-    d.add_argument("--decode", choices=("threads", "processes"), default="threads",
-                   help="run the decode workers as threads (default) or as processes")
+    d.add_argument("--decode", choices=DECODE_MODES, default="threads",
+                   help="run the decode workers as threads (default) or as processes (CPU pipeline)")
+    d.add_argument("--pipeline", choices=PIPELINES, default="cpu",
+                   help="decode and patch selection on the CPU (default), on the GPU (batched "
+                   "nvImageCodec decode + torch selection on --device), or auto (GPU where CUDA and "
+                   "nvImageCodec exist)")
+    d.add_argument("--device", help="where the model and the GPU pipeline run: cpu, cuda, cuda:N "
+                   "(default: the engine's choice); '--pipeline gpu --device cpu' runs the GPU "
+                   "pipeline's code on the CPU")
+    d.add_argument("--backend", choices=ENGINES, metavar="ENGINE", help="the engine that runs the "
+                   f"model: {', '.join(ENGINES)} (default: by the model file; an .onnx file may "
+                   "also run on openvino)")
+    d.add_argument("--precision", choices=PRECISIONS, help="the precision the engine runs "
+                   "(default: the model file's)")
+    d.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse images declaring more than N pixels ({MAX_PIXELS:,})")
     d.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
     d.add_argument("--provenance", action="store_true", help="add what each file declares about its "
                    "origin (C2PA, IPTC digital source type, generator metadata) as columns: "
@@ -123,7 +142,7 @@ def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("no such file or folder: " + ", ".join(repr(p) for p in missing))
     outputs = _outputs(args, parser)
     args.provenance_reader = _provenance_option(args, parser)
-    fields = FIELDS + (PROVENANCE_COLUMNS if args.provenance else ())
+    fields = DETECT_FIELDS + (PROVENANCE_COLUMNS if args.provenance else ())
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     writers: list[ResultWriter] = []
     try:
@@ -146,7 +165,7 @@ def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         scan = scan_image_paths(args.paths, args.recursive, hidden=args.hidden)
         quiet_libraries(verbose=args.verbose)
         with native_stderr_to_logging(enabled=not args.verbose):
-            return _run(args, writers, scan, sha)
+            return _run(args, parser, writers, scan, sha)
     finally:
         for w in writers:
             w.close()
@@ -166,18 +185,59 @@ def _provenance_option(args: argparse.Namespace, parser: argparse.ArgumentParser
         parser.error(f"--trust-anchors: {e}")
 
 
-def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan, sha: str) -> int:
+def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, Any]:
+    """(BackendOptions, InputOptions) of the command line; a combination an option would be
+    ignored in (``--decode processes --pipeline gpu``) is a usage error."""
+    from ..options import BackendOptions, InputOptions
+
+    try:
+        return (BackendOptions(engine=args.backend, device=args.device, precision=args.precision,
+                               providers=provider_list(args.providers)),
+                InputOptions(batch_size=args.batch_size, workers=args.workers, executor=args.decode,
+                             pipeline=args.pipeline, max_pixels=args.max_pixels,
+                             provenance=args.provenance_reader))
+    except ValueError as e:
+        parser.error(str(e).replace("executor=", "--decode ").replace("pipeline=", "--pipeline "))
+
+
+def run_settings(det: Any) -> str:
+    """What, beside the model and the threshold, changes a row's values: the ``settings`` column
+    a resumed file is checked against."""
+    pipeline = det.pipeline.split(":")[0]  # cpu or gpu: where it runs changes no rule
+    precision = det.backend_options.precision or det.meta.precision
+    return (f"max_pixels={det.max_pixels} pipeline={pipeline} engine={det.kind} "
+            f"precision={precision}")
+
+
+def _check_resume(det: Any, writers: list[ResultWriter], settings: str) -> str | None:
+    """Why a resumed file cannot take this run's rows, or None."""
+    for w in writers:
+        if w.thresholds - {det.threshold}:
+            return (f"{w.spec} holds results scored with threshold "
+                    f"{', '.join(f'{t:g}' for t in sorted(w.thresholds))}, not {det.threshold:g}: "
+                    "resume it with that --threshold, or --overwrite")
+        if w.settings - {settings}:
+            return (f"{w.spec} holds results scored with other settings ({'; '.join(sorted(w.settings))}; "
+                    f"this run: {settings}): resume it with those options, or --overwrite")
+    return None
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: list[ResultWriter],
+         scan: ImageScan, sha: str) -> int:
     """Load the model, then score and report; the writers are open and checked."""
     from ..detector import Detector
 
+    backend, options = _options(args, parser)
     try:
-        det = Detector(args.model, threshold=args.threshold,
-                       providers=provider_list(args.providers), batch_size=args.batch_size,
-                       workers=args.workers, provenance=args.provenance_reader,
-                       decode=args.decode)
+        det = Detector(args.model, threshold=args.threshold, backend=backend, options=options)
     except (NSNetError, ValueError) as e:
         _say(f"error: cannot load model: {e}")
         return 1
+    settings = run_settings(det)
+    refused = _check_resume(det, writers, settings)
+    if refused:
+        det.close()
+        parser.error(refused)  # nothing written yet: the file is as it was
     try:
         for w in writers:
             w.begin()  # only now: a run that cannot start leaves an earlier file as it was
@@ -186,12 +246,12 @@ def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan,
         todo = [p for p in scan.files if not all(p in w.done for w in writers)]
         already = len(scan.files) - len(todo)
         bar = progress_bar(len(todo), args.quiet)
-        counts, failure, interrupted = _score(det, todo, writers, sha, bar, args.batch_size)
+        counts, failure, interrupted = _score(det, todo, writers, sha, settings, bar, args.batch_size)
         if bar is not None:
             bar.close()
     finally:
         det.close()
-    scored, fake, errors = counts
+    scored, errors, decided = counts
     done = scored + errors
     if failure is not None:
         _say(f"error: inference failed after {done} of {len(todo)} inputs (their rows are "
@@ -202,8 +262,15 @@ def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan,
              "(--resume continues the run)")
         return 130
     if not args.quiet:
-        _say(f"{len(todo)} inputs: {scored} scored, {fake} fake, {errors} errors "
-             f"(threshold {det.threshold:g}, {det.backend.name} on {det.backend.device})")
+        band = det.meta.band
+        rule = (f"verdict band {band.t_real:g}..{band.t_fake:g}" if band is not None
+                else f"threshold {det.threshold:g}")
+        if band is not None:  # the band decides: count verdicts, as is_fake follows them
+            outcome = ", ".join(f"{decided[v]} {v}" for v in ("ai-generated", "real", "uncertain"))
+        else:
+            outcome = f"{decided[True]} fake"
+        _say(f"{_n(len(todo), 'input')}: {scored} scored, {outcome}, {_n(errors, 'error')} "
+             f"({rule}, {det.backend.name} on {det.backend.device})")
         if already:
             _say(f"{already} inputs already in the results were not scored again (--resume)")
         for note in _scan_notes(scan, args.verbose):
@@ -213,14 +280,20 @@ def _run(args: argparse.Namespace, writers: list[ResultWriter], scan: ImageScan,
     return 0
 
 
-def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, bar: Any,
-           batch_size: int) -> tuple[tuple[int, int, int], NSNetError | None, bool]:
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, settings: str, bar: Any,
+           batch_size: int) -> tuple[tuple[int, int, Counter], NSNetError | None, bool]:
     """Score ``todo``, writing each batch's rows before the progress bar counts them.
-    Returns ((scored, fake, errors), the backend's failure or None, interrupted).
+    Returns ((scored, errors, count of each verdict and is_fake value), the backend's failure or
+    None, interrupted).
 
     Ctrl-C stops after the batch in progress is written (never in the middle of writing it);
     a second Ctrl-C stops at once."""
-    scored = fake = errors = pending = 0
+    scored = errors = pending = 0
+    decided: Counter = Counter()
     failure, interrupted = None, False
     stop = threading.Event()
 
@@ -241,6 +314,7 @@ def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, bar
     try:
         for pred in det.predict_iter(todo, on_error="record"):
             row = result_row(pred, threshold=det.threshold, model_sha256=sha)
+            row[SETTINGS] = settings
             if det.provenance is not None:
                 row.update(provenance_columns(pred.provenance))
             for w in writers:
@@ -248,7 +322,7 @@ def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, bar
                     w.add(row)
             if pred.error is None:
                 scored += 1
-                fake += bool(pred.is_fake)
+                decided[pred.verdict if pred.verdict is not None else pred.is_fake] += 1
             else:
                 errors += 1
             pending += 1
@@ -265,4 +339,4 @@ def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, bar
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         flush()
-    return (scored, fake, errors), failure, interrupted
+    return (scored, errors, decided), failure, interrupted

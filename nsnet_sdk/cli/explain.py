@@ -39,6 +39,7 @@ def _unique_stem(stem: str, taken: set[str]) -> str:
 
 def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..detector import Detector
+    from ..options import BackendOptions, InputOptions
     from ..pipeline import iter_image_paths
 
     if not args.no_png:
@@ -53,7 +54,8 @@ def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     except OSError as e:
         parser.error(f"cannot create --out {out}: {e}")
     try:
-        det = Detector(args.model, providers=provider_list(args.providers), workers=0)
+        det = Detector(args.model, backend=BackendOptions(providers=provider_list(args.providers)),
+                       options=InputOptions(workers=0))
     except (NSNetError, ValueError) as e:
         print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
         return 1

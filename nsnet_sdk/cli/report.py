@@ -51,9 +51,10 @@ def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     det = None
     if args.model:
         from ..detector import Detector
+        from ..options import InputOptions
 
         try:
-            det = Detector(args.model, workers=0)
+            det = Detector(args.model, options=InputOptions(workers=0))
         except (NSNetError, ValueError) as e:
             print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
             return 1
