@@ -111,7 +111,7 @@ class Detector:
         self.meta: ModelMeta = read_model_meta(self.model_path, self.kind)
         self.backend: Backend = load_backend(
             self.kind, self.model_path, providers=providers, intra_op_threads=intra_op_threads,
-            device=device)
+            device=device, meta=self.meta)
         try:
             self.config = self._resolve_preprocess(preprocess, force)
             self.threshold = self.meta.threshold if threshold is None else _check_threshold(threshold)

@@ -36,16 +36,19 @@ class TensorRTBackend:
     name = "tensorrt"
     accepts_device_input = True  # a CUDA array is bound as 'images' by its pointer
 
-    def __init__(self, path: str | Path, device_id: int = 0) -> None:
+    def __init__(self, path: str | Path, device_id: int = 0, *, meta: ModelMeta | None = None) -> None:
+        """``meta``: the sidecar's validated metadata when the caller has already read it."""
         self.path = Path(path)
-        self.metadata = read_sidecar(self.path)
+        self._meta = meta if meta is not None else ModelMeta.parse(read_sidecar(self.path), str(self.path))
+        self.metadata = dict(self._meta.raw)
         try:
             import tensorrt as trt
             self._cudart = import_cudart()
         except ImportError as e:
             raise BackendUnavailableError(
-                f"{self.path}: the TensorRT backend needs tensorrt and cuda-python "
-                f"(pip install 'nsnet-sdk[gpu]'): {e}", source=str(self.path)) from e
+                f"{self.path}: the TensorRT backend needs tensorrt and cuda-python (pip install "
+                f"'nsnet-sdk[gpu-cu12]' or 'nsnet-sdk[gpu-cu13]', the driver's CUDA major): {e}",
+                source=str(self.path)) from e
         self._trt = trt
         self._allocs: list[tuple[str, int]] = []
         self._stream = None
@@ -97,7 +100,7 @@ class TensorRTBackend:
         self._row_bytes = int(np.prod(self._item_shape)) * 4  # one float32 [3,S,S] input
         # The same I/O contract as an ONNX graph: [B,3,S,S], S from the recorded config (the
         # batch is the profile's; 'logit' is checked against it below).
-        ModelMeta.parse(self.metadata, str(self.path)).check_io(
+        self._meta.check_io(
             str(self.path), (-1, *self._item_shape), (-1,))
 
         _, self._stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
