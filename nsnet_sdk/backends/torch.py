@@ -77,7 +77,12 @@ class TorchBackend:
                     self._forward(static_in)
             torch.cuda.current_stream(x.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # "thread_local", not torch's default "global": in global mode a CUDA call that is
+            # unsafe during capture (cudaMalloc, a synchronise, cuFFT plan creation) made by *any*
+            # thread invalidates the capture, and the input pipeline's pool threads allocate, run
+            # FFTs, decode with nvImageCodec and synchronise while this thread captures. Their
+            # work goes to other streams, so only this thread's own calls can break the capture.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 static_out = self._forward(static_in)
             self._graphs[len(x)] = (graph, static_in, static_out)
         graph, static_in, static_out = self._graphs[len(x)]
