@@ -80,6 +80,7 @@ needs_gpu_wheel = pytest.mark.skipif(
                              "interpreter that has onnxruntime-gpu (docs/nvidia.md)")
 
 
+@pytest.mark.gpu
 @needs_gpu_wheel
 def test_the_real_gpu_wheel_runs_cuda_or_raises_the_loader_reason(model, capsys):
     try:
@@ -96,6 +97,7 @@ def test_the_real_gpu_wheel_runs_cuda_or_raises_the_loader_reason(model, capsys)
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.gpu
 @needs_gpu_wheel
 def test_the_real_gpu_wheel_on_auto_runs_cuda_or_says_once_that_it_fell_back(model):
     with warnings.catch_warnings(record=True) as caught:
