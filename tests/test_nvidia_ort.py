@@ -112,3 +112,15 @@ def test_the_real_gpu_wheel_on_auto_runs_cuda_or_says_once_that_it_fell_back(mod
             "no usable GPU" in str(said[0].message)
     x = np.random.default_rng(1).standard_normal((3, 3, 224, 224)).astype(np.float32)
     np.testing.assert_allclose(backend.run(x), stand_in_logit(x), atol=1e-4)
+
+
+def test_the_backend_uses_the_detector_s_validated_metadata_without_reading_it_again(model, monkeypatch):
+    import nsnet_sdk.backends.onnxruntime as ort_backend
+
+    def second_read(path):
+        raise AssertionError(f"metadata of {path} read a second time")
+
+    monkeypatch.setattr(ort_backend, "read_onnx_metadata", second_read)
+    det = Detector(model, workers=0, device="cpu")
+    assert det.backend.metadata == dict(det.meta.raw)
+    det.close()
