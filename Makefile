@@ -39,20 +39,34 @@ clean:
 	rm -rf $(VENV) build *.egg-info demo_out nsnet_sdk/pipeline/_entropy*.so
 
 # ---- the NVIDIA path (docs/nvidia.md) ---------------------------------------------------------
-# gpu-wheels (on a connected machine): the few wheels a GPU box with only CUDA PyTorch lacks, into
-# wheelhouse/ (~31 MiB): nvImageCodec for torch's CUDA major, nvJPEG, pytest + hypothesis.
-# gpu-check (on the GPU box, no network): installs them from wheelhouse/, then runs
-# benchmarks.gpu_check. DEVICE=cpu runs every step on the CPU; GPU_CHECK_ARGS shrinks the run.
-WHEELHOUSE ?= wheelhouse
-DEVICE     ?= cuda
-CUDA_MAJOR ?= $(shell $(PYTHON) -c "import torch; print((torch.version.cuda or '12').split('.')[0])" 2>/dev/null || echo 12)
-GPU_WHEELS ?= nvidia-nvimgcodec-cu$(CUDA_MAJOR) nvidia-nvjpeg pytest pluggy iniconfig hypothesis sortedcontainers attrs
+# gpu-wheels (on a connected machine): the wheel set a GPU box with CUDA PyTorch needs, as pip's
+# resolver picks it (dependencies included) for one CUDA major: the [gpu-cuNN] extra of
+# pyproject.toml plus the test runner. TensorRT's libraries come from pypi.nvidia.com (their PyPI
+# entry only points there). GPU_WHEEL_ARGS targets another Python/platform, e.g.
+# "--python-version 3.12 --platform manylinux_2_28_x86_64 --only-binary=:all:".
+# gpu-check (on the GPU box, no network): installs that set from the wheelhouse with the resolver
+# (a missing wheel fails here, loudly), then runs benchmarks.gpu_check, which exits non-zero when a
+# step could not run. DEVICE=cpu runs every step on the CPU; GPU_CHECK_ARGS shrinks the run.
+WHEELHOUSE     ?= wheelhouse
+DEVICE         ?= cuda
+CUDA_MAJOR     ?= $(shell $(PYTHON) -c "import torch; print((torch.version.cuda or '13').split('.')[0])" 2>/dev/null || echo 13)
+GPU_REQS        = $(shell $(PYTHON) -c "import tomllib; x = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print(' '.join(repr(r) for r in x['gpu-cu$(CUDA_MAJOR)']))")
+GPU_TEST_REQS  ?= pytest hypothesis pillow
+GPU_WHEEL_ARGS ?=
 GPU_CHECK_ARGS ?=
+GPU_WHEELS_DIR  = $(WHEELHOUSE)/cu$(CUDA_MAJOR)
 
 gpu-wheels:
-	$(PYTHON) -m pip download --only-binary=:all: --no-deps -d $(WHEELHOUSE) $(GPU_WHEELS)
-	du -sh $(WHEELHOUSE)
+	test -n "$(GPU_REQS)" || { echo "pyproject.toml has no [gpu-cu$(CUDA_MAJOR)] extra"; exit 1; }
+	$(PYTHON) -m pip download --dest $(GPU_WHEELS_DIR) --extra-index-url https://pypi.nvidia.com \
+		$(GPU_WHEEL_ARGS) $(GPU_REQS) $(GPU_TEST_REQS)
+	printf '%s\n' $(GPU_REQS) $(GPU_TEST_REQS) > $(GPU_WHEELS_DIR)/requirements.txt
+	du -sh $(GPU_WHEELS_DIR)
 
 gpu-check:
-	if [ -d $(WHEELHOUSE) ]; then $(PYTHON) -m pip install --no-index --find-links $(WHEELHOUSE) --no-deps $(WHEELHOUSE)/*.whl; fi
+	if [ -d $(GPU_WHEELS_DIR) ]; then \
+		if $(PYTHON) -m pip show -q onnxruntime 2>/dev/null; then \
+			echo "gpu-check: onnxruntime (the CPU build) is installed and shadows onnxruntime-gpu: pip uninstall -y onnxruntime"; exit 1; fi; \
+		$(PYTHON) -m pip install --no-index --find-links $(GPU_WHEELS_DIR) -r $(GPU_WHEELS_DIR)/requirements.txt || exit 1; \
+	fi
 	PYTHONPATH=$(CURDIR) $(PYTHON) -m benchmarks.gpu_check --device $(DEVICE) $(GPU_CHECK_ARGS)

@@ -5,11 +5,16 @@
                             [--timing-cache FILE]
 
 Precision lives in the ONNX graph (strong typing). TensorRT deprecated weakly typed builds
-(BuilderFlag.FP16) in 10.12 and removed them in 11.x, so ``--fp16`` does not set a builder flag:
+(BuilderFlag.FP16) in 10.12 and removed them in 11.x (BuilderFlag.FP16 no longer exists there; the
+STRONGLY_TYPED creation flag is kept but ignored, strong typing being always on), so ``--fp16``
+does not set a builder flag:
 an FP32 ONNX file is first converted with export's own FP16 conversion (FP16 weights and compute,
 LayerNormalization / Softmax / Sigmoid kept in FP32, float32 I/O: the same graph as
 ``to_onnx.py --fp16``), and the network is parsed as strongly typed, so TensorRT runs each layer
 in exactly the type the graph gives it. An FP16 ONNX file is used as is.
+
+The sidecar records what was built: the TensorRT version and the engine's layers counted by output
+type (``nsnet.trt.layer_types``, e.g. ``Half=812,Float=97``, from TensorRT's engine inspector).
 
 One optimisation profile covers the dynamic batch (min/opt/max). FP32 builds clear TensorRT's TF32
 flag (on by default), so an engine labelled fp32 computes in FP32. The timing cache is loaded from
@@ -24,6 +29,7 @@ Without them the CLI prints one line and exits 1.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -58,7 +64,8 @@ def _require_trt():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise TrtUnavailableError(f"TensorRT is not installed (pip install 'nsnet-sdk[gpu]'): {e}") from None
+        raise TrtUnavailableError(f"TensorRT is not installed (pip install 'nsnet-sdk[gpu-cu12]' or "
+                                  f"'nsnet-sdk[gpu-cu13]', the driver's CUDA major): {e}") from None
     if cuda_device_count() == 0:
         raise TrtUnavailableError("no CUDA device visible to the CUDA runtime (cuda-python): "
                                   "TensorRT engines are built and run on a GPU")
@@ -88,6 +95,41 @@ def set_timing_cache(config, data: bytes, log=print) -> bool:
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         raise TrtBuildError("TensorRT refused a fresh timing cache")
     return False
+
+
+def network_flags(trt) -> int:
+    """Network creation flags: STRONGLY_TYPED on TensorRT 10 (opt-in there); none from 11 on, where
+    strong typing is always on and the flag is deprecated and ignored."""
+    if int(str(trt.__version__).split(".")[0]) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _dtype_label(fmt: str) -> str:
+    f = fmt.lower()
+    for key, label in (("bf16", "BFloat16"), ("fp16", "Half"), ("half", "Half"), ("fp32", "Float"),
+                       ("float", "Float"), ("int8", "Int8"), ("int32", "Int32"), ("int64", "Int64")):
+        if key in f:
+            return label
+    return "Other"
+
+
+def layer_types(trt, plan: bytes, logger) -> str:
+    """The engine's layers counted by the type of their first output ("Half=812,Float=97"), from
+    TensorRT's engine inspector (layer detail kept by ProfilingVerbosity.DETAILED), or
+    ``unknown (...)`` when the inspector gives no answer."""
+    try:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+        text = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+        counts: dict[str, int] = {}
+        for layer in json.loads(text).get("Layers", []):
+            outputs = layer.get("Outputs") if isinstance(layer, dict) else None
+            if outputs:
+                label = _dtype_label(str(outputs[0].get("Format/Datatype", "")))
+                counts[label] = counts.get(label, 0) + 1
+    except Exception as e:  # noqa: BLE001 - a diagnosis must not fail a finished build
+        return f"unknown ({type(e).__name__}: {e})"
+    return ",".join(f"{k}={v}" for k, v in sorted(counts.items())) or "unknown (no layer detail)"
 
 
 def _parse_errors(parser) -> str:
@@ -147,10 +189,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
 
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # accepted (and implied) on 11.x
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
 
     with tempfile.TemporaryDirectory(prefix="nsnet-trt-") as tmp:
@@ -163,6 +202,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
             raise TrtBuildError(f"{onnx_path}: TensorRT's ONNX parser failed:\n{_parse_errors(parser)}")
 
     config = builder.create_builder_config()
+    # Layer names and types stay in the engine, so the sidecar can say what was built.
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if clears_tf32(precision):
         config.clear_flag(trt.BuilderFlag.TF32)
     if workspace_gb:
@@ -190,9 +231,11 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, fp16: bool =
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
 
-    write_sidecar(engine_path, sidecar_document(
-        meta.metadata(), precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-        strongly_typed=bool(flags)))
+    side = sidecar_document(meta.metadata(), precision=precision, min_batch=min_batch, opt_batch=opt_batch,
+                            max_batch=max_batch, strongly_typed=True)
+    side["nsnet.trt.version"] = str(trt.__version__)
+    side["nsnet.trt.layer_types"] = layer_types(trt, bytes(plan), logger)
+    write_sidecar(engine_path, side)
     return engine_path
 
 

@@ -105,7 +105,7 @@ class Detector:
         self.meta: ModelMeta = read_model_meta(self.model_path, kind)
         bopts.check(self.kind, self.meta.precision)
         self.threshold = self.meta.threshold if threshold is None else check_threshold(threshold)
-        self.backend: Backend = load_backend(self.kind, self.model_path, **bopts.load_options())
+        self.backend: Backend = load_backend(self.kind, self.model_path, meta=self.meta, **bopts.load_options())
         try:
             self.config = self._resolve_preprocess(preprocess, force)
             self._gpu = resolve_pipeline(opts.pipeline, device=bopts.device, backend=self.backend,

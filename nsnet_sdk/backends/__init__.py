@@ -67,16 +67,22 @@ def gpu_index(device: Any) -> int:
 
 
 def load_backend(kind: str, path: str | Path, **options: Any) -> Backend:
-    """Build the backend ``kind`` (see `nsnet_sdk.artifact.artifact_kind`) for ``path``."""
+    """Build the backend ``kind`` (see `nsnet_sdk.artifact.artifact_kind`) for ``path``.
+
+    ``meta``: the artifact's `ModelMeta` the caller has already read and validated (`Detector`
+    passes its own), so the backend does not read and parse the metadata a second time."""
+    meta = options.get("meta")
     if kind == "onnxruntime":
         from .onnxruntime import OrtBackend
         return OrtBackend(path, providers=options.get("providers"),
-                          intra_op_threads=options.get("intra_op_threads"))
+                          intra_op_threads=options.get("intra_op_threads"),
+                          device=options.get("device"), meta=meta)
     if kind == "tensorrt":
         from .tensorrt import TensorRTBackend
-        return TensorRTBackend(path, device_id=gpu_index(options.get("device")))
+        return TensorRTBackend(path, device_id=gpu_index(options.get("device")), meta=meta)
     if kind == "torch":
         from .torch import TorchBackend
         return TorchBackend(path, device=options.get("device"), intra_op_threads=options.get("intra_op_threads"),
-                            precision=options.get("precision") or "fp32", cuda_graphs=bool(options.get("cuda_graphs")))
+                            precision=options.get("precision") or "fp32", cuda_graphs=bool(options.get("cuda_graphs")),
+                            meta=meta)
     raise ValueError(f"unknown backend kind {kind!r}")

@@ -1,7 +1,14 @@
 """TensorRT backend: a serialised engine (``nsnet.engine`` + ``nsnet.engine.json`` sidecar) run
-with the TensorRT 10 tensor API and cuda-python; pinned host buffers, one stream, async copies.
-A CUDA input is bound by its device pointer (no copy), and a producer may write a host batch
-straight into pinned memory the backend lends (`TensorRTBackend.input_buffer`).
+with the TensorRT 10/11 tensor API and cuda-python; pinned host buffers, one non-blocking stream,
+async copies. A CUDA input is bound by its device pointer (no copy), and a producer may write a
+host batch straight into pinned memory the backend lends (`TensorRTBackend.input_buffer`).
+
+The stream is created non-blocking: a blocking stream synchronises implicitly with the legacy
+default stream, so every kernel another thread queues there (the torch pipeline preparing batch
+n+1) would wait for this engine's batch n and the other way round. The price: work on the legacy
+default stream is no longer ordered before this stream's, so a CUDA input must either be complete
+(its producer synchronised) or say the stream it was written on (``__cuda_array_interface__``
+version 3 ``stream``), which this stream then waits on through an event, without a host wait.
 
 Batches larger than the engine's optimisation profile are split; smaller than its minimum are
 padded. Written against the documented APIs; exercised only where CUDA and TensorRT exist.
@@ -9,6 +16,7 @@ padded. Written against the documented APIs; exercised only where CUDA and Tenso
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 import weakref
 from pathlib import Path
@@ -30,25 +38,43 @@ def import_cudart():
     return cudart
 
 
+@functools.lru_cache(maxsize=None)
+def _pinned_block(nbytes: int) -> type:
+    """A ctypes type for ``nbytes`` of lent pinned memory: a subclass, because plain ctypes arrays
+    take no weak references (the finaliser in `TensorRTBackend.input_buffer` needs one)."""
+    return type("PinnedBlock", (ctypes.c_char * nbytes,), {})
+
+
+def producer_stream(x: Any) -> int | None:
+    """The CUDA stream a CUDA array says it was written on (``__cuda_array_interface__`` version 3
+    ``stream``: 1 legacy default, 2 per-thread default, else a ``cudaStream_t``), or None."""
+    cai = getattr(x, "__cuda_array_interface__", None) or {}
+    stream = cai.get("stream") if int(cai.get("version", 0)) >= 3 else None
+    return int(stream) if stream else None
+
+
 class TensorRTBackend:
     """Runs a TensorRT engine whose input is ``images`` [B,3,S,S] and outputs include ``logit``."""
 
     name = "tensorrt"
     accepts_device_input = True  # a CUDA array is bound as 'images' by its pointer
 
-    def __init__(self, path: str | Path, device_id: int = 0) -> None:
+    def __init__(self, path: str | Path, device_id: int = 0, *, meta: ModelMeta | None = None) -> None:
+        """``meta``: the sidecar's validated metadata when the caller has already read it."""
         self.path = Path(path)
-        self.metadata = read_sidecar(self.path)
+        self._meta = meta if meta is not None else ModelMeta.parse(read_sidecar(self.path), str(self.path))
+        self.metadata = dict(self._meta.raw)
         try:
             import tensorrt as trt
             self._cudart = import_cudart()
         except ImportError as e:
             raise BackendUnavailableError(
-                f"{self.path}: the TensorRT backend needs tensorrt and cuda-python "
-                f"(pip install 'nsnet-sdk[gpu]'): {e}", source=str(self.path)) from e
+                f"{self.path}: the TensorRT backend needs tensorrt and cuda-python (pip install "
+                f"'nsnet-sdk[gpu-cu12]' or 'nsnet-sdk[gpu-cu13]', the driver's CUDA major): {e}",
+                source=str(self.path)) from e
         self._trt = trt
         self._allocs: list[tuple[str, int]] = []
-        self._stream = None
+        self._stream = self._ready = None
         self.context = self.engine = None
         self._lock = threading.Lock()
         # The lent pinned buffers (`input_buffer`); re-entrant: a buffer's finaliser may run under it.
@@ -97,10 +123,13 @@ class TensorRTBackend:
         self._row_bytes = int(np.prod(self._item_shape)) * 4  # one float32 [3,S,S] input
         # The same I/O contract as an ONNX graph: [B,3,S,S], S from the recorded config (the
         # batch is the profile's; 'logit' is checked against it below).
-        ModelMeta.parse(self.metadata, str(self.path)).check_io(
+        self._meta.check_io(
             str(self.path), (-1, *self._item_shape), (-1,))
 
-        _, self._stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        _, self._stream = self._check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
+                                      "cudaStreamCreateWithFlags")
+        _, self._ready = self._check(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming),
+                                     "cudaEventCreateWithFlags")
         in_bytes = self.max_batch * self._row_bytes
         self._d_in = self._malloc(in_bytes, pinned=False)
         self._h_in_ptr = self._malloc(in_bytes, pinned=True)
@@ -147,7 +176,8 @@ class TensorRTBackend:
 
         ``images`` is a host array, or a CUDA array on this engine's GPU (a torch CUDA tensor or
         anything with ``__cuda_array_interface__``) whose memory is bound as ``images`` in place;
-        its producer must have finished writing it (synchronised its stream) before the call."""
+        its producer must have finished writing it (synchronised its stream) before the call, or
+        name that stream as ``__cuda_array_interface__["stream"]`` (version 3)."""
         device = device_array(images, self._device_id)
         if device is not None:
             ptr, shape = device
@@ -155,11 +185,12 @@ class TensorRTBackend:
                 raise InferenceError(f"{self.path}: CUDA input has shape {shape}, the engine takes "
                                      f"(B, {', '.join(map(str, self._item_shape))})",
                                      source=str(self.path))
-            row = self._row_bytes
+            row, producer = self._row_bytes, producer_stream(images)
             out = np.empty(shape[0], dtype=np.float32)
             for start in range(0, shape[0], self.max_batch):
                 n = min(self.max_batch, shape[0] - start)
-                out[start:start + n] = self._run_chunk(n, device_ptr=ptr + start * row)
+                out[start:start + n] = self._run_chunk(n, device_ptr=ptr + start * row,
+                                                       producer=producer)
             return out
         out = np.empty(len(images), dtype=np.float32)
         for start in range(0, len(images), self.max_batch):
@@ -179,14 +210,23 @@ class TensorRTBackend:
             ptr, size = (self._free_pinned.pop(fits[0]) if fits else
                          (self._malloc(n * row, pinned=True), n * row))
             self._lent[ptr] = size
-        arr = self._host_view(ptr, np.float32, (n, *self._item_shape))
-        weakref.finalize(arr, self._returned, ptr, size)
-        return arr
+        # The finaliser hangs on the memory's owner object, not on the array: numpy collapses view
+        # bases, so a slice of the array references the owner but not the array, and a finaliser on
+        # the array would fire (and the memory be lent again or freed) while the slice is in use.
+        owner = _pinned_block(size).from_address(ptr)
+        weakref.finalize(owner, self._returned, ptr, size)
+        count = n * int(np.prod(self._item_shape))
+        return np.frombuffer(owner, dtype=np.float32, count=count).reshape(n, *self._item_shape)
 
     def _returned(self, ptr: int, size: int) -> None:
+        """The last view of a lent buffer is gone: back to the pool, or freed when closed."""
         with self._pool_lock:
-            if self._lent.pop(ptr, None) is not None and self.context is not None:
+            if self._lent.pop(ptr, None) is None:
+                return
+            if self.context is not None:
                 self._free_pinned.append((ptr, size))
+            else:  # `close` left it allocated while a view of it lived
+                self._cudart.cudaFreeHost(ptr)
 
     def _lent_address(self, host: Any) -> int | None:
         """The address of ``host`` when it is a contiguous float32 run inside a lent buffer."""
@@ -198,8 +238,10 @@ class TensorRTBackend:
         inside = any(base <= p and p + host.nbytes <= base + size for base, size in lent)
         return p if inside else None
 
-    def _run_chunk(self, n: int, host: np.ndarray | None = None, device_ptr: int = 0) -> np.ndarray:
-        """One batch of n ≤ max_batch rows, from ``host`` or from device memory at ``device_ptr``."""
+    def _run_chunk(self, n: int, host: np.ndarray | None = None, device_ptr: int = 0,
+                   producer: int | None = None) -> np.ndarray:
+        """One batch of n ≤ max_batch rows, from ``host`` or from device memory at ``device_ptr``
+        (written on the stream ``producer`` when the input said so)."""
         # One context and one set of buffers: batches from several threads take turns.
         with self._lock:
             cudart, ctx = self._cudart, self.context
@@ -242,9 +284,15 @@ class TensorRTBackend:
             if not ctx.set_input_shape("images", (b, *self._item_shape)):
                 raise InferenceError(f"{self.path}: engine refused batch shape {b}",
                                      source=str(self.path))
-            ctx.set_tensor_address("images", images_ptr)
-            for name, ptr in self._d_out.items():
-                ctx.set_tensor_address(name, ptr)
+            if producer is not None:  # the input's own stream: wait for it on the device, not the host
+                self._check(cudart.cudaEventRecord(self._ready, producer), "cudaEventRecord")
+                self._check(cudart.cudaStreamWaitEvent(stream, self._ready, 0), "cudaStreamWaitEvent")
+            # set_tensor_address returns False (and logs) for an unknown name or a misaligned
+            # address; executing anyway would read or write whatever the old address holds.
+            for name, ptr in (("images", images_ptr), *self._d_out.items()):
+                if not ctx.set_tensor_address(name, ptr):
+                    raise InferenceError(f"{self.path}: TensorRT refused the address of {name!r}",
+                                         source=str(self.path))
             if not ctx.execute_async_v3(int(stream)):
                 raise InferenceError(f"{self.path}: TensorRT execution failed", source=str(self.path))
             self._check(cudart.cudaMemcpyAsync(self._h_out_ptr, self._d_out["logit"],
@@ -263,12 +311,16 @@ class TensorRTBackend:
             return
         with self._lock, self._pool_lock:  # not while another thread's batch uses the buffers
             self.context = None  # before the engine it was created from
-            self._lent, self._free_pinned = {}, []
+            self._free_pinned = []
             self.engine = None
             self._h_in = self._h_out = None  # views of the pinned memory freed below
             for kind, ptr in self._allocs:
-                (cudart.cudaFreeHost if kind == "host" else cudart.cudaFree)(ptr)
+                if ptr not in self._lent:  # a lent buffer still viewed is freed when its last view goes
+                    (cudart.cudaFreeHost if kind == "host" else cudart.cudaFree)(ptr)
             self._allocs = []
+            if self._ready is not None:
+                cudart.cudaEventDestroy(self._ready)
+                self._ready = None
             if self._stream is not None:
                 cudart.cudaStreamDestroy(self._stream)
                 self._stream = None

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import artifact_metadata
+from ..artifact import ModelMeta, artifact_metadata
 from ..errors import BackendUnavailableError, InferenceError, ModelLoadError, NSNetError
 
 
@@ -19,9 +19,10 @@ class TorchBackend:
 
     def __init__(self, path: str | Path, device: str | None = None,
                  intra_op_threads: int | None = None, *, precision: str = "fp32",
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, meta: ModelMeta | None = None) -> None:
         """``precision="fp16"`` runs under CUDA autocast (FP32 reductions kept); ``cuda_graphs``
-        replays one captured graph per batch size. Both only on CUDA; the default is plain FP32."""
+        replays one captured graph per batch size. Both only on CUDA; the default is plain FP32.
+        ``meta``: the run directory's validated metadata when the caller has already read it."""
         self.path = Path(path)
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
@@ -40,7 +41,7 @@ class TorchBackend:
             device = f"cuda:{device}"
         self.device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:
-            self.model, meta = load_checkpoint(run_dir, device=self.device)
+            self.model, doc = load_checkpoint(run_dir, device=self.device)
         except NSNetError:
             raise  # already names the file and the field
         except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -51,7 +52,8 @@ class TorchBackend:
             raise ValueError(f"{self.path}: precision='fp16' and cuda_graphs need a CUDA device, "
                              f"not {self.device!r}")
         self.precision, self.cuda_graphs = precision, bool(cuda_graphs)
-        self.metadata = artifact_metadata(meta, precision=precision, fmt=meta["format"])
+        self.metadata = (meta.metadata(precision=precision) if meta is not None
+                         else artifact_metadata(doc, precision=precision, fmt=doc["format"]))
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}
 
     def _forward(self, x):
@@ -75,7 +77,12 @@ class TorchBackend:
                     self._forward(static_in)
             torch.cuda.current_stream(x.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # "thread_local", not torch's default "global": in global mode a CUDA call that is
+            # unsafe during capture (cudaMalloc, a synchronise, cuFFT plan creation) made by *any*
+            # thread invalidates the capture, and the input pipeline's pool threads allocate, run
+            # FFTs, decode with nvImageCodec and synchronise while this thread captures. Their
+            # work goes to other streams, so only this thread's own calls can break the capture.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 static_out = self._forward(static_in)
             self._graphs[len(x)] = (graph, static_in, static_out)
         graph, static_in, static_out = self._graphs[len(x)]
