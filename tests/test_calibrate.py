@@ -131,7 +131,7 @@ def scored(tmp_path):
     pytest.importorskip("onnx")
     from _sdk_util import build_stand_in_onnx, textured, write_png
 
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
 
     model = build_stand_in_onnx(tmp_path / "m.onnx")
     files = []
@@ -141,7 +141,7 @@ def scored(tmp_path):
             files.append((label, tmp_path / label / f"{s}.png"))
             write_png(files[-1][1], textured(96, 96 + 8 * s, seed=s))
     write_png(tmp_path / "real" / "tiny.png", textured(10, 10, seed=99))
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         preds = {str(p.source): p for p in det.predict([f for _, f in files])}
     return {"model": model, "files": files, "preds": preds, "root": tmp_path}
 
@@ -160,7 +160,7 @@ def _labels_file(path, scored, model_sha, labels):
 
 
 def test_calibrate_from_labels_sets_the_band_from_the_reviewed_scores(scored, tmp_path, capsys):
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
     from nsnet_sdk.cli import main
     from nsnet_sdk.artifact import model_sha256
 
@@ -178,7 +178,7 @@ def test_calibrate_from_labels_sets_the_band_from_the_reviewed_scores(scored, tm
     assert (printed["t_real"], printed["t_fake"], printed["n_real"], printed["n_fake"]) == (
         expect["t_real"], expect["t_fake"], 11, 12)
     assert printed["real_flagged_ci"] == expect["real_flagged_ci"] and printed["warnings"] == expect["warnings"]
-    with Detector(out, workers=0) as det:
+    with Detector(out, options=InputOptions(workers=0)) as det:
         band, card = det.meta.band, det.meta.model_card
     assert (band.t_real, band.t_fake) == (expect["t_real"], expect["t_fake"])
     cal = card["calibration"]
@@ -195,10 +195,10 @@ def test_calibrate_from_labels_sets_the_band_from_the_reviewed_scores(scored, tm
 
 
 def test_calibrate_keeps_the_threshold_source_and_leaves_out_low_information(scored, tmp_path, capsys):
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
     from nsnet_sdk.cli import main
 
-    with Detector(scored["model"], workers=0) as det:
+    with Detector(scored["model"], options=InputOptions(workers=0)) as det:
         before = det.meta.model_card.get("threshold_source")
     out = tmp_path / "cal.onnx"
     capsys.readouterr()
@@ -210,7 +210,7 @@ def test_calibrate_keeps_the_threshold_source_and_leaves_out_low_information(sco
     assert printed["n_real"] == 12 and printed["left_out"] == 1  # tiny.png is not calibration data
     assert "1 inputs left out: their score says little" in captured.err
     assert "12 real images are too few for --fpr 0.1" in captured.err
-    with Detector(out, workers=0) as det:
+    with Detector(out, options=InputOptions(workers=0)) as det:
         card = det.meta.model_card
     # The band does not change the single threshold, so how that was chosen stays as it was.
     assert card.get("threshold_source") == before

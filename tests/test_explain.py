@@ -141,7 +141,7 @@ def test_cli_explain_writes_png_and_json_per_image(model, tmp_path):
 
 def test_explain_carries_the_same_warnings_as_predict(model, tmp_path):
     small = write_png(tmp_path / "tiny.png", textured(12, 20, seed=4))
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         want = det.predict(str(small)).warnings
         got = det.explain(str(small)).warnings
     assert want and got == tuple(want)  # the smaller-than-a-patch warning, from the one pipeline
@@ -197,7 +197,7 @@ def test_the_drawn_photo_is_shrunk_before_matplotlib_sees_it(model, monkeypatch,
 
     monkeypatch.setattr(Axes, "imshow", spy)
     rgb = textured(300, 2000, seed=6)
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         ex = det.explain(rgb)
     render_png(ex, rgb, tmp_path / "wide.png", max_side=400)
     (shape, extent), = seen
@@ -237,7 +237,7 @@ def test_cli_explain_records_a_non_finite_logit_as_that_inputs_row(tmp_path):
     write_png(imgs / "a_light.png", np.full((96, 96, 3), 250, np.uint8))
     write_png(imgs / "b_dark.png", np.full((96, 96, 3), 5, np.uint8))
     write_png(imgs / "c_light.png", np.clip(textured(96, 120, seed=1).astype(int) + 150, 0, 255).astype(np.uint8))
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         assert det.predict(str(imgs / "b_dark.png"), on_error="record").error.startswith("InferenceError")
     out = tmp_path / "out"
     assert main(["explain", str(imgs), "-m", str(model), "--out", str(out), "--no-png"]) == 0

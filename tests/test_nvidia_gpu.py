@@ -106,12 +106,12 @@ def test_tensorrt_waits_on_the_device_for_the_stream_the_input_was_written_on(tm
 
     from _sdk_util import tiny_export
     from export.to_trt import build_engine
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
 
     eng = build_engine(tiny_export()["onnx"], tmp_path / "nsnet.engine", fp16=True, min_batch=1,
                        opt_batch=4, max_batch=4)
     x = np.random.default_rng(2).standard_normal((4, 3, 224, 224)).astype(np.float32)
-    with Detector(eng, workers=0) as det:
+    with Detector(eng, options=InputOptions(workers=0)) as det:
         host = det.backend.run(x)
         side = torch.cuda.Stream()
         src = torch.from_numpy(x).pin_memory()

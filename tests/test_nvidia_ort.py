@@ -16,7 +16,7 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 
 from _sdk_util import build_stand_in_onnx, stand_in_logit  # noqa: E402
-from nsnet_sdk import Detector  # noqa: E402
+from nsnet_sdk import BackendOptions, Detector, InputOptions  # noqa: E402
 from nsnet_sdk.errors import BackendUnavailableError  # noqa: E402
 
 CUDA_LIB = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
@@ -32,7 +32,7 @@ def model(tmp_path_factory) -> Path:
 def test_a_gpu_provider_the_cpu_build_lacks_is_a_typed_error_naming_it(model):
     for kwargs in ({"providers": ["CUDAExecutionProvider"]}, {"device": "cuda"}, {"device": "cuda:1"}):
         with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider.*not available") as e:
-            Detector(model, workers=0, **kwargs)
+            Detector(model, backend=BackendOptions(**kwargs), options=InputOptions(workers=0))
         assert "gpu-cu12" in str(e.value) and str(model) in str(e.value)
 
 
@@ -46,13 +46,13 @@ def test_a_listed_provider_that_does_not_start_is_an_error_when_requested_a_warn
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     for kwargs in ({"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}, {"device": "cuda"}):
         with pytest.raises(BackendUnavailableError, match="'CUDAExecutionProvider' was requested") as e:
-            Detector(model, workers=0, **kwargs)
+            Detector(model, backend=BackendOptions(**kwargs), options=InputOptions(workers=0))
         # ORT's reason, reproduced: this CPU build has no CUDA provider library at all.
         assert "libonnxruntime_providers_cuda.so" in str(e.value)
     for device in (None, "auto"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            backend = Detector(model, workers=0, device=device).backend
+            backend = Detector(model, backend=BackendOptions(device=device), options=InputOptions(workers=0)).backend
         said = [w for w in caught if "CUDAExecutionProvider" in str(w.message)]
         assert len(said) == 1 and "runs on CPUExecutionProvider" in str(said[0].message)
         assert backend.device == "CPUExecutionProvider"
@@ -84,7 +84,7 @@ needs_gpu_wheel = pytest.mark.skipif(
 @needs_gpu_wheel
 def test_the_real_gpu_wheel_runs_cuda_or_raises_the_loader_reason(model, capsys):
     try:
-        backend = Detector(model, workers=0, providers=["CUDAExecutionProvider"]).backend
+        backend = Detector(model, backend=BackendOptions(providers=["CUDAExecutionProvider"]), options=InputOptions(workers=0)).backend
     except BackendUnavailableError as e:
         # A machine without usable CUDA: the error names the provider and ORT's own loader error
         # (a missing CUDA library or driver), never a session quietly on the CPU.
@@ -102,7 +102,7 @@ def test_the_real_gpu_wheel_runs_cuda_or_raises_the_loader_reason(model, capsys)
 def test_the_real_gpu_wheel_on_auto_runs_cuda_or_says_once_that_it_fell_back(model):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        backend = Detector(model, workers=0).backend
+        backend = Detector(model, options=InputOptions(workers=0)).backend
     said = [w for w in caught if "CUDAExecutionProvider" in str(w.message)]
     if backend.device == "CUDAExecutionProvider":
         assert said == []
@@ -121,6 +121,6 @@ def test_the_backend_uses_the_detector_s_validated_metadata_without_reading_it_a
         raise AssertionError(f"metadata of {path} read a second time")
 
     monkeypatch.setattr(ort_backend, "read_onnx_metadata", second_read)
-    det = Detector(model, workers=0, device="cpu")
+    det = Detector(model, backend=BackendOptions(device="cpu"), options=InputOptions(workers=0))
     assert det.backend.metadata == dict(det.meta.raw)
     det.close()

@@ -96,13 +96,13 @@ def test_header_names_model_threshold_band_and_random_weights(tmp_path, capsys):
 
 
 def test_overlay_leaves_tiny_images_visible(tmp_path):
-    from nsnet_sdk import Detector
+    from nsnet_sdk import Detector, InputOptions
 
     model = build_stand_in_onnx(tmp_path / "m.onnx")
     for side in (10, 64):
         write_png(tmp_path / f"s{side}.png", textured(side, side, seed=side))
     rows = [normalise_row({"source": str(tmp_path / f"s{s}.png"), "prob_fake": 0.9}) for s in (10, 64)]
-    with Detector(model, workers=0) as det:
+    with Detector(model, options=InputOptions(workers=0)) as det:
         page = build_report(rows, tmp_path / "r.html", detector=det, top=2).read_text()
     for card in page.split('<div class="card">')[1:3]:
         boxes = re.findall(r'<rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)"[^>]*fill-opacity="([0-9.]+)"'

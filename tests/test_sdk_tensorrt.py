@@ -550,7 +550,7 @@ def test_a_slice_of_a_lent_buffer_keeps_it_from_being_lent_again_or_freed(tmp_pa
     import gc
 
     cudart = fake_gpu(min_batch=1, max_batch=4)
-    backend = Detector(_engine(tmp_path), workers=0).backend
+    backend = Detector(_engine(tmp_path), options=InputOptions(workers=0)).backend
     buf = backend.input_buffer(4)
     base = buf.ctypes.data
     part = buf[1:3]
@@ -579,7 +579,7 @@ def test_the_engine_stream_is_non_blocking_and_waits_for_the_input_s_stream_on_t
     from _sdk_util import stand_in_logit
 
     cudart = fake_gpu(min_batch=1, max_batch=4)
-    backend = Detector(_engine(tmp_path), workers=0).backend
+    backend = Detector(_engine(tmp_path), options=InputOptions(workers=0)).backend
     # A blocking stream would serialise with every other thread's legacy-default-stream work.
     assert cudart.stream_flags == [cudart.cudaStreamNonBlocking]
     x = np.random.default_rng(3).standard_normal((6, 3, 224, 224)).astype(np.float32)
@@ -599,7 +599,7 @@ def test_a_tensor_address_tensorrt_refuses_is_an_inference_error(tmp_path, fake_
     from nsnet_sdk import InferenceError
 
     fake_gpu(min_batch=1, max_batch=4)
-    backend = Detector(_engine(tmp_path), workers=0).backend
+    backend = Detector(_engine(tmp_path), options=InputOptions(workers=0)).backend
     monkeypatch.setattr(backend.context, "set_tensor_address", lambda name, ptr: name != "logit")
     with pytest.raises(InferenceError, match="refused the address of 'logit'"):
         backend.run(np.zeros((2, 3, 224, 224), np.float32))
@@ -617,6 +617,6 @@ def test_the_backend_uses_the_detector_s_validated_metadata_without_reading_it_a
         raise AssertionError(f"sidecar of {path} read a second time")
 
     monkeypatch.setattr(trt_backend, "read_sidecar", second_read)
-    det = Detector(_engine(tmp_path), workers=0)
+    det = Detector(_engine(tmp_path), options=InputOptions(workers=0))
     assert det.backend.metadata == dict(det.meta.raw)
     det.close()
