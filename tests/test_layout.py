@@ -119,7 +119,10 @@ FILE_OPENERS = {
     "nsnet_sdk/quiet.py": "the pipe that carries native stderr to logging",
     "nsnet_sdk/cli/__init__.py": "os.devnull when stdout's reader went away",
     "nsnet_sdk/cli/explain.py": "explanations.jsonl, the index it writes",
-    "nsnet_sdk/report.py": "result files and the page template (thumbnails come through the pipeline)",
+    "nsnet_sdk/report.py": "the page template (thumbnails come through the pipeline)",
+    "nsnet_sdk/report_rows.py": "result files (JSON Lines / CSV / Parquet) a report is built from",
+    "nsnet_sdk/labels.py": "labels.jsonl files exported by the report",
+    "nsnet_sdk/restamp.py": "model artifacts and their sidecars, re-stamped",
 }
 # Modules that open one named kind of file and nothing else: the only calls they may make.
 FILE_OPENING_CALLS = {"nsnet_sdk/provenance.py": {"Path(anchors).read_text"}}  # trust-anchor PEM

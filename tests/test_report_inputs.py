@@ -121,7 +121,8 @@ def test_any_byte_names_go_through_detect_report_and_calibrate(tmp_path, capsys)
 
     model = build_stand_in_onnx(tmp_path / "m.onnx")
     name_bytes = st.binary(min_size=1, max_size=24).map(lambda b: b.replace(b"/", b"_").replace(b"\x00", b"_"))
-    names = st.lists(name_bytes.filter(lambda b: b not in (b".", b"..")), min_size=2, max_size=4, unique=True)
+    # A leading dot is a hidden name, which folder scans skip by design (--hidden includes them).
+    names = st.lists(name_bytes.filter(lambda b: not b.startswith(b".")), min_size=2, max_size=4, unique=True)
     runs = iter(range(10**6))
 
     @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
