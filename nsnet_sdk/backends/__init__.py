@@ -79,4 +79,8 @@ def load_backend(kind: str, path: str | Path, **options: Any) -> Backend:
         from .torch import TorchBackend
         return TorchBackend(path, device=options.get("device"),
                             intra_op_threads=options.get("intra_op_threads"))
+    if kind == "openvino":
+        from .openvino import OpenVinoBackend
+        return OpenVinoBackend(path, precision=options.get("precision"), hint=options.get("hint"),
+                               intra_op_threads=options.get("intra_op_threads"))
     raise ValueError(f"unknown backend kind {kind!r}")
