@@ -261,6 +261,21 @@ def test_variants_are_bit_identical():
 
 
 @needs_kernel
+def test_every_partial_lane_group_is_bit_identical():
+    """Rows of 1..33 patches: full and partial groups of 8 and of 16 lanes (c-avx512x16) alike."""
+    rng = np.random.default_rng(11)
+    for nc in (1, 2, 7, 8, 9, 15, 16, 17, 24, 31, 33):
+        rgb = textured(2 * P + int(rng.integers(P)), nc * P + int(rng.integers(P)), int(rng.integers(1000)))
+        out = {}
+        for name in VARIANTS:
+            o = np.empty((rgb.shape[0] // P, nc))
+            _entropy.entropies(rgb, o, name)
+            out[name] = o
+        for name, o in out.items():
+            assert np.array_equal(o, out[VARIANTS[-1]]), (name, nc)
+
+
+@needs_kernel
 def test_strided_and_reversed_channel_views_are_accepted():
     rgb = textured(200, 300, 4)
     want = outputs(rgb, VARIANTS[0])["ent"]
