@@ -25,9 +25,6 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-if __package__ in (None, ""):  # run as python export/to_openvino.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
 from export.parity import Parity, backend_logits, compare
