@@ -243,6 +243,14 @@ def test_choice_prefers_fastest_within_bound_and_falls_back():
         ovb.choose_cpu_engine(amx, table, precision="fp8")
 
 
+def test_auto_choice_on_this_machine_is_a_table_row_it_can_run():
+    c = ovb.auto_cpu_engine("bf16")
+    rows = _eligible(ovb.load_engine_table(), ovb.cpu_features(), "bf16")
+    assert (c.backend, c.precision) in {(r["backend"], r["precision"]) for r in rows} or "baseline" in c.why
+    if c.precision == "bf16":
+        assert HAS_BF16
+
+
 def test_import_nsnet_sdk_does_not_import_openvino():
     code = "import sys, nsnet_sdk, nsnet_sdk.backends.openvino; sys.exit('openvino' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

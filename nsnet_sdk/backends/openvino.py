@@ -118,8 +118,19 @@ def choose_cpu_engine(features: Iterable[str], table: Sequence[Mapping[str, Any]
     used = ", ".join(sorted(set(best.get("needs", ())))) or "no special instructions"
     return EngineChoice(best["backend"], best["precision"],
                         f"{best['backend']} {best['precision']}: {float(best['ratio']):.2f}x ONNX Runtime "
-                        f"FP32 on a {measured[0]} CPU ({best.get('measured', 'measured table')}; uses "
-                        f"{used}); parity within the {precision} bound; this CPU is {mine}")
+                        f"FP32, measured on the {measured[0]} class ({best.get('measured', 'measured table')}; "
+                        f"uses {used}); parity within the {precision} bound; this CPU: {mine}")
+
+
+def auto_cpu_engine(precision: str = "fp32", artifact_precision: str = "fp32") -> EngineChoice:
+    """`choose_cpu_engine` for this machine: its /proc/cpuinfo flags, the checked-in table, and the
+    runtimes installed here (``device="cpu"`` with backend auto)."""
+    from importlib.util import find_spec
+
+    have = [name for name, mod in (("onnxruntime", "onnxruntime"), ("openvino", "openvino"))
+            if find_spec(mod) is not None]
+    return choose_cpu_engine(cpu_features(), load_engine_table(), precision=precision,
+                             artifact_precision=artifact_precision, available=have)
 
 
 # -- the backend --------------------------------------------------------------------------------
