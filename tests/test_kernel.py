@@ -351,3 +351,17 @@ def test_nsnet_info_reports_the_kernel(tmp_path):
         r = subprocess.run([sys.executable, "-m", "nsnet_sdk.cli", "info", str(model)],
                            capture_output=True, text=True, env=e, timeout=120)
         assert [ln.split() for ln in r.stdout.splitlines() if ln.startswith("kernel ")] == [["kernel", want]]
+
+
+def test_nsnet_cli_tunes_the_allocator_of_its_own_process(tmp_path, monkeypatch):
+    """The `nsnet` command owns its process: it keeps freed decode buffers (glibc thresholds), as
+    the decode worker processes do (docs/preprocess-kernel.md)."""
+    from _sdk_util import build_stand_in_onnx
+
+    from nsnet_sdk import cli
+    from nsnet_sdk.pipeline import executors
+
+    calls = []
+    monkeypatch.setattr(executors, "_keep_freed_frames", lambda: calls.append(1))
+    assert cli.main(["info", str(build_stand_in_onnx(tmp_path / "m.onnx")), "--json"]) == 0
+    assert calls == [1]
