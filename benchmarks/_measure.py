@@ -213,6 +213,8 @@ def measure_model(spec: dict) -> dict[str, Any]:
         kwargs["providers"] = spec["providers"]
     if spec["backend"] == "torch":
         kwargs["device"] = spec["device"]
+    if spec["backend"] == "openvino":  # same Detector (pipeline, predict_iter), OpenVINO inside
+        kwargs = {"engine": "openvino", "precision": spec["precision"], "intra_op_threads": threads}
     det = Detector(spec["model"], backend=BackendOptions(**kwargs), options=InputOptions(workers=0))
     if spec["backend"] == "torch":
         import torch
@@ -239,6 +241,8 @@ def measure_model(spec: dict) -> dict[str, Any]:
         lat, cpu_s = time_calls(fn, spec["iters"], spec["warmup"], cuda)
         out["rows"].append(row(spec, "model", bs, 0, bs * len(lat), sum(lat), lat))
         out["cpu_time"].append(cpu_entry(out["rows"][-1], cpu_s, bs * len(lat)))
+        if hasattr(det.backend, "kernels"):
+            out["kernels"] = det.backend.kernels()
         if cuda.on:
             out["device_memory"].append({"backend": spec["label"], "precision": spec["precision"],
                                          "batch_size": bs, "process_gpu_mb": cuda.process_used_mb(),

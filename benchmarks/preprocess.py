@@ -9,7 +9,12 @@ Rows, at 512×512, 1024×768 and 2048×1536:
   ``np.fft.fft2`` each), with the speed-ups;
 - the Detector's per-image work from a JPEG q90 file (read, decode, mosaic, normalise) with each
   kernel, and how much of it holds the GIL (what caps decode threads in one process);
-- the CPU cores one 4,000 images/s GPU needs at that cost.
+- the CPU cores one 4,000 images/s GPU needs at that cost;
+- the allocator's page-fault tax (``--allocator``, on by default): decode and the whole per-image
+  work at 1024×768 and 4000×3000 (a 36 MB decode buffer, above glibc's 32 MB mmap-threshold cap),
+  each in a fresh process with glibc's defaults, with the SDK's tuning (`_keep_freed_frames`: what
+  the ``nsnet`` CLI and decode worker processes set) and with the tuning plus ``M_MMAP_MAX=0``;
+  minor faults from ``resource.getrusage``.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -39,6 +46,8 @@ from nsnet_sdk.pipeline import DEFAULT, MAX_PIXELS, kernel_name, patch_mosaic, s
 cv2.setNumThreads(1)
 SIZES = ((512, 512), (768, 1024), (1536, 2048))  # (h, w)
 GPU_RATE = 4000  # images/s of one ViT-L/14 TensorRT engine to keep fed
+ALLOC_SIZES = ((768, 1024), (3000, 4000))
+ALLOC_MODES = ("glibc default", "tuned", "tuned + no mmap")
 
 
 def reference_mosaic(rgb: np.ndarray, p: int = 32, grid: int = 7) -> np.ndarray:
@@ -123,10 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=30, help="timed calls per row (median reported)")
     ap.add_argument("--files", type=int, default=24, help="JPEG files per size for the decode rows")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--no-allocator", dest="allocator", action="store_false",
+                    help="skip the allocator page-fault rows")
+    ap.add_argument("--only-allocator", action="store_true", help="only the allocator rows")
     args = ap.parse_args(argv)
+    if args.only_allocator:
+        with tempfile.TemporaryDirectory() as d:
+            rows = allocator_rows(Path(d), max(2, args.files // 6), max(2, args.repeat // 10))
+        if args.json:
+            write_report(args.json, rows)
+        return 0
 
-    fast = select_kernel("auto")
-    kernels = [fast, "reference"] if fast != "reference" else ["reference"]
+    fast = select_kernel("auto")  # measured at first use (nsnet_sdk.pipeline.patches.measured_variant)
+    try:
+        from nsnet_sdk.pipeline import _entropy
+        # Every compiled variant, the auto choice first: shows whether the measured choice is right.
+        kernels = [fast] + [v for v in _entropy.variants() if v != fast] + ["reference"]
+    except ImportError:
+        kernels = ["reference"]
     rows: list[dict] = []
     print(f"patch selection on one core  ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"numpy {np.__version__}, opencv {cv2.__version__}); CPU ms per image, median")
@@ -180,12 +203,75 @@ def main(argv: list[str] | None = None) -> int:
                              "decode_ms": dec, "gil_held_ms": held, "threads_cap_images_per_s": cap,
                              "cores_for_4000_per_s": cores, "images_per_s_per_core": 1e3 / total})
                 print(f"{w:>5}x{h:<4} {k:>10} {total:>9.2f} {dec:>10.2f} {held:>12.3f} {cap:>18.0f} {cores:>16.1f}")
+        if args.allocator:
+            rows += allocator_rows(Path(d), max(2, args.files // 6), max(2, args.repeat // 10))
     select_kernel(None)
     print(f"\nkernel in use: {kernel_name()}; GIL-held: CPU time outside OpenCV / kernel / ONNX Runtime calls "
           "(upper bound); threads cap = 1 / GIL-held")
     if args.json:
         write_report(args.json, rows)
     return 0
+
+
+def alloc_measure(mode: str, paths: list[str], repeat: int) -> dict:
+    """In this (fresh) process: allocator set per ``mode``, then per image the CPU ms (user + sys)
+    and minor page faults of ``cv2.imdecode`` alone and of the Detector's whole work (median)."""
+    if mode != ALLOC_MODES[0]:
+        import ctypes
+
+        from nsnet_sdk.pipeline.executors import _keep_freed_frames
+
+        _keep_freed_frames()
+        if mode == ALLOC_MODES[2]:
+            ctypes.CDLL("libc.so.6").mallopt(-4, 0)  # M_MMAP_MAX = 0: even > 32 MB from the heap
+    datas = [Path(p).read_bytes() for p in paths]
+    out = np.empty((3, DEFAULT.size, DEFAULT.size), np.float32)
+
+    def cost(fn: Callable[[int], object]) -> tuple[float, float, float]:
+        fn(0)  # the first call grows the heap once: not what every later image pays
+        ms, sys_ms, faults = [], [], []
+        for _ in range(repeat):
+            for i in range(len(paths)):
+                a = resource.getrusage(resource.RUSAGE_SELF)
+                fn(i)
+                b = resource.getrusage(resource.RUSAGE_SELF)
+                ms.append((b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime) * 1e3)
+                sys_ms.append((b.ru_stime - a.ru_stime) * 1e3)
+                faults.append(b.ru_minflt - a.ru_minflt)
+        return statistics.median(ms), statistics.median(sys_ms), statistics.median(faults)
+
+    dec = cost(lambda i: cv2.imdecode(np.frombuffer(datas[i], np.uint8), cv2.IMREAD_COLOR))
+    tot = cost(lambda i: prepare_into(paths[i], paths[i], DEFAULT, MAX_PIXELS, out))
+    return {"decode_ms": dec[0], "decode_sys_ms": dec[1], "decode_faults": dec[2],
+            "total_ms": tot[0], "total_sys_ms": tot[1], "total_faults": tot[2]}
+
+
+def allocator_rows(root: Path, files: int, repeat: int) -> list[dict]:
+    """`alloc_measure` of every mode in its own fresh process (mallopt cannot be undone)."""
+    rows = []
+    print("\nallocator page-fault tax, per image on one core (each mode a fresh process; CPU ms = user + sys)")
+    print(f"{'image':>10} {'allocator':>16} {'decode ms':>10} {'faults':>7} {'total ms':>9} {'faults':>7} "
+          f"{'sys ms':>7} {'total/decode':>13}")
+    for h, w in ALLOC_SIZES:
+        paths = []
+        for i in range(files):
+            p = root / f"alloc_{w}x{h}_{i}.jpg"
+            cv2.imwrite(str(p), photo_like(h, w, i)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+            paths.append(str(p))
+        for mode in ALLOC_MODES:
+            code = ("import json, sys; from benchmarks.preprocess import alloc_measure; "
+                    "print(json.dumps(alloc_measure(sys.argv[1], sys.argv[3:], int(sys.argv[2]))))")
+            proc = subprocess.run([sys.executable, "-c", code, mode, str(repeat), *paths], capture_output=True,
+                                  text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+                                  env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+            r = dict(json.loads(proc.stdout.strip().splitlines()[-1]), stage="allocator",
+                     size=f"{w}x{h} JPEG q90", allocator=mode)
+            r["total_over_decode"] = r["total_ms"] / r["decode_ms"]
+            rows.append(r)
+            print(f"{w:>5}x{h:<4} {mode:>16} {r['decode_ms']:>10.2f} {r['decode_faults']:>7.0f} "
+                  f"{r['total_ms']:>9.2f} {r['total_faults']:>7.0f} {r['total_sys_ms']:>7.2f} "
+                  f"{r['total_over_decode']:>12.2f}x")
+    return rows
 
 
 def write_report(path: str, rows: list[dict]) -> None:

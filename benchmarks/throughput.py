@@ -37,14 +37,14 @@ from typing import Any
 import numpy as np
 
 from nsnet_sdk.constants import DEFAULT_THRESHOLD, RUN_CONFIG
-from benchmarks import _variants
+from benchmarks import _openvino, _variants
 from benchmarks._pipeline import pipeline_stages
 from benchmarks._report import e2e_fraction, plot, print_report, ratios
 
 HERE = Path(__file__).resolve().parent
 
 LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "onnx", "torch",
-             "open_clip_torch", "tensorrt", "cuda-python")
+             "open_clip_torch", "tensorrt", "cuda-python", "openvino", "nncf")
 
 
 class BenchError(Exception):
@@ -151,6 +151,9 @@ def plan(args, variants: list[_variants.Variant], device: str, cuda_ort: bool) -
             cfgs.append(dict(name=f"onnxruntime {v.name}", backend="onnxruntime", label="onnxruntime",
                              precision=v.precision, model=str(v.path), device="cpu", providers=cpu,
                              variant=v.name, reference=v.name == "plain"))
+            if v.name == "optimized":  # ONNX Runtime's own default: intra-op threads spinning
+                cfgs.append(dict(cfgs[-1], name="onnxruntime spinning", label="onnxruntime-spin",
+                                 env={"NSNET_ORT_SPINNING": "1"}))
     elif cuda_ort:
         gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         for name in ("optimized", "fp16"):
@@ -190,7 +193,7 @@ def run_child(spec: dict, workdir: Path, timeout: float) -> tuple[dict | None, s
     spec = dict(spec, out=str(workdir / f"{slug}.json"))
     spec_path = workdir / f"{slug}.spec.json"
     spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), **spec.get("env", {}))
     cmd = [sys.executable, str(HERE / "_measure.py"), str(spec_path)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -254,6 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", type=lambda t: [v for v in t.split(",") if v], default=[],
                    help="stage timings of these input pipelines, e.g. cpu,gpu (docs/nvidia.md)")
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 variant")
+    p.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO rows (CPU runs)")
     p.add_argument("--workdir", type=Path, help="keep derived models and child outputs here")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration (default 3600)")
     return p
@@ -315,6 +319,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             raise RuntimeError(f"deriving variants of {args.model} took over {args.timeout:.0f} s") from e
         derive_s = time.perf_counter() - t
         cfgs = plan(args, variants, device, cuda_ort)
+        if device == "cpu" and not args.no_openvino:  # calibrated on the run's files, not the parity set
+            cfgs += _openvino.plan(args.model, workdir, args.images or workdir / "images", args.timeout, not_run)
 
         parity_path = None
         if args.parity_n > 0:
@@ -328,7 +334,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         common = dict(threads=args.threads, batch_sizes=args.batch_sizes, workers=args.workers,
                       e2e_batch_size=max(args.batch_sizes), files=files, iters=args.iters,
                       warmup=args.warmup, parity_inputs=str(parity_path) if parity_path else None)
-        results, reference, device_mem, cpu_time, failed, input_errors = [], [], [], [], [], set()
+        results, reference, device_mem, cpu_time, failed, input_errors, kernels = [], [], [], [], [], set(), []
         flagged: list[dict] = []
         # Labelled with the run's serving configuration: the engine (its sidecar's precision) on a
         # CUDA run with one, else ONNX Runtime FP32.
@@ -356,11 +362,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             cpu_time.extend(dict(c, variant=spec["variant"]) if spec.get("reference") else c
                             for c in res.get("cpu_time", []))
             input_errors.update(res.get("input_errors", []))
+            kernels.extend([{"config": spec["name"], "kernels": res["kernels"]}] if res.get("kernels") else [])
 
         report = {
             "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "benchmarks.throughput", *argv]),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(), "libraries": library_versions(),
+            "machine": dict(machine(), cpu_features=_openvino.cpu_summary()), "libraries": library_versions(),
+            "kernels": kernels,  # CPU primitives each OpenVINO row ran (e.g. brgemm_avx512_amx_bf16)
             "backbone": meta.get("nsnet.backbone", ""), "device": device, "threads": args.threads,
             "inputs": (f"{len(files)} files from {args.images}" if args.images
                        else f"{len(files)} synthetic {args.size}x{args.size} JPEGs"),

@@ -19,6 +19,7 @@ __all__ = ["InputOptions", "BackendOptions", "ENGINES", "PRECISIONS", "DEFAULT_B
 
 ENGINES = ("onnxruntime", "tensorrt", "torch", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+HINTS = ("latency", "throughput")  # OpenVINO's performance hints
 # What each engine can run; None: the model file decides (ONNX Runtime and TensorRT run the
 # precision the artifact was exported in), "any": the backend checks it against the hardware.
 _ENGINE_PRECISIONS: dict[str, tuple[str, ...] | None] = {
@@ -105,6 +106,7 @@ class BackendOptions:
         providers: ONNX Runtime execution providers (names or (name, options)), in order.
         intra_op_threads: threads inside one inference (ONNX Runtime, torch, OpenVINO).
         cuda_graphs: replay one CUDA graph per batch size (torch engine on a CUDA device).
+        hint: OpenVINO's performance hint, ``"latency"`` or ``"throughput"`` (openvino engine).
 
     Raises:
         ValueError: a value out of range; `check` raises for an option the engine cannot honour.
@@ -116,8 +118,11 @@ class BackendOptions:
     providers: Sequence[Any] | None = None
     intra_op_threads: int | None = None
     cuda_graphs: bool = False
+    hint: str | None = None
 
     def __post_init__(self) -> None:
+        if self.hint is not None and self.hint not in HINTS:
+            raise ValueError(f"hint must be one of {HINTS} (or None: the engine's default), got {self.hint!r}")
         if self.engine is not None and self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES} (or None: by the model file's "
                              f"kind), got {self.engine!r}")
@@ -157,6 +162,8 @@ class BackendOptions:
                    f"a {self.precision} model instead")
             raise ValueError(f"precision={self.precision!r} cannot be honoured by the {engine!r} "
                              f"engine: {why}")
+        if self.hint is not None and engine != "openvino":
+            raise ValueError(f"hint is OpenVINO's performance hint; the {engine!r} engine takes none")
         dev = None if self.device is None else str(self.device).lower()
         if engine == "openvino" and dev not in (None, "cpu"):
             raise ValueError(f"device={self.device!r} does not apply to the openvino engine, which "
@@ -174,6 +181,8 @@ class BackendOptions:
             opts["cuda_graphs"] = True
         if self.providers is not None:
             opts["providers"] = list(self.providers)
+        if self.hint is not None:
+            opts["hint"] = self.hint
         return opts
 
 

@@ -25,7 +25,8 @@ from _sdk_util import tiny_export  # noqa: E402
 from benchmarks import _measure, _report, throughput  # noqa: E402
 
 BATCHES, WORKERS = (1, 3), (1, 2)
-BACKENDS, PRECISIONS, STAGES = {"onnxruntime", "tensorrt", "torch"}, {"fp32", "fp16", "int8"}, \
+BACKENDS = {"onnxruntime", "onnxruntime-spin", "openvino", "tensorrt", "torch"}
+PRECISIONS, STAGES = {"fp32", "fp16", "bf16", "int8"}, \
     {"model", "preprocess", "end_to_end"}
 KEYS = {"backend", "precision", "stage", "batch_size", "workers", "images_per_s", "p50_ms", "p99_ms",
         "peak_rss_mb"}
@@ -96,6 +97,15 @@ def test_expected_backend_stage_combinations_present(bench):
         want |= {(backend, prec, "model", b, 0) for b in BATCHES}
         want |= {(backend, prec, "end_to_end", max(BATCHES), w) for w in WORKERS}
     want |= {("onnxruntime", "fp32", "preprocess", 1, w) for w in WORKERS}
+    want |= {("onnxruntime-spin", "fp32", "end_to_end", max(BATCHES), w) for w in WORKERS}
+    from nsnet_sdk.backends.openvino import bf16_supported, cpu_features
+
+    import importlib.util
+
+    for prec in ("fp32", "int8") + (("bf16",) if bf16_supported(cpu_features()) else ()):
+        if importlib.util.find_spec("openvino") is None:  # the [openvino] extra: rows only with it
+            break
+        want |= {("openvino", prec, "model", b, 0) for b in BATCHES}
     assert want <= got, sorted(want - got)
     assert len(got) == len(bench["report"]["results"])  # no configuration reported twice
 
@@ -121,6 +131,7 @@ def test_derived_variants_fused_quantised_and_in_parity(bench):
     assert {p["reference"] for p in rep["parity"]} == {"torch fp32"}
     for name in ("onnxruntime plain", "onnxruntime optimized"):
         assert par[name]["max_abs_logit"] <= 1e-4 and par[name]["n"] == 4
+    assert par["openvino fp32"]["max_abs_logit"] <= 1e-4  # OpenVINO FP32 is an FP32 engine
     q = par["onnxruntime int8"]
     assert 1e-7 < q["max_abs_logit"] < 1.0  # INT8 is a different (quantised) graph, yet close
     # The plain graph is kept as a reference figure, out of "results".
@@ -131,7 +142,7 @@ def test_outputs_table_and_png(bench):
     out = bench["stdout"]
     n_rows = len(bench["report"]["results"]) + len(bench["report"]["reference_results"])
     table = [line for line in out.splitlines() if line[:1] != " " and line.split()[:1] and line.split()[0] in
-             {"torch", "onnxruntime", "onnxruntime*", "tensorrt"}]
+             BACKENDS | {"onnxruntime*"}]
     assert len(table) == n_rows
     assert "parity" in out and "vs torch" in out
     assert bench["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -42,7 +42,59 @@ def test_kernel_is_built_where_required():
         pytest.skip("NSNET_REQUIRE_KERNEL is not set")
     assert _entropy is not None, "nsnet_sdk.pipeline._entropy did not build"
     assert "c-portable" in _entropy.variants()
-    assert kernel_name() == _entropy.variants()[0]
+    assert kernel_name() in _entropy.variants()
+
+
+def _auto_kernel(cache_dir: Path) -> str:
+    """`kernel_name()` in a fresh process whose measured-choice cache lives in ``cache_dir``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NSNET_CACHE_DIR": str(cache_dir)}
+    env.pop("NSNET_KERNEL", None)
+    r = subprocess.run([sys.executable, "-c", "from nsnet_sdk.pipeline import kernel_name; print(kernel_name())"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+@needs_kernel
+@pytest.mark.skipif(len(VARIANTS) < 2, reason="one compiled variant on this CPU: nothing to choose")
+def test_auto_kernel_is_measured_once_and_kept_per_cpu_model(tmp_path):
+    from nsnet_sdk.pipeline.patches import _cpu_model
+
+    first = _auto_kernel(tmp_path)
+    cache = json.loads((tmp_path / "kernel.json").read_text())
+    key = f"{_cpu_model()} | {','.join(VARIANTS)}"
+    assert cache == {key: first} and first in VARIANTS
+    # A kept choice is used as is, even the slowest variant: no CPUID override, no re-measuring.
+    (tmp_path / "kernel.json").write_text(json.dumps({key: "c-portable", "Other CPU | x": "c-avx2"}))
+    assert _auto_kernel(tmp_path) == "c-portable"
+    # Another CPU model's (or another build's) entry is not this one's: measured again and added.
+    (tmp_path / "kernel.json").write_text(json.dumps({"Other CPU | x": "c-portable"}))
+    assert _auto_kernel(tmp_path) in VARIANTS
+    assert set(json.loads((tmp_path / "kernel.json").read_text())) == {"Other CPU | x", key}
+    (tmp_path / "kernel.json").write_text("{not json")
+    assert _auto_kernel(tmp_path) in VARIANTS and key in json.loads((tmp_path / "kernel.json").read_text())
+
+
+def test_measured_choice_picks_the_fastest_not_the_first(tmp_path, monkeypatch):
+    from nsnet_sdk.pipeline import patches
+
+    cost = {"wide": 0.004, "narrow": 0.0, "plain": 0.002}  # seconds per call, far apart
+    calls = []
+
+    def run(img, out, v):
+        calls.append(v)
+        assert img.shape == (512, 512, 3) and out.shape == (256,)
+        time.sleep(cost[v])
+
+    monkeypatch.setenv("NSNET_CACHE_DIR", str(tmp_path))
+    assert patches.measured_variant(("wide", "narrow", "plain"), run) == "narrow"
+    n = len(calls)
+    assert patches.measured_variant(("wide", "narrow", "plain"), run) == "narrow" and len(calls) == n
+    # Where the choice cannot be kept, every process must agree: the CPUID order.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("NSNET_CACHE_DIR", str(blocker / "sub"))
+    assert patches.measured_variant(("wide", "narrow", "plain"), run) == "wide"
 
 
 @contextmanager
@@ -209,6 +261,21 @@ def test_variants_are_bit_identical():
 
 
 @needs_kernel
+def test_every_partial_lane_group_is_bit_identical():
+    """Rows of 1..33 patches: full and partial groups of 8 and of 16 lanes (c-avx512x16) alike."""
+    rng = np.random.default_rng(11)
+    for nc in (1, 2, 7, 8, 9, 15, 16, 17, 24, 31, 33):
+        rgb = textured(2 * P + int(rng.integers(P)), nc * P + int(rng.integers(P)), int(rng.integers(1000)))
+        out = {}
+        for name in VARIANTS:
+            o = np.empty((rgb.shape[0] // P, nc))
+            _entropy.entropies(rgb, o, name)
+            out[name] = o
+        for name, o in out.items():
+            assert np.array_equal(o, out[VARIANTS[-1]]), (name, nc)
+
+
+@needs_kernel
 def test_strided_and_reversed_channel_views_are_accepted():
     rgb = textured(200, 300, 4)
     want = outputs(rgb, VARIANTS[0])["ent"]
@@ -284,3 +351,17 @@ def test_nsnet_info_reports_the_kernel(tmp_path):
         r = subprocess.run([sys.executable, "-m", "nsnet_sdk.cli", "info", str(model)],
                            capture_output=True, text=True, env=e, timeout=120)
         assert [ln.split() for ln in r.stdout.splitlines() if ln.startswith("kernel ")] == [["kernel", want]]
+
+
+def test_nsnet_cli_tunes_the_allocator_of_its_own_process(tmp_path, monkeypatch):
+    """The `nsnet` command owns its process: it keeps freed decode buffers (glibc thresholds), as
+    the decode worker processes do (docs/preprocess-kernel.md)."""
+    from _sdk_util import build_stand_in_onnx
+
+    from nsnet_sdk import cli
+    from nsnet_sdk.pipeline import executors
+
+    calls = []
+    monkeypatch.setattr(executors, "_keep_freed_frames", lambda: calls.append(1))
+    assert cli.main(["info", str(build_stand_in_onnx(tmp_path / "m.onnx")), "--json"]) == 0
+    assert calls == [1]

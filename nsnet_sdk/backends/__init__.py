@@ -85,4 +85,8 @@ def load_backend(kind: str, path: str | Path, **options: Any) -> Backend:
         return TorchBackend(path, device=options.get("device"), intra_op_threads=options.get("intra_op_threads"),
                             precision=options.get("precision") or "fp32", cuda_graphs=bool(options.get("cuda_graphs")),
                             meta=meta)
+    if kind == "openvino":
+        from .openvino import OpenVinoBackend
+        return OpenVinoBackend(path, precision=options.get("precision"), hint=options.get("hint"),
+                               intra_op_threads=options.get("intra_op_threads"))
     raise ValueError(f"unknown backend kind {kind!r}")

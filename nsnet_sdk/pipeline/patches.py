@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -55,10 +55,73 @@ def _resolve(want: str) -> str:
                            "(run `make setup` or `python setup.py build_ext --inplace`)") from None
     variants = _entropy.variants()
     if want == "auto":
-        return variants[0]
+        return measured_variant(variants, _entropy.entropies)
     if want not in variants:
         raise RuntimeError(f"NSNET_KERNEL={want}: this CPU/build offers {', '.join(variants)} or reference")
     return want
+
+
+def kernel_cache_path() -> Path:
+    """Where the measured kernel choice is kept: ``$NSNET_CACHE_DIR/kernel.json``, else
+    ``$XDG_CACHE_HOME/nsnet-sdk/kernel.json`` (``~/.cache/nsnet-sdk/kernel.json``)."""
+    root = os.environ.get("NSNET_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                     Path.home() / ".cache") / "nsnet-sdk"
+    return Path(root) / "kernel.json"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.split(":", 1)[0].strip() == "model name":
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def measured_variant(variants: Sequence[str], run: Callable[[np.ndarray, np.ndarray, str], None]) -> str:
+    """The fastest of ``variants`` (the build's, CPUID order) on this CPU model, measured once on a
+    512×512 image at first use and kept in `kernel_cache_path` per CPU model and variant set.
+
+    CPUID alone misleads: on some AVX-512 parts the 512-bit variant is slower than the AVX2 one
+    (frequency licence, port pressure). Where the choice cannot be kept (unwritable cache), the
+    CPUID order is used, so that every process of a machine runs the same kernel. Every variant
+    selects the same patches (docs/preprocess-kernel.md), so the choice changes speed only.
+    """
+    if len(variants) < 2:
+        return variants[0]
+    import json
+    import time
+
+    key = f"{_cpu_model()} | {','.join(variants)}"
+    path = kernel_cache_path()
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    if known.get(key) in variants:
+        return known[key]
+    img = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    out = np.empty(256, np.float64)
+    best = {v: float("inf") for v in variants}
+    for _ in range(7):  # interleaved rounds, minimum per variant: robust to other load
+        for v in variants:
+            t = time.perf_counter()
+            run(img, out, v)
+            best[v] = min(best[v], time.perf_counter() - t)
+    fastest = min(variants, key=lambda v: (best[v], variants.index(v)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(dict(known, **{key: fastest}), indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        return variants[0]
+    return fastest
 
 
 def select_kernel(name: str | None = None) -> str:
