@@ -29,10 +29,12 @@ from .uris import has_scheme, read_uri
 # One Parquet row per input: the fields of `nsnet detect`'s rows (nsnet_sdk.results), the input
 # named `path`; text cells escaped as in detect's files (`results.unescape_text` reverses it).
 ROW_FIELDS = tuple("path" if f == "source" else f for f in FIELDS)
-# A part is written once this many rows or seconds have gathered: both small, because what has
-# not been written is what a killed driver loses.
-ROWS_PER_FILE = 256
-FLUSH_SECONDS = 2.0
+# A Parquet part is written once this many rows or seconds have gathered; until then each
+# finished batch is appended to a journal beside it (an Arrow stream, written through to the
+# file), so a killed driver loses only the batches in flight: the next run turns the journal's
+# whole batches into a part.
+ROWS_PER_FILE = 5000
+FLUSH_SECONDS = 30.0
 # Below this many inputs (and with no cluster address) starting Ray costs more than it saves.
 SMALL_JOB = 2000
 
@@ -106,10 +108,54 @@ def done_paths(out: str | os.PathLike) -> set[str]:
     return done
 
 
+def _table(rows: Sequence[dict[str, Any]]):
+    import pyarrow as pa
+
+    return pa.Table.from_pylist([{k: r[k] for k in ROW_FIELDS} for r in rows],
+                                schema=_row_schema())
+
+
+def _write_part(table: Any, final: Path) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = final.with_name("." + final.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, final)
+
+
+def recover_journals(out: Path) -> int:
+    """Turn the journals a killed run left in ``out`` into Parquet parts (their whole batches,
+    less rows already in a part); returns how many rows were recovered."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    recovered = 0
+    for journal in sorted(out.glob(".journal-*.arrows")):
+        batches = []
+        try:
+            with pa.OSFile(str(journal)) as f:
+                reader = pa.ipc.open_stream(f)
+                while True:
+                    batches.append(reader.read_next_batch())
+        except (StopIteration, pa.ArrowInvalid, OSError):
+            pass  # the end, or a batch cut short by the kill: what came before is whole
+        if batches:
+            table = pa.Table.from_batches(batches, schema=_row_schema())
+            done = done_paths(out)  # a run killed between a part's rename and the journal's removal
+            table = table.filter(pc.invert(pc.is_in(table.column("path"),
+                                                    value_set=pa.array(sorted(done), pa.string()))))
+            if table.num_rows:
+                _write_part(table, out / f"part-{journal.stem[len('.journal-'):]}-recovered.parquet")
+                recovered += table.num_rows
+        journal.unlink()
+    return recovered
+
+
 class PartWriter:
     """Writes rows into ``part-<run>-<n>.parquet`` files under ``out`` once ``rows_per_file`` rows
     or ``flush_seconds`` have gathered; each file is written beside its final name and renamed
-    into place, so a killed job leaves only whole files."""
+    into place, so a killed job leaves only whole files. Rows not yet in a part are in the
+    journal (`recover_journals`)."""
 
     def __init__(self, out: Path, rows_per_file: int = ROWS_PER_FILE,
                  flush_seconds: float = FLUSH_SECONDS) -> None:
@@ -121,10 +167,20 @@ class PartWriter:
         self.files = 0
         self.written = 0
         self.first = 0.0  # when the oldest pending row arrived
+        self._journal: Any = None  # (file, stream writer, path) while rows are pending
 
-    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
         if not self.pending:
             self.first = time.monotonic()
+        if self._journal is None:
+            import pyarrow as pa
+
+            path = self.out / f".journal-{self.run}-{self.files:05d}.arrows"
+            sink = pa.OSFile(str(path), "wb")  # unbuffered: each batch reaches the file at once
+            self._journal = (sink, pa.ipc.new_stream(sink, _row_schema()), path)
+        self._journal[1].write_table(_table(rows))
         self.pending.extend(rows)
         self.tick()
 
@@ -136,20 +192,17 @@ class PartWriter:
             self.flush()
 
     def flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         if not self.pending:
             return
-        table = pa.Table.from_pylist([{k: r[k] for k in ROW_FIELDS} for r in self.pending],
-                                     schema=_row_schema())
-        final = self.out / f"part-{self.run}-{self.files:05d}.parquet"
-        tmp = final.with_name("." + final.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        _write_part(_table(self.pending), self.out / f"part-{self.run}-{self.files:05d}.parquet")
         self.files += 1
         self.written += len(self.pending)
         self.pending.clear()
+        sink, stream, path = self._journal
+        self._journal = None
+        stream.close()
+        sink.close()
+        path.unlink()
 
 
 @dataclass
@@ -207,7 +260,8 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
     sha = model_sha256(model)
     out.mkdir(parents=True, exist_ok=True)
     for tmp in out.glob(".part-*.parquet.tmp"):
-        tmp.unlink()  # a file a killed run was writing; its rows are not counted as done
+        tmp.unlink()  # a file a killed run was writing; its rows are in the journal
+    recover_journals(out)
     done = done_paths(out)
     if done and not resume:
         raise FileExistsError(f"{out} already holds results; pass --resume to continue that "

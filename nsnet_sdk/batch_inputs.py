@@ -4,6 +4,7 @@ a worker started in another directory reads the same file; a URI as it is)."""
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 from typing import Iterable, Iterator, Sequence
 
@@ -51,7 +52,8 @@ def _expand_uri(uri: str, warnings: list[str]) -> Iterable[str]:
 
 def iter_inputs(inputs: Sequence[str], warnings: list[str]) -> Iterator[str]:
     """Each input as it will be keyed in the output: folders scanned recursively, globs expanded,
-    URI prefixes listed, ``.txt``/``.lst``/``.csv``/``.parquet`` listings read line by line; URIs
+    URI prefixes listed (in a listing too), ``.txt``/``.lst``/``.csv``/``.parquet`` listings read
+    line by line; URIs
     and plain files kept as given. Each once, first occurrence first; ``warnings`` collects what
     was left out and why."""
     seen: set[str] = set()
@@ -60,7 +62,9 @@ def iter_inputs(inputs: Sequence[str], warnings: list[str]) -> Iterator[str]:
         if has_scheme(raw):
             found: Iterable[str] = _expand_uri(raw, warnings)
         elif low.endswith((".parquet", *LISTING_SUFFIXES)) and os.path.isfile(raw):
-            found = _read_listing(raw)
+            # a URI prefix in a listing is listed too (a local folder there stays one input)
+            found = itertools.chain.from_iterable(
+                _expand_uri(u, warnings) if has_scheme(u) else (u,) for u in _read_listing(raw))
         elif _GLOB_CHARS & set(raw) and not os.path.exists(raw):
             matches = sorted(glob.glob(raw, recursive=True))
             if not matches:
