@@ -57,19 +57,23 @@ class Scorer:
         return rows, self.worker, time.perf_counter() - start
 
 
+# Ray's processes rename themselves (``ray::DashboardAgent``), so they are found by a variable
+# in the environment they inherit from the driver, which names the job's temp folder.
+OWNER_VAR = "NSNET_BATCH_RAY"
 _REAPER = r"""
 import os, shutil, signal, sys
 tmp = sys.argv[1]
+mark = ("%s=" % sys.argv[2]).encode() + tmp.encode() + b"\0"
 sys.stdin.buffer.read()  # EOF: the driver closed its end, or died
 for pid in os.listdir("/proc"):
     if not pid.isdigit() or int(pid) == os.getpid():
         continue
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read()
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
     except OSError:
         continue
-    if tmp.encode() in cmd:
+    if mark in env:
         try:
             os.kill(int(pid), signal.SIGKILL)
         except OSError:
@@ -80,19 +84,28 @@ shutil.rmtree(tmp, ignore_errors=True)
 
 class _LocalRay:
     """A local Ray owned by this job: its own temp folder, and a reaper process that kills every
-    process whose command line names that folder once the driver's end of a pipe closes."""
+    process started with `OWNER_VAR` naming that folder once the driver's end of a pipe closes
+    (the driver's exit, however it happens)."""
 
     def __init__(self, ray_init: dict[str, Any] | None) -> None:
         import ray
 
         self.tmp = tempfile.mkdtemp(prefix="nsray-", dir="/tmp")  # short: socket paths are limited
         read_end, self.pipe = os.pipe()
-        self.reaper = subprocess.Popen([sys.executable, "-c", _REAPER, self.tmp], stdin=read_end,
-                                       start_new_session=True)
+        self.reaper = subprocess.Popen([sys.executable, "-c", _REAPER, self.tmp, OWNER_VAR],
+                                       stdin=read_end, start_new_session=True)
         os.close(read_end)
         args = dict(include_dashboard=False, log_to_driver=False, _temp_dir=self.tmp)
         args.update(ray_init or {})
-        ray.init(**args)
+        saved = os.environ.get(OWNER_VAR)
+        os.environ[OWNER_VAR] = self.tmp  # inherited by every process Ray starts from here
+        try:
+            ray.init(**args)
+        finally:
+            if saved is None:
+                os.environ.pop(OWNER_VAR, None)
+            else:
+                os.environ[OWNER_VAR] = saved
 
     def close(self) -> None:
         import ray

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -346,3 +347,45 @@ def test_small_job_runs_without_ray(model, folder, tmp_path):
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert out.stdout.split()[-2:] == ["0", "False"], out.stderr[-2000:]
     assert len(by_key(read_rows(tmp_path / "out"))) == N_FILES
+
+
+_KILLED_RAY_DRIVER = """
+import os, signal, sys
+import psutil
+from nsnet_sdk.batch import run_batch
+def on_rows(rows):
+    # the Ray this job started: every process below the driver
+    print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+run_batch([sys.argv[1]], sys.argv[2], sys.argv[3], batch_size=8, use_ray=True, on_rows=on_rows,
+          ray_init={"num_cpus": 1, "object_store_memory": 100 * 2**20})
+"""
+
+
+def test_killed_driver_takes_its_local_ray_with_it(model, folder, tmp_path):
+    psutil = pytest.importorskip("psutil")  # installed with Ray
+    root, _ = folder
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RAY_DRIVER, str(root), str(model),
+                           str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) >= 3, proc.stdout  # GCS, raylet, a worker at least
+
+    def alive() -> list[int]:
+        out = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    out.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    deadline = time.monotonic() + 60
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = alive()
+    for pid in left:  # do not leave them to the next test
+        os.kill(pid, signal.SIGKILL)
+    assert not left, [psutil.Process(p).cmdline()[:2] for p in left if psutil.pid_exists(p)]
