@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,14 +38,20 @@ class Scorer:
                  threshold: float, batch_size: int, threads: int | None) -> None:
         from .detector import Detector
 
+        folder = None
         if model_bytes is not None:
-            # the artifact kind is told by its name, so the copy keeps it
+            # the artifact kind is told by its name, so the copy keeps it; the runtime holds the
+            # model once loaded, so the copy is removed at once (a killed actor leaves nothing)
             folder = tempfile.mkdtemp(prefix="nsnet-model-")
             model_path = os.path.join(folder, model_name)
             with open(model_path, "wb") as f:
                 f.write(model_bytes)
-        self.det = Detector(model_path, threshold=threshold, batch_size=batch_size, workers=0,
-                            intra_op_threads=threads)
+        try:
+            self.det = Detector(model_path, threshold=threshold, batch_size=batch_size,
+                                workers=0, intra_op_threads=threads)
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
         self.sha256 = sha256
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
