@@ -17,18 +17,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .batch_inputs import iter_inputs, location
-from .errors import NSNetError
-from .pipeline.read import file_byte_limit, read_image_file
-from .prediction import Prediction, rename_source
-from .results import FIELDS, escape_text, model_sha256, result_row
-from .uris import has_scheme, read_uri
+from .batch_rows import ROW_FIELDS, Item, failed_row, prediction_row, row_schema, score_items
 
-# One Parquet row per input: the fields of `nsnet detect`'s rows (nsnet_sdk.results), the input
-# named `path`; text cells escaped as in detect's files (`results.unescape_text` reverses it).
-ROW_FIELDS = tuple("path" if f == "source" else f for f in FIELDS)
+__all__ = ["ROW_FIELDS", "BatchSummary", "PartWriter", "done_paths", "failed_row",
+           "prediction_row", "recover_journals", "run_batch"]
+from .results import escape_text, model_sha256
+
 # A Parquet part is written once this many rows or seconds have gathered; until then each
 # finished batch is appended to a journal beside it (an Arrow stream, written through to the
 # file), so a killed driver loses only the batches in flight: the next run turns the journal's
@@ -37,64 +34,6 @@ ROWS_PER_FILE = 5000
 FLUSH_SECONDS = 30.0
 # Below this many inputs (and with no cluster address) starting Ray costs more than it saves.
 SMALL_JOB = 2000
-
-Item = tuple[str, str]  # (input as listed, where to read it)
-
-
-def _row_schema():
-    import pyarrow as pa
-
-    types = {"prob_fake": pa.float64(), "logit": pa.float64(), "is_fake": pa.bool_(),
-             "threshold": pa.float64(), "warnings": pa.list_(pa.string())}
-    return pa.schema([(f, types.get(f, pa.string())) for f in ROW_FIELDS])
-
-
-def prediction_row(pred: Prediction, threshold: float, sha256: str) -> dict[str, Any]:
-    """The Parquet row of one Prediction: `results.result_row` with ``source`` as ``path``."""
-    row = result_row(pred, threshold=threshold, model_sha256=sha256)
-    row["path"] = row.pop("source")
-    for k in ("path", "error", "verdict"):
-        if row[k] is not None:
-            row[k] = escape_text(row[k])
-    row["warnings"] = [escape_text(w) for w in row["warnings"]]
-    return row
-
-
-def failed_row(path: str, error: str, threshold: float, sha256: str) -> dict[str, Any]:
-    """The row of an input that never reached a Detector."""
-    pred = Prediction(source=path, prob_fake=None, is_fake=None, logit=None, error=error)
-    return prediction_row(pred, threshold, sha256)
-
-
-def read_item(key: str, where: str, limit: int) -> bytes:
-    """The bytes of one input, at most ``limit`` (its size checked before reading); errors name
-    ``key``, the input as listed."""
-    if has_scheme(where):
-        return read_uri(where, limit)
-    return read_image_file(where, limit, key)
-
-
-def score_items(det: Any, items: Sequence[Item], sha256: str) -> list[dict[str, Any]]:
-    """The rows of ``items`` scored by ``det`` (a `Detector`), in order: each input read with the
-    Detector's byte limit, a read failure its error row."""
-    limit = file_byte_limit(det.max_pixels)
-    datas: list[bytes] = []
-    preds: list[Prediction | None] = []
-    for key, where in items:
-        try:
-            datas.append(read_item(key, where, limit))
-            preds.append(None)
-        except NSNetError as e:
-            preds.append(Prediction.failed(key, e))
-    scored = iter(det.predict_iter(datas, on_error="record"))
-    rows, n = [], 0
-    for (key, _), pred in zip(items, preds):
-        if pred is None:
-            pred = rename_source(next(scored), n, key)
-            n += 1
-        rows.append(prediction_row(pred, det.threshold, sha256))
-    return rows
-
 
 # -- output ---------------------------------------------------------------------------------
 
@@ -112,7 +51,7 @@ def _table(rows: Sequence[dict[str, Any]]):
     import pyarrow as pa
 
     return pa.Table.from_pylist([{k: r[k] for k in ROW_FIELDS} for r in rows],
-                                schema=_row_schema())
+                                schema=row_schema())
 
 
 def _write_part(table: Any, final: Path) -> None:
@@ -140,12 +79,13 @@ def recover_journals(out: Path) -> int:
         except (StopIteration, pa.ArrowInvalid, OSError):
             pass  # the end, or a batch cut short by the kill: what came before is whole
         if batches:
-            table = pa.Table.from_batches(batches, schema=_row_schema())
+            table = pa.Table.from_batches(batches, schema=row_schema())
             done = done_paths(out)  # a run killed between a part's rename and the journal's removal
             table = table.filter(pc.invert(pc.is_in(table.column("path"),
                                                     value_set=pa.array(sorted(done), pa.string()))))
             if table.num_rows:
-                _write_part(table, out / f"part-{journal.stem[len('.journal-'):]}-recovered.parquet")
+                run = journal.stem[len(".journal-"):]
+                _write_part(table, out / f"part-{run}-recovered.parquet")
                 recovered += table.num_rows
         journal.unlink()
     return recovered
@@ -179,7 +119,7 @@ class PartWriter:
 
             path = self.out / f".journal-{self.run}-{self.files:05d}.arrows"
             sink = pa.OSFile(str(path), "wb")  # unbuffered: each batch reaches the file at once
-            self._journal = (sink, pa.ipc.new_stream(sink, _row_schema()), path)
+            self._journal = (sink, pa.ipc.new_stream(sink, row_schema()), path)
         self._journal[1].write_table(_table(rows))
         self.pending.extend(rows)
         self.tick()

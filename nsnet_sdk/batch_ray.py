@@ -21,7 +21,7 @@ import tempfile
 import time
 from typing import Any, Callable, Iterator
 
-from .batch import BatchSummary, Item, failed_row, score_items
+from .batch_rows import Item, failed_row, score_items
 
 IN_FLIGHT_PER_ACTOR = 2
 # Tries of an input alone after its batch failed: a task sent to an actor that has just died
@@ -143,7 +143,7 @@ def connect(address: str | None, ray_init: dict[str, Any] | None) -> _LocalRay |
 
 def score_on_ray(batches: Iterator[list[Item]], model: str, sha: str,
                  take: Callable[[list[dict]], None], tick: Callable[[], None],
-                 summary: BatchSummary, *, address: str | None, workers: int,
+                 summary: Any, *, address: str | None, workers: int,
                  gpus_per_worker: float, batch_size: int, threshold: float,
                  threads: int | None, ray_init: dict[str, Any] | None) -> None:
     """Score ``batches`` on ``workers`` actors, handing each batch's rows to ``take`` as it
@@ -169,7 +169,7 @@ def score_on_ray(batches: Iterator[list[Item]], model: str, sha: str,
 
 def _dispatch(ray: Any, actors: list, batches: Iterator[list[Item]],
               take: Callable[[list[dict]], None], tick: Callable[[], None],
-              summary: BatchSummary, threshold: float, sha: str) -> None:
+              summary: Any, threshold: float, sha: str) -> None:
     load = [0] * len(actors)
     inflight: dict[Any, tuple[int, list[Item], int]] = {}
     retry: collections.deque[tuple[list[Item], int]] = collections.deque()

@@ -1,5 +1,6 @@
-"""Inputs named by URI (``s3://``, ``gs://``, ``hdfs://``, ``file://``): listing a prefix and reading
-one object with the same byte limit as a local file, each failure a typed error naming the URI.
+"""Inputs named by URI (``s3://``, ``gs://``, ``hdfs://``, ``file://``): listing a prefix and
+reading one object with the same byte limit as a local file, each failure a typed error naming
+the URI.
 
 Object stores are reached through ``pyarrow.fs`` (installed with the [ray] extra), which takes
 credentials, region and endpoint from the standard environment and config of each store

@@ -89,9 +89,9 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def format_summary(s: BatchSummary, out: str) -> str:
     """The final summary: images, errors, images/s overall and per worker."""
-    lines = [f"nsnet: {s.inputs} inputs ({s.engine}): {s.scored} scored, {s.errors} errors, {s.skipped} already "
-             f"done; {s.images_per_s:.1f} images/s over {s.seconds:.1f}s; {s.files} Parquet "
-             f"files written to {out}"]
+    lines = [f"nsnet: {s.inputs} inputs ({s.engine}): {s.scored} scored, {s.errors} errors, "
+             f"{s.skipped} already done; {s.images_per_s:.1f} images/s over {s.seconds:.1f}s; "
+             f"{s.files} Parquet files written to {out}"]
     for w, (n, busy) in sorted(s.per_worker.items()):
         lines.append(f"  worker {w}: {n} images, {n / busy if busy > 0 else 0:.1f} images/s busy")
     return "\n".join(lines)
