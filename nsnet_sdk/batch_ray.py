@@ -132,13 +132,24 @@ def connect(address: str | None, ray_init: dict[str, Any] | None) -> _LocalRay |
         return None
     if address is None and not os.environ.get("RAY_ADDRESS"):
         return _LocalRay(ray_init)
+    where = address or os.environ["RAY_ADDRESS"]
     try:
+        _reachable(where)  # Ray itself retries an unreachable GCS for minutes
         ray.init(address=address, log_to_driver=False, **(ray_init or {}))
     except Exception as e:
-        raise ConnectionError(f"cannot connect to the Ray cluster at "
-                              f"{address or os.environ.get('RAY_ADDRESS')}: {type(e).__name__}: "
-                              f"{e}; --address takes {ADDRESS_FORMS}") from None
+        raise ConnectionError(f"cannot connect to the Ray cluster at {where}: "
+                              f"{type(e).__name__}: {e}; --address takes {ADDRESS_FORMS}") from None
     return None
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Raise `OSError` when ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) takes no TCP
+    connection; ``auto`` and other forms are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host or "/" in host:
+        return
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        pass
 
 
 def score_on_ray(batches: Iterator[list[Item]], model: str, sha: str,
