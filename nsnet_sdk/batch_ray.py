@@ -27,6 +27,7 @@ IN_FLIGHT_PER_ACTOR = 2
 # Tries of an input alone after its batch failed: a task sent to an actor that has just died
 # (before Ray has noticed) fails too, so one failure alone does not yet blame the input.
 SINGLE_TRIES = 3
+CLIENT_TRIES = 3  # Ray Client connections whose server died while starting (see connect)
 ADDRESS_FORMS = ("'auto' (the cluster this machine belongs to), 'HOST:6379' (a head node's GCS "
                  "port), 'ray://HOST:10001' (Ray Client), or RAY_ADDRESS")
 
@@ -34,12 +35,16 @@ ADDRESS_FORMS = ("'auto' (the cluster this machine belongs to), 'HOST:6379' (a h
 class Scorer:
     """One actor: a `Detector` on the model sent by the driver; a batch of items in, rows out."""
 
-    def __init__(self, model_name: str, model_bytes: bytes | None, model_path: str, sha256: str,
+    def __init__(self, model_name: str, model_ref: list, model_path: str, sha256: str,
                  threshold: float, batch_size: int, threads: int | None) -> None:
         from .detector import Detector
 
         folder = None
-        if model_bytes is not None:
+        if model_ref:
+            import ray
+
+            # inside a list, so Ray passes the reference and the actor fetches the bytes here
+            model_bytes = ray.get(model_ref[0])
             # the artifact kind is told by its name, so the copy keeps it; the runtime holds the
             # model once loaded, so the copy is removed at once (a killed actor leaves nothing)
             folder = tempfile.mkdtemp(prefix="nsnet-model-")
@@ -135,7 +140,15 @@ def connect(address: str | None, ray_init: dict[str, Any] | None) -> _LocalRay |
     where = address or os.environ["RAY_ADDRESS"]
     try:
         _reachable(where)  # Ray itself retries an unreachable GCS for minutes
-        ray.init(address=address, log_to_driver=False, **(ray_init or {}))
+        for attempt in range(CLIENT_TRIES):
+            try:
+                ray.init(address=address, log_to_driver=False, **(ray_init or {}))
+                break
+            except ConnectionAbortedError as e:
+                # The Ray Client proxy forks a server per connection, and that server sometimes
+                # dies in gRPC's fork handling (ray-project/ray#63202); a new one usually starts.
+                if "client server failed" not in str(e) or attempt == CLIENT_TRIES - 1:
+                    raise
     except Exception as e:
         raise ConnectionError(f"cannot connect to the Ray cluster at {where}: "
                               f"{type(e).__name__}: {e}; --address takes {ADDRESS_FORMS}") from None
@@ -163,10 +176,10 @@ def score_on_ray(batches: Iterator[list[Item]], model: str, sha: str,
 
     owned = connect(address, ray_init)
     try:
-        blob = None
+        blob = []  # the driver holds the reference for the whole job, so a restart finds it
         if os.path.isfile(model):
             with open(model, "rb") as f:
-                blob = ray.put(f.read())
+                blob = [ray.put(f.read())]
         actor_cls = ray.remote(Scorer).options(
             num_cpus=1, num_gpus=gpus_per_worker or None, max_restarts=-1, max_task_retries=0)
         actors = [actor_cls.remote(os.path.basename(model), blob, model, sha, threshold,
