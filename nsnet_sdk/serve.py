@@ -67,7 +67,7 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
     ``upload_bytes``: request body bytes one replica holds at once, all requests together
     (default 4 × ``max_bytes``; past it a request gets 503 before its body is read);
     ``body_timeout_s``: a body must arrive within this (else 408); ``graceful_s``: how long a
-    stopping replica lets requests in flight finish.
+    replica Serve stops (scale-down, redeploy) lets its requests in flight finish.
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response

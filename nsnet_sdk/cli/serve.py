@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> None:
         "serve", help="run an HTTP detection service on Ray Serve",
         description="Serve POST /v1/detect, POST /v1/detect/batch, GET /v1/model, GET /metrics "
         "(Prometheus) and GET /healthz on Ray Serve with dynamic batching; one JSON log line per "
-        "request with its X-Request-ID. SIGTERM lets requests in flight finish (--graceful-seconds). "
+        "request with its X-Request-ID. SIGTERM stops it (exit 0). "
         "Binds to loopback unless --host says otherwise. Needs the [ray] extra.")
     s.add_argument("--model", "-m", required=True, help="model artifact (.onnx, .engine, run dir)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
@@ -57,7 +57,8 @@ def add_parser(subparsers: Any) -> None:
                    help=f"a request body must arrive within S seconds, else 408 "
                    f"({DEFAULT_BODY_TIMEOUT_S:g})")
     s.add_argument("--graceful-seconds", type=float, default=DEFAULT_GRACEFUL_S, metavar="S",
-                   help=f"on SIGTERM, how long requests in flight may finish ({DEFAULT_GRACEFUL_S:g})")
+                   help=f"how long a replica Serve stops (scale-down, redeploy) lets its requests "
+                   f"in flight finish ({DEFAULT_GRACEFUL_S:g})")
     s.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
     s.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer <token>', "
                    "the token read from this environment variable")
