@@ -10,13 +10,16 @@ Ray, Ray Serve and FastAPI are imported only when the service is built (the ``[r
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request), which
 # are names local to build_app and must be objects, not strings.
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
+import json
+import logging
 import os
 import re
-import sys
 import time
+import uuid
 from typing import Any
 
 from .prediction import rename_source
@@ -27,6 +30,11 @@ DEFAULT_MAX_BATCH = 32
 DEFAULT_BATCH_WAIT_MS = 5.0
 DEFAULT_MAX_BYTES = 50 * 10**6
 MAX_UPLOADS = 256  # uploads in one /v1/detect/batch request
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_GRACEFUL_S = 30.0
+ROUTES = ("/v1/detect", "/v1/detect/batch", "/v1/model", "/healthz", "/metrics")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+log = logging.getLogger("nsnet.serve")
 APP_NAME = "nsnet"
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
           "gib": 2**30}
@@ -49,17 +57,30 @@ def token_digest(token: str) -> str:
 def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
               batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS, max_bytes: int = DEFAULT_MAX_BYTES,
               token_sha256: str | None = None, replicas: int | str = 1,
-              gpus_per_replica: float = 0.0, threshold: float | None = None) -> Any:
+              gpus_per_replica: float = 0.0, threshold: float | None = None,
+              upload_bytes: int | None = None, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+              graceful_s: float = DEFAULT_GRACEFUL_S) -> Any:
     """The Ray Serve application (``serve.run(build_app(...))``).
 
     ``replicas``: a count or ``"auto"`` (Serve's autoscaling); ``token_sha256``: `token_digest`
-    of the bearer token every ``/v1`` request must carry, None for no auth.
+    of the bearer token every ``/v1`` request (and ``/metrics``) must carry, None for no auth.
+    ``upload_bytes``: request body bytes one replica holds at once, all requests together
+    (default 4 × ``max_bytes``; past it a request gets 503 before its body is read);
+    ``body_timeout_s``: a body must arrive within this (else 408); ``graceful_s``: how long a
+    replica Serve stops (scale-down, redeploy) lets its requests in flight finish.
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from ray import serve
 
     from . import __version__
+    from .metrics import ServiceMetrics, UploadBudget
+
+    upload_bytes = 4 * max_bytes if upload_bytes is None else int(upload_bytes)
+    if upload_bytes < max_bytes:
+        raise ValueError(f"upload_bytes ({upload_bytes:,}) must be at least max_bytes "
+                         f"({max_bytes:,}), or no body of the largest size could be read")
+    replica: dict[str, Any] = {}  # this process's metrics and budget, made by the replica
 
     api = FastAPI(title="NS-Net detector", version=__version__,
                   description="Scores images as real or AI-generated. Requests send image bytes.")
@@ -73,6 +94,8 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
 
     @api.exception_handler(HTTPError)
     async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
+        if "metrics" in replica:
+            replica["metrics"].refuse(exc.error)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"error": exc.error, "detail": exc.detail}, exc.status, headers=headers)
 
@@ -84,23 +107,68 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
                                                                   token_sha256):
             raise HTTPError(401, "Unauthorized", "a valid 'Authorization: Bearer <token>' is required")
 
+    @api.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Any:
+        """Metrics and one JSON log line per request, with Serve's request id (the client's
+        X-Request-ID, else one Serve made; Serve returns it in the answer's X-Request-ID); the
+        body bytes the request held go back to the budget."""
+        rid = _serve_request_id() or request.headers.get("x-request-id", "")
+        rid = rid if _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex
+        request.state.request_id, request.state.held = rid, 0
+        start, status = time.perf_counter(), 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            if request.state.held and "budget" in replica:
+                await replica["budget"].release(request.state.held)
+            seconds = time.perf_counter() - start
+            route = request.url.path if request.url.path in ROUTES else "other"
+            if "metrics" in replica:
+                replica["metrics"].request(route, status, seconds)
+            log.info(json.dumps({"request_id": rid, "method": request.method, "route": route,
+                                 "status": status, "seconds": round(seconds, 4),
+                                 "bytes": request.state.held}))
+
     async def read_body(request: Request) -> bytes:
-        """The body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
+        """The body, refused with 413 as soon as it is known to exceed ``max_bytes``, with 503
+        when the replica already holds its upload budget, with 408 when it is not all there
+        within ``body_timeout_s``."""
         declared = request.headers.get("content-length")
         too_big = HTTPError(413, "PayloadTooLarge", f"request body over the {max_bytes:,}-byte limit")
+        busy = HTTPError(503, "Busy", f"the service holds its {upload_bytes:,} bytes of uploads; "
+                         "retry shortly")
+        budget = replica["budget"]
         if declared is not None:
             try:
-                if int(declared) > max_bytes:
-                    raise too_big
+                length = int(declared)
             except ValueError:
                 raise HTTPError(400, "BadRequest", "invalid Content-Length") from None
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
+            if length > max_bytes:
                 raise too_big
-            chunks.append(chunk)
-        return b"".join(chunks)
+            if not await budget.reserve(length):  # before the first byte is read
+                raise busy
+            request.state.held = length
+
+        async def receive() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_big
+                if size > request.state.held:  # sent without a length, or longer than declared
+                    if not await budget.reserve(size - request.state.held):
+                        raise busy
+                    request.state.held = size
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            return await asyncio.wait_for(receive(), body_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPError(408, "RequestTimeout", f"the request body did not arrive within "
+                            f"{body_timeout_s:g} s") from None
 
     async def uploads(request: Request, most: int) -> list[tuple[str, bytes]]:
         """(name, bytes) of each image sent: a multipart upload's files, else the raw body."""
@@ -131,7 +199,8 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
         ray_options["num_gpus"] = gpus_per_replica
 
     @serve.deployment(num_replicas=replicas, ray_actor_options=ray_options,
-                      max_ongoing_requests=max(4 * max_batch, 64))
+                      max_ongoing_requests=max(4 * max_batch, 64),
+                      graceful_shutdown_timeout_s=graceful_s, graceful_shutdown_wait_loop_s=1.0)
     @serve.ingress(api)
     class NSNetService:
         """One `Detector` per replica; concurrent requests share its forward passes."""
@@ -144,6 +213,13 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
             self.score.set_max_batch_size(max_batch)
             self.score.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
             self.stats = {"requests": 0, "images": 0, "forward_passes": 0, "batched_images": 0}
+            self.metrics = replica["metrics"] = ServiceMetrics(sha)
+            replica["budget"] = UploadBudget(upload_bytes, self.metrics.upload_bytes.labels(sha))
+            if not log.handlers:  # one JSON line per request on the replica's stderr log
+                handler = logging.StreamHandler()
+                handler.setFormatter(logging.Formatter("%(message)s"))
+                log.addHandler(handler)
+                log.setLevel(logging.INFO)
 
         @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_MS / 1000)
         async def score(self, items: list[tuple[str, bytes]]) -> list[tuple[Any, int]]:
@@ -156,6 +232,10 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
             preds = await asyncio.to_thread(run)  # requests keep queueing while the model runs
             self.stats["forward_passes"] += 1
             self.stats["batched_images"] += len(items)
+            self.metrics.forward_pass(len(items))
+            for p in preds:
+                if p.error is not None:
+                    self.metrics.refuse(p.error.partition(":")[0])
             return [(p, len(items)) for p in preds]
 
         async def predictions(self, request: Request, most: int) -> list[tuple[Any, int]]:
@@ -193,11 +273,27 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
             return {**info, "model_sha256": sha, "max_batch": max_batch,
                     "batch_wait_ms": batch_wait_ms, "max_bytes": max_bytes, "stats": dict(self.stats)}
 
+        @api.get("/metrics", summary="Prometheus metrics of the replica that answers")
+        async def metrics(self, request: Request) -> Response:
+            authorize(request)
+            body, ctype = self.metrics.exposition()
+            return Response(body, media_type=ctype)
+
         @api.get("/healthz", summary="Liveness: 200 once the model is loaded")
         async def healthz(self) -> dict:
             return {"status": "ok"}
 
     return NSNetService.bind()
+
+
+def _serve_request_id() -> str:
+    """The id Ray Serve gave the request being handled ("" where this Ray has no such context)."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return str(_get_serve_request_context().request_id or "")
+    except (ImportError, AttributeError):
+        return ""
 
 
 def is_loopback(host: str) -> bool:

@@ -8,16 +8,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from _ray_util import REPO, local_ray
+from _s3_util import put_objects, s3_server
 from _sdk_util import build_stand_in_onnx, textured, write_png
 from test_sdk_inputs import png_claiming
 from nsnet_sdk.batch import ROW_FIELDS, run_batch
-from nsnet_sdk.batch_inputs import expand_inputs, local_error
+from nsnet_sdk.batch_inputs import expand_inputs
 from nsnet_sdk.cli import main
 from nsnet_sdk.results import unescape_text
 
@@ -25,7 +27,13 @@ N_FILES = 300
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def s3():
+    """The S3 server; started before Ray, so Ray's workers inherit its AWS environment."""
+    yield from s3_server()
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3):
     pytest.importorskip("pyarrow")
     yield from local_ray()
 
@@ -56,6 +64,12 @@ def folder(tmp_path_factory) -> tuple[Path, set[str]]:
         else:
             write_png(sub / f"img{i}.png", textured(36 + i % 5, 40 + i % 7, seed=i))
     return root, bad
+
+
+def by_key(rows: list[dict]) -> dict[str, dict]:
+    keyed = {unescape_text(r["path"]): r for r in rows}
+    assert len(keyed) == len(rows), "an input has more than one row"
+    return keyed
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -156,9 +170,6 @@ def test_inputs_expand_from_globs_and_listings(folder, tmp_path):
     pq.write_table(pa.table({"path": [every[2], every[0]]}), table)
     got, _ = expand_inputs([str(listing), str(table)])
     assert got == [every[0], every[1], "s3://bucket/key.jpg", missing, every[2]]  # each once
-    assert local_error(missing).startswith("ImageDecodeError") and missing in local_error(missing)
-    assert local_error(every[0]) is None and local_error("s3://bucket/key.jpg") is None
-    assert "not a regular file" in local_error("/dev/null")
 
 
 def test_missing_and_special_inputs_are_rows_not_failures(ray_local, model, folder, tmp_path):
@@ -166,16 +177,18 @@ def test_missing_and_special_inputs_are_rows_not_failures(ray_local, model, fold
     good = [p for p in expand_inputs([str(root)])[0] if p not in bad][:3]
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)  # reading it would block forever
-    odd = os.fsdecode(bytes(tmp_path) + b"/bad\xffname.png")  # not UTF-8: pyarrow cannot open it
+    odd = os.fsdecode(bytes(tmp_path) + b"/bad\xffname.png")  # not UTF-8: any name is read
     Path(odd).write_bytes(Path(good[0]).read_bytes())
     inputs = good + [str(tmp_path / "gone.png"), str(fifo), str(tmp_path), odd]
     listing = tmp_path / "inputs.txt"
     listing.write_bytes(b"\n".join(os.fsencode(p) for p in inputs))
     summary = run_batch([str(listing)], model, tmp_path / "out", workers=1, batch_size=4)
     rows = {unescape_text(r["path"]): r for r in read_rows(tmp_path / "out")}
-    assert set(rows) == set(inputs) and summary.scored == 3 and summary.errors == 4
-    assert all(rows[p]["error"] is None for p in good)
-    assert "not valid UTF-8" in rows[odd]["error"] and "\\xff" in rows[odd]["path"]
+    assert set(rows) == set(inputs) and summary.scored == 4 and summary.errors == 3
+    assert all(rows[p]["error"] is None for p in good + [odd])
+    assert "\\xff" in rows[odd]["path"]
+    assert "not a regular file" in rows[str(fifo)]["error"]
+    assert "no such file" in rows[str(tmp_path / "gone.png")]["error"]
 
 
 def test_import_and_help_do_not_import_ray():
@@ -185,3 +198,194 @@ def test_import_and_help_do_not_import_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+# -- URIs, names, limits ---------------------------------------------------------------------
+
+BUCKET = "nsnet-batch"
+FILLER = 10_000  # keys that are not images: the listing spans ten pages of S3's 1,000
+
+
+@pytest.fixture(scope="module")
+def bucket(s3, folder) -> dict[str, bytes]:
+    """``set/`` holds 10,000 tiny non-image keys and, among them, good, corrupt and bomb images;
+    returns the image objects (key -> bytes)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    root, bad = folder
+    files = sorted(p for p in expand_inputs([str(root)])[0])
+    good = [p for p in files if p not in bad][:6]
+    broken = sorted(bad)[:3]
+    images = {f"set/k{i * 1499:05d}{Path(p).suffix}": Path(p).read_bytes()
+              for i, p in enumerate(good + broken)}
+    images["set/sub/deep.png"] = Path(good[-1]).read_bytes()
+    put_objects(BUCKET, images)  # through the S3 protocol
+    # The filler goes straight into the server's store: 10,000 uploads would take a minute here.
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    for i in range(FILLER):
+        backend.put_object(BUCKET, f"set/k{i:05d}.json", b"{}")
+    return images
+
+
+def test_s3_prefix_equals_detect_on_the_downloaded_files(ray_local, model, bucket, tmp_path):
+    import boto3
+
+    local = tmp_path / "downloaded"
+    client = boto3.client("s3")
+    for key in bucket:  # the image objects, fetched like any user would
+        dest = local / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(BUCKET, key, str(dest))
+    ref = detect_rows(model, local, tmp_path)
+    want = {f"s3://{BUCKET}/" + str(Path(p).relative_to(local)): r for p, r in ref.items()}
+
+    # the Ray engine through the CLI, and the in-process one through the API
+    assert main(["batch", f"s3://{BUCKET}/set/", "--model", str(model), "--out",
+                 str(tmp_path / "ray"), "--ray", "-q", "--batch-size", "4"]) == 0
+    run_batch([f"s3://{BUCKET}/set/"], model, tmp_path / "local", use_ray=False)
+    for engine in ("ray", "local"):
+        got = by_key(read_rows(tmp_path / engine))
+        assert set(got) == set(want) and len(got) == len(bucket), engine
+        for key, r in got.items():
+            w = want[key]
+            local_name = str(local / key[len(f"s3://{BUCKET}/"):])
+            assert r["error"] == (w["error"] and w["error"].replace(local_name, key)), key
+            assert r["is_fake"] == w["is_fake"] and r["warnings"] == w["warnings"], key
+            if w["error"] is None:
+                assert abs(r["prob_fake"] - w["prob_fake"]) <= 1e-6, key
+    assert sum(r["error"] is not None for r in got.values()) == 3
+
+
+@pytest.mark.parametrize("use_ray", [True, False], ids=["ray", "in-process"])
+def test_each_listed_uri_is_one_row_and_a_failing_one_does_not_stop_the_job(
+        ray_local, model, bucket, folder, tmp_path, use_ray):
+    root, bad = folder
+    good_local = [p for p in expand_inputs([str(root)])[0] if p not in bad][:2]
+    sub = root / "d1"
+    sub_files = expand_inputs([str(sub)])[0]
+    s3_good = f"s3://{BUCKET}/" + next(k for k in bucket if k.endswith(".png"))
+    listed = [s3_good, f"s3://{BUCKET}/set/missing.png", "s3://nsnet-no-such-bucket/a.png",
+              good_local[0], "file://" + good_local[1], f"file://{sub}/"]
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("\n".join(listed) + "\n")
+    summary = run_batch([str(listing)], model, tmp_path / "out", use_ray=use_ray, batch_size=4)
+    rows = by_key(read_rows(tmp_path / "out"))
+    want_keys = set(listed[:-1]) | {f"file://{p}" for p in sub_files}
+    assert set(rows) == want_keys  # keyed as listed: no scheme-less twin, no false error row
+    assert summary.scored + summary.errors == len(want_keys) == summary.inputs
+    assert "no such object" in rows[listed[1]]["error"] and listed[1] in rows[listed[1]]["error"]
+    assert rows[listed[2]]["error"].startswith("ImageDecodeError: " + listed[2])
+    for key in (s3_good, good_local[0], "file://" + good_local[1]):
+        assert rows[key]["error"] is None, key
+    for p in sub_files:
+        assert (rows[f"file://{p}"]["error"] is None) == (p not in bad), p
+
+
+@pytest.mark.parametrize("use_ray", [True, False], ids=["ray", "in-process"])
+def test_any_name_keeps_its_row_and_the_byte_limit_holds_before_reading(
+        ray_local, model, folder, tmp_path, use_ray):
+    from nsnet_sdk.pipeline import MAX_PIXELS
+    from nsnet_sdk.pipeline.read import file_byte_limit
+
+    root, bad = folder
+    good = [p for p in expand_inputs([str(root)])[0] if p not in bad]
+    src = tmp_path / "in"
+    src.mkdir()
+    picture = Path(good[0]).read_bytes()
+    (src / "new\nline.png").write_bytes(picture)
+    (src / "tab\tand space .png").write_bytes(Path(good[1]).read_bytes())
+    # a real picture followed by a sparse hole: one byte over detect's limit, nothing on disk
+    with open(src / "huge.png", "wb") as f:
+        f.write(picture)
+        f.truncate(file_byte_limit(MAX_PIXELS) + 1)
+    ref = {unescape_text(k): r for k, r in detect_rows(model, src, tmp_path).items()}
+    run_batch([str(src)], model, tmp_path / "out", use_ray=use_ray, batch_size=4)
+    rows = by_key(read_rows(tmp_path / "out"))
+    assert set(rows) == set(ref) and len(rows) == 3
+    assert "ImageTooLargeError" in rows[str(src / "huge.png")]["error"]
+    for key, r in rows.items():
+        assert r["error"] == ref[key]["error"], key
+        assert r["prob_fake"] == pytest.approx(ref[key]["prob_fake"], abs=1e-6), key
+
+
+_KILLED_DRIVER = """
+import os, signal, sys
+from nsnet_sdk.batch import run_batch
+taken = 0
+def on_rows(rows):
+    global taken
+    taken += len(rows)
+    if taken >= int(sys.argv[4]):
+        print(taken, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+run_batch([sys.argv[1]], sys.argv[2], sys.argv[3], batch_size=8, use_ray=False, on_rows=on_rows)
+"""
+
+
+def test_killed_driver_loses_no_finished_row(model, folder, tmp_path):
+    root, bad = folder
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_DRIVER, str(root), str(model), str(out),
+                           "150"], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    taken = int(proc.stdout.split()[-1])
+    resumed = run_batch([str(root)], model, out, resume=True, use_ray=False)
+    assert resumed.skipped >= taken  # every row handed out before the kill was kept
+    rows = by_key(read_rows(out))
+    assert len(rows) == N_FILES and {p for p, r in rows.items() if r["error"]} == bad
+
+
+def test_small_job_runs_without_ray(model, folder, tmp_path):
+    root, _ = folder
+    code = ("import sys\nfrom nsnet_sdk.cli import main\n"
+            f"rc = main(['batch', {str(root)!r}, '--model', {str(model)!r}, '--out', "
+            f"{str(tmp_path / 'out')!r}, '-q'])\n"
+            "print(rc, 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert out.stdout.split()[-2:] == ["0", "False"], out.stderr[-2000:]
+    assert len(by_key(read_rows(tmp_path / "out"))) == N_FILES
+
+
+_KILLED_RAY_DRIVER = """
+import os, signal, sys
+import psutil
+from nsnet_sdk.batch import run_batch
+def on_rows(rows):
+    # the Ray this job started: every process below the driver
+    print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+run_batch([sys.argv[1]], sys.argv[2], sys.argv[3], batch_size=8, use_ray=True, on_rows=on_rows,
+          ray_init={"num_cpus": 1, "object_store_memory": 100 * 2**20})
+"""
+
+
+def test_killed_driver_takes_its_local_ray_with_it(model, folder, tmp_path):
+    psutil = pytest.importorskip("psutil")  # installed with Ray
+    root, _ = folder
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RAY_DRIVER, str(root), str(model),
+                           str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) >= 3, proc.stdout  # GCS, raylet, a worker at least
+
+    def alive() -> list[int]:
+        out = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    out.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    deadline = time.monotonic() + 60
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = alive()
+    for pid in left:  # do not leave them to the next test
+        os.kill(pid, signal.SIGKILL)
+    assert not left, [psutil.Process(p).cmdline()[:2] for p in left if psutil.pid_exists(p)]

@@ -17,6 +17,8 @@ from nsnet_sdk.serve import parse_bytes
 TOKEN = "correct horse battery staple"
 MAX_BYTES = 300_000
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+UPLOAD_BYTES = 2 * MAX_BYTES  # two largest bodies at once
+BODY_TIMEOUT_S = 8.0
 
 
 def _free_port() -> int:
@@ -49,7 +51,8 @@ def url(model):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         # A long batch wait makes batching of concurrent requests certain on a loaded machine.
         serve.run(build_app(model, max_batch=8, batch_wait_ms=200, max_bytes=MAX_BYTES,
-                            token_sha256=token_digest(TOKEN)), name="nsnet", route_prefix="/")
+                            token_sha256=token_digest(TOKEN), upload_bytes=UPLOAD_BYTES,
+                            body_timeout_s=BODY_TIMEOUT_S), name="nsnet", route_prefix="/")
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
@@ -194,3 +197,94 @@ def test_load_test_refuses_non_loopback_targets(model, capsys):
     assert serve_load.main(["--model", str(model), "--url", "http://192.0.2.1:8000"]) == 2
     assert "loopback addresses only" in capsys.readouterr().err
     assert serve_load.main(["--model", str(model), "--requests", "0"]) == 2
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value of a Prometheus text exposition."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def test_metrics_count_requests_by_status_refusals_by_reason_and_batch_sizes(url, model, images):
+    import hashlib
+
+    import httpx
+
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401  # behind the token too
+
+    def scrape() -> dict[str, float]:
+        r = httpx.get(f"{url}/metrics", headers=AUTH, timeout=30)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        return metric_values(r.text)
+
+    def get(m: dict[str, float], name: str, **labels: str) -> float:
+        want = ",".join(f'{k}="{v}"' for k, v in sorted({**labels, "model_sha256": sha}.items()))
+        return m.get(f"{name}{{{want}}}", 0.0)
+
+    before = scrape()
+    assert post(url, images[0]).status_code == 200
+    assert post(url, images[1]).status_code == 200
+    assert post(url, b"not an image").status_code == 422
+    assert post(url, b"\xff" * (MAX_BYTES + 1)).status_code == 413
+    after = scrape()
+
+    def delta(name: str, **labels: str) -> float:
+        return get(after, name, **labels) - get(before, name, **labels)
+
+    assert delta("nsnet_requests_total", route="/v1/detect", status="200") == 2
+    assert delta("nsnet_requests_total", route="/v1/detect", status="422") == 1
+    assert delta("nsnet_requests_total", route="/v1/detect", status="413") == 1
+    assert delta("nsnet_inputs_refused_total", reason="ImageDecodeError") == 1
+    assert delta("nsnet_inputs_refused_total", reason="PayloadTooLarge") == 1
+    assert delta("nsnet_request_seconds_count", route="/v1/detect") == 4
+    assert delta("nsnet_batch_size_sum") == 3  # images through the model: two good, one bad
+    assert get(after, "nsnet_upload_bytes_held") == 0  # every body's bytes given back
+
+
+def test_request_id_is_echoed_or_made(url, images):
+    r = post(url, images[0], headers={"X-Request-ID": "job-42.7"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "job-42.7"
+    made = [post(url, images[0]).headers.get("x-request-id", "") for _ in range(2)]
+    assert all(made) and made[0] != made[1]
+
+
+def test_stalled_bodies_time_out_and_the_upload_budget_refuses_before_reading(url, images):
+    """Two uploads that declare the largest body and stall hold the whole upload budget: a third
+    is refused with 503 at once, the stalled ones get 408 after the body timeout, health and a
+    good request answer meanwhile, and the budget is whole again afterwards."""
+    import time
+
+    def stalled() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=60)
+        s.sendall((f"POST /v1/detect HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                   f"Content-Length: {MAX_BYTES}\r\n\r\nabcd").encode())
+        return s
+
+    def answer(s: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    first = stalled()
+    second = stalled()
+    time.sleep(2)  # both bodies have reserved their length
+    import httpx
+
+    third = post(url, images[0], headers={"Content-Length": str(len(images[0]))})
+    assert third.status_code == 503 and third.json()["error"] == "Busy"
+    assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+    start = time.monotonic()
+    for s in (first, second):
+        assert answer(s).split(b"\r\n", 1)[0].split(b" ")[1] == b"408"
+        s.close()
+    assert time.monotonic() - start < BODY_TIMEOUT_S + 30  # not held until the client gives up
+    assert post(url, images[0]).status_code == 200

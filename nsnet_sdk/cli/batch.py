@@ -5,7 +5,8 @@ import argparse
 import sys
 from typing import Any
 
-from ..batch import BatchSummary, run_batch
+from ..batch import SMALL_JOB, BatchSummary, run_batch
+from ..batch_ray import ADDRESS_FORMS
 from ..constants import DEFAULT_BATCH_SIZE
 from ..errors import NSNetError
 from .args import positive_int, probability, progress_bar
@@ -16,16 +17,24 @@ def add_parser(subparsers: Any) -> None:
     """Register ``nsnet batch`` (Ray is imported only when it runs)."""
 
     b = subparsers.add_parser(
-        "batch", help="score many images on a Ray cluster (Ray Data), Parquet output",
-        description="Score folders (recursive), globs, or text/Parquet listings of paths or URIs on "
-        "a Ray cluster, writing one Parquet row per input under --out. Needs the [ray] extra.")
+        "batch", help="score many images (in process, or on a Ray cluster), Parquet output",
+        description="Score folders (recursive), globs, URI prefixes (s3://bucket/prefix/) or "
+        "text/Parquet listings of paths or URIs, writing one Parquet row per input, keyed as "
+        "listed, under --out. A job of fewer than %d inputs without --address runs in this "
+        "process; a larger one on Ray actors. Object-store credentials and endpoint come from "
+        "the standard environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, AWS_PROFILE, ...). "
+        "Needs the [ray] extra." % SMALL_JOB)
     b.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="folders, globs, files, or .txt/.lst/.csv/.parquet listings of paths/URIs")
-    b.add_argument("--model", "-m", required=True, help="model artifact (.onnx, .engine, run dir), "
-                   "readable at the same path on every node")
+                   help="folders, globs, files, URIs (a URI ending with / is a prefix), or "
+                   ".txt/.lst/.csv/.parquet listings of paths/URIs")
+    b.add_argument("--model", "-m", required=True, help="model artifact (.onnx, .engine: sent to "
+                   "the workers by Ray; a run dir must be at the same path on every node)")
     b.add_argument("--out", required=True, metavar="DIR", help="folder for the Parquet files")
-    b.add_argument("--address", help="Ray cluster: 'auto' or ray://host:10001 (default: start a "
-                   "local Ray)")
+    b.add_argument("--address", help="Ray cluster: " + ADDRESS_FORMS + " (default: RAY_ADDRESS, "
+                   "else a local Ray started for the job, and stopped with it)")
+    b.add_argument("--ray", action="store_true",
+                   help="use Ray even for a small job (default: only from %d inputs, or with "
+                   "--address)" % SMALL_JOB)
     b.add_argument("--workers", type=positive_int, default=1, help="scoring actors (1)")
     b.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
                    help="GPUs per actor (0 = CPU actors)")
@@ -41,7 +50,6 @@ def add_parser(subparsers: Any) -> None:
 def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``nsnet batch``; exit 0 when every input has a row, 1 when the job failed, 2 on usage."""
     try:
-        import ray  # noqa: F401
         import pyarrow  # noqa: F401
     except ImportError:
         parser.error("nsnet batch needs Ray: pip install 'nsnet-sdk[ray]'")
@@ -54,16 +62,16 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         nonlocal bar
         for w in s.warnings:
             print(f"nsnet: warning: {w}", file=sys.stderr)
-        bar = progress_bar(s.inputs, args.quiet)
-        if bar is not None:
-            bar.update(s.skipped)
+        # the listing is read as the job goes: the total is known up front only for a small job
+        todo = s.inputs - s.skipped
+        bar = progress_bar(todo if todo < SMALL_JOB else None, args.quiet)
 
     try:
         summary = run_batch(args.inputs, args.model, args.out, address=args.address,
                             workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                             batch_size=args.batch_size, resume=args.resume,
                             threshold=args.threshold, threads_per_worker=None if args.gpus_per_worker else 1,
-                            on_start=start,
+                            on_start=start, use_ray=True if args.ray else None,
                             on_rows=lambda rows: bar.update(len(rows)) if bar is not None else None)
     except FileExistsError as e:
         parser.error(str(e))
@@ -83,9 +91,9 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def format_summary(s: BatchSummary, out: str) -> str:
     """The final summary: images, errors, images/s overall and per worker."""
-    lines = [f"nsnet: {s.inputs} inputs: {s.scored} scored, {s.errors} errors, {s.skipped} already "
-             f"done; {s.images_per_s:.1f} images/s over {s.seconds:.1f}s; {s.files} Parquet "
-             f"files written to {out}"]
+    lines = [f"nsnet: {s.inputs} inputs ({s.engine}): {s.scored} scored, {s.errors} errors, "
+             f"{s.skipped} already done; {s.images_per_s:.1f} images/s over {s.seconds:.1f}s; "
+             f"{s.files} Parquet files written to {out}"]
     for w, (n, busy) in sorted(s.per_worker.items()):
         lines.append(f"  worker {w}: {n} images, {n / busy if busy > 0 else 0:.1f} images/s busy")
     return "\n".join(lines)

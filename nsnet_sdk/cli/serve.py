@@ -8,8 +8,9 @@ import time
 from typing import Any
 
 from ..errors import NSNetError
-from ..serve import (APP_NAME, DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, DEFAULT_MAX_BYTES, DEFAULT_PORT,
-                     build_app, is_loopback, parse_bytes, token_digest)
+from ..serve import (APP_NAME, DEFAULT_BATCH_WAIT_MS, DEFAULT_BODY_TIMEOUT_S, DEFAULT_GRACEFUL_S,
+                     DEFAULT_MAX_BATCH, DEFAULT_MAX_BYTES, DEFAULT_PORT, build_app, is_loopback,
+                     parse_bytes, token_digest)
 from .args import positive_int, probability
 
 def _replicas(text: str) -> int | str:
@@ -31,13 +32,15 @@ def add_parser(subparsers: Any) -> None:
 
     s = subparsers.add_parser(
         "serve", help="run an HTTP detection service on Ray Serve",
-        description="Serve POST /v1/detect, POST /v1/detect/batch, GET /v1/model and GET /healthz "
-        "on Ray Serve with dynamic batching. Binds to loopback unless --host says otherwise. "
-        "Needs the [ray] extra.")
+        description="Serve POST /v1/detect, POST /v1/detect/batch, GET /v1/model, GET /metrics "
+        "(Prometheus) and GET /healthz on Ray Serve with dynamic batching; one JSON log line per "
+        "request with its X-Request-ID. SIGTERM stops it (exit 0). "
+        "Binds to loopback unless --host says otherwise. Needs the [ray] extra.")
     s.add_argument("--model", "-m", required=True, help="model artifact (.onnx, .engine, run dir)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     s.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
-    s.add_argument("--address", help="Ray cluster: 'auto' or ray://host:10001 (default: local Ray)")
+    s.add_argument("--address", help="Ray cluster: 'auto', HOST:6379 (a head's GCS port) or "
+                   "RAY_ADDRESS (default: a local Ray)")
     s.add_argument("--replicas", type=_replicas, default=1, metavar="N|auto",
                    help="model replicas, or 'auto' for autoscaling (1)")
     s.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G", help="GPUs per replica")
@@ -47,6 +50,15 @@ def add_parser(subparsers: Any) -> None:
                    help="how long a forward pass waits for more requests (5)")
     s.add_argument("--max-bytes", type=_size, default=DEFAULT_MAX_BYTES,
                    help="largest request body; larger ones get 413 (50MB)")
+    s.add_argument("--upload-bytes", type=_size, metavar="SIZE",
+                   help="request body bytes a replica holds at once, all requests together; "
+                   "past it 503 before the body is read (4 x --max-bytes)")
+    s.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S, metavar="S",
+                   help=f"a request body must arrive within S seconds, else 408 "
+                   f"({DEFAULT_BODY_TIMEOUT_S:g})")
+    s.add_argument("--graceful-seconds", type=float, default=DEFAULT_GRACEFUL_S, metavar="S",
+                   help=f"how long a replica Serve stops (scale-down, redeploy) lets its requests "
+                   f"in flight finish ({DEFAULT_GRACEFUL_S:g})")
     s.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
     s.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer <token>', "
                    "the token read from this environment variable")
@@ -63,6 +75,8 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         token_sha = token_digest(token.strip())
     if args.batch_wait_ms < 0 or args.gpus_per_replica < 0:
         parser.error("--batch-wait-ms and --gpus-per-replica must be >= 0")
+    if args.body_timeout <= 0 or args.graceful_seconds < 0:
+        parser.error("--body-timeout must be > 0 and --graceful-seconds >= 0")
     try:
         import ray
         from ray import serve
@@ -74,10 +88,14 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         artifact_kind(args.model)
         app = build_app(args.model, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                         max_bytes=args.max_bytes, token_sha256=token_sha, replicas=args.replicas,
-                        gpus_per_replica=args.gpus_per_replica, threshold=args.threshold)
+                        gpus_per_replica=args.gpus_per_replica, threshold=args.threshold,
+                        upload_bytes=args.upload_bytes, body_timeout_s=args.body_timeout,
+                        graceful_s=args.graceful_seconds)
     except (NSNetError, OSError) as e:
         print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
         return 1
+    except ValueError as e:  # --upload-bytes below --max-bytes
+        parser.error(str(e))
     if not is_loopback(args.host) and token_sha is None:
         print(f"nsnet: warning: serving on {args.host} without --token-env: anyone who can reach "
               "it can use it", file=sys.stderr)

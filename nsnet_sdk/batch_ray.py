@@ -1,0 +1,240 @@
+"""`nsnet batch` on Ray: a pool of scoring actors fed batches of (input, location) from the driver.
+
+Plain actors and tasks, not Ray Data: they work the same through a Ray Client (``ray://``)
+connection, the driver bounds what is in flight (two batches per actor) so a listing of millions
+of inputs streams, and each batch's rows come back keyed as listed. The model file travels
+through the object store, so workers need no shared filesystem for it; inputs are read by the
+actors (`batch.score_items`), so image bytes never pass through the driver. A batch whose actor
+died is retried one input at a time; an input that kills its actor alone is an error row.
+A local Ray started for the job runs in its own temp folder, watched by a small process that
+stops it when the driver exits in any way, SIGKILL included.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Iterator
+
+from .batch_rows import Item, failed_row, score_items
+
+IN_FLIGHT_PER_ACTOR = 2
+# Tries of an input alone after its batch failed: a task sent to an actor that has just died
+# (before Ray has noticed) fails too, so one failure alone does not yet blame the input.
+SINGLE_TRIES = 3
+CLIENT_TRIES = 3  # Ray Client connections whose server died while starting (see connect)
+ADDRESS_FORMS = ("'auto' (the cluster this machine belongs to), 'HOST:6379' (a head node's GCS "
+                 "port), 'ray://HOST:10001' (Ray Client), or RAY_ADDRESS")
+
+
+class Scorer:
+    """One actor: a `Detector` on the model sent by the driver; a batch of items in, rows out."""
+
+    def __init__(self, model_name: str, model_ref: list, model_path: str, sha256: str,
+                 threshold: float, batch_size: int, threads: int | None) -> None:
+        from .detector import Detector
+        from .options import BackendOptions, InputOptions
+
+        folder = None
+        if model_ref:
+            import ray
+
+            # inside a list, so Ray passes the reference and the actor fetches the bytes here
+            model_bytes = ray.get(model_ref[0])
+            # the artifact kind is told by its name, so the copy keeps it; the runtime holds the
+            # model once loaded, so the copy is removed at once (a killed actor leaves nothing)
+            folder = tempfile.mkdtemp(prefix="nsnet-model-")
+            model_path = os.path.join(folder, model_name)
+            with open(model_path, "wb") as f:
+                f.write(model_bytes)
+        try:
+            self.det = Detector(model_path, threshold=threshold,
+                                backend=BackendOptions(intra_op_threads=threads),
+                                options=InputOptions(batch_size=batch_size, workers=0))
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self.sha256 = sha256
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def ready(self) -> str:
+        return self.worker
+
+    def score(self, items: list[Item]) -> tuple[list[dict], str, float]:
+        start = time.perf_counter()
+        rows = score_items(self.det, items, self.sha256)
+        return rows, self.worker, time.perf_counter() - start
+
+
+# Ray's processes rename themselves (``ray::DashboardAgent``), so they are found by a variable
+# in the environment they inherit from the driver, which names the job's temp folder.
+OWNER_VAR = "NSNET_BATCH_RAY"
+_REAPER = r"""
+import os, shutil, signal, sys
+tmp = sys.argv[1]
+mark = ("%s=" % sys.argv[2]).encode() + tmp.encode() + b"\0"
+sys.stdin.buffer.read()  # EOF: the driver closed its end, or died
+for pid in os.listdir("/proc"):
+    if not pid.isdigit() or int(pid) == os.getpid():
+        continue
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        continue
+    if mark in env:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+shutil.rmtree(tmp, ignore_errors=True)
+"""
+
+
+class _LocalRay:
+    """A local Ray owned by this job: its own temp folder, and a reaper process that kills every
+    process started with `OWNER_VAR` naming that folder once the driver's end of a pipe closes
+    (the driver's exit, however it happens)."""
+
+    def __init__(self, ray_init: dict[str, Any] | None) -> None:
+        import ray
+
+        self.tmp = tempfile.mkdtemp(prefix="nsray-", dir="/tmp")  # short: socket paths are limited
+        read_end, self.pipe = os.pipe()
+        self.reaper = subprocess.Popen([sys.executable, "-c", _REAPER, self.tmp, OWNER_VAR],
+                                       stdin=read_end, start_new_session=True)
+        os.close(read_end)
+        args = dict(include_dashboard=False, log_to_driver=False, _temp_dir=self.tmp)
+        args.update(ray_init or {})
+        saved = os.environ.get(OWNER_VAR)
+        os.environ[OWNER_VAR] = self.tmp  # inherited by every process Ray starts from here
+        try:
+            ray.init(**args)
+        finally:
+            if saved is None:
+                os.environ.pop(OWNER_VAR, None)
+            else:
+                os.environ[OWNER_VAR] = saved
+
+    def close(self) -> None:
+        import ray
+
+        ray.shutdown()
+        os.close(self.pipe)
+        self.reaper.wait(timeout=60)
+
+
+def connect(address: str | None, ray_init: dict[str, Any] | None) -> _LocalRay | None:
+    """Use the Ray initialised in this process, else connect to ``address``, else start a local
+    Ray owned by the job (returned, to be closed). Raises `ConnectionError` naming the address
+    forms that work when ``address`` cannot be reached."""
+    import ray
+
+    if ray.is_initialized():
+        return None
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        return _LocalRay(ray_init)
+    where = address or os.environ["RAY_ADDRESS"]
+    try:
+        _reachable(where)  # Ray itself retries an unreachable GCS for minutes
+        for attempt in range(CLIENT_TRIES):
+            try:
+                ray.init(address=address, log_to_driver=False, **(ray_init or {}))
+                break
+            except ConnectionAbortedError as e:
+                # The Ray Client proxy forks a server per connection, and that server sometimes
+                # dies in gRPC's fork handling (ray-project/ray#63202); a new one usually starts.
+                if "client server failed" not in str(e) or attempt == CLIENT_TRIES - 1:
+                    raise
+    except Exception as e:
+        raise ConnectionError(f"cannot connect to the Ray cluster at {where}: "
+                              f"{type(e).__name__}: {e}; --address takes {ADDRESS_FORMS}") from None
+    return None
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Raise `OSError` when ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``) takes no TCP
+    connection; ``auto`` and other forms are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host or "/" in host:
+        return
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        pass
+
+
+def score_on_ray(batches: Iterator[list[Item]], model: str, sha: str,
+                 take: Callable[[list[dict]], None], tick: Callable[[], None],
+                 summary: Any, *, address: str | None, workers: int,
+                 gpus_per_worker: float, batch_size: int, threshold: float,
+                 threads: int | None, ray_init: dict[str, Any] | None) -> None:
+    """Score ``batches`` on ``workers`` actors, handing each batch's rows to ``take`` as it
+    finishes (``tick`` between results); per-actor counts go to ``summary.per_worker``."""
+    import ray
+
+    owned = connect(address, ray_init)
+    try:
+        blob = []  # the driver holds the reference for the whole job, so a restart finds it
+        if os.path.isfile(model):
+            with open(model, "rb") as f:
+                blob = [ray.put(f.read())]
+        actor_cls = ray.remote(Scorer).options(
+            num_cpus=1, num_gpus=gpus_per_worker or None, max_restarts=-1, max_task_retries=0)
+        actors = [actor_cls.remote(os.path.basename(model), blob, model, sha, threshold,
+                                   batch_size, threads) for _ in range(workers)]
+        ray.get([a.ready.remote() for a in actors])  # a model no actor can load fails the job here
+        _dispatch(ray, actors, batches, take, tick, summary, threshold, sha)
+    finally:
+        if owned is not None:
+            owned.close()
+
+
+def _dispatch(ray: Any, actors: list, batches: Iterator[list[Item]],
+              take: Callable[[list[dict]], None], tick: Callable[[], None],
+              summary: Any, threshold: float, sha: str) -> None:
+    load = [0] * len(actors)
+    inflight: dict[Any, tuple[int, list[Item], int]] = {}
+    retry: collections.deque[tuple[list[Item], int]] = collections.deque()
+    busy: dict[str, list] = {}
+    exhausted = False
+    while True:
+        while (retry or not exhausted) and min(load) < IN_FLIGHT_PER_ACTOR:
+            chunk, tries = retry.popleft() if retry else (next(batches, None), 0)
+            if chunk is None:
+                exhausted = True
+                break
+            i = load.index(min(load))
+            load[i] += 1
+            inflight[actors[i].score.remote(chunk)] = (i, chunk, tries)
+        if not inflight:
+            return
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
+        for ref in ready:
+            i, chunk, tries = inflight.pop(ref)
+            load[i] -= 1
+            try:
+                rows, worker, seconds = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                if len(chunk) > 1:  # find the input that failed: each alone, on any actor
+                    retry.extend(([item], 1) for item in chunk)
+                elif tries < SINGLE_TRIES:
+                    retry.append((chunk, tries + 1))
+                else:
+                    key = chunk[0][0]
+                    reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                    take([failed_row(key, f"InferenceError: {key}: the scoring worker failed on "
+                                     f"this input, tried alone {SINGLE_TRIES} times "
+                                     f"({type(e).__name__}: {reason})", threshold, sha)])
+                continue
+            acc = busy.setdefault(worker, [0, 0.0])
+            acc[0] += len(rows)
+            acc[1] += seconds
+            for r in rows:
+                r["worker"] = worker
+            take(rows)
+        tick()
+        summary.per_worker = {w: (n, s) for w, (n, s) in busy.items()}
