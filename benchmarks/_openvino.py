@@ -17,7 +17,8 @@ CALIBRATION_SAMPLES = 64  # enough for NNCF's min/max statistics of a ViT; keeps
 
 def cpu_summary() -> dict:
     """The CPU's relevant feature flags and class (`nsnet_sdk.backends.openvino.isa_class`)."""
-    from nsnet_sdk.backends.openvino import cpu_features, isa_class
+    from nsnet_sdk.backends.openvino import isa_class
+    from nsnet_sdk.cpuinfo import cpu_features
 
     f = cpu_features()
     keep = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
@@ -33,7 +34,8 @@ def plan(model: Path, workdir: Path, calibration: Path, timeout: float, not_run:
     except ImportError:
         not_run.append("OpenVINO: not installed (pip install 'nsnet-sdk[openvino]')")
         return []
-    from nsnet_sdk.backends.openvino import bf16_supported, cpu_features
+    from nsnet_sdk.backends.openvino import bf16_supported
+    from nsnet_sdk.cpuinfo import cpu_features
 
     base = dict(backend="openvino", label="openvino", device="cpu", model=str(model))
     cfgs = [dict(base, name="openvino fp32", precision="fp32")]

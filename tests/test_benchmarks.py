@@ -98,7 +98,8 @@ def test_expected_backend_stage_combinations_present(bench):
         want |= {(backend, prec, "end_to_end", max(BATCHES), w) for w in WORKERS}
     want |= {("onnxruntime", "fp32", "preprocess", 1, w) for w in WORKERS}
     want |= {("onnxruntime-spin", "fp32", "end_to_end", max(BATCHES), w) for w in WORKERS}
-    from nsnet_sdk.backends.openvino import bf16_supported, cpu_features
+    from nsnet_sdk.backends.openvino import bf16_supported
+    from nsnet_sdk.cpuinfo import cpu_features
 
     import importlib.util
 

@@ -58,11 +58,11 @@ def _auto_kernel(cache_dir: Path) -> str:
 @needs_kernel
 @pytest.mark.skipif(len(VARIANTS) < 2, reason="one compiled variant on this CPU: nothing to choose")
 def test_auto_kernel_is_measured_once_and_kept_per_cpu_model(tmp_path):
-    from nsnet_sdk.pipeline.patches import _cpu_model
+    from nsnet_sdk.cpuinfo import cpu_model
 
     first = _auto_kernel(tmp_path)
     cache = json.loads((tmp_path / "kernel.json").read_text())
-    key = f"{_cpu_model()} | {','.join(VARIANTS)}"
+    key = f"{cpu_model()} | {','.join(VARIANTS)}"
     assert cache == {key: first} and first in VARIANTS
     # A kept choice is used as is, even the slowest variant: no CPUID override, no re-measuring.
     (tmp_path / "kernel.json").write_text(json.dumps({key: "c-portable", "Other CPU | x": "c-avx2"}))

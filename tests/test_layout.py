@@ -123,6 +123,10 @@ FILE_OPENERS = {
     "nsnet_sdk/report_rows.py": "result files (JSON Lines / CSV / Parquet) a report is built from",
     "nsnet_sdk/labels.py": "labels.jsonl files exported by the report",
     "nsnet_sdk/restamp.py": "model artifacts and their sidecars, re-stamped",
+    "nsnet_sdk/batch_ray.py": "the model copy an actor receives, /proc/PID/environ of Ray's processes",
+    "nsnet_sdk/cpuinfo.py": "/proc/cpuinfo",
+    "nsnet_sdk/backends/openvino.py": "the measured engine table (package data)",
+    "nsnet_sdk/pipeline/patches.py": "the kernel-choice cache",
 }
 # Modules that open one named kind of file and nothing else: the only calls they may make.
 FILE_OPENING_CALLS = {"nsnet_sdk/provenance.py": {"Path(anchors).read_text"}}  # trust-anchor PEM

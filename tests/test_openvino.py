@@ -26,9 +26,10 @@ from export.parity import compare  # noqa: E402
 from nsnet_sdk.artifact import read_model_meta  # noqa: E402
 from nsnet_sdk.backends import load_backend  # noqa: E402
 from nsnet_sdk.backends import openvino as ovb  # noqa: E402
+from nsnet_sdk.cpuinfo import cpu_features  # noqa: E402
 from nsnet_sdk.errors import BackendUnavailableError, InferenceError, ModelLoadError  # noqa: E402
 
-HAS_BF16 = ovb.bf16_supported(ovb.cpu_features())
+HAS_BF16 = ovb.bf16_supported(cpu_features())
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def test_int8_round_trip(tiny, int8_model, held_out):
     try:
         got = b.run(held_out)
         assert b.precision == "int8"
-        if {"amx_int8", "avx512_vnni"} & ovb.cpu_features():
+        if {"amx_int8", "avx512_vnni"} & cpu_features():
             assert any("i8" in k for k in b.kernels()), b.kernels()  # INT8 primitives really ran
     finally:
         b.close()
@@ -181,12 +182,12 @@ CPUINFO_ZEN3 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma f16c\n"
 
 
 def test_cpu_features_and_class():
-    assert ovb.isa_class(ovb.cpu_features(CPUINFO_AMX)) == "amx"
-    assert ovb.isa_class(ovb.cpu_features(CPUINFO_ZEN3)) == "avx2"
+    assert ovb.isa_class(cpu_features(CPUINFO_AMX)) == "amx"
+    assert ovb.isa_class(cpu_features(CPUINFO_ZEN3)) == "avx2"
     assert ovb.isa_class({"avx512f", "avx2", "fma"}) == "avx512"
-    assert ovb.isa_class(set()) == "baseline" and ovb.cpu_features("no flags here") == frozenset()
-    assert ovb.bf16_supported(ovb.cpu_features(CPUINFO_AMX))
-    assert not ovb.bf16_supported(ovb.cpu_features(CPUINFO_ZEN3))
+    assert ovb.isa_class(set()) == "baseline" and cpu_features("no flags here") == frozenset()
+    assert ovb.bf16_supported(cpu_features(CPUINFO_AMX))
+    assert not ovb.bf16_supported(cpu_features(CPUINFO_ZEN3))
 
 
 def _eligible(table, feats, precision, artifact="fp32"):
@@ -198,7 +199,7 @@ def _eligible(table, feats, precision, artifact="fp32"):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_measured_table_choice_on_this_class(precision):
     table = ovb.load_engine_table()
-    feats = ovb.cpu_features(CPUINFO_AMX)
+    feats = cpu_features(CPUINFO_AMX)
     choice = ovb.choose_cpu_engine(feats, table, precision=precision)
     rows = _eligible(table, feats, precision)
     assert rows, "the checked-in table has rows for an AMX CPU"
@@ -211,7 +212,7 @@ def test_measured_table_choice_on_this_class(precision):
 
 def test_choice_never_uses_instructions_the_cpu_lacks():
     table = ovb.load_engine_table()
-    for feats in (ovb.cpu_features(CPUINFO_ZEN3), frozenset({"avx2", "fma", "avx512f"}), frozenset()):
+    for feats in (cpu_features(CPUINFO_ZEN3), frozenset({"avx2", "fma", "avx512f"}), frozenset()):
         for precision in ("fp32", "bf16", "int8"):
             c = ovb.choose_cpu_engine(feats, table, precision=precision)
             eligible = {(r["backend"], r["precision"]) for r in _eligible(table, feats, precision)}
@@ -229,10 +230,10 @@ def test_choice_prefers_fastest_within_bound_and_falls_back():
         {"isa": "amx", "backend": "openvino", "precision": "bf16", "needs": ["amx_bf16"], "ratio": 9.0,
          "parity": {"max_abs_prob": 0.3, "agreement": 0.8}, "measured": "a fast row past its bound"},
     ]
-    zen = ovb.cpu_features(CPUINFO_ZEN3)
+    zen = cpu_features(CPUINFO_ZEN3)
     assert ovb.choose_cpu_engine(zen, table, precision="bf16")[:2] == ("openvino", "fp32")
     assert ovb.choose_cpu_engine(zen, table, available=["onnxruntime"])[:2] == ("onnxruntime", "fp32")
-    amx = ovb.cpu_features(CPUINFO_AMX)
+    amx = cpu_features(CPUINFO_AMX)
     assert ovb.choose_cpu_engine(amx, table, precision="bf16")[:2] == ("openvino", "bf16")
     # FP32 asked on an AMX CPU: its class has no FP32 row within the bound -> the baseline, said so
     c = ovb.choose_cpu_engine(amx, table, precision="fp32")
@@ -245,7 +246,7 @@ def test_choice_prefers_fastest_within_bound_and_falls_back():
 
 def test_auto_choice_on_this_machine_is_a_table_row_it_can_run():
     c = ovb.auto_cpu_engine("bf16")
-    rows = _eligible(ovb.load_engine_table(), ovb.cpu_features(), "bf16")
+    rows = _eligible(ovb.load_engine_table(), cpu_features(), "bf16")
     assert (c.backend, c.precision) in {(r["backend"], r["precision"]) for r in rows} or "baseline" in c.why
     if c.precision == "bf16":
         assert HAS_BF16

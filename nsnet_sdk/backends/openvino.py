@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from . import device_array
+from ..cpuinfo import cpu_features
 from ..errors import BackendUnavailableError, InferenceError, ModelLoadError
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -34,20 +35,6 @@ _ISA_ORDER = ("amx", "avx512", "avx2", "baseline")  # best first
 
 
 # -- CPU features and the engine choice ---------------------------------------------------------
-
-def cpu_features(cpuinfo: str | None = None) -> frozenset[str]:
-    """The CPU's feature flags (``flags`` line of /proc/cpuinfo, or of ``cpuinfo`` text); empty
-    where unreadable (non-Linux), which makes every choice fall back to the FP32 baseline."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return frozenset()
-    for line in cpuinfo.splitlines():
-        if line.split(":", 1)[0].strip() in ("flags", "Features"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
 
 def isa_class(features: Iterable[str]) -> str:
     """``"amx"`` (AMX tiles with BF16/INT8), ``"avx512"``, ``"avx2"`` or ``"baseline"``: the rows

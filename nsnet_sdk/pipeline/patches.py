@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
+from ..cpuinfo import cpu_model
 from .config import DEFAULT, PatchConfig
 from .decode import load_image
 
@@ -69,18 +70,6 @@ def kernel_cache_path() -> Path:
     return Path(root) / "kernel.json"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.split(":", 1)[0].strip() == "model name":
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def measured_variant(variants: Sequence[str], run: Callable[[np.ndarray, np.ndarray, str], None]) -> str:
     """The fastest of ``variants`` (the build's, CPUID order) on this CPU model, measured once on a
     512×512 image at first use and kept in `kernel_cache_path` per CPU model and variant set.
@@ -95,7 +84,7 @@ def measured_variant(variants: Sequence[str], run: Callable[[np.ndarray, np.ndar
     import json
     import time
 
-    key = f"{_cpu_model()} | {','.join(variants)}"
+    key = f"{cpu_model()} | {','.join(variants)}"
     path = kernel_cache_path()
     try:
         known = json.loads(path.read_text(encoding="utf-8"))
