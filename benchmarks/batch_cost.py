@@ -22,7 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.throughput import BenchError, image_files, library_versions, machine, synthetic_files
+from benchmarks._machine import library_versions, machine
+from benchmarks.throughput import BenchError, image_files, synthetic_files
 
 
 Run = Callable[[list[str], Callable[[int], None]], None]  # files, on_results(count)

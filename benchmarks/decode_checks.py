@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import time
 from typing import Callable
 
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from nsnet_sdk.cpuinfo import cpu_model
 from nsnet_sdk.pipeline.sniff import read_header
 
 cv2.setNumThreads(1)
@@ -56,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=15)
     args = ap.parse_args()
-    print(f"{platform.processor() or platform.machine()}, OpenCV {cv2.__version__}, one thread")
+    print(f"{cpu_model()}, OpenCV {cv2.__version__}, one thread")
     for name, data in _files().items():
         buf = np.frombuffer(data, np.uint8)
 

@@ -15,7 +15,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import deque  # noqa: E402
@@ -23,6 +22,7 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 
+from nsnet_sdk.cpuinfo import cpu_model
 from nsnet_sdk.pipeline.executors import make_decoder  # noqa: E402
 from nsnet_sdk.pipeline import DEFAULT, MAX_PIXELS, kernel_name  # noqa: E402
 from benchmarks.preprocess import photo_like, write_report  # noqa: E402  (same photos, same report)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",")]
     rows = []
-    print(f"decode stage, files → batch buffers ({platform.machine()}, {os.cpu_count()} cores, kernel {kernel_name()})")
+    print(f"decode stage, files → batch buffers ({cpu_model()}, {os.cpu_count()} cores, kernel {kernel_name()})")
     print(f"{'image':>10} {'workers':>7} {'threads img/s':>14} {'processes img/s':>16} {'ratio':>6} {'spawn s':>8}")
     with tempfile.TemporaryDirectory() as d:
         for size in args.sizes.split(","):

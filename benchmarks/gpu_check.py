@@ -26,7 +26,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks._pipeline import markdown_table, measure_pipeline
+from nsnet_sdk.cpuinfo import cpu_model
 from benchmarks.throughput import positive_ints, synthetic_files
 
 HERE = Path(__file__).resolve().parent
@@ -140,7 +140,7 @@ def device_name(device: str) -> str:
     if device == "cuda":
         import torch
         return torch.cuda.get_device_name(0)
-    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, no GPU used)"
+    return f"CPU ({os.cpu_count()} cores, {cpu_model()}, no GPU used)"
 
 
 def make_run(out: Path, backbone: str) -> Path:

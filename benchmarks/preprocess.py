@@ -40,6 +40,7 @@ from typing import Callable  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nsnet_sdk.cpuinfo import cpu_model
 from nsnet_sdk.pipeline.executors import prepare_into  # noqa: E402
 from nsnet_sdk.pipeline import DEFAULT, MAX_PIXELS, kernel_name, patch_mosaic, select_kernel  # noqa: E402
 
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         kernels = ["reference"]
     rows: list[dict] = []
-    print(f"patch selection on one core  ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"patch selection on one core  ({cpu_model()}, {os.cpu_count()} cores, "
           f"numpy {np.__version__}, opencv {cv2.__version__}); CPU ms per image, median")
     print(f"{'image':>10} {'kernel':>10} {'mosaic ms':>10} {'vs reference':>13} {'vs fallback':>12}")
     for h, w in SIZES:

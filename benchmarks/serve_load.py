@@ -31,7 +31,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from benchmarks.throughput import BenchError, image_files, library_versions, machine, synthetic_files
+from benchmarks._machine import library_versions, machine
+from benchmarks.throughput import BenchError, image_files, synthetic_files
 
 
 def bomb_png(side: int = 60000) -> bytes:

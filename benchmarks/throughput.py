@@ -23,28 +23,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from nsnet_sdk.constants import DEFAULT_THRESHOLD, RUN_CONFIG
 from benchmarks import _openvino, _variants
+from benchmarks._machine import cuda_device_name, library_versions, machine
 from benchmarks._pipeline import pipeline_stages
 from benchmarks._report import e2e_fraction, plot, print_report, ratios
 
 HERE = Path(__file__).resolve().parent
-
-LIBRARIES = ("numpy", "opencv-python-headless", "onnxruntime", "onnxruntime-gpu", "onnx", "torch",
-             "open_clip_torch", "tensorrt", "cuda-python", "openvino", "nncf")
 
 
 class BenchError(Exception):
@@ -89,45 +84,6 @@ def image_files(root: Path) -> list[str]:
 
 
 # -- environment --------------------------------------------------------------------------------
-
-def library_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count()}
-    try:
-        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    gpu = cuda_device_name()
-    if gpu:
-        info["gpu"] = gpu
-    return info
-
-
-def cuda_device_name() -> str | None:
-    """The CUDA device torch sees, or None (no torch, no CUDA)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-
 
 # -- configurations -----------------------------------------------------------------------------
 
