@@ -1,7 +1,7 @@
 """export/: folding, ONNX (FP32 / FP16 / INT8 / fused), metadata, CLIs, TensorRT (skipped without it).
 
 Run directories are real `training.train --epochs 0` outputs with random weights; each is built once
-per module. ViT-B-32 and ViT-L-14 checks are marked slow (they run in CI).
+per test run (session fixtures in tests/conftest.py). ViT-B-32 and ViT-L-14 checks are marked slow (they run in CI).
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,8 +31,8 @@ from nsnet_sdk.model import load_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("tiny") / "run", "nsnet-tiny")
+def tiny(tiny_artifacts):
+    return tiny_artifacts["run"]  # the session's nsnet-tiny run (tests/conftest.py); read-only
 
 
 @pytest.fixture(scope="module")
@@ -100,20 +99,6 @@ def test_fold_refuses_a_norm_it_cannot_express(tiny_model):
     other.visual.ln_post = torch.nn.RMSNorm(other.visual.ln_post.normalized_shape)
     with pytest.raises(NotImplementedError, match="ln_post.*RMSNorm"):
         fold_model(other)
-
-_REAL_RUNS: dict[str, Path] = {}
-
-
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    """Run directory per real backbone, built once per module (ViT-L-14: ~40 s)."""
-    def get(backbone: str) -> Path:
-        if backbone not in _REAL_RUNS:
-            _REAL_RUNS[backbone] = make_run(tmp_path_factory.mktemp(backbone) / "run", backbone)
-        return _REAL_RUNS[backbone]
-    yield get
-    _REAL_RUNS.clear()
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["ViT-B-32", "ViT-L-14"])
@@ -427,7 +412,7 @@ def test_verify_cli_passes_and_fails(tiny, tiny_fp32, tiny_int8, tmp_path):
     assert ok.returncode == (0 if i8["passes"] else 1), ok.stdout + ok.stderr
 
     # A model of another checkpoint must fail the bound (exit 1) and be flagged.
-    other = make_run(tmp_path / "other", "nsnet-tiny", seed=1)
+    other = make_run(tmp_path / "other", "nsnet-tiny", seed=1)  # tiny's seed is 0
     wrong = export_onnx(other, tmp_path / "other.onnx")
     bad = _cli("verify", "--ckpt", tiny, "--onnx", wrong, "--synthetic", 8)
     assert bad.returncode == 1 and "FAIL" in bad.stdout and "source_sha256 differs" in bad.stdout
