@@ -306,6 +306,19 @@ def test_unreadable_input_is_reported_not_fatal(tmp_path):
     assert len(res["input_errors"]) == 1 and "broken.jpg" in res["input_errors"][0]
 
 
+def test_report_counts_read_in_the_singular_and_the_plural(bench):
+    import io
+
+    rep = json.loads(json.dumps(bench["report"]))
+    assert {f["workers"] for f in rep["end_to_end_vs_model"]} == set(WORKERS)  # 1 and 2 workers
+    for errors, want in ((["a.jpg: ImageDecodeError"], "1 input was not scored"),
+                         (["a.jpg: x", "b.jpg: y"], "2 inputs were not scored")):
+        buf = io.StringIO()
+        _report.print_report(dict(rep, input_errors=errors), out=buf)
+        text = buf.getvalue()
+        assert want in text and "(1 worker)" in text and "(2 workers)" in text and "1 workers" not in text
+
+
 def test_cuda_plan_has_the_gpu_rows(tmp_path):
     # Planning only (no GPU here): on CUDA the run must hold the PyTorch FP32 and FP16-autocast
     # (+ CUDA graph) baselines, ORT's CUDA EP on the fused FP32 and FP16 graphs, and the engine.
