@@ -82,17 +82,16 @@ def _patch(rgb: np.ndarray, index: int, cols: int) -> np.ndarray:
     return rgb[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32]
 
 
-@pytest.mark.parametrize("name", list(mirror_tied_images()))
-def test_mirror_tied_patches_are_the_one_known_divergence(name):
+def assert_only_mirrors_diverge(name: str, device: str) -> None:
     """The contract for patches tied by definition: the GPU (float64) and CPU (float32) paths may
     order a patch and its mirror differently — by rounding, on any FFT library or CPU — and nothing
     else. Every slot holds the same patch, or a patch and its mirror whose entropies agree to rounding."""
     rgb = mirror_tied_images()[name]
-    t, cols = torch.from_numpy(rgb), rgb.shape[1] // 32
-    e_gpu = gp.patch_entropies(t).numpy().ravel()
+    t, cols = torch.from_numpy(rgb).to(device), rgb.shape[1] // 32
+    e_gpu = gp.patch_entropies(t).cpu().numpy().ravel()
     e_cpu = patch_entropies(rgb).ravel()
     np.testing.assert_allclose(e_gpu, e_cpu, rtol=1e-6, atol=0)  # one definition, two precisions
-    got = gp.mosaic_slots(gp.patch_entropies(t), DEFAULT.slots).numpy()
+    got = gp.mosaic_slots(gp.patch_entropies(t), DEFAULT.slots).cpu().numpy()
     cpu = mosaic_slots(e_cpu, DEFAULT.slots)
     assert len(set(got)) == len(set(cpu)) == DEFAULT.slots  # each a selection, no patch twice
     differing = 0
@@ -108,11 +107,16 @@ def test_mirror_tied_patches_are_the_one_known_divergence(name):
         assert pair <= set(cpu) and pair <= set(got)  # so the two highest entropies, both selected
         assert differing <= 2 and all(g == c for g, c in zip(got, cpu) if g not in pair)
     # The mosaics a model sees: slot by slot the same pixels, or a tile where the other has its mirror.
-    m_gpu = gp.patch_mosaics([t])[0].numpy()
+    m_gpu = gp.patch_mosaics([t])[0].cpu().numpy()
     m_cpu = patch_mosaic(rgb)
     for i in range(DEFAULT.slots):
         a, b = _patch(m_gpu, i, DEFAULT.grid), _patch(m_cpu, i, DEFAULT.grid)
         assert np.array_equal(a, b) or np.array_equal(a, b[::-1]), f"mosaic slot {i}"
+
+
+@pytest.mark.parametrize("name", list(mirror_tied_images()))
+def test_mirror_tied_patches_are_the_one_known_divergence(name):
+    assert_only_mirrors_diverge(name, "cpu")
 
 
 def test_a_batch_of_different_sizes_equals_each_image_alone():
@@ -307,6 +311,13 @@ def test_torch_backend_takes_the_device_tensor_of_the_gpu_pipeline(tiny):
 
 
 # ---- CUDA: run by `make gpu-check` ------------------------------------------------------------
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("name", list(mirror_tied_images()))
+def test_cuda_mirror_tied_patches_are_the_one_known_divergence(name):
+    assert_only_mirrors_diverge(name, "cuda")  # cuFFT rounds ties its own way; the contract holds
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
