@@ -71,9 +71,10 @@ def print_report(report: dict, out=None) -> None:
             print(f"  {m['variant']:<10} {m['precision']:<5} {m['ops']}", file=out)
     for f in report["end_to_end_vs_model"]:
         print(f"end-to-end {f['backend']} {f['precision']} batch {f['batch_size']}: {100 * f['fraction']:.0f}% "
-              f"of model-only ({f['workers']} workers)", file=out)
+              f"of model-only ({f['workers']} worker{'' if f['workers'] == 1 else 's'})", file=out)
     if report.get("input_errors"):
-        print(f"{len(report['input_errors'])} input(s) could not be scored, e.g. {report['input_errors'][0]}", file=out)
+        n = len(report["input_errors"])
+        print(f"{n} input{' was' if n == 1 else 's were'} not scored, e.g. {report['input_errors'][0]}", file=out)
     for f in report.get("not_on_gpu", []):
         print(f"NOT ON GPU {f['config']}: planned for CUDA, the backend ran on {f['ran_on']}; "
               "its rows are not CUDA figures", file=out)

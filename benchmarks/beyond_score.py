@@ -29,7 +29,7 @@ import numpy as np
 from nsnet_sdk import BackendOptions, Detector, InputOptions
 from nsnet_sdk.provenance import read_provenance
 
-from .provenance_samples import make_chain, sign_jpeg
+from benchmarks.provenance_samples import make_chain, sign_jpeg
 
 
 def median_ms(fn: Callable[[], object], repeat: int, per: int = 1) -> float:

@@ -193,7 +193,8 @@ class Steps:
 
         self.onnx.parent.mkdir(parents=True, exist_ok=True)
         _call("export", f"{_tool('python')} -m export.to_onnx", onnx_main,
-              ["--ckpt", str(self.run), "--out", str(self.onnx)], stdout_to=self.export_report)
+              ["--ckpt", str(self.run), "--out", str(self.onnx), "--json", str(self.export_report)],
+              stdout_to=Path(os.devnull))  # its one line; the demo says the same below, with the report's path
         rep = json.loads(self.export_report.read_text())
         md = rep["metadata"]
         _say(f"wrote {self.onnx} ({self.onnx.stat().st_size / 1e6:.1f} MB): projector folded into "
@@ -222,7 +223,8 @@ class Steps:
         scored = [r for r in rows if r["error"] is None]
         correct = sum(bool(r["is_fake"]) == (Path(r["source"]).parent.name == "ai") for r in scored)
         acc = correct / len(scored) if scored else float("nan")
-        _say(f"{len(rows)} rows ({len(rows) - len(scored)} errors) in {self.jsonl} and {self.csv}; "
+        n_err = len(rows) - len(scored)
+        _say(f"{len(rows)} rows ({n_err} error{'' if n_err == 1 else 's'}) in {self.jsonl} and {self.csv}; "
              f"accuracy on the unseen generator '{self.a.held_out}' (ONNX Runtime): {acc:.3f}")
         self.r.results["detect"] = {"rows": len(rows), "errors": len(rows) - len(scored), "acc": acc}
 

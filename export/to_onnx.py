@@ -1,6 +1,7 @@
 """Export a run directory to ONNX: folded NS-Net, FP32 / FP16 / INT8, optional ORT fusions.
 
     python export/to_onnx.py --ckpt RUN_DIR --out nsnet.onnx [--fp16] [--opset N] [--optimize] [--int8]
+                             [--json report.json]
 
 Graph: input ``images`` float32 [B,3,S,S] (dynamic B) -> outputs ``logit`` [B], ``prob_fake`` [B];
 ``metadata_props`` per docs/formats.md. Every export is parity-checked against the unfolded
@@ -327,6 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=None, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--optimize", action="store_true", help="apply ONNX Runtime transformer fusions")
     p.add_argument("--parity-n", type=int, default=4, help="random inputs for the parity check (0 skips)")
+    p.add_argument("--json", help="also write the full report here (metadata, fused operators, parity)")
     return p
 
 
@@ -354,8 +356,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = {"out": str(res.path), "metadata": read_onnx_metadata(res.path), "fused_ops": res.fused,
               "parity": asdict(res.parity) if res.parity else None}
-    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    data = res.path.with_name(res.path.name + ".data")
+    print(summary_line(report, res.path.stat().st_size + (data.stat().st_size if data.exists() else 0)))
     return 0
+
+
+def summary_line(report: dict, size_bytes: int) -> str:
+    """The one line the CLI prints for an export ``report`` (the full report goes to ``--json``)."""
+    md, parity = report["metadata"], report["parity"]
+    fused = ", ".join(f"{op} {n}" for op, n in sorted(report["fused_ops"].items()) if n)
+    check = ("parity not checked" if parity is None else
+             f"parity on {parity['n']} input{'' if parity['n'] == 1 else 's'}: max|Δlogit| {parity['max_abs_logit']:.3g}")
+    return (f"wrote {report['out']} ({size_bytes / 1e6:.1f} MB): precision {md['nsnet.precision']}, "
+            f"threshold {md['nsnet.threshold']}" + (f", fused {fused}" if fused else "") + f"; {check}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ child process; TensorRT for an engine), and the bounds apply to its ``logit`` an
 16, so any folder size fits in memory) or synthetic ones (``--synthetic N``, seeded), both through
 nsnet_sdk.pipeline with the checkpoint's PatchConfig. Bounds by the artifact's precision (ONNX
 metadata, engine sidecar): FP32 max |Δlogit| ≤ 1e-4; FP16 (ONNX or engine) max |Δprob| ≤ 5e-3 and
-≥ 99.9 % decision agreement; INT8 reported only.
+≥ 99.9 % decision agreement; INT8 logit correlation ≥ 0.99 and ≥ 98 % decision agreement.
 
 Exit codes: 0 every artifact within bounds, 1 any past its bounds, crashed or unreadable (a damaged
 model file is a failed row), 2 usage error, a missing/corrupt checkpoint, a missing model file, or an
@@ -28,10 +28,28 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from export.parity import PARITY_BATCH, Parity, compare, open_artifact, reference_logits
+from export.parity import (FP16_AGREEMENT, FP16_PROB_BOUND, FP32_LOGIT_BOUND, PARITY_BATCH, Parity, compare,
+                           open_artifact, reference_logits)
 from export.to_onnx import CheckpointError, load_run
 from nsnet_sdk.artifact import read_model_meta
 from nsnet_sdk.constants import DEFAULT_THRESHOLD
+
+# INT8's own bound, looser than FP16's: dynamic quantisation rounds every activation per batch (ViT-L/14
+# logits correlate 0.998 with FP32 in the README's run). Applied here, not at export: export's check has
+# 4 random inputs, too few to bound a decision agreement.
+INT8_MIN_CORR = 0.99
+INT8_MIN_AGREEMENT = 0.98
+BOUNDS = (f"bounds: fp32 max|Δlogit| ≤ {FP32_LOGIT_BOUND:g}; fp16 max|Δprob| ≤ {FP16_PROB_BOUND:g} and agree "
+          f"≥ {100 * FP16_AGREEMENT:g}%; int8 corr ≥ {INT8_MIN_CORR:g} and agree ≥ {100 * INT8_MIN_AGREEMENT:g}%")
+
+
+def within_bounds(parity: Parity) -> bool:
+    """Whether ``parity`` is within its precision's bound: `Parity.passes` for FP32/FP16, and
+    INT8's own (a correlation needs two or more inputs; with one, agreement alone decides)."""
+    if parity.precision != "int8":
+        return parity.passes()
+    corr_ok = parity.n < 2 or parity.logit_corr >= INT8_MIN_CORR  # NaN (constant logits) fails
+    return corr_ok and parity.agreement >= INT8_MIN_AGREEMENT
 
 
 def synthetic_batches(n: int, cfg, seed: int = 0, batch: int = PARITY_BATCH) -> Iterator[np.ndarray]:
@@ -113,7 +131,7 @@ class _Check:
         if self.error is not None:
             return dict(out, precision=None, passes=False, error=self.error)
         parity: Parity = compare(self.precision, ref, np.concatenate([np.zeros(0)] + self.logits), threshold)
-        out.update(asdict(parity), passes=parity.passes())
+        out.update(asdict(parity), passes=within_bounds(parity))
         if self.warning:
             out["warning"] = self.warning
         return out
@@ -130,7 +148,7 @@ def _onnx_check(name: str, path: Path, want: str) -> _Check:
 
 
 def _print_table(rows: list[dict], n: int, source: str) -> None:
-    print(f"parity against PyTorch (unfolded NSNet), {n} inputs from {source}")
+    print(f"parity against PyTorch (unfolded NSNet), {n} input{'' if n == 1 else 's'} from {source}")
     print(f"{'artifact':<12} {'prec':<5} {'max|Δlogit|':>12} {'max|Δprob|':>11} {'agree':>8} {'corr':>8}  result")
     for r in rows:
         if r.get("error"):
@@ -139,6 +157,7 @@ def _print_table(rows: list[dict], n: int, source: str) -> None:
         print(f"{r['name']:<12} {r['precision']:<5} {r['max_abs_logit']:>12.3g} {r['max_abs_prob']:>11.3g} "
               f"{100 * r['agreement']:>7.2f}% {r['logit_corr']:>8.5f}  {'ok' if r['passes'] else 'FAIL'}"
               + (f"  ({r['warning']})" if r.get("warning") else ""))
+    print(BOUNDS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ckpt", required=True, help="run directory (the reference)")
     p.add_argument("--onnx", help="FP32 (or optimised FP32) ONNX model")
     p.add_argument("--onnx-fp16", help="FP16 ONNX model (run in a child process)")
-    p.add_argument("--onnx-int8", help="INT8 ONNX model (reported, not bounded)")
+    p.add_argument("--onnx-int8", help=f"INT8 ONNX model (corr ≥ {INT8_MIN_CORR:g}, agreement ≥ {100 * INT8_MIN_AGREEMENT:g}%%)")
     p.add_argument("--engine", help="TensorRT engine (needs tensorrt and a CUDA device)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--images", help="directory of images (searched recursively)")

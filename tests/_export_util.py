@@ -11,12 +11,13 @@ from _training_util import CHEAP_CORPUS
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_run(out: Path, backbone: str, seed: int = 0) -> Path:
-    """A run directory for ``backbone`` with random weights (`training.train --epochs 0`)."""
+def make_run(out: Path, backbone: str, *extra: str, seed: int = 0) -> Path:
+    """A run directory for ``backbone`` with random weights (`training.train --epochs 0`), plus
+    ``extra`` arguments."""
     from training.train import main as train_main
 
     argv = ["--data", str(out / "no-data"), "--out", str(out), "--backbone", backbone, "--pretrained", "none",
-            "--epochs", "0", "--seed", str(seed), "--quiet", *CHEAP_CORPUS]
+            "--epochs", "0", "--seed", str(seed), "--quiet", *CHEAP_CORPUS, *extra]
     assert train_main(argv) in (0, None)
     return out
 

@@ -39,7 +39,7 @@ def bench(tmp_path_factory):
     argv = ["--model", str(art["onnx"]), "--ckpt", str(art["run"]), "--batch-sizes", "1,3",
             "--synthetic", "6", "--size", "96", "--workers", "1,2", "--iters", "2", "--warmup", "1",
             "--parity-n", "4", "--threads", "1", "--device", "cpu",
-            "--json", str(out / "r.json"), "--plot", str(out / "r.png")]
+            "--json", str(out / "r.json"), "--plot", str(out / "r.png"), "--workdir", str(out / "work")]
     import contextlib
     import io
 
@@ -47,7 +47,7 @@ def bench(tmp_path_factory):
     with contextlib.redirect_stdout(buf):
         rc = throughput.main(argv)
     return {"rc": rc, "report": json.loads((out / "r.json").read_text()), "stdout": buf.getvalue(),
-            "png": out / "r.png"}
+            "png": out / "r.png", "workdir": out / "work"}
 
 
 def test_run_completes_and_reports_this_machine_and_these_libraries(bench):
@@ -111,13 +111,38 @@ def test_expected_backend_stage_combinations_present(bench):
     assert len(got) == len(bench["report"]["results"])  # no configuration reported twice
 
 
-def test_torch_model_rows_use_more_memory_than_ort(bench):
-    # The torch child holds torch + open_clip + the unfolded model; ORT children hold neither.
-    # Equal figures would mean RSS is not measured per configuration.
-    rows = bench["report"]["results"]
-    torch_rss = min(r["peak_rss_mb"] for r in rows if r["backend"] == "torch")
-    ort_rss = max(r["peak_rss_mb"] for r in rows if r["backend"] == "onnxruntime")
-    assert torch_rss > ort_rss + 50
+# Runs a script with torch and open_clip unimportable: python -c BLOCK_TORCH SCRIPT ARGS...
+BLOCK_TORCH = textwrap.dedent("""
+    import importlib.abc, runpy, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "open_clip"):
+                raise ImportError("blocked for the test: " + name)
+    sys.meta_path.insert(0, Block())
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+def test_each_configuration_has_its_own_child_and_ort_children_never_load_torch(bench, tmp_path):
+    """Structural, not a memory figure: every measured configuration was one `_measure.py` child
+    (its own spec), so each row's peak RSS is its own process's; and an ONNX Runtime child runs to
+    the end with torch and open_clip unimportable, so its figure cannot include them (torch's can)."""
+    specs = [json.loads(p.read_text()) for p in sorted(bench["workdir"].glob("*.spec.json"))]
+    rep = bench["report"]
+    measured = {(r["backend"], r["precision"]) for r in rep["results"] + rep["reference_results"]}
+    assert measured <= {(s["label"], s["precision"]) for s in specs}
+    assert len({s["out"] for s in specs}) == len(specs)  # one output (one process) per configuration
+    ort = next(s for s in specs if s["kind"] == "model" and s["label"] == "onnxruntime")
+    spec = tmp_path / "ort.spec.json"
+    spec.write_text(json.dumps(dict(ort, out=str(tmp_path / "ort.json"))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(throughput.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, _measure.__file__, str(spec)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "ort.json").read_text())["rows"]
+    assert rows and {r["backend"] for r in rows} == {"onnxruntime"}
 
 
 def test_derived_variants_fused_quantised_and_in_parity(bench):
@@ -291,6 +316,19 @@ def test_unreadable_input_is_reported_not_fatal(tmp_path):
     assert err is None, err
     assert [r["stage"] for r in res["rows"]] == ["model", "end_to_end"]
     assert len(res["input_errors"]) == 1 and "broken.jpg" in res["input_errors"][0]
+
+
+def test_report_counts_read_in_the_singular_and_the_plural(bench):
+    import io
+
+    rep = json.loads(json.dumps(bench["report"]))
+    assert {f["workers"] for f in rep["end_to_end_vs_model"]} == set(WORKERS)  # 1 and 2 workers
+    for errors, want in ((["a.jpg: ImageDecodeError"], "1 input was not scored"),
+                         (["a.jpg: x", "b.jpg: y"], "2 inputs were not scored")):
+        buf = io.StringIO()
+        _report.print_report(dict(rep, input_errors=errors), out=buf)
+        text = buf.getvalue()
+        assert want in text and "(1 worker)" in text and "(2 workers)" in text and "1 workers" not in text
 
 
 def test_cuda_plan_has_the_gpu_rows(tmp_path):

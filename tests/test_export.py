@@ -1,7 +1,7 @@
 """export/: folding, ONNX (FP32 / FP16 / INT8 / fused), metadata, CLIs, TensorRT (skipped without it).
 
 Run directories are real `training.train --epochs 0` outputs with random weights; each is built once
-per module. ViT-B-32 and ViT-L-14 checks are marked slow (they run in CI).
+per test run (session fixtures in tests/conftest.py). ViT-B-32 and ViT-L-14 checks are marked slow (they run in CI).
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,8 +31,8 @@ from nsnet_sdk.model import load_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("tiny") / "run", "nsnet-tiny")
+def tiny(tiny_artifacts):
+    return tiny_artifacts["run"]  # the session's nsnet-tiny run (tests/conftest.py); read-only
 
 
 @pytest.fixture(scope="module")
@@ -100,20 +99,6 @@ def test_fold_refuses_a_norm_it_cannot_express(tiny_model):
     other.visual.ln_post = torch.nn.RMSNorm(other.visual.ln_post.normalized_shape)
     with pytest.raises(NotImplementedError, match="ln_post.*RMSNorm"):
         fold_model(other)
-
-_REAL_RUNS: dict[str, Path] = {}
-
-
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    """Run directory per real backbone, built once per module (ViT-L-14: ~40 s)."""
-    def get(backbone: str) -> Path:
-        if backbone not in _REAL_RUNS:
-            _REAL_RUNS[backbone] = make_run(tmp_path_factory.mktemp(backbone) / "run", backbone)
-        return _REAL_RUNS[backbone]
-    yield get
-    _REAL_RUNS.clear()
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["ViT-B-32", "ViT-L-14"])
@@ -186,9 +171,14 @@ def _ops(path):
     return op_counts(path)
 
 
-def test_int8_is_quantised_and_correlates(tiny, tiny_model, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_int8(tiny, tmp_path_factory):
+    return export_model(tiny, tmp_path_factory.mktemp("int8") / "int8.onnx", int8=True)
+
+
+def test_int8_is_quantised_and_correlates(tiny_model, tiny_int8):
     model, _ = tiny_model
-    res = export_model(tiny, tmp_path / "int8.onnx", int8=True)
+    res = tiny_int8
     assert read_metadata(res.path)["nsnet.precision"] == "int8"
     ops = _ops(res.path)
     assert ops.get("MatMulInteger", 0) + ops.get("DynamicQuantizeMatMul", 0) + ops.get("QAttention", 0) > 0
@@ -394,27 +384,35 @@ def test_to_onnx_cli_usage_error(tmp_path):
     assert proc.returncode == 2 and "--ckpt" in proc.stderr
 
 
-def test_to_onnx_cli_writes_report(tiny, tmp_path):
-    out = tmp_path / "cli.onnx"
-    proc = _cli("to_onnx", "--ckpt", tiny, "--out", out)
+def test_to_onnx_cli_prints_one_line_and_writes_the_report_to_json(tiny, tmp_path):
+    out, report = tmp_path / "cli.onnx", tmp_path / "export.json"
+    proc = _cli("to_onnx", "--ckpt", tiny, "--out", out, "--json", report)
     assert proc.returncode == 0, proc.stderr
-    rep = json.loads(proc.stdout)
+    rep = json.loads(report.read_text())
     assert rep["metadata"] == read_metadata(out)
     assert rep["parity"]["max_abs_logit"] <= 1e-4
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wrote {out} (")  # the line docs/export.md shows
+    assert "precision fp32" in lines[0] and f"parity on {rep['parity']['n']} inputs" in lines[0]
 
 
-def test_verify_cli_passes_and_fails(tiny, tiny_fp32, tmp_path):
+def test_verify_cli_passes_and_fails(tiny, tiny_fp32, tiny_int8, tmp_path):
+    from export.verify import INT8_MIN_AGREEMENT, INT8_MIN_CORR
+
     fp16 = export_onnx(tiny, tmp_path / "fp16.onnx", fp16=True)
     report = tmp_path / "r.json"
     ok = _cli("verify", "--ckpt", tiny, "--onnx", tiny_fp32.path, "--onnx-fp16", fp16,
-              "--synthetic", 24, "--json", report)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
+              "--onnx-int8", tiny_int8.path, "--synthetic", 24, "--json", report)
     rows = {r["name"]: r for r in json.loads(report.read_text())["rows"]}
     assert rows["onnx"]["max_abs_logit"] <= 1e-4 and rows["onnx-fp16"]["max_abs_prob"] <= 5e-3
-    assert "onnx" in ok.stdout and "fp16" in ok.stdout
+    assert "onnx" in ok.stdout and "fp16" in ok.stdout and "24 inputs" in ok.stdout
+    i8 = rows["onnx-int8"]  # held to its own bound, stated under the table
+    assert i8["passes"] == (i8["logit_corr"] >= INT8_MIN_CORR and i8["agreement"] >= INT8_MIN_AGREEMENT)
+    assert f"int8 corr ≥ {INT8_MIN_CORR:g}" in ok.stdout.splitlines()[-1]
+    assert ok.returncode == (0 if i8["passes"] else 1), ok.stdout + ok.stderr
 
     # A model of another checkpoint must fail the bound (exit 1) and be flagged.
-    other = make_run(tmp_path / "other", "nsnet-tiny", seed=1)
+    other = make_run(tmp_path / "other", "nsnet-tiny", seed=1)  # tiny's seed is 0
     wrong = export_onnx(other, tmp_path / "other.onnx")
     bad = _cli("verify", "--ckpt", tiny, "--onnx", wrong, "--synthetic", 8)
     assert bad.returncode == 1 and "FAIL" in bad.stdout and "source_sha256 differs" in bad.stdout
@@ -500,8 +498,25 @@ def test_parity_bounds_the_probability_detector_reports_not_the_graphs_prob_fake
     assert flipped.agreement == pytest.approx(0.8) and not flipped.passes()
     with pytest.raises(ValueError):
         compare("fp32", ref, ref[:3], 0.5)
-    assert compare("int8", ref, ref + 0.3, 0.5).passes()  # reported, not bounded
+    assert compare("int8", ref, ref + 0.3, 0.5).passes()  # export reports INT8; verify bounds it (below)
     assert not compare("bf16", ref, ref, 0.5).passes()  # a label without a bound is no pass
+
+
+def test_verify_holds_int8_to_its_own_bound():
+    from export.verify import INT8_MIN_AGREEMENT, INT8_MIN_CORR, within_bounds
+
+    ref = np.linspace(-3, 3, 100)
+    assert within_bounds(compare("int8", ref, ref + 0.02, 0.5))  # small shift: same decisions, corr 1
+    # 90 % agreement (9 decisions of 100 flip) with a correlation still above 0.99: past the bound.
+    flipped = ref.copy()
+    flipped[45:55] = -flipped[45:55]
+    p = compare("int8", ref, flipped, 0.5)
+    assert p.agreement < INT8_MIN_AGREEMENT and not within_bounds(p)
+    noisy = ref + np.random.default_rng(0).normal(0, 0.6, ref.size) * (np.abs(ref) > 2)  # tails only
+    q = compare("int8", ref, noisy, 0.5)
+    assert q.agreement == 1.0 and q.logit_corr < INT8_MIN_CORR and not within_bounds(q)
+    assert not within_bounds(compare("int8", ref, np.zeros_like(ref), 0.5))  # constant output: no corr
+    assert within_bounds(compare("fp16", ref, ref, 0.5)) and not within_bounds(compare("fp32", ref, ref + 1, 0.5))
 
 # ---------------------------------------------------------------- TensorRT
 

@@ -3,6 +3,7 @@ no module over the size limit, and `import nsnet_sdk` stays free of the heavy op
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,54 @@ def test_only_the_cli_package_builds_argparse_parsers():
            if n.startswith("nsnet_sdk.") and not n.startswith("nsnet_sdk.cli")
            and "argparse" in p.read_text(encoding="utf-8")]
     assert not bad, bad
+
+
+# Entry points run as commands (`python export/to_trt.py …` and `python -m export.to_trt …`): the
+# public modules of export/ and benchmarks/ with a `__main__` block. Left out: private helpers
+# (`_measure.py`, `_variants.py`) and export/ort_run.py, children started by other entry points with
+# a spec file or pipe rather than options.
+ENTRY_POINTS = sorted(
+    f"{p.parent.name}.{p.stem}" for top in ("export", "benchmarks") for p in (ROOT / top).glob("*.py")
+    if not p.stem.startswith("_") and p.stem != "ort_run"
+    and 'if __name__ == "__main__":' in p.read_text(encoding="utf-8"))
+
+
+def _installed_image(dest: Path) -> Path:
+    """What installing the checkout puts on sys.path: the packages pyproject.toml's
+    ``[tool.setuptools.packages.find]`` selects, found the way setuptools finds them (linked, not copied)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "packages"]["find"]["include"]
+    dest.mkdir()
+    for top in {p.split(".")[0] for p in find_packages(where=str(ROOT), include=include)}:
+        (dest / top).symlink_to(ROOT / top, target_is_directory=True)
+    return dest
+
+
+def test_every_entry_point_answers_help_as_a_script_and_as_a_module(tmp_path):
+    """Both forms the docs and the model card use, from another folder, with only the installed
+    packages importable (no PYTHONPATH pointing at the checkout): the same options either way."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert {"export.to_trt", "export.to_onnx", "benchmarks.throughput"} <= set(ENTRY_POINTS)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PYTHONPATH"] = str(_installed_image(tmp_path / "site"))
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *argv, "--help"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=180)
+
+    forms = {(ep, form): argv for ep in ENTRY_POINTS for form, argv in
+             (("script", [str(ROOT / (ep.replace(".", "/") + ".py"))]), ("module", ["-m", ep]))}
+    with ThreadPoolExecutor(4) as pool:
+        done = dict(zip(forms, pool.map(run, forms.values())))
+    failed = [f"{ep} ({form}): {r.stderr.strip().splitlines()[-1:]}" for (ep, form), r in done.items()
+              if r.returncode != 0 or not r.stdout.startswith("usage:")]
+    assert not failed, "\n".join(failed)
+    for ep in ENTRY_POINTS:
+        options = [{ln.split()[0] for ln in done[ep, form].stdout.splitlines() if ln.startswith("  -")}
+                   for form in ("script", "module")]
+        assert options[0] == options[1] and options[0], ep

@@ -122,13 +122,9 @@ def test_missing_run_dir_is_a_clear_error(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_epochs0_real_architecture(tmp_path) -> None:
-    from training.train import main
-
-    assert main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "vit"), "--backbone", "ViT-B-32",
-                 "--pretrained", "none", "--epochs", "0", "--prompt-bank", "coco", "--templates", "1",
-                 "--rank", "16", "--quiet"]) == 0
-    model = NSNet.from_checkpoint(tmp_path / "vit")
+def test_epochs0_real_architecture(real_run) -> None:
+    # real_run: `training.train --epochs 0 --backbone ViT-B-32 --rank 16`, shared with the export tests
+    model = NSNet.from_checkpoint(real_run("ViT-B-32"))
     assert model.nullspace.basis.shape == (512, 16)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1,)

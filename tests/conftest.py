@@ -1,0 +1,37 @@
+"""Session-wide fixtures: artifacts that take seconds to minutes to build (random-weight run
+directories, their ONNX exports) are built once per test run and shared by every module that reads
+them. They are read-only: a test that changes one copies it first."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts() -> dict[str, Path]:
+    """The nsnet-tiny run directory and its FP32 export: {"run", "onnx", "root"}
+    (`_sdk_util.tiny_export`, which helpers outside fixtures call too; built once per process)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from _sdk_util import tiny_export
+
+    return tiny_export()
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory) -> Callable[[str], Path]:
+    """``real_run(backbone)``: a run directory of a real open_clip architecture (ViT-B-32: ~10 s,
+    ViT-L-14: ~40 s on 2 cores) with random weights and projector rank 16, built on first use and
+    shared by the export and training tests."""
+    from _export_util import make_run
+
+    runs: dict[str, Path] = {}
+
+    def get(backbone: str) -> Path:
+        if backbone not in runs:
+            runs[backbone] = make_run(tmp_path_factory.mktemp(backbone) / "run", backbone, "--rank", "16")
+        return runs[backbone]
+
+    return get
