@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 SCHEMA = "nsnet-result-cache/1"
 _TABLE = ("CREATE TABLE IF NOT EXISTS results (file_sha256 TEXT NOT NULL, model_sha256 TEXT NOT NULL, "
@@ -127,3 +127,87 @@ class ResultCache:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# -- scoring each distinct file once ------------------------------------------------------------
+
+CHUNK_FILES = 512  # inputs read and hashed ahead of the Detector, at most ...
+CHUNK_BYTES = 256 << 20  # ... and this many bytes of them held at once
+
+
+def _renamed(pred: Any, old: str, new: str) -> Any:
+    """``pred`` of a file named ``old`` as the result of the identical file ``new``."""
+    from dataclasses import replace
+
+    error = pred.error.replace(old, new) if pred.error else pred.error
+    return replace(pred, source=new, error=error)
+
+
+def _prediction(row: Mapping[str, Any]) -> Any:
+    from .prediction import Prediction
+
+    return Prediction(source=row["source"], prob_fake=row["prob_fake"], is_fake=row["is_fake"],
+                      logit=row["logit"], error=row["error"], warnings=tuple(row["warnings"]),
+                      verdict=row["verdict"], provenance=row["provenance"])
+
+
+def score_once(det: Any, paths: Sequence[str], cache: ResultCache | None = None) -> Iterator[tuple[Any, bool]]:
+    """(Prediction, reused) for every path, in order, each distinct file decoded and scored once:
+    a file whose bytes were already scored in this run, or are in ``cache`` (same model and
+    options), takes that result under its own name (``reused`` True) without being decoded.
+
+    Files are read once, through the pipeline's bounded reader, and the bytes handed to the
+    Detector; a path that cannot be read gets the Detector's own error for it. Results of this run
+    are kept in ``cache``, or in a temporary one beside it (bounded memory at any input count).
+    """
+    import tempfile
+
+    from .errors import as_input_error
+    from .prediction import Prediction, rename_source
+    from .pipeline.read import read_input_bytes
+
+    with tempfile.TemporaryDirectory(prefix="nsnet-run-") as tmp:
+        store = cache or ResultCache(Path(tmp) / "run.sqlite", model_sha256="run", options={})
+        try:
+            it = iter(paths)
+            while True:
+                chunk: list[tuple[str, Any, str | None]] = []  # (name, bytes or error, sha256)
+                held = 0
+                for name in it:
+                    try:
+                        data = read_input_bytes(name, det.max_pixels, name)
+                        chunk.append((name, data, hashlib.sha256(data).hexdigest()))
+                        held += len(data)
+                    except Exception as e:  # recorded for this input: the run goes on
+                        chunk.append((name, as_input_error(e, name), None))
+                    if len(chunk) >= CHUNK_FILES or held >= CHUNK_BYTES:
+                        break
+                if not chunk:
+                    return
+                yield from _score_chunk(det, chunk, store, Prediction, rename_source)
+        finally:
+            if store is not cache:
+                store.close()
+
+
+def _score_chunk(det: Any, chunk: list, store: ResultCache, Prediction: Any,
+                 rename_source: Any) -> Iterator[tuple[Any, bool]]:
+    """The chunk's results in order, each yielded as soon as it is known: a backend failure
+    mid-chunk leaves every earlier row delivered."""
+    known = {i: store.get(sha) for i, (_, _, sha) in enumerate(chunk) if sha is not None}
+    _, first = first_of_each([None if sha is None or known[i] else sha for i, (_, _, sha) in enumerate(chunk)])
+    misses = [i for i, (_, _, sha) in enumerate(chunk) if sha is not None and not known[i] and first[i] == i]
+    preds = det.predict_iter([chunk[i][1] for i in misses], on_error="record")  # lazily, in order
+    position = {i: j for j, i in enumerate(misses)}
+    scored: dict[int, Any] = {}
+    for i, (name, data, sha) in enumerate(chunk):
+        if sha is None:
+            yield Prediction.failed(name, data), False
+        elif known[i]:
+            yield _renamed(_prediction(known[i]), known[i]["source"], name), True
+        elif first[i] != i:
+            yield _renamed(scored[first[i]], chunk[first[i]][0], name), True
+        else:
+            pred = scored[i] = rename_source(next(preds), position[i], name)
+            store.put(sha, pred.to_dict())
+            yield pred, False

@@ -42,7 +42,10 @@ joined with ``"; "`` in CSV; ``verdict`` may be empty (None)."""
 SETTINGS = "settings"
 """`nsnet detect`'s extra column: the options beside model and threshold that change a row's
 values (pixel limit, pipeline, engine, precision), compared on ``--resume``."""
-DETECT_FIELDS = FIELDS + (SETTINGS,)
+CACHED = "cached"
+"""`nsnet detect`'s column saying the row was not computed for this file but reused: from an
+identical file earlier in the run, or from ``--cache`` (same model and options)."""
+DETECT_FIELDS = FIELDS + (SETTINGS, CACHED)
 """Columns of `nsnet detect`'s files (before any ``--provenance`` columns)."""
 
 WARNING_SEP = "; "

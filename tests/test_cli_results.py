@@ -32,14 +32,16 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def big_folder(tmp_path_factory) -> tuple[Path, list[str]]:
-    """300 copies of one 1024x768 JPEG: each takes a few ms to decode and select patches, so a
-    run lasts long enough to be killed in the middle."""
+    """300 versions of one 1024x768 JPEG, each with its own comment segment (distinct files, so
+    none is answered as an identical copy of another): each takes a few ms to decode and select
+    patches, so a run lasts long enough to be killed in the middle."""
     root = tmp_path_factory.mktemp("many")
     data = cv2.imencode(".jpg", textured(768, 1024, seed=5), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     paths = []
     for i in range(300):
         p = root / f"img{i:03d}.jpg"
-        p.write_bytes(data)
+        comment = f"copy {i}".encode()
+        p.write_bytes(data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:])
         paths.append(str(p))
     return root, paths
 

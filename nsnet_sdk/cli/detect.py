@@ -12,7 +12,6 @@ from collections import Counter
 from typing import Any
 
 from .args import nonneg_int, positive_int, probability, progress_bar, provider_list
-from ..constants import DEFAULT_BATCH_SIZE
 from ..errors import NSNetError
 from ..options import DEFAULT_BATCH_SIZE, ENGINES, PRECISIONS
 from ..pipeline import MAX_PIXELS, ImageScan, scan_image_paths
@@ -20,7 +19,8 @@ from ..pipeline.executors import DECODE_MODES
 from ..pipeline.gpu import PIPELINES
 from ..provenance import PROVENANCE_COLUMNS, provenance_columns
 from ..artifact import model_sha256
-from ..results import CSV, DETECT_FIELDS, JSONL, SETTINGS, ResultFileError, ResultWriter, holds_result, result_row
+from ..results import (CACHED, CSV, DETECT_FIELDS, JSONL, SETTINGS, ResultFileError, ResultWriter, holds_result,
+                       result_row)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -72,6 +72,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
                    help=f"refuse images declaring more than N pixels ({MAX_PIXELS:,})")
     d.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
+    d.add_argument("--cache", metavar="FILE", help="SQLite result cache shared by runs and processes: "
+                   "a file already scored with this model and these options is answered from it "
+                   "without decoding (column cached=true); identical files within one run are "
+                   "scored once whether or not it is given")
     d.add_argument("--provenance", action="store_true", help="add what each file declares about its "
                    "origin (C2PA, IPTC digital source type, generator metadata) as columns: "
                    + ", ".join(PROVENANCE_COLUMNS))
@@ -246,7 +250,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: lis
         todo = [p for p in scan.files if not all(p in w.done for w in writers)]
         already = len(scan.files) - len(todo)
         bar = progress_bar(len(todo), args.quiet)
-        counts, failure, interrupted = _score(det, todo, writers, sha, settings, bar, args.batch_size)
+        counts, failure, interrupted = _score(det, todo, writers, sha, settings, bar, args.batch_size,
+                                              _cache(args, det, sha, settings))
         if bar is not None:
             bar.close()
     finally:
@@ -284,14 +289,33 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
+def _cache(args: argparse.Namespace, det: Any, sha: str, settings: str) -> Any:
+    """The --cache `ResultCache`, keyed by this model and every option that changes a row; None
+    without --cache. A damaged cache file is reported, moved aside and rebuilt."""
+    if not args.cache:
+        return None
+    from ..cache import ResultCache
+
+    band = det.meta.band.to_dict() if det.meta.band is not None else None
+    options = {"threshold": det.threshold, "band": band, "settings": settings,
+               "preprocess": det.config.to_json(), "provenance": args.provenance,
+               "trust_anchors": args.trust_anchors}
+    cache = ResultCache(args.cache, model_sha256=sha, options=options)
+    for problem in cache.problems:
+        _say(f"warning: {problem}")
+    return cache
+
+
 def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, settings: str, bar: Any,
-           batch_size: int) -> tuple[tuple[int, int, Counter], NSNetError | None, bool]:
+           batch_size: int, cache: Any = None) -> tuple[tuple[int, int, Counter], NSNetError | None, bool]:
     """Score ``todo``, writing each batch's rows before the progress bar counts them.
     Returns ((scored, errors, count of each verdict and is_fake value), the backend's failure or
     None, interrupted).
 
     Ctrl-C stops after the batch in progress is written (never in the middle of writing it);
     a second Ctrl-C stops at once."""
+    from ..cache import score_once
+
     scored = errors = pending = 0
     decided: Counter = Counter()
     failure, interrupted = None, False
@@ -312,9 +336,9 @@ def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, set
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
-        for pred in det.predict_iter(todo, on_error="record"):
+        for pred, reused in score_once(det, todo, cache):
             row = result_row(pred, threshold=det.threshold, model_sha256=sha)
-            row[SETTINGS] = settings
+            row[SETTINGS], row[CACHED] = settings, reused
             if det.provenance is not None:
                 row.update(provenance_columns(pred.provenance))
             for w in writers:
@@ -339,4 +363,6 @@ def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, set
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         flush()
+        if cache is not None:
+            cache.close()
     return (scored, errors, decided), failure, interrupted
