@@ -90,7 +90,7 @@ def tiny_model(root: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="an .onnx / .engine / run directory (default: nsnet-tiny, random weights)")
     ap.add_argument("--files", type=int, default=32, help="images per set (32)")
     ap.add_argument("--size", type=int, default=512, help="image side in pixels (512)")

@@ -53,7 +53,7 @@ def _files() -> dict[str, bytes]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=15)
     args = ap.parse_args()
     print(f"{cpu_model()}, OpenCV {cv2.__version__}, one thread")

@@ -59,7 +59,7 @@ def run(paths: list[str], mode: str, workers: int, bs: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=96)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--batch-size", type=int, default=16)

@@ -129,7 +129,7 @@ def gil_held_ms(fn: Callable[[], object], repeat: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=30, help="timed calls per row (median reported)")
     ap.add_argument("--files", type=int, default=24, help="JPEG files per size for the decode rows")
     ap.add_argument("--json", help="also write the figures here")

@@ -98,7 +98,7 @@ def test_relative_paths_on_a_two_raylet_cluster_by_gcs_and_ray_client(cluster, t
         assert sorted(r["path"] for r in rows) == sorted(
             [f"imgs/img{i}.png" for i in range(40)] + ["imgs/broken.png"]), name
         assert [r["path"] for r in rows if r["error"]] == ["imgs/broken.png"], name
-        assert "41 inputs (ray): 40 scored, 1 errors" in proc.stderr, name
+        assert "41 inputs (ray): 40 scored, 1 error," in proc.stderr, name
 
 
 def test_unreachable_address_is_refused_with_the_forms_that_work(tmp_path):

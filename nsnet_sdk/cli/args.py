@@ -31,9 +31,15 @@ def provider_list(text: str | None) -> list[str] | None:
 
 
 def progress_bar(total: int, quiet: bool):
-    """A tqdm bar on stderr, or None where tqdm is not installed (the summary still counts)."""
+    """A tqdm bar on stderr, or None where tqdm is not installed (the summary still counts);
+    none for an empty run either (a 0/0 bar would only be printed twice)."""
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit="img", file=sys.stderr, disable=quiet, dynamic_ncols=True)
+    return tqdm(total=total, unit="img", file=sys.stderr, disable=quiet or total == 0, dynamic_ncols=True)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 input``, ``2 inputs``: a count with its noun, as a summary line says it."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")

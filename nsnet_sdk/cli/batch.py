@@ -9,7 +9,7 @@ from ..batch import SMALL_JOB, BatchSummary, run_batch
 from ..batch_ray import ADDRESS_FORMS
 from ..constants import DEFAULT_BATCH_SIZE
 from ..errors import NSNetError
-from .args import positive_int, probability, progress_bar
+from .args import plural, positive_int, probability, progress_bar
 
 # -- CLI ------------------------------------------------------------------------------------
 
@@ -91,9 +91,9 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def format_summary(s: BatchSummary, out: str) -> str:
     """The final summary: images, errors, images/s overall and per worker."""
-    lines = [f"nsnet: {s.inputs} inputs ({s.engine}): {s.scored} scored, {s.errors} errors, "
+    lines = [f"nsnet: {plural(s.inputs, 'input')} ({s.engine}): {s.scored} scored, {plural(s.errors, 'error')}, "
              f"{s.skipped} already done; {s.images_per_s:.1f} images/s over {s.seconds:.1f}s; "
-             f"{s.files} Parquet files written to {out}"]
+             f"{plural(s.files, 'Parquet file')} written to {out}"]
     for w, (n, busy) in sorted(s.per_worker.items()):
-        lines.append(f"  worker {w}: {n} images, {n / busy if busy > 0 else 0:.1f} images/s busy")
+        lines.append(f"  worker {w}: {plural(n, 'image')}, {n / busy if busy > 0 else 0:.1f} images/s busy")
     return "\n".join(lines)

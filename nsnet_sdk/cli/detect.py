@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from .args import nonneg_int, positive_int, probability, progress_bar, provider_list
+from .args import nonneg_int, plural, positive_int, probability, progress_bar, provider_list
 from ..errors import NSNetError
 from ..options import DEFAULT_BATCH_SIZE, ENGINES, PRECISIONS
 from ..pipeline import MAX_PIXELS, ImageScan, scan_image_paths
@@ -274,7 +274,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: lis
             outcome = ", ".join(f"{decided[v]} {v}" for v in ("ai-generated", "real", "uncertain"))
         else:
             outcome = f"{decided[True]} fake"
-        _say(f"{_n(len(todo), 'input')}: {scored} scored, {outcome}, {_n(errors, 'error')} "
+        _say(f"{plural(len(todo), 'input')}: {scored} scored, {outcome}, {plural(errors, 'error')} "
              f"({rule}, {det.backend.name} on {det.backend.device})")
         if already:
             _say(f"{already} inputs already in the results were not scored again (--resume)")
@@ -283,10 +283,6 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: lis
         where = ", ".join("stdout" if w.spec == "-" else w.spec for w in writers)
         _say(f"results written to {where}")
     return 0
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _cache(args: argparse.Namespace, det: Any, sha: str, settings: str) -> Any:

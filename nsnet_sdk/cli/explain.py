@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import provider_list
+from .args import plural, provider_list
 from ..errors import InferenceError, NSNetError
 from ..explain import explain_rgb, load_for_explain, render_png
 from ..results import escape_text
@@ -92,6 +92,6 @@ def cmd_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                 failed += 1
             index.write(json.dumps(row) + "\n")
             index.flush()
-    print(f"nsnet: {done} explained, {failed} error{'' if failed == 1 else 's'}; written to {out}",
+    print(f"nsnet: {done} explained, {plural(failed, 'error')}; written to {out}",
           file=sys.stderr)
     return 0
