@@ -208,7 +208,7 @@ def test_calibrate_keeps_the_threshold_source_and_leaves_out_low_information(sco
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
     assert printed["n_real"] == 12 and printed["left_out"] == 1  # tiny.png is not calibration data
-    assert "1 inputs left out: their score says little" in captured.err
+    assert "1 input left out: their score says little" in captured.err
     assert "12 real images are too few for --fpr 0.1" in captured.err
     with Detector(out, options=InputOptions(workers=0)) as det:
         card = det.meta.model_card

@@ -9,7 +9,7 @@ from typing import Any
 from ..calibrate import BAND_KEYS, calibrate_band, calibration_summary, low_information
 from ..constants import DEFAULT_BATCH_SIZE
 from ..errors import NSNetError
-from .args import checked, positive_int, provider_list
+from .args import checked, plural, positive_int, provider_list
 
 _rate = checked(float, lambda v: 0.0 <= v < 1.0, "a rate in [0, 1)")
 
@@ -108,7 +108,7 @@ def cmd_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         scores, left_out = got
         what = f"real={','.join(args.real)} fake={','.join(args.fake)}"
     if left_out:
-        _warn(f"{left_out} inputs left out: their score says little (smaller than one patch, or not scored)")
+        _warn(f"{plural(left_out, 'input')} left out: their score says little (smaller than one patch, or not scored)")
     source = f"nsnet calibrate: {len(scores['real'])} real, {len(scores['fake'])} fake images ({what})"
     try:
         result = calibrate_band(scores["real"], scores["fake"], fpr=args.fpr, fnr=args.fnr, source=source)
