@@ -26,6 +26,7 @@ __all__ = ["ROW_FIELDS", "BatchSummary", "PartWriter", "done_paths", "failed_row
            "prediction_row", "recover_journals", "run_batch"]
 from .artifact import model_sha256
 from .constants import DEFAULT_BATCH_SIZE
+from .pipeline.config import MAX_PIXELS
 from .results import escape_text
 
 # A Parquet part is written once this many rows or seconds have gathered; until then each
@@ -177,7 +178,8 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
               threads_per_worker: int | None = 1, on_rows: Callable[[list[dict]], None] | None = None,
               on_start: Callable[[BatchSummary], None] | None = None,
               ray_init: dict[str, Any] | None = None, rows_per_file: int = ROWS_PER_FILE,
-              limit: int | None = None, use_ray: bool | None = None) -> BatchSummary:
+              limit: int | None = None, use_ray: bool | None = None,
+              max_pixels: int = MAX_PIXELS) -> BatchSummary:
     """Score ``inputs`` (see `batch_inputs.iter_inputs`), one Parquet row each under ``out``.
 
     ``use_ray`` None: Ray only for a job of `SMALL_JOB` inputs or more, or with an ``address``
@@ -248,10 +250,11 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
 
             score_on_ray(batches, model, sha, take, writer.tick, summary, address=address,
                          workers=workers, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
-                         threshold=threshold, threads=threads_per_worker, ray_init=ray_init)
+                         threshold=threshold, threads=threads_per_worker, ray_init=ray_init,
+                         max_pixels=max_pixels)
         else:
             _score_in_process(batches, model, sha, take, threshold=threshold,
-                              batch_size=batch_size)
+                              batch_size=batch_size, max_pixels=max_pixels)
     finally:
         writer.flush()
         summary.files = writer.files
@@ -268,10 +271,11 @@ def _ray_initialized() -> bool:
 
 def _score_in_process(batches: Iterator[list[Item]], model: str, sha: str,
                       take: Callable[[list[dict]], None], *, threshold: float,
-                      batch_size: int) -> None:
+                      batch_size: int, max_pixels: int) -> None:
     from .detector import Detector
     from .options import InputOptions
 
-    with Detector(model, threshold=threshold, options=InputOptions(batch_size=batch_size)) as det:
+    with Detector(model, threshold=threshold,
+                  options=InputOptions(batch_size=batch_size, max_pixels=max_pixels)) as det:
         for chunk in batches:
             take(score_items(det, chunk, sha))

@@ -36,7 +36,7 @@ class Scorer:
     """One actor: a `Detector` on the model sent by the driver; a batch of items in, rows out."""
 
     def __init__(self, model_name: str, model_ref: list, model_path: str, sha256: str,
-                 threshold: float, batch_size: int, threads: int | None) -> None:
+                 threshold: float, batch_size: int, threads: int | None, max_pixels: int) -> None:
         from .detector import Detector
         from .options import BackendOptions, InputOptions
 
@@ -55,7 +55,7 @@ class Scorer:
         try:
             self.det = Detector(model_path, threshold=threshold,
                                 backend=BackendOptions(intra_op_threads=threads),
-                                options=InputOptions(batch_size=batch_size, workers=0))
+                                options=InputOptions(batch_size=batch_size, workers=0, max_pixels=max_pixels))
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -171,7 +171,7 @@ def score_on_ray(batches: Iterator[list[Item]], model: str, sha: str,
                  take: Callable[[list[dict]], None], tick: Callable[[], None],
                  summary: Any, *, address: str | None, workers: int,
                  gpus_per_worker: float, batch_size: int, threshold: float,
-                 threads: int | None, ray_init: dict[str, Any] | None) -> None:
+                 threads: int | None, ray_init: dict[str, Any] | None, max_pixels: int) -> None:
     """Score ``batches`` on ``workers`` actors, handing each batch's rows to ``take`` as it
     finishes (``tick`` between results); per-actor counts go to ``summary.per_worker``."""
     import ray
@@ -185,7 +185,7 @@ def score_on_ray(batches: Iterator[list[Item]], model: str, sha: str,
         actor_cls = ray.remote(Scorer).options(
             num_cpus=1, num_gpus=gpus_per_worker or None, max_restarts=-1, max_task_retries=0)
         actors = [actor_cls.remote(os.path.basename(model), blob, model, sha, threshold,
-                                   batch_size, threads) for _ in range(workers)]
+                                   batch_size, threads, max_pixels) for _ in range(workers)]
         ray.get([a.ready.remote() for a in actors])  # a model no actor can load fails the job here
         _dispatch(ray, actors, batches, take, tick, summary, threshold, sha)
     finally:

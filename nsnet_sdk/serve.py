@@ -24,6 +24,7 @@ from typing import Any
 
 from .prediction import rename_source
 from .artifact import model_sha256
+from .pipeline.config import MAX_PIXELS
 
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 32
@@ -59,7 +60,7 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
               token_sha256: str | None = None, replicas: int | str = 1,
               gpus_per_replica: float = 0.0, threshold: float | None = None,
               upload_bytes: int | None = None, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-              graceful_s: float = DEFAULT_GRACEFUL_S) -> Any:
+              graceful_s: float = DEFAULT_GRACEFUL_S, max_pixels: int = MAX_PIXELS) -> Any:
     """The Ray Serve application (``serve.run(build_app(...))``).
 
     ``replicas``: a count or ``"auto"`` (Serve's autoscaling); ``token_sha256``: `token_digest`
@@ -209,7 +210,8 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
             from .detector import Detector
             from .options import InputOptions
 
-            self.det = Detector(model, threshold=threshold, options=InputOptions(batch_size=max_batch, workers=0))
+            self.det = Detector(model, threshold=threshold,
+                                options=InputOptions(batch_size=max_batch, workers=0, max_pixels=max_pixels))
             self.score.set_max_batch_size(max_batch)
             self.score.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
             self.stats = {"requests": 0, "images": 0, "forward_passes": 0, "batched_images": 0}

@@ -9,6 +9,7 @@ from ..batch import SMALL_JOB, BatchSummary, run_batch
 from ..batch_ray import ADDRESS_FORMS
 from ..constants import DEFAULT_BATCH_SIZE
 from ..errors import NSNetError
+from ..pipeline.config import MAX_PIXELS
 from .args import plural, positive_int, probability, progress_bar
 
 # -- CLI ------------------------------------------------------------------------------------
@@ -40,6 +41,8 @@ def add_parser(subparsers: Any) -> None:
                    help="GPUs per actor (0 = CPU actors)")
     b.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per batch ({DEFAULT_BATCH_SIZE})")
+    b.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse images declaring more than N pixels ({MAX_PIXELS:,})")
     b.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
     b.add_argument("--resume", action="store_true",
                    help="skip inputs already in --out (continue a stopped job)")
@@ -71,7 +74,7 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                             workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                             batch_size=args.batch_size, resume=args.resume,
                             threshold=args.threshold, threads_per_worker=None if args.gpus_per_worker else 1,
-                            on_start=start, use_ray=True if args.ray else None,
+                            on_start=start, use_ray=True if args.ray else None, max_pixels=args.max_pixels,
                             on_rows=lambda rows: bar.update(len(rows)) if bar is not None else None)
     except FileExistsError as e:
         parser.error(str(e))

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from ..errors import NSNetError
+from ..pipeline.config import MAX_PIXELS
 from ..serve import (APP_NAME, DEFAULT_BATCH_WAIT_MS, DEFAULT_BODY_TIMEOUT_S, DEFAULT_GRACEFUL_S,
                      DEFAULT_MAX_BATCH, DEFAULT_MAX_BYTES, DEFAULT_PORT, build_app, is_loopback,
                      parse_bytes, token_digest)
@@ -60,6 +61,8 @@ def add_parser(subparsers: Any) -> None:
                    help=f"how long a replica Serve stops (scale-down, redeploy) lets its requests "
                    f"in flight finish ({DEFAULT_GRACEFUL_S:g})")
     s.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
+    s.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse images declaring more than N pixels ({MAX_PIXELS:,})")
     s.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer <token>', "
                    "the token read from this environment variable")
     s.set_defaults(run=cmd_serve)
@@ -90,7 +93,7 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                         max_bytes=args.max_bytes, token_sha256=token_sha, replicas=args.replicas,
                         gpus_per_replica=args.gpus_per_replica, threshold=args.threshold,
                         upload_bytes=args.upload_bytes, body_timeout_s=args.body_timeout,
-                        graceful_s=args.graceful_seconds)
+                        graceful_s=args.graceful_seconds, max_pixels=args.max_pixels)
     except (NSNetError, OSError) as e:
         print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
         return 1
