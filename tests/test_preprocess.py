@@ -1,4 +1,4 @@
-"""Patch selection against a slow reference written from the definition in README, plus properties."""
+"""Patch selection against a slow reference written from the definition in docs/guide.md (Patch selection), plus properties."""
 from __future__ import annotations
 
 import numpy as np
