@@ -159,6 +159,21 @@ def test_calibrate_fpr_leaves_the_checkpoint_alone_by_default(trained, synth, ow
     assert np.mean(probs >= cal["threshold"] + 1e-5) <= 0.1
 
 
+def test_calibration_leaves_out_images_whose_score_says_little(trained, synth, own_reals, tmp_path) -> None:
+    """A 10x10 real image (its few pixels repeated to fill the mosaic) must not set the threshold."""
+    import cv2
+
+    reals = tmp_path / "reals"
+    shutil.copytree(own_reals, reals)
+    assert cv2.imwrite(str(reals / "tiny.png"), np.full((10, 10, 3), 200, np.uint8))
+    out = tmp_path / "rep"
+    assert evaluate_main(["--ckpt", str(trained), "--data", str(synth), "--out", str(out), "--quiet",
+                          "--calibrate-fpr", "0.1", "--calibration", str(reals)]) == 0
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["n_real"] == 16 and cal["left_out_low_information"] == 1 and cal["skipped"] == 2
+    assert "left out of calibration" in cal["skipped_files"][str(reals / "tiny.png")]
+
+
 def test_write_threshold_stores_it_in_the_checkpoint(trained, synth, own_reals, tmp_path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained, run)

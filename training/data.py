@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from nsnet_sdk.errors import as_input_error
 from nsnet_sdk.pipeline import DEFAULT, PatchConfig, iter_image_paths, load_image, preprocess
+from nsnet_sdk.pipeline.inputs import size_warnings
 from training.cli_common import LAYOUTS
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,8 @@ def downscale(rgb: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(rgb, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
 
 
+LEFT_OUT = "left out of calibration"
+
 @dataclass
 class ImageDataset(Dataset):
     """Items: (tensor (3,S,S) or None, label, index, error message or None).
@@ -209,6 +212,9 @@ class ImageDataset(Dataset):
     seed: int = 0
     transform: object = None
     epoch: int = field(default=0)
+    # Calibration leaves out images whose score says little (smaller than one patch): their
+    # repeated pixels would set the operating point. Their error starts with LEFT_OUT.
+    skip_low_information: bool = False
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -220,6 +226,8 @@ class ImageDataset(Dataset):
         except Exception as e:  # one unreadable file is skipped and reported, never the run's end
             exc = as_input_error(e, str(s.path))
             return None, s.label, i, f"{type(exc).__name__}: {exc}"
+        if self.skip_low_information and size_warnings(rgb, self.cfg.patch):
+            return None, s.label, i, f"{LEFT_OUT}: {size_warnings(rgb, self.cfg.patch)[0]}"
         if self.transform is not None:
             rgb = self.transform(rgb)
         rng = None
@@ -256,11 +264,17 @@ class SkipLog:
             path = str(self.samples[idx].path)
             if path not in self.bad:
                 self.bad[path] = msg
-                log.warning("skipping unreadable image %s (%s)", path, msg)
+                log.warning("skipping %s image %s (%s)", "a low-information" if msg.startswith(LEFT_OUT)
+                            else "an unreadable", path, msg)
 
     @property
     def count(self) -> int:
         return len(self.bad)
+
+    @property
+    def left_out(self) -> int:
+        """Of `count`, the images left out because their score says little (not unreadable)."""
+        return sum(msg.startswith(LEFT_OUT) for msg in self.bad.values())
 
 
 def loader(dataset: ImageDataset, batch_size: int, shuffle: bool = False, workers: int = 0,

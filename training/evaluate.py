@@ -325,7 +325,7 @@ def calibrate(model, args, cfg: PatchConfig, device: torch.device, gens, previou
     except ValueError as exc:
         raise SystemExit(f"error: --calibration: {exc}") from None
     skips = SkipLog(samples)
-    probs, labels, _ = score(model, ImageDataset(samples, cfg), args.batch_size, device, args.workers,
+    probs, labels, _ = score(model, ImageDataset(samples, cfg, skip_low_information=True), args.batch_size, device, args.workers,
                              not args.quiet, skips, desc="calibrating")
     try:
         threshold = threshold_for_fpr(probs, labels, args.calibrate_fpr)
@@ -333,6 +333,7 @@ def calibrate(model, args, cfg: PatchConfig, device: torch.device, gens, previou
         raise SystemExit(f"error: {root}: {exc}") from None
     doc = {"fpr": args.calibrate_fpr, "threshold": threshold, "previous_threshold": previous, "data": str(root),
            "n_real": int(len(probs)), "skipped": skips.count, "skipped_files": skips.bad,
+           "left_out_low_information": skips.left_out,
            "on_eval_data": args.calibration is None or bool(args.calibrate_on_eval_data),
            "written_to": None}
     log.info("threshold %.6g gives FPR <= %.3f on %d real images of %s (%d skipped%s)", threshold,
