@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks._machine import library_versions, machine
+from nsnet_sdk.constants import DEFAULT_BATCH_SIZE
 from benchmarks.throughput import BenchError, image_files, synthetic_files
 
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--synthetic", type=int, default=200, help="N synthetic JPEGs (200)")
     p.add_argument("--size", type=int, default=512, help="synthetic image side (512)")
     p.add_argument("--workers", type=int, default=2, help="Ray actors (2)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--repeat", type=int, default=2,
                    help="rounds, engines interleaved; the best time of each run counts (2)")
     p.add_argument("--skip-ray", action="store_true", help="measure without the Ray engine")

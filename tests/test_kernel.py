@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -216,7 +217,12 @@ def test_same_output_as_fallback_property(h, w, content, seed):
     if content in ("flat", "per_patch_flat"):
         assert np.all(ref["ent"] == 0)
     if content == "tiled":
-        assert np.unique(ref["ent"]).size == 1
+        # Copies of one patch tie exactly in every compiled variant. The ONNX Runtime fallback
+        # (the reference here) may round copies apart by one float32 step on large images: its
+        # kernels treat a batch's tail differently; that is ORT's arithmetic, not a contract of ours.
+        for name in VARIANTS:
+            assert np.unique(outputs(rgb, name)["ent"]).size == 1, name
+        np.testing.assert_allclose(ref["ent"], ref["ent"].flat[0], rtol=1e-6)
 
 
 @needs_kernel
