@@ -75,33 +75,23 @@ class Scorer:
 # in the environment they inherit from the driver, which names the job's temp folder.
 OWNER_VAR = "NSNET_BATCH_RAY"
 _REAPER = r"""
-import os, shutil, signal, sys, time
+import os, shutil, signal, sys
 tmp = sys.argv[1]
 mark = ("%s=" % sys.argv[2]).encode() + tmp.encode() + b"\0"
 sys.stdin.buffer.read()  # EOF: the driver closed its end, or died
-def sweep():
-    found = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
+for pid in os.listdir("/proc"):
+    if not pid.isdigit() or int(pid) == os.getpid():
+        continue
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        continue
+    if mark in env:
         try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read()
+            os.kill(int(pid), signal.SIGKILL)
         except OSError:
-            continue
-        if mark in env:
-            found += 1
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
-    return found
-# Again until none is left: a process Ray was starting during a sweep (a worker, a restarted agent)
-# appears only after it, and on a loaded machine that can take seconds.
-for _ in range(300):
-    if not sweep():
-        break
-    time.sleep(0.2)
+            pass
 shutil.rmtree(tmp, ignore_errors=True)
 """
 
