@@ -75,23 +75,54 @@ class Scorer:
 # in the environment they inherit from the driver, which names the job's temp folder.
 OWNER_VAR = "NSNET_BATCH_RAY"
 _REAPER = r"""
-import os, shutil, signal, sys
+import os, select, shutil, signal, sys
 tmp = sys.argv[1]
 mark = ("%s=" % sys.argv[2]).encode() + tmp.encode() + b"\0"
-sys.stdin.buffer.read()  # EOF: the driver closed its end, or died
-for pid in os.listdir("/proc"):
-    if not pid.isdigit() or int(pid) == os.getpid():
-        continue
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read()
-    except OSError:
-        continue
-    if mark in env:
+
+
+def stat(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        rest = f.read().rsplit(b")", 1)[1].split()
+    return int(rest[1]), int(rest[19])  # parent, start time
+
+
+def scan():
+    # This job's processes: those carrying the mark, and their descendants (the raylet starts its
+    # agents with an environment of its own, without the mark), as {pid: start time}.
+    parent, start, marked = {}, {}, set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
         try:
-            os.kill(int(pid), signal.SIGKILL)
-        except OSError:
-            pass
+            parent[int(pid)], start[int(pid)] = stat(pid)
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mark in f.read():
+                    marked.add(int(pid))
+        except (OSError, IndexError, ValueError):
+            continue
+    doomed, grew = set(marked), True
+    while grew:
+        more = {p for p, pp in parent.items() if pp in doomed} - doomed
+        doomed |= more
+        grew = bool(more)
+    return {p: start[p] for p in doomed}
+
+
+# Watched while the driver lives: when it dies, Ray's own fate-sharing may end the raylet first,
+# and its orphaned agents could no longer be found as its descendants.
+known = {}
+while True:
+    ready, _, _ = select.select([0], [], [], 1.0)
+    if ready and not os.read(0, 4096):  # EOF: the driver closed its end, or died
+        break
+    known.update(scan())
+known.update(scan())
+for pid, started in known.items():
+    try:
+        if stat(pid)[1] == started:  # the same process, not a reused pid
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, IndexError, ValueError):
+        pass
 shutil.rmtree(tmp, ignore_errors=True)
 """
 
