@@ -72,9 +72,10 @@ def hostile_seeds() -> dict[str, bytes]:
     """Small refused files (tests/_decode_util.py, so tests/ must be on PYTHONPATH), so that
     mutations start next to every limit."""
     import _decode_util as u
-    from test_decode_fuzz_findings import APNG_SEGFAULT
+    from test_decode_fuzz_findings import APNG_MISORDERED, APNG_SEGFAULT
 
-    return {"idat-4gb.png": u.png_idat_says_4gb(), "apng-segfault.png": APNG_SEGFAULT,
+    apng = {f"apng-{k.replace(' ', '-')}.png": v for k, v in APNG_MISORDERED.items()}
+    return {**apng, "idat-4gb.png": u.png_idat_says_4gb(), "apng-segfault.png": APNG_SEGFAULT,
             "jpeg-700-bytes.jpg": u.jpeg_with_size(11000, 9000, keep=700),
             "jpeg-200-scans.jpg": u.jpeg_many_scans(200, side=64),
             "gif-outside.gif": u.gif_frame_outside_screen(), "webp-canvas.webp": u.webp_canvas(16384, 16384),
