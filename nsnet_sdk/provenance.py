@@ -21,6 +21,14 @@ MAX_TEXT = 1 << 20  # bytes kept of one metadata text (XMP packet, PNG text, dec
 
 # IPTC NewsCodes that declare generative-AI involvement (C2PA uses the same vocabulary).
 AI_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia")
+# The rest of the IPTC digital-source-type vocabulary (current and deprecated terms): a valid
+# manifest naming one of these declares a non-AI source. Any other value declares nothing.
+NON_AI_SOURCE_TYPES = ("digitalCapture", "computationalCapture", "negativeFilm", "positiveFilm", "print",
+                       "humanEdits", "minorHumanEdits", "compositeCapture", "algorithmicallyEnhanced",
+                       "digitalCreation", "digitalArt", "dataDrivenMedia", "algorithmicMedia",
+                       "screenCapture", "virtualRecording", "composite", "compositeSynthetic")
+_IPTC_PREFIXES = ("http://cv.iptc.org/newscodes/digitalsourcetype/",
+                  "https://cv.iptc.org/newscodes/digitalsourcetype/")
 # PNG text keywords written by diffusion front-ends (A1111/Forge: parameters; ComfyUI: prompt,
 # workflow; InvokeAI: invokeai_metadata, sd-metadata, Dream).
 GENERATOR_PNG_KEYS = ("parameters", "prompt", "workflow", "invokeai_metadata", "sd-metadata", "Dream")
@@ -139,15 +147,26 @@ def _summary(rec: dict) -> str:
     dst = [rec["digital_source_type"], c.get("digital_source_type")]
     if rec["generator"] or any(is_ai_source_type(t) for t in dst if t):
         return "ai-declared"  # a claim of AI involvement is worth a reviewer's look whoever made it
-    if c.get("digital_source_type") and c.get("state") in ("trusted", "valid-untrusted"):
+    if (source_type_term(c.get("digital_source_type") or "") in NON_AI_SOURCE_TYPES
+            and c.get("state") in ("trusted", "valid-untrusted")):
         return "non-ai-declared"
-    return "unknown"
+    return "unknown"  # no manifest, or a value outside the vocabulary: nothing is declared
+
+
+def source_type_term(value: str) -> str | None:
+    """The IPTC term of a digitalSourceType written as the vocabulary's URI or as the bare term
+    (surrounding whitespace ignored); None for anything else (e.g. a URI with trailing text)."""
+    v = value.strip()
+    for prefix in _IPTC_PREFIXES:
+        if v.startswith(prefix):
+            v = v[len(prefix):]
+            break
+    return v if v in AI_SOURCE_TYPES or v in NON_AI_SOURCE_TYPES else None
 
 
 def is_ai_source_type(value: str) -> bool:
     """True when an IPTC/C2PA digitalSourceType (URI or bare term) declares generative AI."""
-    term = value.rstrip("/").rsplit("/", 1)[-1]
-    return term in AI_SOURCE_TYPES
+    return source_type_term(value) in AI_SOURCE_TYPES
 
 
 def _bounded_bytes(src: Any) -> bytes:

@@ -173,7 +173,9 @@ def signed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("c2pa")
     chain, key, ca = make_chain(tmp)
     return {"ai": sign_jpeg(jpeg_bytes(), chain, key), "capture": sign_jpeg(jpeg_bytes(1), chain, key, CAPTURE_URI),
-            "ca": ca, "other_ca": make_chain(tmp, "Other Org")[2]}
+            "ca": ca, "other_ca": make_chain(tmp, "Other Org")[2],
+            "trailing": sign_jpeg(jpeg_bytes(2), chain, key, AI_URI + " and some trailing text"),
+            "made_up": sign_jpeg(jpeg_bytes(3), chain, key, "http://example.com/handPaintedByRobots")}
 
 
 def test_c2pa_ai_manifest_is_valid_but_untrusted_without_anchors(signed):
@@ -205,6 +207,15 @@ def test_c2pa_capture_manifest_is_a_non_ai_declaration(signed):
     rec = read_provenance(signed["capture"])
     assert rec["c2pa"]["digital_source_type"] == CAPTURE_URI
     assert rec["summary"] == "non-ai-declared"
+
+
+@pytest.mark.parametrize("kind", ["trailing", "made_up"])
+def test_c2pa_source_type_outside_the_vocabulary_declares_nothing(signed, kind):
+    """A self-signed manifest naming a value that is no IPTC term (an AI URI plus trailing text, a
+    made-up URI) is no declaration of a non-AI source."""
+    rec = read_provenance(signed[kind])
+    assert rec["c2pa"]["state"] == "valid-untrusted" and rec["c2pa"]["digital_source_type"]
+    assert rec["summary"] == "unknown"
 
 
 def test_c2pa_manifest_found_without_the_library(signed, monkeypatch):
