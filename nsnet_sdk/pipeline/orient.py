@@ -7,14 +7,13 @@ alike.
 """
 from __future__ import annotations
 
-import re
 import struct
 
 import numpy as np
 
-__all__ = ["exif_orientation", "xmp_orientation", "apply_orientation", "flatten_alpha"]
+from .metadata import TIFF_ORIENTATION, XMP_ORIENTATION, tiff_entries
 
-_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(?:="|>)([0-9])')
+__all__ = ["exif_orientation", "xmp_orientation", "apply_orientation", "flatten_alpha"]
 
 
 def exif_orientation(exif: bytes) -> int | None:
@@ -25,10 +24,8 @@ def exif_orientation(exif: bytes) -> int | None:
     try:
         e = {b"II": "<", b"MM": ">"}[exif[:2]]
         (ifd,) = struct.unpack(e + "I", exif[4:8])
-        (count,) = struct.unpack(e + "H", exif[ifd : ifd + 2])
-        for k in range(min(count, 1000)):
-            tag, typ, _n, value = struct.unpack(e + "HHI4s", exif[ifd + 2 + 12 * k : ifd + 14 + 12 * k])
-            if tag == 0x0112 and typ == 3:
+        for tag, typ, _n, value in tiff_entries(exif, e, ifd, 1000):
+            if tag == TIFF_ORIENTATION and typ == 3:
                 o = struct.unpack(e + "H", value[:2])[0]
                 return o if 1 <= o <= 8 else None
     except (KeyError, struct.error):
@@ -38,7 +35,7 @@ def exif_orientation(exif: bytes) -> int | None:
 
 def xmp_orientation(xmp: bytes) -> int | None:
     """``tiff:Orientation`` from an XMP packet (attribute or element form), as Pillow reads it."""
-    m = _XMP_ORIENTATION.search(xmp)
+    m = XMP_ORIENTATION.search(xmp)
     o = int(m.group(1)) if m else 0
     return o if 1 <= o <= 8 else None
 

@@ -10,6 +10,7 @@ import struct
 import numpy as np
 
 from .header import MAX_FRAMES, MAX_SEGMENTS, MIN_TILE_SIDE, Header, Malformed
+from .metadata import tiff_entries
 
 __all__ = ["tiff", "webp", "avif", "jpeg2000"]
 
@@ -26,13 +27,12 @@ _TIFF_TAGS = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample", 259: 
 
 
 def _tiff_ifd(b: memoryview, e: str, ifd: int) -> dict[int, np.ndarray]:
-    (count,) = struct.unpack(e + "H", b[ifd : ifd + 2])
-    if ifd + 2 + 12 * count + 4 > len(b):
-        raise Malformed(f"truncated: TIFF directory at byte {ifd} ends past the end of the file")
-    raw = bytes(b[ifd + 2 : ifd + 2 + 12 * count])
     tags: dict[int, np.ndarray] = {}
-    for k in range(count):
-        tag, typ, cnt = struct.unpack(e + "HHI", raw[12 * k : 12 * k + 8])
+    try:
+        entries = list(tiff_entries(b, e, ifd, 1 << 16))
+    except struct.error:
+        raise Malformed(f"truncated: TIFF directory at byte {ifd} ends past the end of the file") from None
+    for tag, typ, cnt, value in entries:
         if tag not in _TIFF_TAGS:
             continue
         if tag in tags:
@@ -41,9 +41,9 @@ def _tiff_ifd(b: memoryview, e: str, ifd: int) -> dict[int, np.ndarray]:
             raise Malformed(f"TIFF {_TIFF_TAGS[tag]} tag has type {typ} x {cnt} (need SHORT or LONG)")
         size = _TIFF_TYPE_SIZE[typ] * cnt
         if size <= 4:
-            data = raw[12 * k + 8 : 12 * k + 8 + size]
+            data = value[:size]
         else:
-            (off,) = struct.unpack(e + "I", raw[12 * k + 8 : 12 * k + 12])
+            (off,) = struct.unpack(e + "I", value)
             if off + size > len(b):
                 raise Malformed(f"truncated: TIFF {_TIFF_TAGS[tag]} values lie past the end of the file")
             data = bytes(b[off : off + size])
