@@ -49,15 +49,33 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(img, turns)) if turns or orientation == 2 else img
 
 
+_FLATTEN_ROWS_PIXELS = 1 << 18  # pixels per block: the uint16 temporaries stay ~3 MB
+
+
 def flatten_alpha(rgba: np.ndarray, premultiplied: bool = False) -> np.ndarray:
     """RGBA uint8 → RGB uint8 composited over white: ``c·a/255 + 255·(1 − a/255)``, rounded.
 
     Fully transparent pixels become white whatever colour they hide, so invisible content never
     reaches the model; opaque pixels are unchanged. ``premultiplied``: the colours are already
     ``c·a/255`` (TIFF's associated alpha).
+
+    Computed a block of rows at a time into the output: the whole-image uint16 temporaries cost
+    2.6 GB on a 100 Mpx image (over the documented decode ceiling); now the peak is the output
+    (3 bytes per pixel) plus a few MB.
     """
-    a = rgba[:, :, 3:4].astype(np.uint16)
-    c = rgba[:, :, :3].astype(np.uint16)
-    if premultiplied:
-        return np.minimum(c + (255 - a), 255).astype(np.uint8)
-    return ((c * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+    h, w = rgba.shape[:2]
+    out = np.empty((h, w, 3), np.uint8)
+    step = max(1, _FLATTEN_ROWS_PIXELS // max(w, 1))
+    for y in range(0, h, step):
+        block = rgba[y : y + step]
+        a = block[:, :, 3:4].astype(np.uint16)
+        c = block[:, :, :3].astype(np.uint16)
+        if premultiplied:
+            c += 255 - a
+            np.minimum(c, 255, out=c)
+        else:
+            c *= a
+            c += 255 * (255 - a) + 127
+            c //= 255
+        out[y : y + step] = c
+    return out

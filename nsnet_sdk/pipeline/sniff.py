@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import struct
 
-from . import sniff_boxes, sniff_jpeg, sniff_png
+from . import sniff_boxes, sniff_iso, sniff_jpeg, sniff_png
 from .header import MAX_FRAMES, MAX_SEGMENTS, Header, Malformed
 
 __all__ = ["read_header"]
@@ -44,9 +44,9 @@ def read_header(data: bytes | memoryview) -> Header | None:
         if head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2 and head[2:3].isspace():
             return _pnm(b)
         if head[4:8] == b"ftyp" and (b"avif" in head[8:32] or b"avis" in head[8:32]):
-            return sniff_boxes.avif(b)
+            return sniff_iso.avif(b)
         if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or head[:4] == b"\xff\x4f\xff\x51":
-            return sniff_boxes.jpeg2000(b)
+            return sniff_iso.jpeg2000(b)
     except (struct.error, IndexError) as e:
         raise Malformed(f"header ends early or is corrupt ({e})") from None
     return None

@@ -1,7 +1,8 @@
-"""Header walkers for the tag- and box-structured formats: TIFF, WebP, AVIF and JPEG 2000.
+"""Header walkers for the tag- and chunk-structured formats: TIFF (classic and BigTIFF) and WebP.
 
-Each validates the structure the decoder will trust (tag values, chunk and box lengths, tile and
-strip geometry) and returns a `Header`; see `nsnet_sdk.pipeline.sniff` for the others.
+Each validates the structure the decoder will trust (tag values, chunk lengths, tile and strip
+geometry) and returns a `Header`; AVIF and JPEG 2000 are in `sniff_iso`, the dispatcher is
+`nsnet_sdk.pipeline.sniff`.
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import numpy as np
 
 from .header import MAX_FRAMES, MAX_SEGMENTS, MIN_TILE_SIDE, Header, Malformed
 from .metadata import tiff_entries
+from .sniff_jpeg import jpeg
 
-__all__ = ["tiff", "webp", "avif", "jpeg2000"]
+__all__ = ["tiff", "webp"]
 
 # -- TIFF ---------------------------------------------------------------------------------------
 
@@ -108,7 +110,22 @@ def tiff(b: memoryview) -> Header:
                       f"its geometry needs {expected}")
     elif counts is not None and np.any(offsets[:expected] + counts[:expected] > n):
         hdr.defect = "truncated: TIFF pixel data lies past the end of the file"
+    elif counts is not None and int(t.get(259, [1])[0]) in (6, 7):
+        hdr.scans = _jpeg_strip_scans(b, offsets[:expected], counts[:expected])
     return hdr
+
+
+def _jpeg_strip_scans(b: memoryview, offsets: np.ndarray, counts: np.ndarray) -> int:
+    """Most scans in any JPEG-compressed strip or tile: each is a JPEG stream of its own, held to
+    the JPEG walker's checks (a 100-scan progressive strip costs what such a JPEG file costs)."""
+    most = 1
+    for off, cnt in zip(offsets.tolist(), counts.tolist()):
+        if cnt >= 2 and bytes(b[off : off + 2]) == b"\xff\xd8":
+            try:
+                most = max(most, jpeg(bytes(b[off : off + cnt])).scans)
+            except Malformed as e:
+                raise Malformed(f"TIFF JPEG strip at byte {off}: {e}") from None
+    return most
 
 
 # -- WebP ---------------------------------------------------------------------------------------
@@ -167,133 +184,3 @@ def _webp_bitstream(tag: bytes, s: memoryview) -> tuple[int, int, bool]:
         raise Malformed("WebP lossless frame lacks its signature")
     bits = int.from_bytes(s[1:5], "little")
     return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, bool(bits >> 28 & 1)
-
-
-# -- AVIF (ISO base media file format) -----------------------------------------------------------
-
-
-def _boxes(b: memoryview, start: int, end: int, counter: list[int]):
-    """(type, body start, body end) of each box in ``b[start:end]``."""
-    pos = start
-    while pos + 8 <= end:
-        size, kind = struct.unpack(">I4s", b[pos : pos + 8])
-        head = 8
-        if size == 1:
-            (size,) = struct.unpack(">Q", b[pos + 8 : pos + 16])
-            head = 16
-        elif size == 0:
-            size = end - pos
-        if size < head or pos + size > end:
-            raise Malformed(f"truncated: box {kind!r} at byte {pos} declares {size:,} bytes past its parent")
-        counter[0] += 1
-        if counter[0] > MAX_SEGMENTS:
-            raise Malformed(f"file has more than {MAX_SEGMENTS:,} boxes")
-        yield kind, pos + head, pos + size
-        pos += size
-
-
-# (irot angle or None, imir axis or None) → EXIF orientation, as libavif and Pillow map them.
-# irot turns anticlockwise, then imir flips: axis 0 top-bottom, axis 1 left-right.
-_AVIF_ORIENTATION = {(None, None): 1, (None, 0): 4, (None, 1): 2, (1, None): 8, (2, None): 3,
-                     (3, None): 6, (1, 0): 5, (1, 1): 7, (2, 0): 2, (2, 1): 4, (3, 0): 7, (3, 1): 5}
-
-
-def avif(b: memoryview) -> Header:
-    counter = [0]
-    meta = next(((s, t) for kind, s, t in _boxes(b, 0, len(b), counter) if kind == b"meta"), None)
-    if meta is None:
-        raise Malformed("AVIF has no meta box")
-    props: list[tuple[bytes, int, int]] = []
-    assoc: dict[int, list[int]] = {}
-    primary = None
-    for kind, s, t in _boxes(b, meta[0] + 4, meta[1], counter):  # meta is a full box
-        if kind == b"pitm":
-            primary = struct.unpack(">H" if b[s] == 0 else ">I", b[s + 4 : s + (6 if b[s] == 0 else 8)])[0]
-        elif kind == b"iprp":
-            for k2, s2, t2 in _boxes(b, s, t, counter):
-                if k2 == b"ipco":
-                    props = list(_boxes(b, s2, t2, counter))
-                elif k2 == b"ipma":
-                    assoc.update(_ipma(b, s2))
-    sizes = [struct.unpack(">II", b[s + 4 : s + 12]) for kind, s, _ in props if kind == b"ispe"]
-    if not sizes:
-        raise Malformed("AVIF declares no image size (ispe)")
-    # The largest extent (a grid's canvas, not its tiles or thumbnail) is what gets allocated.
-    w, h = max(sizes, key=lambda wh: wh[0] * wh[1])
-    irot = imir = None
-    for index in assoc.get(primary, []):
-        if 1 <= index <= len(props):
-            kind, s, _ = props[index - 1]
-            if kind == b"irot":
-                irot = (b[s] & 3) or None
-            elif kind == b"imir":
-                imir = b[s] & 1
-    alpha = b"auxiliary:alpha" in bytes(b[meta[0] : meta[1]]) or b"auxid:1" in bytes(b[meta[0] : meta[1]])
-    hdr = Header("avif", w, h, alpha=alpha, decode_bytes=w * h * 12)
-    hdr.orientation = _AVIF_ORIENTATION[(irot, imir)]
-    return hdr
-
-
-def _ipma(b: memoryview, s: int) -> dict[int, list[int]]:
-    version, flags = b[s], int.from_bytes(b[s + 1 : s + 4], "big")
-    (entries,) = struct.unpack(">I", b[s + 4 : s + 8])
-    pos, out = s + 8, {}
-    for _ in range(min(entries, MAX_SEGMENTS)):
-        if version < 1:
-            (item,) = struct.unpack(">H", b[pos : pos + 2])
-            pos += 2
-        else:
-            (item,) = struct.unpack(">I", b[pos : pos + 4])
-            pos += 4
-        count = b[pos]
-        pos += 1
-        idx = []
-        for _ in range(count):
-            if flags & 1:
-                idx.append(struct.unpack(">H", b[pos : pos + 2])[0] & 0x7FFF)
-                pos += 2
-            else:
-                idx.append(b[pos] & 0x7F)
-                pos += 1
-        out[item] = idx
-    return out
-
-
-# -- JPEG 2000 ----------------------------------------------------------------------------------
-
-
-def jpeg2000(b: memoryview) -> Header:
-    if bytes(b[:4]) == b"\xff\x4f\xff\x51":
-        return _j2k_siz(b, 0, None)
-    counter, ihdr, code = [0], None, None
-    for kind, s, t in _boxes(b, 0, len(b), counter):
-        if kind == b"jp2h":
-            for k2, s2, _ in _boxes(b, s, t, counter):
-                if k2 == b"ihdr":
-                    ihdr = struct.unpack(">II", b[s2 : s2 + 8])[::-1]
-        elif kind == b"jp2c":
-            code = s
-            break
-    if code is None:
-        raise Malformed("JPEG 2000 file has no codestream (jp2c box)")
-    return _j2k_siz(b, code, ihdr)
-
-
-def _j2k_siz(b: memoryview, s: int, ihdr: tuple[int, int] | None) -> Header:
-    # The codestream's SIZ marker, not the jp2 ihdr box, is what the decoder allocates from.
-    if bytes(b[s : s + 4]) != b"\xff\x4f\xff\x51":
-        raise Malformed("JPEG 2000 codestream does not start with SOC and SIZ markers")
-    xs, ys, xo, yo, xt, yt, xto, yto = struct.unpack(">8I", b[s + 8 : s + 40])
-    (nc,) = struct.unpack(">H", b[s + 40 : s + 42])
-    w, h = xs - xo, ys - yo
-    if xo >= xs or yo >= ys or xt == 0 or yt == 0 or xto > xo or yto > yo:
-        raise Malformed(f"JPEG 2000 image/tile geometry is invalid ({xs}x{ys}, tiles {xt}x{yt})")
-    tiles = -(-(xs - xto) // xt) * -(-(ys - yto) // yt)
-    if tiles > 65535:  # the most a codestream can index (Isot is 16 bits)
-        raise Malformed(f"JPEG 2000 declares {tiles:,} tiles (at most 65,535)")
-    if not 1 <= nc <= 4:
-        raise Malformed(f"JPEG 2000 declares {nc} components (1 to 4 supported)")
-    if ihdr is not None:  # a disagreeing jp2 header counts too: the larger of the two is checked
-        w, h = max(w, ihdr[0]), max(h, ihdr[1])
-    # OpenJPEG holds every sample as int32 before converting to the 8/16-bit output.
-    return Header("jpeg2000", w, h, alpha=nc in (2, 4), decode_bytes=w * h * (nc * 4 + 3))

@@ -18,7 +18,7 @@ _HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}
 
 
 def jpeg(b: bytes) -> Header:
-    i, n, segments, scans, coded = 2, len(b), 0, 0, 0
+    i, n, segments, scans, coded, meta = 2, len(b), 0, 0, 0, 0
     frame: tuple | None = None
     while True:
         if i + 2 > n:
@@ -42,7 +42,9 @@ def jpeg(b: bytes) -> Header:
         (length,) = struct.unpack(">H", b[i + 2 : i + 4])
         if length < 2 or i + 2 + length > n:
             raise Malformed(f"truncated: JPEG segment at byte {i} declares {length} bytes past the end")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+        if 0xE0 <= marker <= 0xEF or marker == 0xFE:  # APPn, COM: decoders keep copies of these
+            meta += length
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if frame is not None:
                 raise Malformed("JPEG has a second frame header (SOF) before EOI")
             frame = _jpeg_frame(b[i + 4 : i + 2 + length], marker)
@@ -64,14 +66,19 @@ def jpeg(b: bytes) -> Header:
     if frame is None or scans == 0:
         raise Malformed("JPEG has no frame header or no scan: no pixel data")
     w, h, blocks, precision, progressive, huffman = frame
-    # Every block's DC coefficient costs at least one bit in a Huffman-coded file, so fewer coded
-    # bytes than blocks/8 means the scans stop early and the decoder would invent the rest.
     sample = 2 if precision > 8 else 1
     coef = blocks * 128 if progressive or scans > 1 else 0  # whole-image coefficient buffer
-    hdr = Header("jpeg", w, h, scans=scans, decode_bytes=w * h * 3 * sample + coef)
-    if huffman and coded * 8 < blocks:
+    hdr = Header("jpeg", w, h, scans=scans, decode_bytes=w * h * 3 * sample + coef, metadata_bytes=meta)
+    # Every block's DC coefficient costs at least one bit in a Huffman-coded file, so fewer coded
+    # bytes than blocks/8 means the scans stop early and the decoder would invent the rest. An
+    # arithmetic coder can spend far less than a bit on a block, but libjpeg feeds zeros past the
+    # end of the data without a warning, so a nearly empty scan decodes silently: below one bit per
+    # 64 blocks (only a uniform image of many megapixels codes that small) counts as truncated too.
+    need = blocks // 8 if huffman else blocks // 512
+    if coded < need:
         hdr.defect = (f"truncated: JPEG declares {w}x{h} ({blocks:,} blocks) but carries {coded:,} "
-                      f"bytes of coded data, fewer than the {blocks // 8:,} it needs")
+                      f"bytes of {'Huffman' if huffman else 'arithmetic'}-coded data, fewer than the "
+                      f"{need:,} it needs")
     return hdr
 
 
