@@ -291,3 +291,40 @@ def tiff_jpeg_strip(scans: int = 150, side: int = 64) -> bytes:
         val = data_at if tag == 273 else val
         out += struct.pack("<HHI", tag, typ, cnt) + (struct.pack("<HH", val, 0) if typ == 3 else struct.pack("<I", val))
     return out + b"\x00\x00\x00\x00" + strip
+
+
+def tiff_raw(w: int, h: int, tags: list[tuple[int, int, list[int]]], strips: list[bytes],
+             big: bool = False) -> bytes:
+    """A little-endian uncompressed TIFF (``big``: BigTIFF, 64-bit offsets) with ``tags``
+    ((tag, type, values), SHORT=3 / LONG=4) plus StripOffsets/StripByteCounts for ``strips``."""
+    entries = sorted(tags + [(273, 4, [0] * len(strips)), (279, 4, [len(s) for s in strips])])
+    word, entry, count = ("Q", 20, "Q") if big else ("I", 12, "H")
+    head = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\x00" + struct.pack("<I", 8)
+    arrays_at = len(head) + struct.calcsize(count) + entry * len(entries) + struct.calcsize(word)
+    arrays = b""
+    big_arrays = sum(len(v) * (2 if t == 3 else 4) for _, t, v in entries
+                     if len(v) * (2 if t == 3 else 4) > struct.calcsize(word))
+    at, offsets = arrays_at + big_arrays, []
+    for s in strips:
+        offsets.append(at)
+        at += len(s)
+    ifd = struct.pack("<" + count, len(entries))
+    for tag, typ, vals in entries:
+        vals = offsets if tag == 273 else vals
+        raw = struct.pack("<" + ("H" if typ == 3 else "I") * len(vals), *vals)
+        if len(raw) <= struct.calcsize(word):
+            field = raw.ljust(struct.calcsize(word), b"\x00")
+        else:
+            field = struct.pack("<" + word, arrays_at + len(arrays))
+            arrays += raw
+        ifd += struct.pack("<HH" + word, tag, typ, len(vals)) + field
+    return head + ifd + b"\x00" * struct.calcsize(word) + arrays + b"".join(strips)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Rows of unsigned samples packed MSB-first at ``bits`` per sample, each row byte-aligned."""
+    out = bytearray()
+    for row in values:
+        s = "".join(format(int(v), f"0{bits}b") for v in row)
+        out += int(s + "0" * (-len(s) % 8), 2).to_bytes((len(s) + 7) // 8, "big")
+    return bytes(out)

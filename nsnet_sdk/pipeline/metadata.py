@@ -181,18 +181,19 @@ def _webp(d: bytes, w: _Walk) -> None:
         pos += 8 + length + (length & 1)
 
 
-def tiff_entries(d: bytes | memoryview, e: str, ifd: int,
-                 limit: int = 4096) -> Iterator[tuple[int, int, int, bytes]]:
-    """(tag, type, count, the 4-byte value/offset field) of each entry of the TIFF directory at
-    ``ifd`` (byte order ``e``: ``"<"`` or ``">"``), at most ``limit`` entries; struct.error when the
-    directory runs past the data. The one IFD reader of the package (sniffing, EXIF orientation,
-    metadata)."""
-    (count,) = struct.unpack(e + "H", d[ifd:ifd + 2])
-    if ifd + 2 + 12 * min(count, limit) > len(d):
+def tiff_entries(d: bytes | memoryview, e: str, ifd: int, limit: int = 4096,
+                 big: bool = False) -> Iterator[tuple[int, int, int, bytes]]:
+    """(tag, type, count, the value/offset field: 4 bytes, 8 in a BigTIFF) of each entry of the
+    TIFF directory at ``ifd`` (byte order ``e``: ``"<"`` or ``">"``), at most ``limit`` entries;
+    struct.error when the directory runs past the data. The one IFD reader of the package
+    (sniffing, EXIF orientation, metadata)."""
+    head, size, fmt = (8, 20, "HHQ8s") if big else (2, 12, "HHI4s")
+    (count,) = struct.unpack(e + ("Q" if big else "H"), d[ifd:ifd + head])
+    if ifd + head + size * min(count, limit) > len(d):
         raise struct.error(f"TIFF directory at byte {ifd} ends past the end of the data")
-    raw = bytes(d[ifd + 2:ifd + 2 + 12 * min(count, limit)])
+    raw = bytes(d[ifd + head:ifd + head + size * min(count, limit)])
     for k in range(min(count, limit)):
-        yield struct.unpack(e + "HHI4s", raw[12 * k:12 * k + 12])
+        yield struct.unpack(e + fmt, raw[size * k:size * k + size])
 
 
 def _tiff(d: bytes, where: str, w: _Walk) -> None:

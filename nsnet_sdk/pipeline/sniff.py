@@ -39,7 +39,7 @@ def read_header(data: bytes | memoryview) -> Header | None:
             return sniff_boxes.webp(b)
         if head[:2] == b"BM":
             return _bmp(b)
-        if head[:4] in (b"II*\x00", b"MM\x00*"):
+        if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # classic TIFF, BigTIFF
             return sniff_boxes.tiff(b)
         if head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2 and head[2:3].isspace():
             return _pnm(b)

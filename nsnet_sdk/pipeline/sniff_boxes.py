@@ -18,7 +18,9 @@ __all__ = ["tiff", "webp"]
 
 # -- TIFF ---------------------------------------------------------------------------------------
 
-_TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_TIFF_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
+                   16: 8, 17: 8, 18: 8}
+_TIFF_INT_TYPES = {3: "u2", 4: "u4", 16: "u8"}  # SHORT, LONG, LONG8 (BigTIFF)
 # Tags that decide what the decoder allocates; a second copy makes the header ambiguous (the
 # sniffer and libtiff could read different values), so it is refused.
 _TIFF_TAGS = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample", 259: "Compression",
@@ -28,10 +30,10 @@ _TIFF_TAGS = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample", 259: 
               325: "TileByteCounts", 338: "ExtraSamples"}
 
 
-def _tiff_ifd(b: memoryview, e: str, ifd: int) -> dict[int, np.ndarray]:
+def _tiff_ifd(b: memoryview, e: str, ifd: int, big: bool) -> dict[int, np.ndarray]:
     tags: dict[int, np.ndarray] = {}
     try:
-        entries = list(tiff_entries(b, e, ifd, 1 << 16))
+        entries = list(tiff_entries(b, e, ifd, 1 << 16, big))
     except struct.error:
         raise Malformed(f"truncated: TIFF directory at byte {ifd} ends past the end of the file") from None
     for tag, typ, cnt, value in entries:
@@ -39,23 +41,30 @@ def _tiff_ifd(b: memoryview, e: str, ifd: int) -> dict[int, np.ndarray]:
             continue
         if tag in tags:
             raise Malformed(f"TIFF directory repeats the {_TIFF_TAGS[tag]} tag: the header is ambiguous")
-        if typ not in (3, 4) or cnt == 0:
+        if typ not in _TIFF_INT_TYPES or cnt == 0 or (typ == 16 and not big):
             raise Malformed(f"TIFF {_TIFF_TAGS[tag]} tag has type {typ} x {cnt} (need SHORT or LONG)")
         size = _TIFF_TYPE_SIZE[typ] * cnt
-        if size <= 4:
+        if size <= len(value):
             data = value[:size]
         else:
-            (off,) = struct.unpack(e + "I", value)
+            (off,) = struct.unpack(e + ("Q" if big else "I"), value)
             if off + size > len(b):
                 raise Malformed(f"truncated: TIFF {_TIFF_TAGS[tag]} values lie past the end of the file")
             data = bytes(b[off : off + size])
-        tags[tag] = np.frombuffer(data, (e + "u2") if typ == 3 else (e + "u4")).astype(np.int64)
+        values = np.frombuffer(data, e + _TIFF_INT_TYPES[typ])
+        if values.max() > 1 << 62:  # no file holds such an offset or size; keeps int64 exact
+            raise Malformed(f"TIFF {_TIFF_TAGS[tag]} value {int(values.max()):,} is out of range")
+        tags[tag] = values.astype(np.int64)
     return tags
 
 
 def tiff(b: memoryview) -> Header:
     e, n = ("<" if bytes(b[:2]) == b"II" else ">"), len(b)
-    (ifd,) = struct.unpack(e + "I", b[4:8])
+    big = struct.unpack(e + "H", b[2:4])[0] == 43  # BigTIFF: 64-bit offsets and counts
+    if big and struct.unpack(e + "HH", b[4:8]) != (8, 0):
+        raise Malformed("BigTIFF header declares an offset size other than 8")
+    head, entry, word = (8, 20, "Q") if big else (2, 12, "I")
+    (ifd,) = struct.unpack(e + word, b[8:16] if big else b[4:8])
     first: dict[int, np.ndarray] | None = None
     pages, seen = 0, set()
     while ifd:
@@ -68,21 +77,24 @@ def tiff(b: memoryview) -> Header:
         if pages > MAX_FRAMES:
             raise Malformed(f"TIFF has more than {MAX_FRAMES:,} pages")
         if first is None:
-            first = _tiff_ifd(b, e, ifd)
-        (count,) = struct.unpack(e + "H", b[ifd : ifd + 2])
-        if ifd + 2 + 12 * count + 4 > n:
+            first = _tiff_ifd(b, e, ifd, big)
+        if ifd + head > n:
             raise Malformed(f"truncated: TIFF directory at byte {ifd} ends past the end of the file")
-        (ifd,) = struct.unpack(e + "I", b[ifd + 2 + 12 * count : ifd + 6 + 12 * count])
+        (count,) = struct.unpack(e + ("Q" if big else "H"), b[ifd : ifd + head])
+        end = ifd + head + entry * count
+        if end + (8 if big else 4) > n:
+            raise Malformed(f"truncated: TIFF directory at byte {ifd} ends past the end of the file")
+        (ifd,) = struct.unpack(e + word, b[end : end + (8 if big else 4)])
     if first is None or 256 not in first or 257 not in first:
         raise Malformed("TIFF first page lacks ImageWidth or ImageLength")
     t = first
     w, h = int(t[256][0]), int(t[257][0])
     spp = int(t.get(277, [1])[0])
     bits = int(max(t.get(258, [1])))
-    if not 1 <= spp <= 16 or bits not in (1, 2, 4, 8, 16, 32, 64):
+    if not 1 <= spp <= 16 or bits not in (1, 2, 4, 8, 12, 16, 32, 64):
         raise Malformed(f"TIFF declares {spp} samples of {bits} bits (unsupported)")
     planes = spp if int(t.get(284, [1])[0]) == 2 else 1
-    px_bytes = max(4, spp) * max(1, bits // 8)  # decoders expand to at least 4 channels of 8 bits
+    px_bytes = max(4, spp) * -(-bits // 8)  # decoders expand to at least 4 channels of 8 bits
     hdr = Header("tiff", w, h, frames=pages, alpha=338 in t or spp in (2, 4) and int(t.get(262, [2])[0]) != 5)
     # libtiff's RGBA reader (8-bit samples) returns colours premultiplied by alpha; raw 16-bit
     # samples are premultiplied only when the file says so (ExtraSamples = 1, associated alpha).
@@ -105,7 +117,12 @@ def tiff(b: memoryview) -> Header:
         offsets, counts = t.get(273), t.get(279)
         block = w * rows
     hdr.decode_bytes = w * h * px_bytes + block * px_bytes
-    if offsets is None or len(offsets) < expected or counts is not None and len(counts) < len(offsets):
+    if planes > 1 and bits > 8:
+        # OpenCV 5.1 and Pillow 11 both assemble such planes into wrong pixels (checked against
+        # the planes written): refused rather than scored.
+        hdr.defect = (f"TIFF stores {spp} samples of {bits} bits in separate planes (PlanarConfiguration 2), "
+                      "which no available decoder assembles correctly; save it with contiguous samples")
+    elif offsets is None or len(offsets) < expected or counts is not None and len(counts) < len(offsets):
         hdr.defect = (f"TIFF lists {0 if offsets is None else len(offsets)} strips/tiles, "
                       f"its geometry needs {expected}")
     elif counts is not None and np.any(offsets[:expected] + counts[:expected] > n):
