@@ -123,3 +123,13 @@ def test_a_well_ordered_apng_still_decodes():
                  _apng(_IDAT, _fctl(0), _fdat(1), _chunk(b"tEXt", b"k\x00v"), frames=1)):
         r = decode_in_subprocess(data)
         assert r.returncode == 0 and r.stdout.startswith("DECODED"), (r.returncode, r.stdout, r.stderr[-300:])
+
+
+# P1 header whose "comment" is 97 '#' characters and no number: the PNM token pattern backtracked
+# over every way of splitting the run into comments (exponential; the fuzzer's 10 s timeout).
+PNM_COMMENT_RUN = b"P1\n3 " + b"#" * 97 + b"iprp\x93\x8d\x93pp\x00\x00"
+
+
+def test_pnm_header_with_a_long_comment_run_is_parsed_in_linear_time():
+    r = decode_in_subprocess(PNM_COMMENT_RUN)  # the child's 60 s timeout catches a regression
+    assert r.returncode == 0 and r.stdout.startswith("ImageDecodeError"), (r.returncode, r.stdout)

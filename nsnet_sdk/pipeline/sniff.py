@@ -134,7 +134,9 @@ def _bmp(b: memoryview) -> Header:
 # -- PNM ----------------------------------------------------------------------------------------
 
 
-_PNM_TOKEN = re.compile(rb"(?:\s|#[^\n\r]*)*(\d+)")
+# Possessive: a comment of N '#' characters could otherwise split ~2^N ways before the match
+# fails (a 100-byte header hung the fuzzer's worker).
+_PNM_TOKEN = re.compile(rb"(?:\s++|#[^\n\r]*+)*+(\d+)")
 
 
 def _pnm(b: memoryview) -> Header:
