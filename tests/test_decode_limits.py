@@ -59,6 +59,24 @@ def test_jpeg_metadata_segments_count_against_the_decode_budget():
     assert load_image(u.jpeg_with_app_segments(64 << 10), max_pixels=1_000_000).shape == (64, 64, 3)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_png_and_webp_metadata_count_against_the_decode_budget(fmt):
+    """The same class in the other containers OpenCV reads metadata from: 10 MB of text / EXIF."""
+    from PIL import PngImagePlugin
+
+    img = Image.fromarray(u.noise(64, 64))
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        for k in range(10):
+            info.add_text(f"k{k}", "x" * (1 << 20))
+        big, small = u.encode(img, "PNG", pnginfo=info), u.encode(img, "PNG")
+    else:
+        big, small = u.encode(img, "WEBP", exif=b"Exif\x00\x00" + b"\x00" * (10 << 20)), u.encode(img, "WEBP")
+    with pytest.raises(ImageTooLargeError, match="would allocate"):
+        load_image(big, max_pixels=1_000_000)
+    assert load_image(small, max_pixels=1_000_000).shape == (64, 64, 3)
+
+
 @pytest.mark.parametrize("premultiplied", [False, True])
 def test_alpha_flattening_allocates_little_beyond_its_output(premultiplied):
     """Whole-image uint16 temporaries made a 100 Mpx RGBA cost 2.6 GB; flattening now allocates

@@ -153,7 +153,7 @@ def webp(b: memoryview) -> Header:
     end = riff + 8
     if end > len(b):
         raise Malformed(f"truncated: WebP declares {end:,} bytes but carries {len(b):,}")
-    pos, canvas, frames, alpha, image = 12, None, 0, False, None
+    pos, canvas, frames, alpha, image, meta = 12, None, 0, False, None, 0
     segments = 0
     while pos + 8 <= end:
         tag, size = bytes(b[pos : pos + 4]), struct.unpack("<I", b[pos + 4 : pos + 8])[0]
@@ -163,6 +163,8 @@ def webp(b: memoryview) -> Header:
         segments += 1
         if segments > MAX_SEGMENTS:
             raise Malformed(f"WebP has more than {MAX_SEGMENTS:,} chunks")
+        if tag in (b"EXIF", b"XMP ", b"ICCP"):  # metadata the decoder hands back as copies
+            meta += size
         if tag == b"VP8X" and size >= 10:
             alpha = bool(b[body] & 0x10)
             canvas = (int.from_bytes(b[body + 4 : body + 7], "little") + 1,
@@ -188,7 +190,7 @@ def webp(b: memoryview) -> Header:
     elif image is not None and frames == 0 and (image[0] > canvas[0] or image[1] > canvas[1]):
         raise Malformed(f"WebP image {image[0]}x{image[1]} is larger than its canvas {canvas}")
     w, h = canvas
-    return Header("webp", w, h, frames=max(frames, 1), alpha=alpha, decode_bytes=w * h * 8)
+    return Header("webp", w, h, frames=max(frames, 1), alpha=alpha, decode_bytes=w * h * 8, metadata_bytes=meta)
 
 
 def _webp_bitstream(tag: bytes, s: memoryview) -> tuple[int, int, bool]:

@@ -27,7 +27,7 @@ def png(b: memoryview) -> Header:
     if w > 0x7FFFFFFF or h > 0x7FFFFFFF or depth not in _PNG_DEPTHS.get(ctype, ()) or interlace > 1:
         raise Malformed(f"PNG IHDR is invalid ({w}x{h}, bit depth {depth}, colour type {ctype})")
     alpha = ctype in (4, 6)
-    chunks, idat, ended = 0, 0, False
+    chunks, idat, ended, meta = 0, 0, False, 0
     spans: list[tuple[int, int]] = []
     anim: _Animation | None = None
     last = b"IHDR"
@@ -47,6 +47,8 @@ def png(b: memoryview) -> Header:
         if (tag[0] < 0x61 or tag in _APNG_CHUNKS) and _png_crc(b, pos, length) != struct.unpack(
                 ">I", b[pos + 8 + length : pos + 12 + length])[0]:
             raise Malformed(f"PNG chunk {tag.decode()} at byte {pos} fails its CRC (corrupt)")
+        if tag[0] >= 0x61 and tag not in _APNG_CHUNKS:  # ancillary: text, ICC, EXIF... kept by libpng
+            meta += length
         if tag == b"IDAT":
             if idat and last != b"IDAT":
                 raise Malformed("PNG image data (IDAT) is split by other chunks (corrupt)")
@@ -76,7 +78,7 @@ def png(b: memoryview) -> Header:
         anim.finish()
     if idat == 0:
         raise Malformed("PNG has no IDAT chunk: no pixel data (truncated or corrupt)")
-    hdr = Header("png", w, h, alpha=alpha, frames=anim.frames if anim else 1,
+    hdr = Header("png", w, h, alpha=alpha, frames=anim.frames if anim else 1, metadata_bytes=meta,
                  decode_bytes=w * h * _PNG_CHANNELS[ctype] * (2 if depth == 16 else 1) * 2)
     if not ended:
         hdr.notes.append("truncated: PNG ends without its IEND chunk")
