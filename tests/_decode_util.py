@@ -246,13 +246,16 @@ def _full_box(kind: bytes, version: int, body: bytes) -> bytes:
     return _box(kind, bytes([version, 0, 0, 0]) + body)
 
 
-def avif_grid(canvas: int = 16384, tile: int = 1024) -> bytes:
+def avif_grid(canvas: int = 16384, tile: int = 1024, iloc_counts: tuple[int, int] | None = None) -> bytes:
     """An AVIF whose primary item is a grid with a canvas×canvas output while its only ispe box
     says tile×tile (as a lying file would): item 1 is the grid (descriptor in idat), item 2 a tile."""
     infe = lambda item, kind: _full_box(b"infe", 2, struct.pack(">HH", item, 0) + kind + b"\x00")  # noqa: E731
     grid = bytes([0, 1, 15, 15]) + struct.pack(">II", canvas, canvas)  # 16×16 tiles, 32-bit sizes
     iloc = _full_box(b"iloc", 1, bytes([0x44, 0x00]) + struct.pack(">H", 1)
                      + struct.pack(">HHHHII", 1, 1, 0, 1, 0, len(grid)))
+    if iloc_counts is not None:  # (items, extents of the first item) declared, one extent present
+        iloc = _full_box(b"iloc", 1, bytes([0x44, 0x00]) + struct.pack(">H", iloc_counts[0])
+                         + struct.pack(">HHHHII", 1, 1, 0, iloc_counts[1], 0, len(grid)))
     ipco = _box(b"ipco", _full_box(b"ispe", 0, struct.pack(">II", tile, tile)))
     ipma = _full_box(b"ipma", 0, struct.pack(">I", 2) + struct.pack(">HB", 1, 1) + b"\x81"
                      + struct.pack(">HB", 2, 1) + b"\x81")

@@ -53,7 +53,7 @@ def avif(b: memoryview) -> Header:
         if kind == b"iinf":
             types = _iinf(b, s, t, counter)
         elif kind == b"iloc":
-            locs = _iloc(b, s)
+            locs = _iloc(b, s, t)
         elif kind == b"idat":
             idat = s
         elif kind == b"pitm":
@@ -108,14 +108,19 @@ def _uint(b: memoryview, pos: int, size: int) -> tuple[int, int]:
     return (int.from_bytes(b[pos : pos + size], "big") if size else 0), pos + size
 
 
-def _iloc(b: memoryview, s: int) -> dict[int, tuple[int, int, int]]:
-    """item ID → (construction method, offset, length) of its first extent, from the item location box."""
+def _iloc(b: memoryview, s: int, t: int) -> dict[int, tuple[int, int, int]]:
+    """item ID → (construction method, offset, length) of its first extent, from the item location
+    box ``b[s:t]``. Walks no further than the box, and at most MAX_SEGMENTS items and extents in
+    all (counts are 16/32-bit fields: 65,535 extents × 100,000 items would hang the walk)."""
     version = b[s]
     off_size, len_size = b[s + 4] >> 4, b[s + 4] & 15
     base_size, index_size = b[s + 5] >> 4, (b[s + 5] & 15) if version in (1, 2) else 0
     count, pos = _uint(b, s + 6, 2 if version < 2 else 4)
     out: dict[int, tuple[int, int, int]] = {}
+    walked = 0
     for _ in range(min(count, MAX_SEGMENTS)):
+        if pos >= t:
+            raise Malformed("AVIF item locations (iloc) run past their box")
         item, pos = _uint(b, pos, 2 if version < 2 else 4)
         method = 0
         if version in (1, 2):
@@ -123,6 +128,9 @@ def _iloc(b: memoryview, s: int) -> dict[int, tuple[int, int, int]]:
         pos += 2  # data reference index
         base, pos = _uint(b, pos, base_size)
         extents, pos = _uint(b, pos, 2)
+        walked += 1 + extents
+        if walked > MAX_SEGMENTS or pos + extents * (index_size + off_size + len_size) > t:
+            raise Malformed("AVIF item locations (iloc) declare more extents than their box holds")
         for k in range(extents):
             pos += index_size
             offset, pos = _uint(b, pos, off_size)
