@@ -253,9 +253,12 @@ def avif_grid(canvas: int = 16384, tile: int = 1024, iloc_counts: tuple[int, int
     grid = bytes([0, 1, 15, 15]) + struct.pack(">II", canvas, canvas)  # 16×16 tiles, 32-bit sizes
     iloc = _full_box(b"iloc", 1, bytes([0x44, 0x00]) + struct.pack(">H", 1)
                      + struct.pack(">HHHHII", 1, 1, 0, 1, 0, len(grid)))
-    if iloc_counts is not None:  # (items, extents of the first item) declared, one extent present
-        iloc = _full_box(b"iloc", 1, bytes([0x44, 0x00]) + struct.pack(">H", iloc_counts[0])
-                         + struct.pack(">HHHHII", 1, 1, 0, iloc_counts[1], 0, len(grid)))
+    if iloc_counts is not None:
+        # (items, extents per item) with zero-byte offset and length fields: every extent is
+        # "read" without moving, so only the declared counts bound the walk.
+        items, extents = iloc_counts
+        iloc = _full_box(b"iloc", 1, bytes([0x00, 0x00]) + struct.pack(">H", items)
+                         + struct.pack(">HHHH", 1, 1, 0, extents) * items)
     ipco = _box(b"ipco", _full_box(b"ispe", 0, struct.pack(">II", tile, tile)))
     ipma = _full_box(b"ipma", 0, struct.pack(">I", 2) + struct.pack(">HB", 1, 1) + b"\x81"
                      + struct.pack(">HB", 2, 1) + b"\x81")
