@@ -2,25 +2,36 @@
 digital source type in XMP, and the metadata generator front-ends leave behind.
 
 Reported beside the score, never mixed into it. A missing declaration is ``"unknown"``, never
-``"real"``: re-encoding or a screenshot strips all of it. Only bounded byte ranges are parsed (a
-container walk, no XML parser, nothing found is evaluated); C2PA is read through the optional
+``"real"``: re-encoding or a screenshot strips all of it. Only bounded byte ranges are parsed (the
+pipeline's container walk, `nsnet_sdk.pipeline.metadata`: no XML parser, nothing found is
+evaluated, linear-time patterns, a CPU budget per file; a record holds at most `MAX_SIGNALS` lines); C2PA is read through the optional
 ``c2pa-python`` package (extra ``[provenance]``), imported only when a file carries a manifest.
 """
 from __future__ import annotations
 
 import os
-import re
-import struct
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import NSNetError
+from .pipeline.config import MAX_PIXELS
+from .pipeline.metadata import MAX_TEXT, XMP_DIGITAL_SOURCE_TYPE, XMP_TOOL, Metadata, scan_metadata, xmp_value
+from .pipeline.read import file_byte_limit, read_image_file
+
 MAX_READ = 64 << 20  # bytes of a file looked at; metadata of every supported format sits before this
-MAX_TEXT = 1 << 20  # bytes kept of one metadata text (XMP packet, PNG text, decompressed)
+MAX_SIGNALS = 16  # signal lines kept per record
 
 # IPTC NewsCodes that declare generative-AI involvement (C2PA uses the same vocabulary).
 AI_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia")
+# The rest of the IPTC digital-source-type vocabulary (current and deprecated terms): a valid
+# manifest naming one of these declares a non-AI source. Any other value declares nothing.
+NON_AI_SOURCE_TYPES = ("digitalCapture", "computationalCapture", "negativeFilm", "positiveFilm", "print",
+                       "humanEdits", "minorHumanEdits", "compositeCapture", "algorithmicallyEnhanced",
+                       "digitalCreation", "digitalArt", "dataDrivenMedia", "algorithmicMedia",
+                       "screenCapture", "virtualRecording", "composite", "compositeSynthetic")
+_IPTC_PREFIXES = ("http://cv.iptc.org/newscodes/digitalsourcetype/",
+                  "https://cv.iptc.org/newscodes/digitalsourcetype/")
 # PNG text keywords written by diffusion front-ends (A1111/Forge: parameters; ComfyUI: prompt,
 # workflow; InvokeAI: invokeai_metadata, sd-metadata, Dream).
 GENERATOR_PNG_KEYS = ("parameters", "prompt", "workflow", "invokeai_metadata", "sd-metadata", "Dream")
@@ -113,15 +124,15 @@ def read_provenance(src: Any, *, trust_anchors: str | None = None,
                            "generator": None, "signals": [], "error": None}
     try:
         data = _bounded_bytes(src)
-    except (OSError, TypeError, ValueError) as e:
+    except (NSNetError, OSError, TypeError, ValueError) as e:
         rec["error"] = f"{type(e).__name__}: {e}"
         return rec
     meta = scan_metadata(data)
-    rec["digital_source_type"] = meta.source_type
-    rec["generator"] = meta.generator
-    if meta.source_type:
-        rec["signals"].append(f"XMP Iptc4xmpExt:DigitalSourceType = {meta.source_type}")
-    rec["signals"].extend(meta.notes)
+    source_type, rec["generator"], notes = _signals_of(meta)
+    rec["digital_source_type"] = source_type
+    if source_type:
+        rec["signals"].append(f"XMP Iptc4xmpExt:DigitalSourceType = {source_type}")
+    rec["signals"].extend(notes)
     if meta.has_c2pa:
         rec["c2pa"] = _read_c2pa(data, meta.mime, trust_anchors) if use_c2pa else None
         if rec["c2pa"] is None:
@@ -130,6 +141,7 @@ def read_provenance(src: Any, *, trust_anchors: str | None = None,
             c = rec["c2pa"]
             rec["signals"].append(f"C2PA manifest {c['state']}" + (f" signed by {c['signer']}" if c.get("signer") else "")
                                   + (f", digitalSourceType {c['digital_source_type']}" if c.get("digital_source_type") else ""))
+    rec["signals"] = _bounded(rec["signals"])
     rec["summary"] = _summary(rec)
     return rec
 
@@ -139,123 +151,72 @@ def _summary(rec: dict) -> str:
     dst = [rec["digital_source_type"], c.get("digital_source_type")]
     if rec["generator"] or any(is_ai_source_type(t) for t in dst if t):
         return "ai-declared"  # a claim of AI involvement is worth a reviewer's look whoever made it
-    if c.get("digital_source_type") and c.get("state") in ("trusted", "valid-untrusted"):
+    if (source_type_term(c.get("digital_source_type") or "") in NON_AI_SOURCE_TYPES
+            and c.get("state") in ("trusted", "valid-untrusted")):
         return "non-ai-declared"
-    return "unknown"
+    return "unknown"  # no manifest, or a value outside the vocabulary: nothing is declared
+
+
+def source_type_term(value: str) -> str | None:
+    """The IPTC term of a digitalSourceType written as the vocabulary's URI or as the bare term
+    (surrounding whitespace ignored); None for anything else (e.g. a URI with trailing text)."""
+    v = value.strip()
+    for prefix in _IPTC_PREFIXES:
+        if v.startswith(prefix):
+            v = v[len(prefix):]
+            break
+    return v if v in AI_SOURCE_TYPES or v in NON_AI_SOURCE_TYPES else None
 
 
 def is_ai_source_type(value: str) -> bool:
     """True when an IPTC/C2PA digitalSourceType (URI or bare term) declares generative AI."""
-    term = value.rstrip("/").rsplit("/", 1)[-1]
-    return term in AI_SOURCE_TYPES
+    return source_type_term(value) in AI_SOURCE_TYPES
 
 
 def _bounded_bytes(src: Any) -> bytes:
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src[:MAX_READ])
     if isinstance(src, (str, os.PathLike)):
-        with open(src, "rb") as f:
-            return f.read(MAX_READ)
+        # The pipeline's one reader: a FIFO or device is refused unopened, a file is size-checked.
+        return read_image_file(src, file_byte_limit(MAX_PIXELS), os.fsdecode(src))[:MAX_READ]
     raise TypeError(f"provenance needs a file path or its bytes, got {type(src).__name__}")
 
 
-# -- container walk -----------------------------------------------------------------------------
+# -- reading the container walk --------------------------------------------------------------------
 
-@dataclass
-class _Meta:
-    """What the container walk found."""
-
-    mime: str = ""
-    source_type: str | None = None
+def _signals_of(meta: Metadata) -> tuple[str | None, str | None, list[str]]:
+    """(XMP digital source type, generator, signal lines) of what the container walk found."""
     generator: str | None = None
-    has_c2pa: bool = False
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = []
+
+    def software(value: str, where: str) -> None:
+        nonlocal generator
+        low = value.lower()
+        if any(g in low for g in GENERATOR_NAMES):
+            generator = generator or value.strip()[:200]
+            notes.append(f"{where} names a generator: {value.strip()[:200]!r}")
+
+    source_type = None
+    if meta.xmp:
+        source_type = xmp_value(XMP_DIGITAL_SOURCE_TYPE, meta.xmp)
+        tool = xmp_value(XMP_TOOL, meta.xmp)
+        if tool:
+            software(tool, "XMP CreatorTool/Software")
+        low = meta.xmp[:MAX_TEXT].lower()
+        if b"c2pa" in low and b"provenance" in low:
+            notes.append("XMP dcterms:provenance points at a C2PA manifest")
+    for where, key, text in meta.texts:
+        if key in GENERATOR_PNG_KEYS:
+            generator = generator or _png_generator(key)
+            notes.append(f"PNG text chunk {key!r} ({len(text)} chars) left by a diffusion front-end")
+        elif key.lower() == "software":
+            software(text, "PNG Software")
+    for where, value in meta.software:
+        software(value, where)
+    return source_type, generator, notes + meta.notes
 
 
-def scan_metadata(data: bytes) -> _Meta:
-    """Walk a JPEG, PNG, WebP or TIFF byte string for XMP, EXIF Software, PNG text and a C2PA
-    manifest store. Malformed structure ends the walk; nothing raises."""
-    m = _Meta()
-    try:
-        if data[:3] == b"\xff\xd8\xff":
-            m.mime = "image/jpeg"
-            _walk_jpeg(data, m)
-        elif data[:8] == b"\x89PNG\r\n\x1a\n":
-            m.mime = "image/png"
-            _walk_png(data, m)
-        elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            m.mime = "image/webp"
-            _walk_webp(data, m)
-        elif data[:4] in (b"II*\x00", b"MM\x00*"):
-            m.mime = "image/tiff"
-            _walk_tiff(data, m)
-    except (struct.error, IndexError, ValueError, zlib.error):
-        m.notes.append("metadata walk stopped at malformed structure")
-    return m
-
-
-def _walk_jpeg(d: bytes, m: _Meta) -> None:
-    pos = 2
-    while pos + 4 <= len(d) and d[pos] == 0xFF:
-        marker = d[pos + 1]
-        if marker in (0xD9, 0xDA):  # end of image / start of scan: no metadata after this
-            return
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        (length,) = struct.unpack(">H", d[pos + 2:pos + 4])
-        seg = d[pos + 4:pos + 2 + length]
-        if marker == 0xE1 and seg.startswith(b"http://ns.adobe.com/xap/1.0/\x00"):
-            _xmp(seg[29:], m)
-        elif marker == 0xE1 and seg.startswith(b"Exif\x00\x00"):
-            _walk_tiff(seg[6:], m)
-        elif marker == 0xEB and b"jumb" in seg[:64] and b"c2pa" in seg[:128]:
-            m.has_c2pa = True  # APP11 JUMBF box with the c2pa manifest-store label
-        pos += 2 + length
-
-
-def _walk_png(d: bytes, m: _Meta) -> None:
-    pos = 8
-    while pos + 8 <= len(d):
-        length, ctype = struct.unpack(">I4s", d[pos:pos + 8])
-        if ctype == b"IEND":
-            return
-        # Slice only the chunks read: copying every IDAT would cost more than the whole walk.
-        body = d[pos + 8:pos + 8 + length] if ctype in (b"tEXt", b"zTXt", b"iTXt", b"eXIf") else b""
-        if ctype in (b"tEXt", b"zTXt", b"iTXt"):
-            key, text = _png_text(ctype, body)
-            if key == "XML:com.adobe.xmp":
-                _xmp(text.encode("utf-8", "replace"), m)
-            elif key in GENERATOR_PNG_KEYS:
-                m.generator = m.generator or _png_generator(key, text)
-                m.notes.append(f"PNG text chunk {key!r} ({len(text)} chars) left by a diffusion front-end")
-            elif key.lower() == "software":
-                _software(text, "PNG Software", m)
-        elif ctype == b"eXIf":
-            _walk_tiff(body, m)
-        elif ctype == b"caBX":
-            m.has_c2pa = True
-        pos += 12 + length
-
-
-def _png_text(ctype: bytes, body: bytes) -> tuple[str, str]:
-    key, _, rest = body.partition(b"\x00")
-    if ctype == b"tEXt":
-        return key.decode("latin-1"), rest[:MAX_TEXT].decode("latin-1")
-    if ctype == b"zTXt":
-        return key.decode("latin-1"), _inflate(rest[1:]).decode("latin-1")
-    compressed = rest[:1] == b"\x01"
-    _lang, _, rest = rest[2:].partition(b"\x00")
-    _tkey, _, text = rest.partition(b"\x00")
-    return key.decode("latin-1"), (_inflate(text) if compressed else text[:MAX_TEXT]).decode("utf-8", "replace")
-
-
-def _inflate(blob: bytes) -> bytes:
-    """zlib-decompress at most MAX_TEXT bytes (a decompression bomb stops there)."""
-    return zlib.decompressobj().decompress(blob, MAX_TEXT)
-
-
-def _png_generator(key: str, text: str) -> str:
+def _png_generator(key: str) -> str:
     if key == "parameters":
         return "Stable Diffusion web UI (PNG 'parameters')"
     if key in ("prompt", "workflow"):
@@ -263,76 +224,12 @@ def _png_generator(key: str, text: str) -> str:
     return f"InvokeAI (PNG {key!r})"
 
 
-def _walk_webp(d: bytes, m: _Meta) -> None:
-    end = min(len(d), 8 + struct.unpack("<I", d[4:8])[0])
-    pos = 12
-    while pos + 8 <= end:
-        ctype, length = struct.unpack("<4sI", d[pos:pos + 8])
-        body = d[pos + 8:pos + 8 + length] if ctype in (b"XMP ", b"EXIF") else b""
-        if ctype == b"XMP ":
-            _xmp(body, m)
-        elif ctype == b"EXIF":
-            _walk_tiff(body[6:] if body.startswith(b"Exif\x00\x00") else body, m)
-        elif ctype == b"C2PA":
-            m.has_c2pa = True
-        pos += 8 + length + (length & 1)
-
-
-_TIFF_SOFTWARE, _TIFF_XMP, _TIFF_C2PA = 0x0131, 0x02BC, 0xCD41
-
-
-def _walk_tiff(d: bytes, m: _Meta) -> None:
-    """IFD0 of a TIFF structure (a TIFF file or an EXIF block): Software and XMP tags."""
-    if len(d) < 8 or d[:2] not in (b"II", b"MM"):
-        return
-    e = "<" if d[:2] == b"II" else ">"
-    (ifd,) = struct.unpack(e + "I", d[4:8])
-    (n,) = struct.unpack(e + "H", d[ifd:ifd + 2])
-    for i in range(min(n, 512)):
-        tag, typ, count, value = struct.unpack(e + "HHI4s", d[ifd + 2 + 12 * i:ifd + 14 + 12 * i])
-        if tag == _TIFF_C2PA:
-            m.has_c2pa = True
-            continue
-        if tag not in (_TIFF_SOFTWARE, _TIFF_XMP) or typ not in (1, 2, 7) or count > MAX_TEXT:
-            continue
-        off = struct.unpack(e + "I", value)[0]
-        raw = value[:count] if count <= 4 else d[off:off + count]
-        if tag == _TIFF_SOFTWARE:
-            _software(raw.split(b"\x00", 1)[0].decode("latin-1"), "EXIF Software", m)
-        else:
-            _xmp(raw, m)
-
-
-# Attribute (Iptc4xmpExt:DigitalSourceType="..."), element (<...>value</...>) and resource
-# (<... rdf:resource="..."/>) forms. The namespace prefix is not matched (writers may bind another
-# prefix to the same URI), and every pattern starts with a literal and uses bounded repeats, so a
-# hostile 1 MiB packet costs one linear scan (no catastrophic backtracking).
-_VALUE = rb"""\s*(?:=\s*["']([^"'<>]{1,300})["']|>\s*([^<>]{1,300}?)\s*<|\s+rdf:resource\s*=\s*["']([^"'<>]{1,300})["'])"""
-_DST = re.compile(rb"DigitalSourceType" + _VALUE)
-_TOOL = re.compile(rb"(?:xmp:CreatorTool|tiff:Software|xmp:Software)" + _VALUE)
-
-
-def _group(hit: re.Match) -> str:
-    return next(g for g in hit.groups() if g is not None).decode("utf-8", "replace").strip()
-
-
-def _xmp(packet: bytes, m: _Meta) -> None:
-    packet = packet[:MAX_TEXT]
-    hit = _DST.search(packet)
-    if hit and m.source_type is None:
-        m.source_type = _group(hit)
-    tool = _TOOL.search(packet)
-    if tool:
-        _software(_group(tool), "XMP CreatorTool/Software", m)
-    if b"c2pa" in packet.lower() and b"provenance" in packet.lower():
-        m.notes.append("XMP dcterms:provenance points at a C2PA manifest")
-
-
-def _software(value: str, where: str, m: _Meta) -> None:
-    low = value.lower()
-    if any(g in low for g in GENERATOR_NAMES):
-        m.generator = m.generator or value.strip()[:200]
-        m.notes.append(f"{where} names a generator: {value.strip()[:200]!r}")
+def _bounded(signals: list[str]) -> list[str]:
+    """At most MAX_SIGNALS lines of at most 300 characters: a record stays small whatever the file."""
+    out = [s if len(s) <= 300 else s[:297] + "..." for s in signals[:MAX_SIGNALS]]
+    if len(signals) > MAX_SIGNALS:
+        out.append(f"... {len(signals) - MAX_SIGNALS} more signals not listed")
+    return out
 
 
 # -- C2PA -----------------------------------------------------------------------------------------
@@ -379,11 +276,12 @@ def c2pa_summary(store: dict) -> dict:
             if dst and is_ai_source_type(dst):
                 break
     gen = active.get("claim_generator_info") or [{}]
+    cut = lambda v: None if v is None else str(v)[:300]  # noqa: E731 -- manifest text is the signer's
     return {
         "state": {"trusted": "trusted", "valid": "valid-untrusted"}.get(state, "invalid"),
-        "signer": sig.get("common_name") or sig.get("issuer"), "issuer": sig.get("issuer"),
-        "digital_source_type": dst, "claim_generator": (gen[0] or {}).get("name") if gen else None,
-        "codes": codes,
+        "signer": cut(sig.get("common_name") or sig.get("issuer")), "issuer": cut(sig.get("issuer")),
+        "digital_source_type": cut(dst), "claim_generator": cut((gen[0] or {}).get("name") if gen else None),
+        "codes": [c[:300] for c in codes[:MAX_SIGNALS]],
     }
 
 

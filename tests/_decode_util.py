@@ -228,3 +228,109 @@ def jp2_with_siz(w: int, h: int, components: int | None = None) -> bytes:
     if components is not None:
         data[i + 40 : i + 42] = struct.pack(">H", components)
     return bytes(data)
+
+
+def jp2_tiles(w: int = 255, h: int = 257, tile: int = 1) -> bytes:
+    """An OpenCV JPEG 2000 file whose SIZ declares a w×h image cut into tile×tile tiles."""
+    data = bytearray(jp2_with_siz(w, h))
+    i = data.find(b"\xff\x4f\xff\x51")
+    data[i + 24 : i + 32] = struct.pack(">II", tile, tile)
+    return bytes(data)
+
+
+def _box(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(body)) + kind + body
+
+
+def _full_box(kind: bytes, version: int, body: bytes) -> bytes:
+    return _box(kind, bytes([version, 0, 0, 0]) + body)
+
+
+def avif_grid(canvas: int = 16384, tile: int = 1024, iloc_counts: tuple[int, int] | None = None) -> bytes:
+    """An AVIF whose primary item is a grid with a canvas×canvas output while its only ispe box
+    says tile×tile (as a lying file would): item 1 is the grid (descriptor in idat), item 2 a tile."""
+    infe = lambda item, kind: _full_box(b"infe", 2, struct.pack(">HH", item, 0) + kind + b"\x00")  # noqa: E731
+    grid = bytes([0, 1, 15, 15]) + struct.pack(">II", canvas, canvas)  # 16×16 tiles, 32-bit sizes
+    iloc = _full_box(b"iloc", 1, bytes([0x44, 0x00]) + struct.pack(">H", 1)
+                     + struct.pack(">HHHHII", 1, 1, 0, 1, 0, len(grid)))
+    if iloc_counts is not None:
+        # (items, extents per item) with zero-byte offset and length fields: every extent is
+        # "read" without moving, so only the declared counts bound the walk.
+        items, extents = iloc_counts
+        iloc = _full_box(b"iloc", 1, bytes([0x00, 0x00]) + struct.pack(">H", items)
+                         + struct.pack(">HHHH", 1, 1, 0, extents) * items)
+    ipco = _box(b"ipco", _full_box(b"ispe", 0, struct.pack(">II", tile, tile)))
+    ipma = _full_box(b"ipma", 0, struct.pack(">I", 2) + struct.pack(">HB", 1, 1) + b"\x81"
+                     + struct.pack(">HB", 2, 1) + b"\x81")
+    meta = _full_box(b"meta", 0, _full_box(b"hdlr", 0, b"\x00" * 4 + b"pict" + b"\x00" * 13)
+                     + _full_box(b"pitm", 0, struct.pack(">H", 1))
+                     + _full_box(b"iinf", 0, struct.pack(">H", 2) + infe(1, b"grid") + infe(2, b"av01"))
+                     + iloc + _box(b"idat", grid) + _box(b"iprp", ipco + ipma))
+    return _box(b"ftyp", b"avif\x00\x00\x00\x00avifmif1miaf") + meta + _box(b"mdat", b"\x00" * 16)
+
+
+def jpeg_arithmetic(w: int = 10000, h: int = 10000, coded: int = 8) -> bytes:
+    """A greyscale arithmetic-coded (SOF9) JPEG declaring w×h with ``coded`` bytes of scan data."""
+    seg = lambda m, body: b"\xff" + bytes([m]) + struct.pack(">H", len(body) + 2) + body  # noqa: E731
+    return (b"\xff\xd8" + seg(0xDB, b"\x00" + bytes(range(1, 65)))
+            + seg(0xC9, struct.pack(">BHHB", 8, h, w, 1) + b"\x01\x11\x00")
+            + seg(0xDA, b"\x01\x01\x00\x00\x3f\x00") + b"\x5a" * coded + b"\xff\xd9")
+
+
+def jpeg_with_app_segments(total: int, side: int = 64) -> bytes:
+    """A side×side JPEG carrying ``total`` bytes of APP15 segments (each at most 65,533 bytes)."""
+    data = encode(Image.fromarray(noise(side, side)), "JPEG")
+    full, rest = divmod(total, 65533)
+    app = (b"\xff\xef\xff\xff" + b"\x00" * 65533) * full + (
+        b"\xff\xef" + struct.pack(">H", rest + 2) + b"\x00" * rest if rest else b"")
+    return data[:2] + app + data[2:]
+
+
+def tiff_jpeg_strip(scans: int = 150, side: int = 64) -> bytes:
+    """A side×side TIFF (Compression 7, JPEG) whose one strip is a ``scans``-scan progressive JPEG."""
+    strip = jpeg_many_scans(scans, side=side)
+    entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 7), (262, 3, 1, 6),
+               (273, 4, 1, 0), (277, 3, 1, 3), (278, 4, 1, side), (279, 4, 1, len(strip)), (284, 3, 1, 1)]
+    data_at = 8 + 2 + 12 * len(entries) + 4
+    out = b"II*\x00" + struct.pack("<IH", 8, len(entries))
+    for tag, typ, cnt, val in entries:
+        val = data_at if tag == 273 else val
+        out += struct.pack("<HHI", tag, typ, cnt) + (struct.pack("<HH", val, 0) if typ == 3 else struct.pack("<I", val))
+    return out + b"\x00\x00\x00\x00" + strip
+
+
+def tiff_raw(w: int, h: int, tags: list[tuple[int, int, list[int]]], strips: list[bytes],
+             big: bool = False) -> bytes:
+    """A little-endian uncompressed TIFF (``big``: BigTIFF, 64-bit offsets) with ``tags``
+    ((tag, type, values), SHORT=3 / LONG=4) plus StripOffsets/StripByteCounts for ``strips``."""
+    entries = sorted(tags + [(273, 4, [0] * len(strips)), (279, 4, [len(s) for s in strips])])
+    word, entry, count = ("Q", 20, "Q") if big else ("I", 12, "H")
+    head = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\x00" + struct.pack("<I", 8)
+    arrays_at = len(head) + struct.calcsize(count) + entry * len(entries) + struct.calcsize(word)
+    arrays = b""
+    big_arrays = sum(len(v) * (2 if t == 3 else 4) for _, t, v in entries
+                     if len(v) * (2 if t == 3 else 4) > struct.calcsize(word))
+    at, offsets = arrays_at + big_arrays, []
+    for s in strips:
+        offsets.append(at)
+        at += len(s)
+    ifd = struct.pack("<" + count, len(entries))
+    for tag, typ, vals in entries:
+        vals = offsets if tag == 273 else vals
+        raw = struct.pack("<" + ("H" if typ == 3 else "I") * len(vals), *vals)
+        if len(raw) <= struct.calcsize(word):
+            field = raw.ljust(struct.calcsize(word), b"\x00")
+        else:
+            field = struct.pack("<" + word, arrays_at + len(arrays))
+            arrays += raw
+        ifd += struct.pack("<HH" + word, tag, typ, len(vals)) + field
+    return head + ifd + b"\x00" * struct.calcsize(word) + arrays + b"".join(strips)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Rows of unsigned samples packed MSB-first at ``bits`` per sample, each row byte-aligned."""
+    out = bytearray()
+    for row in values:
+        s = "".join(format(int(v), f"0{bits}b") for v in row)
+        out += int(s + "0" * (-len(s) % 8), 2).to_bytes((len(s) + 7) // 8, "big")
+    return bytes(out)

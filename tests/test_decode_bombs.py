@@ -33,6 +33,8 @@ CASES = {
     "jpeg2000-codestream-size": ("u.jp2_with_siz(40000, 40000)", "ImageTooLargeError", "40000x40000"),
     "jpeg2000-allocation": ("u.jp2_with_siz(9000, 9000)", "ImageTooLargeError", "would allocate"),
     "jpeg2000-components": ("u.jp2_with_siz(64, 64, components=16384)", "ImageDecodeError", "16384 components"),
+    "avif-grid-canvas": ("u.avif_grid(16384, 1024)", "ImageTooLargeError", "16384x16384"),
+    "jpeg2000-65535-tiles": ("u.jp2_tiles(255, 257, 1)", "ImageTooLargeError", "would allocate"),
     # time: a small file declaring thousands of passes, frames or pages
     "jpeg-3000-scans": ("u.jpeg_many_scans(3000)", "ImageDecodeError", "more than 100 scans"),
     "png-deflate-bomb": ("u.png_deflate_bomb(256)", "ImageDecodeError", "inflates beyond"),
@@ -40,8 +42,10 @@ CASES = {
     "apng-12k-frames": ("u.apng_many_frames(12_000)", "ImageDecodeError", "more than 10,000"),
     "gif-20k-frames": ("u.gif_many_frames(20_000)", "ImageDecodeError", "more than 10,000 frames"),
     "tiff-12k-pages": ("u.tiff_many_pages(12_000)", "ImageDecodeError", "more than 10,000 pages"),
+    "tiff-jpeg-strip-150-scans": ("u.tiff_jpeg_strip(150)", "ImageDecodeError", "more than 100 scans"),
     # truncation: the issue's 11000x9000 JPEG carrying 700 bytes
     "jpeg-truncated-700-bytes": ("u.jpeg_with_size(11000, 9000, keep=700)", "ImageDecodeError", "truncated"),
+    "jpeg-arithmetic-8-bytes": ("u.jpeg_arithmetic(10000, 10000, 8)", "ImageDecodeError", "truncated"),
 }
 
 _RUNNER = r"""

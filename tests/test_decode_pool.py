@@ -133,3 +133,61 @@ def test_decode_mode_is_validated(tmp_path):
     model = build_stand_in_onnx(tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="executor"):
         Detector(model, options=InputOptions(executor="fibers"))
+
+
+# Loaded at start-up by every interpreter of the child run below (its workers included): decoding a
+# file whose name starts with "crash" calls abort() inside the decoder, as a native decoder crash would.
+_CRASH_HOOK = """
+import ctypes, os
+from nsnet_sdk.pipeline import decode as _decode
+
+_decode_bytes = _decode._decode_bytes
+
+
+def _crashing(data, max_pixels, src, swap=True):
+    if os.path.basename(src).startswith("crash"):
+        ctypes.CDLL(None).abort()
+    return _decode_bytes(data, max_pixels, src, swap)
+
+
+_decode._decode_bytes = _crashing
+"""
+
+_RUN_BATCH = """
+import json, sys
+from nsnet_sdk import Detector, InputOptions
+model, *paths = sys.argv[1:]
+with Detector(model, options=InputOptions(workers=2, batch_size=4, executor="processes")) as det:
+    preds = det.predict(paths)
+print(json.dumps([[p.source, p.logit, None if p.error is None else str(p.error)] for p in preds]))
+"""
+
+
+def test_a_decoder_that_aborts_costs_only_its_own_input(tmp_path):
+    """abort() in a worker's decoder: every other input of the batch, those sharing the dead
+    worker's task included, is scored exactly as without the crash; each crashing input is one error."""
+    import json
+    import subprocess
+    import sys
+
+    model = build_stand_in_onnx(tmp_path / "m.onnx")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_CRASH_HOOK)
+    paths = [write_png(tmp_path / f"g{i:02d}.png", textured(64 + 8 * i, 96, 20 + i)) for i in range(10)]
+    paths.insert(3, write_png(tmp_path / "crash-a.png", textured(64, 64, 1)))
+    paths.insert(9, write_png(tmp_path / "crash-b.png", textured(64, 64, 2)))
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(root), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", _RUN_BATCH, str(model), *map(str, paths)], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [row[0] for row in rows] == [str(p) for p in paths]
+    for (source, logit, error), path in zip(rows, paths):
+        if path.name.startswith("crash"):
+            assert logit is None and "decoder crashed" in error, (source, error)
+        else:
+            assert error is None, (source, error)
+            x = preprocess(load_image(path))[None]
+            assert logit == pytest.approx(float(stand_in_logit(x)[0]), abs=1e-4), source

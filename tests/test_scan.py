@@ -63,3 +63,15 @@ def test_iter_image_paths_keeps_its_two_part_answer(tmp_path):
     assert files == [a, "explicit-missing.jpg"]
     assert warnings == [f"no image files in directory {tmp_path / 'empty'} "
                         "(use --recursive for subdirectories)"]
+
+
+def test_a_symlink_loop_named_like_an_image_is_a_counted_skip_not_an_error(tmp_path):
+    a = _touch(tmp_path / "a.png")
+    (tmp_path / "self.png").symlink_to(tmp_path / "self.png")
+    (tmp_path / "x.jpg").symlink_to(tmp_path / "y.jpg")
+    (tmp_path / "y.jpg").symlink_to(tmp_path / "x.jpg")
+    for recursive in (False, True):
+        s = scan_image_paths([str(tmp_path)], recursive=recursive)
+        assert s.files == [a]
+        assert sorted(s.non_regular) == [(str(tmp_path / n), "symlink loop") for n in ("self.png", "x.jpg", "y.jpg")]
+        assert sum("symlink loop" in w for w in s.warnings) == 3

@@ -142,8 +142,8 @@ def _opencv(data: bytes, hdr: Header, src: str, swap: bool = True) -> np.ndarray
             arr, types, meta = cv2.imdecode(buf, flags), None, None
     except cv2.error:
         return None
-    if arr is None or arr.size == 0:
-        return None
+    if arr is None or arr.size == 0 or arr.dtype.kind == "i":
+        return None  # signed samples (TIFF SampleFormat 2): Pillow maps them, behind the same checks
     _check_pixels(arr.shape[1], arr.shape[0], hdr.width * hdr.height, src)
     rgb = _to_uint8_rgb(arr, src, bgr=True, premultiplied=hdr.premultiplied, swap=swap)
     exif, xmp = _metadata_orientation(types, meta)

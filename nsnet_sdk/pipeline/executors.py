@@ -22,7 +22,9 @@ from .patches import preprocess
 from .decode import decode_image
 
 DECODE_MODES = ("threads", "processes")
-Handle = tuple  # (Future, index into the future's list of outcomes, or None for a single outcome)
+# (Future, index into the future's list of outcomes or None for a single outcome, and for worker
+# processes the task's arguments, to retry the input alone when its worker died)
+Handle = tuple
 Outcome = tuple  # (the input's typed error or None, its warnings)
 
 __all__ = ["DECODE_MODES", "prepare_into", "make_decoder"]
@@ -80,13 +82,13 @@ class _Decoder:
         return [(self.submit(x, names[j], buf, j, bgr), None) for j, x in enumerate(items)]
 
     def cancel(self, handles: list[Handle]) -> None:
-        for fut, _ in handles:
+        for fut, *_ in handles:
             fut.cancel()
 
     def result(self, handle: Handle, name: str) -> Outcome:
         """The input's outcome; a failure of the pool itself (a worker died, the input could not
         be sent to it) becomes that input's error instead of ending the whole run."""
-        fut, index = handle
+        fut, index = handle[:2]
         try:
             out = fut.result()
             return out if index is None else out[index]
@@ -124,13 +126,15 @@ class _ProcessDecoder(_Decoder):
         self._ctx = mp.get_context("spawn")
         self._shm = SharedMemory(create=True, size=int(np.prod(self.shape)) * 4)
         self._local = list(np.ndarray(self.shape, np.float32, buffer=self._shm.buf))
+        self._initargs = (self._shm.name, self.shape, self.cfg.to_json(), self.max_pixels)
+        self._solo = None  # the one-worker pool that retries inputs whose worker died
         self._pool = self._start()
 
     def _start(self):
         from concurrent.futures import ProcessPoolExecutor
 
         return ProcessPoolExecutor(self._workers, mp_context=self._ctx, initializer=_attach,
-                                   initargs=(self._shm.name, self.shape, self.cfg.to_json(), self.max_pixels))
+                                   initargs=self._initargs)
 
     def _submit(self, fn, *args) -> Future:
         from concurrent.futures.process import BrokenProcessPool
@@ -145,6 +149,41 @@ class _ProcessDecoder(_Decoder):
     def submit(self, src: Any, name: str, buf: int, row: int, bgr: bool = False) -> Future:
         return self._submit(_work, src, name, buf, row, bgr)
 
+    def result(self, handle: Handle, name: str) -> Outcome:
+        """As `_Decoder.result`, but a worker that died (a native decoder crash: a segfault, an
+        abort) fails only the input that killed it: every input of the broken pool is decoded
+        again alone, in a one-worker pool of its own, and only an input that kills that worker
+        too is recorded as an error."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        fut, index, args = handle
+        try:
+            out = fut.result()
+            return out if index is None else out[index]
+        except BrokenProcessPool:
+            pass
+        except Exception:
+            return super().result(handle, name)
+        try:
+            return self._solo_pool().submit(_work, *args).result()
+        except BrokenProcessPool as e:
+            self._solo.shutdown(wait=False, cancel_futures=True)
+            self._solo = None
+            err = ImageDecodeError(f"{name}: the decoder crashed on this input (its worker process died, "
+                                   "also when it was decoded alone); the other inputs are unaffected",
+                                   source=name)
+            err.__cause__ = e
+            return err, ()
+        except Exception:
+            return super().result((fut, index), name)
+
+    def _solo_pool(self):
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._solo is None:
+            self._solo = ProcessPoolExecutor(1, mp_context=self._ctx, initializer=_attach, initargs=self._initargs)
+        return self._solo
+
     def submit_batch(self, items: list[Any], names: list[str], buf: int,
                      bgr: bool = False) -> list[Handle]:
         """Paths and bytes go as one task per worker (a round trip per image would leave workers
@@ -154,17 +193,19 @@ class _ProcessDecoder(_Decoder):
         handles: list[Handle] = [None] * len(items)  # type: ignore[list-item]
         light = [j for j, x in enumerate(items) if isinstance(x, (str, os.PathLike, bytes))]
         for j in sorted(set(range(len(items))) - set(light)):
-            handles[j] = (self.submit(items[j], names[j], buf, j, bgr), None)
+            handles[j] = (self.submit(items[j], names[j], buf, j, bgr), None, (items[j], names[j], buf, j, bgr))
         size = max(1, -(-len(light) // self._workers))
         for start in range(0, len(light), size):
             rows = light[start:start + size]
             fut = self._submit(_work_many, [items[j] for j in rows], [names[j] for j in rows], buf, rows, bgr)
             for k, j in enumerate(rows):
-                handles[j] = (fut, k)
+                handles[j] = (fut, k, (items[j], names[j], buf, j, bgr))
         return handles
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._solo is not None:
+            self._solo.shutdown(wait=True, cancel_futures=True)
         self._local = []  # the arrays view the mapping; they must go before it closes
         self._shm.unlink()
         try:

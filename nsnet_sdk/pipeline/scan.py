@@ -2,6 +2,7 @@
 folder are images to score, and what was left out and why."""
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ class ImageScan:
 
     ``skipped`` lists ``(path, reason)`` for every entry left out that a user could have meant:
     non-regular entries named like images (``reason`` says which: ``FIFO``, ``socket``,
-    ``device``, ``broken symlink``, ``directory``, ...), ``hidden`` image files and dot-folders
+    ``device``, ``broken symlink``, ``symlink loop``, ``directory``, ...; a loop or an entry that
+    cannot be stat-ed also gets a warning), ``hidden`` image files and dot-folders
     (without ``hidden``), and other ``subfolder``s (without ``recursive``; a ``directory`` named
     like an image is a subfolder too). ``warnings`` are one-line messages for the user.
     """
@@ -55,7 +57,7 @@ def _entry_kind(path: str) -> str:
     except FileNotFoundError:
         return "broken symlink"
     except OSError as e:
-        return f"cannot stat: {e.strerror or e}"
+        return "symlink loop" if e.errno == errno.ELOOP else f"cannot stat: {e.strerror or e}"
     if stat.S_ISREG(mode):
         return "file"
     if stat.S_ISDIR(mode):
@@ -67,6 +69,19 @@ def _entry_kind(path: str) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "device"
     return "not a regular file"
+
+
+def _classify(entry: os.DirEntry) -> str:
+    """`_entry_kind` of a folder entry; is_file/is_dir follow symlinks and usually need no extra
+    stat (d_type), but raise for a symlink loop (ELOOP) or an entry that vanished meanwhile."""
+    try:
+        if entry.is_file():
+            return "file"
+        if entry.is_dir():
+            return "dir"
+    except OSError:
+        pass
+    return _entry_kind(entry.path)
 
 
 def scan_image_paths(paths: Sequence[str], recursive: bool = False, *,
@@ -102,8 +117,7 @@ def scan_image_paths(paths: Sequence[str], recursive: bool = False, *,
             for entry in entries:
                 name, path = entry.name, entry.path
                 image_name = _looks_like_image(name)
-                # is_file/is_dir follow symlinks and usually need no extra stat (d_type)
-                kind = "file" if entry.is_file() else "dir" if entry.is_dir() else _entry_kind(path)
+                kind = _classify(entry)
                 if name.startswith(".") and not hidden:
                     if image_name or kind == "dir":
                         scan.skipped.append((path, "hidden"))
@@ -115,6 +129,8 @@ def scan_image_paths(paths: Sequence[str], recursive: bool = False, *,
                     found.append(path)
                 elif image_name:
                     scan.skipped.append((path, kind))
+                    if kind == "symlink loop" or kind.startswith("cannot stat"):
+                        scan.warnings.append(f"skipped {path}: {kind}")
         if not found:
             scan.warnings.append(f"no image files in directory {raw}"
                                  + ("" if recursive else " (use --recursive for subdirectories)"))

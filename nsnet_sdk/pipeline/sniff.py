@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import re
 import struct
-import zlib
 
-from . import sniff_boxes
-from .header import MAX_FRAMES, MAX_JPEG_SCANS, MAX_SEGMENTS, Header, Malformed
+from . import sniff_boxes, sniff_iso, sniff_jpeg, sniff_png
+from .header import MAX_FRAMES, MAX_SEGMENTS, Header, Malformed
 
 __all__ = ["read_header"]
 
@@ -31,233 +30,26 @@ def read_header(data: bytes | memoryview) -> Header | None:
     head = bytes(b[:32])
     try:
         if head.startswith(b"\x89PNG\r\n\x1a\n"):
-            return _png(b)
+            return sniff_png.png(b)
         if head.startswith(b"\xff\xd8"):
-            return _jpeg(bytes(b))
+            return sniff_jpeg.jpeg(bytes(b))
         if head[:6] in (b"GIF87a", b"GIF89a"):
             return _gif(b)
         if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
             return sniff_boxes.webp(b)
         if head[:2] == b"BM":
             return _bmp(b)
-        if head[:4] in (b"II*\x00", b"MM\x00*"):
+        if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # classic TIFF, BigTIFF
             return sniff_boxes.tiff(b)
         if head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2 and head[2:3].isspace():
             return _pnm(b)
         if head[4:8] == b"ftyp" and (b"avif" in head[8:32] or b"avis" in head[8:32]):
-            return sniff_boxes.avif(b)
+            return sniff_iso.avif(b)
         if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or head[:4] == b"\xff\x4f\xff\x51":
-            return sniff_boxes.jpeg2000(b)
+            return sniff_iso.jpeg2000(b)
     except (struct.error, IndexError) as e:
         raise Malformed(f"header ends early or is corrupt ({e})") from None
     return None
-
-
-# -- PNG ----------------------------------------------------------------------------------------
-
-_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # decoded (a palette expands to RGB)
-_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # stored per pixel
-
-
-def _png(b: memoryview) -> Header:
-    n, pos = len(b), 8
-    length, tag = struct.unpack(">I4s", b[8:16])
-    if tag != b"IHDR" or length != 13:
-        raise Malformed("PNG does not start with a 13-byte IHDR chunk")
-    w, h, depth, ctype, _comp, _filt, interlace = struct.unpack(">IIBBBBB", b[16:29])
-    if w > 0x7FFFFFFF or h > 0x7FFFFFFF or depth not in _PNG_DEPTHS.get(ctype, ()) or interlace > 1:
-        raise Malformed(f"PNG IHDR is invalid ({w}x{h}, bit depth {depth}, colour type {ctype})")
-    alpha = ctype in (4, 6)
-    frames, chunks, idat, ended = 0, 0, 0, False
-    spans: list[tuple[int, int]] = []
-    declared: int | None = None  # frames the acTL chunk declares
-    last, after_fdat = b"IHDR", False
-    while pos + 12 <= n:
-        length, tag = struct.unpack(">I4s", b[pos : pos + 8])
-        chunks += 1
-        if chunks > MAX_SEGMENTS:
-            raise Malformed(f"PNG has more than {MAX_SEGMENTS:,} chunks")
-        if length > 0x7FFFFFFF or pos + 12 + length > n:
-            # The decoder would allocate what the length field says: never let it see this.
-            raise Malformed(f"PNG chunk {tag!r} declares {length:,} bytes but only {n - pos - 12:,} "
-                            "remain (truncated or corrupt)")
-        if not tag.isalpha() or not tag.isascii():
-            raise Malformed(f"PNG chunk type {tag!r} at byte {pos} is not a chunk name (corrupt)")
-        # Critical and animation chunks steer the decoder (OpenCV reads APNG chunks itself):
-        # they must be intact, and the animation well ordered.
-        if (tag[0] < 0x61 or tag in _APNG_CHUNKS) and _png_crc(b, pos, length) != struct.unpack(
-                ">I", b[pos + 8 + length : pos + 12 + length])[0]:
-            raise Malformed(f"PNG chunk {tag.decode()} at byte {pos} fails its CRC (corrupt)")
-        if tag == b"IDAT":
-            if (idat and last != b"IDAT") or after_fdat:
-                raise Malformed("PNG image data (IDAT) is split by other chunks (corrupt)")
-            idat += 1
-            spans.append((pos + 8, pos + 8 + length))
-        elif tag == b"tRNS":
-            alpha = True
-        elif tag == b"acTL":
-            if idat or declared is not None or length != 8:
-                raise Malformed("APNG animation control (acTL) is repeated, malformed or after the image data")
-            declared = struct.unpack(">I", b[pos + 8 : pos + 12])[0]
-            if declared > MAX_FRAMES:
-                raise Malformed(f"APNG declares {declared:,} frames (more than {MAX_FRAMES:,})")
-        elif tag in (b"fcTL", b"fdAT"):
-            if declared is None or (tag == b"fcTL" and length != 26) or length < 4:
-                raise Malformed(f"APNG {tag.decode()} chunk without acTL, or malformed")
-            after_fdat = after_fdat or tag == b"fdAT"
-            if tag == b"fcTL":
-                fw, fh, fx, fy = struct.unpack(">IIII", b[pos + 12 : pos + 28])
-                if fw == 0 or fh == 0 or fx + fw > w or fy + fh > h:
-                    raise Malformed(f"APNG frame {fw}x{fh} at ({fx},{fy}) lies outside the {w}x{h} canvas")
-                frames += 1
-                if frames > declared:
-                    raise Malformed(f"APNG has more frames than its acTL declares ({declared})")
-        elif tag == b"IEND":
-            ended = True
-            break
-        last = tag
-        pos += 12 + length
-    if idat == 0:
-        raise Malformed("PNG has no IDAT chunk: no pixel data (truncated or corrupt)")
-    hdr = Header("png", w, h, alpha=alpha, frames=max(frames, 1), components=_PNG_SAMPLES[ctype],
-                 bit_depth=depth, decode_bytes=w * h * _PNG_CHANNELS[ctype] * (2 if depth == 16 else 1) * 2)
-    if not ended:
-        hdr.notes.append("truncated: PNG ends without its IEND chunk")
-    raw = _png_raw_size(w, h, _PNG_SAMPLES[ctype] * depth, interlace)
-    # Deflate expands at most ~1032:1: a stream under 64 KB cannot make libpng inflate more than
-    # ~66 MB (about half a second), so only larger ones are inflated here first.
-    if sum(t - s for s, t in spans) > _INFLATE_CHECK_BYTES:
-        hdr.verify = lambda: _png_inflate_defect(b, spans, raw)
-    return hdr
-
-
-_INFLATE_CHECK_BYTES = 64 << 10
-
-
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
-
-
-_APNG_CHUNKS = (b"acTL", b"fcTL", b"fdAT")
-
-
-def _png_crc(b: memoryview, pos: int, length: int) -> int:
-    return zlib.crc32(b[pos + 4 : pos + 8 + length]) & 0xFFFFFFFF
-
-
-def _png_raw_size(w: int, h: int, bits: int, interlace: int) -> int:
-    """Bytes the IDAT stream inflates to: filter byte + packed samples, per row of each pass."""
-    if not interlace:
-        return h * (1 + (w * bits + 7) // 8)
-    size = 0
-    for x0, y0, dx, dy in _ADAM7:
-        pw, ph = -(-(w - x0) // dx), -(-(h - y0) // dy)
-        if pw > 0 and ph > 0:
-            size += ph * (1 + (pw * bits + 7) // 8)
-    return size
-
-
-def _png_inflate_defect(b: memoryview, spans: list[tuple[int, int]], expected: int) -> str | None:
-    """Why the IDAT stream is unusable, or None. libpng inflates the whole stream, however far it
-    runs past the image (a 2 MB file can hold 2 GB of deflated zeros: half a minute of CPU), so
-    the stream is inflated here first, never producing more than ``expected`` + 1 bytes."""
-    z = zlib.decompressobj()
-    out = 0
-    for s, t in spans:
-        data = bytes(b[s:t])
-        while data:
-            try:
-                got = len(z.decompress(data, max(1, min(expected + 1 - out, 1 << 20))))
-            except zlib.error as e:
-                return f"PNG pixel data is corrupt ({e})"
-            out += got
-            if out > expected:
-                return (f"PNG pixel data inflates beyond the {expected:,} bytes its IHDR declares "
-                        "(a deflate bomb or a corrupt file)")
-            data = z.unconsumed_tail
-    if out < expected:
-        return f"truncated: PNG pixel data inflates to {out:,} of the {expected:,} bytes its IHDR declares"
-    return None
-
-
-# -- JPEG ---------------------------------------------------------------------------------------
-
-# The next marker after entropy-coded data: 0xFF not followed by a stuffed 0x00 or a restart marker.
-_NEXT_MARKER = re.compile(rb"\xff(?=[^\x00\xd0-\xd7])")
-_HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}
-
-
-def _jpeg(b: bytes) -> Header:
-    i, n, segments, scans, coded = 2, len(b), 0, 0, 0
-    frame: tuple | None = None
-    while True:
-        if i + 2 > n:
-            raise Malformed(f"truncated: JPEG ends after {n:,} bytes without its EOI marker")
-        if b[i] != 0xFF:
-            raise Malformed(f"JPEG marker expected at byte {i}")
-        marker = b[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        segments += 1
-        if segments > MAX_SEGMENTS:
-            raise Malformed(f"JPEG has more than {MAX_SEGMENTS:,} marker segments")
-        if marker == 0xD9:  # EOI
-            break
-        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers carry no length
-            i += 2
-            continue
-        if i + 4 > n:
-            raise Malformed(f"truncated: JPEG ends after {n:,} bytes without its EOI marker")
-        (length,) = struct.unpack(">H", b[i + 2 : i + 4])
-        if length < 2 or i + 2 + length > n:
-            raise Malformed(f"truncated: JPEG segment at byte {i} declares {length} bytes past the end")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if frame is not None:
-                raise Malformed("JPEG has a second frame header (SOF) before EOI")
-            frame = _jpeg_frame(b[i + 4 : i + 2 + length], marker)
-        elif marker == 0xDA:
-            if frame is None:
-                raise Malformed("JPEG scan (SOS) before any frame header (SOF)")
-            scans += 1
-            if scans > MAX_JPEG_SCANS:
-                raise Malformed(f"JPEG has more than {MAX_JPEG_SCANS} scans (libjpeg-turbo's tools "
-                                "refuse such files too: each scan is a full decoding pass)")
-            start = i + 2 + length
-            m = _NEXT_MARKER.search(b, start)
-            if m is None:
-                raise Malformed(f"truncated: JPEG ends inside scan {scans} without its EOI marker")
-            coded += m.start() - start
-            i = m.start()
-            continue
-        i += 2 + length
-    if frame is None or scans == 0:
-        raise Malformed("JPEG has no frame header or no scan: no pixel data")
-    w, h, blocks, precision, progressive, huffman, nc = frame
-    # Every block's DC coefficient costs at least one bit in a Huffman-coded file, so fewer coded
-    # bytes than blocks/8 means the scans stop early and the decoder would invent the rest.
-    sample = 2 if precision > 8 else 1
-    coef = blocks * 128 if progressive or scans > 1 else 0  # whole-image coefficient buffer
-    hdr = Header("jpeg", w, h, scans=scans, decode_bytes=w * h * 3 * sample + coef, components=nc,
-                 bit_depth=precision, huffman=huffman)
-    if huffman and coded * 8 < blocks:
-        hdr.defect = (f"truncated: JPEG declares {w}x{h} ({blocks:,} blocks) but carries {coded:,} "
-                      f"bytes of coded data, fewer than the {blocks // 8:,} it needs")
-    return hdr
-
-
-def _jpeg_frame(seg: bytes, marker: int) -> tuple[int, int, int, int, bool, bool, int]:
-    precision, h, w, nc = struct.unpack(">BHHB", seg[:6])
-    if h == 0 or w == 0:
-        raise Malformed(f"JPEG frame declares {w}x{h} (a height set by a DNL marker is not supported)")
-    if not 1 <= nc <= 4 or len(seg) < 6 + 3 * nc:
-        raise Malformed(f"JPEG frame declares {nc} components (1 to 4 supported)")
-    comps = [(seg[7 + 3 * k] >> 4, seg[7 + 3 * k] & 15) for k in range(nc)]
-    if any(not (1 <= hs <= 4 and 1 <= vs <= 4) for hs, vs in comps):
-        raise Malformed(f"JPEG frame has invalid sampling factors {comps}")
-    hmax, vmax = max(c[0] for c in comps), max(c[1] for c in comps)
-    blocks = sum(-(-(-(-w * hs // hmax)) // 8) * -(-(-(-h * vs // vmax)) // 8) for hs, vs in comps)
-    return w, h, blocks, precision, marker in (0xC2, 0xC6, 0xCA, 0xCE), marker in _HUFFMAN_SOF, nc
 
 
 # -- GIF ----------------------------------------------------------------------------------------
@@ -342,7 +134,9 @@ def _bmp(b: memoryview) -> Header:
 # -- PNM ----------------------------------------------------------------------------------------
 
 
-_PNM_TOKEN = re.compile(rb"(?:\s|#[^\n\r]*)*(\d+)")
+# Possessive: a comment of N '#' characters could otherwise split ~2^N ways before the match
+# fails (a 100-byte header hung the fuzzer's worker).
+_PNM_TOKEN = re.compile(rb"(?:\s++|#[^\n\r]*+)*+(\d+)")
 
 
 def _pnm(b: memoryview) -> Header:

@@ -3,7 +3,8 @@ and one small hostile file per limit it enforces.
 
 Usage, from the repository root: ``PYTHONPATH=$PWD:$PWD/tests python tests/fuzz/make_corpus.py
 OUT_DIR``. Each file gets a leading selector byte for
-the harness (even: bytes path, odd: Pillow path); both variants are written.
+the harness (even: bytes path, odd: Pillow path); both variants are written. With
+``--provenance``: the metadata seeds for `fuzz_provenance.py` instead (no selector byte).
 """
 from __future__ import annotations
 
@@ -72,9 +73,10 @@ def hostile_seeds() -> dict[str, bytes]:
     """Small refused files (tests/_decode_util.py, so tests/ must be on PYTHONPATH), so that
     mutations start next to every limit."""
     import _decode_util as u
-    from test_decode_fuzz_findings import APNG_SEGFAULT
+    from test_decode_fuzz_findings import APNG_MISORDERED, APNG_SEGFAULT
 
-    return {"idat-4gb.png": u.png_idat_says_4gb(), "apng-segfault.png": APNG_SEGFAULT,
+    apng = {f"apng-{k.replace(' ', '-')}.png": v for k, v in APNG_MISORDERED.items()}
+    return {**apng, "idat-4gb.png": u.png_idat_says_4gb(), "apng-segfault.png": APNG_SEGFAULT,
             "jpeg-700-bytes.jpg": u.jpeg_with_size(11000, 9000, keep=700),
             "jpeg-200-scans.jpg": u.jpeg_many_scans(200, side=64),
             "gif-outside.gif": u.gif_frame_outside_screen(), "webp-canvas.webp": u.webp_canvas(16384, 16384),
@@ -83,6 +85,36 @@ def hostile_seeds() -> dict[str, bytes]:
             "tiff-tiles.tif": u.tiff_tiles((64, 64), (16384, 12288)),
             "tiff-pages.tif": u.tiff_many_pages(20), "avif-ispe.avif": u.avif_with_ispe(40000, 40000),
             "jp2-siz.jp2": u.jp2_with_siz(40000, 40000)}
+
+
+def provenance_seeds() -> dict[str, bytes]:
+    """Small files carrying each kind of metadata the provenance walk reads, in every container."""
+    import struct
+    import zlib
+
+    from benchmarks.provenance_samples import jpeg_bytes, jpeg_with_app1, png_bytes, png_chunk, png_with, xmp_packet
+
+    ai = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+    xmp = "http://ns.adobe.com/xap/1.0/\x00".encode("latin-1")
+    exif = (b"II*\x00\x08\x00\x00\x00\x01\x00" + struct.pack("<HHI", 0x0131, 2, 10) + struct.pack("<I", 26)
+            + b"\x00\x00\x00\x00" + b"Midjourney")
+    small_png, small_jpg = png_bytes(size=8), jpeg_bytes(size=8)
+    tiff_info = {305: "DALL-E", 700: xmp_packet(ai)}
+    img = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    return {
+        "xmp-attr.jpg": jpeg_with_app1(xmp + xmp_packet(ai), small_jpg),
+        "xmp-elem.jpg": jpeg_with_app1(xmp + xmp_packet(ai, attribute=False, tool="ComfyUI"), small_jpg),
+        "exif.jpg": jpeg_with_app1(b"Exif\x00\x00" + exif, small_jpg),
+        "c2pa.jpg": small_jpg[:2] + b"\xff\xeb\x00\x14JP\x00\x01jumb\x00\x00c2pa\x00\x00" + small_jpg[2:],
+        "text.png": png_with(png_chunk(b"tEXt", b"parameters\x00steps: 20"), base=small_png),
+        "ztxt.png": png_with(png_chunk(b"zTXt", b"prompt\x00\x00" + zlib.compress(b"{}")), base=small_png),
+        "itxt-xmp.png": png_with(png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp_packet(ai)),
+                                 base=small_png),
+        "exif.png": png_with(png_chunk(b"eXIf", exif), png_chunk(b"caBX", b"jumb"), base=small_png),
+        "xmp.webp": _pil(img, "WEBP", xmp=xmp_packet(ai, attribute=False)),
+        "exif.webp": _pil(img, "WEBP", exif=b"Exif\x00\x00" + exif),
+        "tags.tif": _pil(img, "TIFF", tiffinfo=tiff_info),
+    }
 
 
 def _tiles_ok() -> bool:
@@ -106,7 +138,20 @@ def write(out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def write_provenance(out_dir: str | Path) -> list[Path]:
+    """Write the provenance seeds under ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in provenance_seeds().items():
+        (out / name).write_bytes(data)
+        paths.append(out / name)
+    return paths
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python tests/fuzz/make_corpus.py OUT_DIR")
-    print(f"wrote {len(write(sys.argv[1]))} seeds to {sys.argv[1]}")
+    args = [a for a in sys.argv[1:] if a != "--provenance"]
+    if len(args) != 1:
+        sys.exit("usage: python tests/fuzz/make_corpus.py [--provenance] OUT_DIR")
+    paths = write_provenance(args[0]) if "--provenance" in sys.argv else write(args[0])
+    print(f"wrote {len(paths)} seeds to {args[0]}")
