@@ -15,6 +15,7 @@ from PIL import Image
 
 import _decode_util as u
 from _sdk_util import textured
+from test_decode_fuzz_findings import APNG_UNKNOWN_CHUNK
 
 
 def _jpeg(rgb: np.ndarray, **kw) -> bytes:
@@ -99,6 +100,11 @@ def encoded_corpus() -> dict[str, bytes]:
         "png-idat-says-4gb": u.png_idat_says_4gb(),
         "png-header-only-30000x30000": u.png_header_only(30000, 30000),
         "apng-12k-frames": u.apng_many_frames(12_000),
+        "apng-unknown-chunk-crashes-opencv": APNG_UNKNOWN_CHUNK,
+        "avif-grid-16384-behind-1024-ispe": u.avif_grid(),
+        "jpeg2000-65535-tiles": u.jp2_tiles(),
+        "jpeg-arithmetic-8-bytes": u.jpeg_arithmetic(),
+        "tiff-strip-150-scan-jpeg": u.tiff_jpeg_strip(),
         "garbage": b"this is not an image at all",
         "empty": b"",
     }
