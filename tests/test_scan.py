@@ -61,6 +61,10 @@ def test_iter_image_paths_keeps_its_two_part_answer(tmp_path):
     files, warnings = iter_image_paths([str(tmp_path), "explicit-missing.jpg",
                                         str(tmp_path / "empty")], recursive=False)
     assert files == [a, "explicit-missing.jpg"]
+    # An empty folder without subfolders: nothing --recursive would find, so no such hint.
+    assert warnings == [f"no image files in directory {tmp_path / 'empty'}"]
+    (tmp_path / "empty" / "sub").mkdir()
+    _, warnings = iter_image_paths([str(tmp_path / "empty")], recursive=False)
     assert warnings == [f"no image files in directory {tmp_path / 'empty'} "
                         "(use --recursive for subdirectories)"]
 

@@ -132,8 +132,11 @@ def scan_image_paths(paths: Sequence[str], recursive: bool = False, *,
                     if kind == "symlink loop" or kind.startswith("cannot stat"):
                         scan.warnings.append(f"skipped {path}: {kind}")
         if not found:
+            # --recursive is suggested only where it would find something to look into.
+            has_subfolders = any(reason == "subfolder" and path.startswith(os.path.join(raw, ""))
+                                 for path, reason in scan.skipped)
             scan.warnings.append(f"no image files in directory {raw}"
-                                 + ("" if recursive else " (use --recursive for subdirectories)"))
+                                 + (" (use --recursive for subdirectories)" if has_subfolders else ""))
         scan.files.extend(sorted(found))
     return scan
 
