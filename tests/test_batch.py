@@ -405,3 +405,22 @@ def test_max_pixels_flag_holds_in_batch_as_in_detect(model, tmp_path):
     assert ok[0]["error"] is None and ok[0]["prob_fake"] == pytest.approx(
         next(iter(ref.values()))["prob_fake"], abs=1e-6)
     assert "ImageTooLargeError" in low[0]["error"] and "4,800 pixels" in low[0]["error"]
+
+
+def test_a_normal_ray_run_prints_only_its_own_lines(model, tmp_path):
+    """Ray's start-up notices (token authentication, "Started a local Ray instance") and its native
+    log lines (``core_worker ... E``) stay off the terminal of a run that went well; --verbose shows them."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        write_png(src / f"{i}.png", textured(48, 48, i))
+    r = subprocess.run([sys.executable, "-m", "nsnet_sdk.cli", "batch", str(src), "--model", str(model),
+                        "--out", str(tmp_path / "out"), "--ray", "--workers", "1"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip() and "img/s" not in ln
+             and "s/img" not in ln and not ln.lstrip().startswith(("0%", "100%"))]
+    foreign = [ln for ln in lines if not ln.startswith(("nsnet:", "  worker "))]
+    assert not foreign, foreign
+    assert any(ln.startswith("nsnet: 3 inputs (ray): 3 scored") for ln in lines), lines

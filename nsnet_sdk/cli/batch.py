@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -46,7 +47,10 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
     b.add_argument("--resume", action="store_true",
                    help="skip inputs already in --out (continue a stopped job)")
-    b.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    talk = b.add_mutually_exclusive_group()
+    talk.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    talk.add_argument("--verbose", "-v", action="store_true",
+                      help="let Ray and the image libraries print their own messages")
     b.set_defaults(run=cmd_batch)
 
 
@@ -69,24 +73,31 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         todo = s.inputs - s.skipped
         bar = progress_bar(todo if todo < SMALL_JOB else None, args.quiet)
 
-    try:
-        summary = run_batch(args.inputs, args.model, args.out, address=args.address,
-                            workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                            batch_size=args.batch_size, resume=args.resume,
-                            threshold=args.threshold, threads_per_worker=None if args.gpus_per_worker else 1,
-                            on_start=start, use_ray=True if args.ray else None, max_pixels=args.max_pixels,
-                            on_rows=lambda rows: bar.update(len(rows)) if bar is not None else None)
-    except FileExistsError as e:
-        parser.error(str(e))
-    except (NSNetError, OSError) as e:
-        print(f"nsnet: error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # a Ray failure (cluster unreachable, actors unable to load the model)
-        print(f"nsnet: error: batch job failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if bar is not None:
-            bar.close()
+    from ..quiet import native_stderr_to_logging, quiet_libraries
+
+    quiet_libraries(verbose=args.verbose)
+    # Ray's start-up notices and its native log lines (core_worker ... E) are about the machinery,
+    # not the inputs: logged, not printed, unless --verbose. A failure still ends in one message.
+    ray_init = None if args.verbose else {"logging_level": logging.ERROR}
+    with native_stderr_to_logging(enabled=not args.verbose):
+        try:
+            summary = run_batch(args.inputs, args.model, args.out, address=args.address,
+                                workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                                batch_size=args.batch_size, resume=args.resume, threshold=args.threshold,
+                                threads_per_worker=None if args.gpus_per_worker else 1, ray_init=ray_init,
+                                on_start=start, use_ray=True if args.ray else None, max_pixels=args.max_pixels,
+                                on_rows=lambda rows: bar.update(len(rows)) if bar is not None else None)
+        except FileExistsError as e:
+            parser.error(str(e))
+        except (NSNetError, OSError) as e:
+            print(f"nsnet: error: {e}", file=sys.stderr)
+            return 1
+        except Exception as e:  # a Ray failure (cluster unreachable, actors unable to load the model)
+            print(f"nsnet: error: batch job failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        finally:
+            if bar is not None:
+                bar.close()
     if not args.quiet:
         print(format_summary(summary, args.out), file=sys.stderr)
     return 0
