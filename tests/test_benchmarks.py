@@ -365,3 +365,29 @@ def test_images_dir_lists_what_nsnet_detect_scores(tmp_path):
     empty.mkdir()
     with pytest.raises(throughput.BenchError, match="no image files"):
         throughput.image_files(empty)
+
+
+def test_dedupe_benchmark_reports_both_scorers_and_the_cache_hit(tmp_path):
+    """benchmarks.dedupe runs end to end and its figures are consistent with each other (the times
+    themselves belong to the report, not to a test)."""
+    from _sdk_util import build_stand_in_onnx
+    from benchmarks import dedupe
+
+    model = build_stand_in_onnx(tmp_path / "m.onnx")
+    out = tmp_path / "d.json"
+    assert dedupe.main(["--model", str(model), "--files", "8", "--size", "96", "--repeat", "1",
+                        "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["files"] == 8 and r["distinct"] == 4 and r["machine"]["cpu"]
+    assert r["ratio"] == pytest.approx(r["each_distinct_once_s"] / r["every_file_s"], abs=0.01)
+    assert r["every_file_s"] > 0 and r["cache_hit_ms"] > 0
+
+
+def test_a_repeated_folder_holds_each_picture_twice(tmp_path):
+    import hashlib
+
+    from benchmarks.dedupe import repeated_folder
+
+    files = repeated_folder(6, 64, tmp_path)
+    digests = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files]
+    assert len(files) == 6 and len(set(digests)) == 3 and all(digests.count(d) == 2 for d in digests)
