@@ -9,13 +9,15 @@ that does not decode is dropped and scored again.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 SCHEMA = "nsnet-result-cache/1"
 _TABLE = ("CREATE TABLE IF NOT EXISTS results (file_sha256 TEXT NOT NULL, model_sha256 TEXT NOT NULL, "
@@ -151,6 +153,42 @@ def _prediction(row: Mapping[str, Any]) -> Any:
                       verdict=row["verdict"], provenance=row["provenance"])
 
 
+@contextlib.contextmanager
+def run_store() -> Iterator[ResultCache]:
+    """A temporary result cache for one run (or one actor): the results of the files it has scored,
+    on disk, so memory stays bounded at any input count. Removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="nsnet-run-") as tmp:
+        store = ResultCache(Path(tmp) / "run.sqlite", model_sha256="run", options={})
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def read_chunks(det: Any, paths: Iterable[str]) -> Iterator[list[tuple[str, Any, str | None]]]:
+    """``paths`` read through the pipeline's bounded reader and hashed, in chunks of at most
+    `CHUNK_FILES` files and `CHUNK_BYTES` bytes: (name, bytes or the typed error, sha256 or None)."""
+    from .errors import as_input_error
+    from .pipeline.read import read_input_bytes
+
+    it = iter(paths)
+    while True:
+        chunk: list[tuple[str, Any, str | None]] = []
+        held = 0
+        for name in it:
+            try:
+                data = read_input_bytes(name, det.max_pixels, name)
+                chunk.append((name, data, hashlib.sha256(data).hexdigest()))
+                held += len(data)
+            except Exception as e:  # recorded for this input: the run goes on
+                chunk.append((name, as_input_error(e, name), None))
+            if len(chunk) >= CHUNK_FILES or held >= CHUNK_BYTES:
+                break
+        if not chunk:
+            return
+        yield chunk
+
+
 def score_once(det: Any, paths: Sequence[str], cache: ResultCache | None = None) -> Iterator[tuple[Any, bool]]:
     """(Prediction, reused) for every path, in order, each distinct file decoded and scored once:
     a file whose bytes were already scored in this run, or are in ``cache`` (same model and
@@ -158,42 +196,22 @@ def score_once(det: Any, paths: Sequence[str], cache: ResultCache | None = None)
 
     Files are read once, through the pipeline's bounded reader, and the bytes handed to the
     Detector; a path that cannot be read gets the Detector's own error for it. Results of this run
-    are kept in ``cache``, or in a temporary one beside it (bounded memory at any input count).
+    are kept in ``cache``, or in a temporary `run_store`.
     """
-    import tempfile
+    with contextlib.ExitStack() as stack:
+        store = cache if cache is not None else stack.enter_context(run_store())
+        for chunk in read_chunks(det, paths):
+            yield from score_chunk(det, chunk, store)
 
-    from .errors import as_input_error
+
+def score_chunk(det: Any, chunk: Sequence[tuple[str, Any, str | None]],
+                store: ResultCache) -> Iterator[tuple[Any, bool]]:
+    """(Prediction, reused) of each (name, bytes or error, sha256) of ``chunk``, in order, each
+    yielded as soon as it is known (a backend failure mid-chunk leaves every earlier one
+    delivered): a file already in ``store`` or earlier in the chunk is reused, the others scored
+    by ``det`` and stored."""
     from .prediction import Prediction, rename_source
-    from .pipeline.read import read_input_bytes
 
-    with tempfile.TemporaryDirectory(prefix="nsnet-run-") as tmp:
-        store = cache or ResultCache(Path(tmp) / "run.sqlite", model_sha256="run", options={})
-        try:
-            it = iter(paths)
-            while True:
-                chunk: list[tuple[str, Any, str | None]] = []  # (name, bytes or error, sha256)
-                held = 0
-                for name in it:
-                    try:
-                        data = read_input_bytes(name, det.max_pixels, name)
-                        chunk.append((name, data, hashlib.sha256(data).hexdigest()))
-                        held += len(data)
-                    except Exception as e:  # recorded for this input: the run goes on
-                        chunk.append((name, as_input_error(e, name), None))
-                    if len(chunk) >= CHUNK_FILES or held >= CHUNK_BYTES:
-                        break
-                if not chunk:
-                    return
-                yield from _score_chunk(det, chunk, store, Prediction, rename_source)
-        finally:
-            if store is not cache:
-                store.close()
-
-
-def _score_chunk(det: Any, chunk: list, store: ResultCache, Prediction: Any,
-                 rename_source: Any) -> Iterator[tuple[Any, bool]]:
-    """The chunk's results in order, each yielded as soon as it is known: a backend failure
-    mid-chunk leaves every earlier row delivered."""
     known = {i: store.get(sha) for i, (_, _, sha) in enumerate(chunk) if sha is not None}
     _, first = first_of_each([None if sha is None or known[i] else sha for i, (_, _, sha) in enumerate(chunk)])
     misses = [i for i, (_, _, sha) in enumerate(chunk) if sha is not None and not known[i] and first[i] == i]
