@@ -275,7 +275,9 @@ def _score_in_process(batches: Iterator[list[Item]], model: str, sha: str,
     from .detector import Detector
     from .options import InputOptions
 
+    from .cache import run_store
+
     with Detector(model, threshold=threshold,
-                  options=InputOptions(batch_size=batch_size, max_pixels=max_pixels)) as det:
+                  options=InputOptions(batch_size=batch_size, max_pixels=max_pixels)) as det, run_store() as store:
         for chunk in batches:
-            take(score_items(det, chunk, sha))
+            take(score_items(det, chunk, sha, store))

@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from .batch_rows import Item, failed_row, score_items
+from .cache import run_store
 
 IN_FLIGHT_PER_ACTOR = 2
 # Tries of an input alone after its batch failed: a task sent to an actor that has just died
@@ -61,13 +62,16 @@ class Scorer:
                 shutil.rmtree(folder, ignore_errors=True)
         self.sha256 = sha256
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        # Files this actor has scored, by content: a repeat is answered without decoding it again.
+        self._store = run_store(in_memory=True)
+        self.store = self._store.__enter__()
 
     def ready(self) -> str:
         return self.worker
 
     def score(self, items: list[Item]) -> tuple[list[dict], str, float]:
         start = time.perf_counter()
-        rows = score_items(self.det, items, self.sha256)
+        rows = score_items(self.det, items, self.sha256, self.store)
         return rows, self.worker, time.perf_counter() - start
 
 

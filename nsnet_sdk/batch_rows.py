@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from .errors import NSNetError
 from .pipeline.read import file_byte_limit, read_image_file
-from .prediction import Prediction, rename_source
+from .prediction import Prediction
 from .results import FIELDS, escape_text, result_row
 from .uris import has_scheme, read_uri
 
@@ -50,23 +50,21 @@ def read_item(key: str, where: str, limit: int) -> bytes:
     return read_image_file(where, limit, key)
 
 
-def score_items(det: Any, items: Sequence[Item], sha256: str) -> list[dict[str, Any]]:
+def score_items(det: Any, items: Sequence[Item], sha256: str, store: Any) -> list[dict[str, Any]]:
     """The rows of ``items`` scored by ``det`` (a `Detector`), in order: each input read with the
-    Detector's byte limit, a read failure its error row."""
+    Detector's byte limit (a read failure its error row) and hashed; a file whose bytes ``store``
+    (`cache.run_store`, one per job or actor) already holds, or that repeats one earlier in the
+    group, takes that result under its own name instead of being decoded again."""
+    import hashlib
+
+    from .cache import score_chunk
+
     limit = file_byte_limit(det.max_pixels)
-    datas: list[bytes] = []
-    preds: list[Prediction | None] = []
+    chunk: list[tuple[str, Any, str | None]] = []
     for key, where in items:
         try:
-            datas.append(read_item(key, where, limit))
-            preds.append(None)
+            data = read_item(key, where, limit)
+            chunk.append((key, data, hashlib.sha256(data).hexdigest()))
         except NSNetError as e:
-            preds.append(Prediction.failed(key, e))
-    scored = iter(det.predict_iter(datas, on_error="record"))
-    rows, n = [], 0
-    for (key, _), pred in zip(items, preds):
-        if pred is None:
-            pred = rename_source(next(scored), n, key)
-            n += 1
-        rows.append(prediction_row(pred, det.threshold, sha256))
-    return rows
+            chunk.append((key, e, None))
+    return [prediction_row(pred, det.threshold, sha256) for pred, _ in score_chunk(det, chunk, store)]

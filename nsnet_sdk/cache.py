@@ -154,11 +154,13 @@ def _prediction(row: Mapping[str, Any]) -> Any:
 
 
 @contextlib.contextmanager
-def run_store() -> Iterator[ResultCache]:
-    """A temporary result cache for one run (or one actor): the results of the files it has scored,
-    on disk, so memory stays bounded at any input count. Removed on exit."""
+def run_store(in_memory: bool = False) -> Iterator[ResultCache]:
+    """A temporary result cache for one run: the results of the files it has scored, on disk, so
+    memory stays bounded at any input count, and removed on exit. ``in_memory``: held in memory
+    instead (a Ray actor, which may be killed without running any exit code)."""
     with tempfile.TemporaryDirectory(prefix="nsnet-run-") as tmp:
-        store = ResultCache(Path(tmp) / "run.sqlite", model_sha256="run", options={})
+        store = ResultCache(":memory:" if in_memory else Path(tmp) / "run.sqlite", model_sha256="run",
+                            options={})
         try:
             yield store
         finally:

@@ -424,3 +424,29 @@ def test_a_normal_ray_run_prints_only_its_own_lines(model, tmp_path):
     foreign = [ln for ln in lines if not ln.startswith(("nsnet:", "  worker "))]
     assert not foreign, foreign
     assert any(ln.startswith("nsnet: 3 inputs (ray): 3 scored") for ln in lines), lines
+
+
+def test_identical_files_in_a_batch_job_are_decoded_once(model, tmp_path, monkeypatch):
+    """Every input keeps its row, named as listed; a repeat of a file scored earlier in the job
+    takes its values without being decoded again (a spy counts the real decoder's calls)."""
+    import shutil
+
+    from nsnet_sdk.pipeline import executors
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_png(src / "a.png", textured(64, 80, 1))
+    write_png(src / "b.png", textured(70, 50, 2))
+    for i in range(3):
+        shutil.copy(src / "a.png", src / f"a{i}.png")
+    calls = []
+    real = executors.decode_image
+    monkeypatch.setattr(executors, "decode_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run_batch([str(src)], model, tmp_path / "out", use_ray=False, batch_size=2)
+    rows = by_key(read_rows(tmp_path / "out"))
+    assert sorted(Path(k).name for k in rows) == ["a.png", "a0.png", "a1.png", "a2.png", "b.png"]
+    assert len(calls) == 2
+    a = rows[str(src / "a.png")]
+    for i in range(3):
+        r = rows[str(src / f"a{i}.png")]
+        assert r["error"] is None and r["logit"] == a["logit"]
