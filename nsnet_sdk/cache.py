@@ -75,7 +75,9 @@ class ResultCache:
             self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        # check_same_thread=False: a service builds it on one thread and serves on another; the
+        # connection is used by one thread at a time (the caller's event loop or run).
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
             db.execute("PRAGMA synchronous=NORMAL")
@@ -135,6 +137,11 @@ class ResultCache:
 
 CHUNK_FILES = 512  # inputs read and hashed ahead of the Detector, at most ...
 CHUNK_BYTES = 256 << 20  # ... and this many bytes of them held at once
+
+
+def reused(row: Mapping[str, Any], name: str) -> Any:
+    """The `Prediction` a stored row (`ResultCache.get`) gives the identical file ``name``."""
+    return _renamed(_prediction(row), row["source"], name)
 
 
 def _renamed(pred: Any, old: str, new: str) -> Any:
@@ -224,7 +231,7 @@ def score_chunk(det: Any, chunk: Sequence[tuple[str, Any, str | None]],
         if sha is None:
             yield Prediction.failed(name, data), False
         elif known[i]:
-            yield _renamed(_prediction(known[i]), known[i]["source"], name), True
+            yield reused(known[i], name), True
         elif first[i] != i:
             yield _renamed(scored[first[i]], chunk[first[i]][0], name), True
         else:

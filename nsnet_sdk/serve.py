@@ -60,7 +60,8 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
               token_sha256: str | None = None, replicas: int | str = 1,
               gpus_per_replica: float = 0.0, threshold: float | None = None,
               upload_bytes: int | None = None, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-              graceful_s: float = DEFAULT_GRACEFUL_S, max_pixels: int = MAX_PIXELS) -> Any:
+              graceful_s: float = DEFAULT_GRACEFUL_S, max_pixels: int = MAX_PIXELS,
+              cache: str | os.PathLike | None = None) -> Any:
     """The Ray Serve application (``serve.run(build_app(...))``).
 
     ``replicas``: a count or ``"auto"`` (Serve's autoscaling); ``token_sha256``: `token_digest`
@@ -212,6 +213,14 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
 
             self.det = Detector(model, threshold=threshold,
                                 options=InputOptions(batch_size=max_batch, workers=0, max_pixels=max_pixels))
+            self.cache = None
+            if cache is not None:  # keyed by the model and every option that changes an answer
+                from .cache import ResultCache
+
+                band = self.det.meta.band.to_dict() if self.det.meta.band is not None else None
+                self.cache = ResultCache(cache, model_sha256=sha, options={
+                    "threshold": self.det.threshold, "band": band, "max_pixels": max_pixels,
+                    "preprocess": self.det.config.to_json(), "service": True})
             self.score.set_max_batch_size(max_batch)
             self.score.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
             self.stats = {"requests": 0, "images": 0, "forward_passes": 0, "batched_images": 0}
@@ -240,32 +249,47 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
                     self.metrics.refuse(p.error.partition(":")[0])
             return [(p, len(items)) for p in preds]
 
-        async def predictions(self, request: Request, most: int) -> list[tuple[Any, int]]:
+        async def predictions(self, request: Request, most: int) -> list[tuple[Any, int, bool]]:
             import asyncio
 
             authorize(request)
             items = await uploads(request, most)
             self.stats["requests"] += 1
             self.stats["images"] += len(items)
-            return list(await asyncio.gather(*(self.score(it) for it in items)))
+            return list(await asyncio.gather(*(self.answer(it) for it in items)))
+
+        async def answer(self, item: tuple[str, bytes]) -> tuple[Any, int, bool]:
+            """(Prediction, images in its forward pass, answered from the cache)."""
+            import hashlib
+
+            from .cache import reused
+
+            key = hashlib.sha256(item[1]).hexdigest() if self.cache is not None else None
+            row = self.cache.get(key) if key is not None else None
+            if row is not None:  # a re-upload: answered without decoding
+                return reused(row, item[0]), 0, True
+            pred, shared = await self.score(item)
+            if key is not None and not (pred.error or "").startswith("InferenceError"):
+                self.cache.put(key, pred.to_dict())
+            return pred, shared, False
 
         @api.post("/v1/detect", summary="Score one image (raw body or one multipart file)")
         async def detect(self, request: Request) -> JSONResponse:
             items = await self.predictions(request, 1)
             if len(items) != 1:
                 raise HTTPError(400, "BadRequest", "send exactly one image; use /v1/detect/batch")
-            pred, shared = items[0]
+            pred, shared, cached = items[0]
             headers = {"X-NSNet-Batch-Size": str(shared)}
             if pred.error is not None:
                 kind, _, detail = pred.error.partition(": ")
                 return JSONResponse({"error": kind, "detail": detail, "source": pred.source},
                                     500 if kind == "InferenceError" else 422, headers=headers)
-            return JSONResponse(pred.to_dict(), headers=headers)
+            return JSONResponse({**pred.to_dict(), "cached": cached}, headers=headers)
 
         @api.post("/v1/detect/batch", summary="Score several multipart uploads; one result each")
         async def detect_batch(self, request: Request) -> JSONResponse:
             items = await self.predictions(request, MAX_UPLOADS)
-            return JSONResponse([p.to_dict() for p, _ in items])
+            return JSONResponse([{**p.to_dict(), "cached": cached} for p, _, cached in items])
 
         @api.get("/v1/model", summary="The served model's metadata and this replica's counters")
         async def model_info(self, request: Request) -> dict:

@@ -288,3 +288,31 @@ def test_stalled_bodies_time_out_and_the_upload_budget_refuses_before_reading(ur
         s.close()
     assert time.monotonic() - start < BODY_TIMEOUT_S + 30  # not held until the client gives up
     assert post(url, images[0]).status_code == 200
+
+
+def test_a_cache_answers_re_uploads_without_decoding(url, model, images, reference, tmp_path):
+    """`nsnet serve --cache`: the first upload of a file is scored (cached false), a re-upload is
+    answered from the SQLite cache (cached true, no forward pass, the same values)."""
+    import httpx
+    from ray import serve
+
+    from nsnet_sdk.serve import build_app, token_digest
+
+    serve.run(build_app(model, max_batch=8, batch_wait_ms=5, max_bytes=MAX_BYTES,
+                        token_sha256=token_digest(TOKEN), cache=str(tmp_path / "cache.sqlite")),
+              name="cached", route_prefix="/cached")
+    try:
+        first = httpx.post(f"{url}/cached/v1/detect", content=images[0], headers=AUTH, timeout=60)
+        again = httpx.post(f"{url}/cached/v1/detect", content=images[0], headers=AUTH, timeout=60)
+        batch = httpx.post(f"{url}/cached/v1/detect/batch", headers=AUTH, timeout=60,
+                           files=[("file", ("a.png", images[0], "image/png")), ("file", ("b.png", images[1], "image/png"))])
+        stats = httpx.get(f"{url}/cached/v1/model", headers=AUTH, timeout=60).json()["stats"]
+    finally:
+        serve.delete("cached")
+    assert first.status_code == again.status_code == batch.status_code == 200, (first.text, again.text, batch.text)
+    assert first.json()["cached"] is False and again.json()["cached"] is True
+    assert again.headers["x-nsnet-batch-size"] == "0"
+    assert again.json()["prob_fake"] == first.json()["prob_fake"] == pytest.approx(reference[0].prob_fake, abs=1e-6)
+    a, b = batch.json()
+    assert (a["source"], a["cached"], b["cached"]) == ("a.png", True, False)
+    assert stats["images"] == 4 and stats["batched_images"] == 2  # only the two first uploads were scored

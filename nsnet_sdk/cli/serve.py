@@ -63,6 +63,9 @@ def add_parser(subparsers: Any) -> None:
     s.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
     s.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
                    help=f"refuse images declaring more than N pixels ({MAX_PIXELS:,})")
+    s.add_argument("--cache", metavar="FILE", help="SQLite result cache shared by the replicas on this machine: a "
+                   "re-upload of a file already scored with this model and options is answered from it "
+                   "without decoding; answers carry cached=true")
     s.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer <token>', "
                    "the token read from this environment variable")
     s.set_defaults(run=cmd_serve)
@@ -93,7 +96,7 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                         max_bytes=args.max_bytes, token_sha256=token_sha, replicas=args.replicas,
                         gpus_per_replica=args.gpus_per_replica, threshold=args.threshold,
                         upload_bytes=args.upload_bytes, body_timeout_s=args.body_timeout,
-                        graceful_s=args.graceful_seconds, max_pixels=args.max_pixels)
+                        graceful_s=args.graceful_seconds, max_pixels=args.max_pixels, cache=args.cache)
     except (NSNetError, OSError) as e:
         print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
         return 1
