@@ -13,11 +13,9 @@ from ..errors import NSNetError
 from ..pipeline.config import MAX_PIXELS
 from .args import plural, positive_int, probability, progress_bar
 
-# -- CLI ------------------------------------------------------------------------------------
 
 def add_parser(subparsers: Any) -> None:
     """Register ``nsnet batch`` (Ray is imported only when it runs)."""
-
     b = subparsers.add_parser(
         "batch", help="score many images (in process, or on a Ray cluster), Parquet output",
         description="Score folders (recursive), globs, URI prefixes (s3://bucket/prefix/) or "

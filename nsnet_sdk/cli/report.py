@@ -8,7 +8,6 @@ from typing import Any
 from ..errors import NSNetError
 from ..report import build_report, read_results
 
-# -- CLI ------------------------------------------------------------------------------------------
 
 def add_parser(sub: Any) -> None:
     """Register ``nsnet report``."""

@@ -30,7 +30,6 @@ def _size(text: str) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``nsnet serve`` (Ray Serve is imported only when it runs)."""
-
     s = subparsers.add_parser(
         "serve", help="run an HTTP detection service on Ray Serve",
         description="Serve POST /v1/detect, POST /v1/detect/batch, GET /v1/model, GET /metrics "
