@@ -49,6 +49,24 @@ def _cut_scan(jpeg: bytes, keep: int) -> bytes:
     return jpeg[: start + keep] + b"\xff\xd9"
 
 
+def _png_with_raw_profile_exif(rgb: np.ndarray, orientation: int) -> bytes:
+    """EXIF orientation carried the ImageMagick way: a ``Raw profile type exif`` text chunk."""
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    raw = exif.tobytes()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", "\nexif\n%8d\n%s\n" % (len(raw), raw.hex()))
+    return u.encode(Image.fromarray(rgb), "PNG", pnginfo=info)
+
+
+def _png_with_exif(rgb: np.ndarray, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return u.encode(Image.fromarray(rgb), "PNG", exif=exif)
+
+
 def _tiff_oriented(rgb: np.ndarray, orientation: int) -> bytes:
     img = Image.fromarray(rgb)
     exif = img.getexif()
@@ -77,6 +95,12 @@ def encoded_corpus() -> dict[str, bytes]:
         "jpeg-exif-rot90": _with_exif_orientation(jpg, 6),
         "jpeg-exif-mirror": _with_exif_orientation(jpg, 2),
         "jpeg-xmp-rot90": _with_xmp_orientation(jpg, 6),
+        # two EXIF blocks: nvImageCodec's EXIF orientation crashed the process on this one
+        "jpeg-exif-twice": _with_exif_orientation(_with_exif_orientation(jpg, 3), 6),
+        "jpeg-exif-bad-directory": jpg[:2] + b"\xff\xe1\x00\x18Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x13\x88"
+                                   b"\x01\x12\x00\x03" + jpg[2:],
+        "png-exif-rot90": _png_with_exif(rgb, 6),
+        "png-raw-profile-exif-rot90": _png_with_raw_profile_exif(rgb, 6),
         "jpeg-cmyk": u.encode(cmyk, "JPEG", quality=92),
         "jpeg-small": _jpeg(small),
         "png": png,

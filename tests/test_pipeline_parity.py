@@ -14,7 +14,7 @@ from nsnet_sdk.pipeline.inputs import source_name
 
 torch = pytest.importorskip("torch")
 from nsnet_sdk.pipeline.gpu import GpuPipeline  # noqa: E402
-from nsnet_sdk.pipeline.nvdecode import gpu_decodable, nvimgcodec_available  # noqa: E402
+from nsnet_sdk.pipeline.nvdecode import gpu_shape, nvimgcodec_available  # noqa: E402
 
 CPU_EXECUTORS = {"inline": ("threads", 0), "threads": ("threads", 2), "processes": ("processes", 2)}
 
@@ -24,11 +24,11 @@ def _names(inputs: dict) -> list[str]:
     return [source_name(x, i) for i, x in enumerate(inputs.values())]
 
 
-def _cpu_outcomes(inputs: dict, mode: str, workers: int) -> list[tuple]:
+def _cpu_outcomes(inputs: dict, mode: str, workers: int, bgr: bool = False) -> list[tuple]:
     items, names = list(inputs.values()), _names(inputs)
     dec = make_decoder(mode, workers, DEFAULT, MAX_PIXELS, len(items), 1)
     try:
-        handles = dec.submit_batch(items, names, 0)
+        handles = dec.submit_batch(items, names, 0, bgr)
         outcomes = [dec.result(h, n) for h, n in zip(handles, names)]
         rows = dec.buffer(0).copy()
     finally:
@@ -36,10 +36,10 @@ def _cpu_outcomes(inputs: dict, mode: str, workers: int) -> list[tuple]:
     return [(err, notes, None if err else rows[i]) for i, (err, notes) in enumerate(outcomes)]
 
 
-def _gpu_outcomes(inputs: dict) -> tuple[list[tuple], GpuPipeline]:
+def _gpu_outcomes(inputs: dict, bgr: bool = False) -> tuple[list[tuple], GpuPipeline]:
     items, names = list(inputs.values()), _names(inputs)
     pipe = GpuPipeline("cpu", DEFAULT, to_host=True)
-    batch, errors, notes = pipe.prepare(items, names)
+    batch, errors, notes = pipe.prepare(items, names, bgr)
     rows = iter(batch if batch is not None else [])
     return [(e, n, None if e else next(rows)) for e, n in zip(errors, notes)], pipe
 
@@ -75,6 +75,20 @@ def test_every_input_has_the_inline_outcome_on_every_executor(outcomes, executor
     assert not diffs, "\n".join(diffs)
 
 
+def test_arrays_in_opencv_order_have_the_inline_outcome_on_every_executor(tmp_path):
+    """channels="bgr": arrays are read in OpenCV's order (BGR, BGRA) by every executor alike; files
+    and PIL images are decoded to RGB whatever it says."""
+    inputs = {k: v for k, v in build_inputs(tmp_path / "c").items()
+              if k.startswith(("array:", "pil:")) or k in ("bytes:jpeg", "bytes:png-rgba", "path:png")}
+    inline = _cpu_outcomes(inputs, "threads", 0, bgr=True)
+    plain = _cpu_outcomes(inputs, "threads", 0, bgr=False)
+    assert any(a[2] is not None and not np.array_equal(a[2], b[2]) for a, b in zip(inline, plain))
+    for name, (mode, w) in list(CPU_EXECUTORS.items())[1:] + [("gpu", (None, None))]:
+        got = _gpu_outcomes(inputs, bgr=True)[0] if name == "gpu" else _cpu_outcomes(inputs, mode, w, bgr=True)
+        diffs = [d for k, a, b in zip(inputs, inline, got) if (d := _same(a, b, k, exact=name != "gpu"))]
+        assert not diffs, (name, diffs)
+
+
 def test_the_corpus_exercises_scores_errors_and_warnings(outcomes):
     keys, got, _ = outcomes
     inline = dict(zip(keys, got["inline"]))
@@ -108,7 +122,7 @@ def test_nvimagecodec_really_decodes_part_of_the_corpus(outcomes, tmp_path):
             hdr = inspect_bytes(data, MAX_PIXELS, name)
         except Exception:
             continue
-        if gpu_decodable(data, hdr):
+        if gpu_shape(data, hdr) is not None:
             taken.append(name)
             (t,) = pipe.decoder.decode([data])
             if t is not None:  # where it fails (e.g. PNG without IEND) the CPU decoder decides
@@ -117,4 +131,5 @@ def test_nvimagecodec_really_decodes_part_of_the_corpus(outcomes, tmp_path):
             "png", "png-grey", "png-palette"} <= set(decoded)
     # Transparency, XMP orientation, CMYK, 16-bit, formats other than JPEG/PNG stay on the CPU path.
     assert not {"png-rgba", "png-grey-alpha", "png-palette-trns", "jpeg-xmp-rot90", "jpeg-cmyk",
-                "png-16bit", "webp", "tiff-orientation-6"} & set(taken)
+                "png-16bit", "webp", "tiff-orientation-6", "jpeg-exif-twice", "jpeg-exif-bad-directory",
+                "png-exif-rot90", "png-raw-profile-exif-rot90"} & set(taken)

@@ -3,7 +3,7 @@
 Every input goes through the chain's bounded read (`read.read_input_bytes`) and structural checks
 and budget (`decode.inspect_bytes`) first: bytes reach nvImageCodec only once they have passed what
 `load_image` demands, so a bomb, a truncated stream or a FIFO gets the CPU path's error. Only files
-whose decode nvImageCodec performs exactly as the CPU path does are handed to it (`gpu_decodable`);
+whose decode nvImageCodec performs exactly as the CPU path does are handed to it (`gpu_shape`);
 everything else (transparency, XMP orientation, CMYK, 12/16-bit, arithmetic coding, formats other
 than JPEG and PNG, arrays, PIL images) and anything nvImageCodec fails on is decoded by
 `decode.decode_image` from the bytes already read. Nothing here imports nvImageCodec until a
@@ -23,7 +23,7 @@ from .header import Header
 from .inputs import bgr_to_rgb, require_image
 from .read import read_input_bytes
 
-__all__ = ["nvimgcodec_available", "NvDecoder", "gpu_decodable", "decode_batch"]
+__all__ = ["nvimgcodec_available", "NvDecoder", "gpu_shape", "decode_batch"]
 
 _log = logging.getLogger("nsnet_sdk.nvimgcodec")
 
@@ -40,21 +40,54 @@ def nvimgcodec_available() -> tuple[bool, str]:
     return True, ""
 
 
-def gpu_decodable(data: bytes, hdr: Header) -> bool:
-    """Whether nvImageCodec decodes this checked file to the CPU path's pixels: 8-bit Huffman JPEG
-    with 1 or 3 components, or 8-bit opaque PNG, whose orientation (if any) is EXIF's alone.
+def gpu_shape(data: bytes, hdr: Header) -> tuple[int, int] | None:
+    """The (height, width) nvImageCodec must return for this checked file, when it decodes it to
+    the CPU path's pixels; None when the file goes to the CPU decoder instead.
 
-    Left to the CPU decoder: transparency (flattened over white there), CMYK/YCCK and 12-bit JPEG,
-    arithmetic coding, 16-bit and low-bit-depth PNG, and files carrying an XMP ``tiff:Orientation``
-    (the CPU path applies it; nvImageCodec does not) or a PNG ``eXIf`` chunk.
+    Taken: 8-bit Huffman JPEG with 1 or 3 components, with no EXIF or exactly one well-formed EXIF
+    block (whose orientation both decoders apply alike), and 8-bit opaque single-frame PNG with no
+    orientation metadata. Left to the CPU decoder: transparency (flattened over white there), CMYK
+    and 12-bit JPEG, arithmetic coding, 16-bit and low-bit-depth PNG, an XMP ``tiff:Orientation``
+    (applied by the CPU path only), EXIF in a PNG (``eXIf`` or a ``Raw profile`` text chunk), and
+    a JPEG whose EXIF is repeated or malformed (nvImageCodec's EXIF handling crashed the process
+    on a JPEG carrying two EXIF blocks).
     """
     if hdr.alpha or hdr.bit_depth != 8 or b"tiff:Orientation" in data:
-        return False
-    if hdr.fmt == "jpeg":
-        return hdr.huffman and hdr.components in (1, 3)
+        return None
     if hdr.fmt == "png":
-        return hdr.frames == 1 and b"eXIf" not in data
-    return False
+        if hdr.frames != 1 or b"eXIf" in data or b"Raw profile type" in data:
+            return None
+        return hdr.height, hdr.width
+    if hdr.fmt != "jpeg" or not hdr.huffman or hdr.components not in (1, 3):
+        return None
+    orientation = _single_exif_orientation(data)
+    if orientation is None:
+        return None
+    return (hdr.width, hdr.height) if orientation in (5, 6, 7, 8) else (hdr.height, hdr.width)
+
+
+def _single_exif_orientation(data: bytes) -> int | None:
+    """1 for a JPEG without EXIF; the orientation of its one well-formed EXIF APP1 block; None for
+    repeated or malformed EXIF (or a stray ``Exif`` header elsewhere)."""
+    import struct
+
+    from .metadata import tiff_entries
+    from .orient import exif_orientation
+
+    at = data.find(b"Exif\x00\x00")
+    if at < 0:
+        return 1
+    if data.find(b"Exif\x00\x00", at + 6) >= 0 or at < 4 or data[at - 4:at - 2] != b"\xff\xe1":
+        return None
+    block = data[at + 6:at - 2 + struct.unpack(">H", data[at - 2:at])[0]]
+    try:  # the whole first directory lies inside the block, in a known byte order
+        e = {b"II": "<", b"MM": ">"}[block[:2]]
+        (ifd,) = struct.unpack(e + "I", block[4:8])
+        (count,) = struct.unpack(e + "H", block[ifd:ifd + 2])
+        list(tiff_entries(block, e, ifd, count))
+    except (KeyError, struct.error):
+        return None
+    return exif_orientation(block) or 1
 
 
 class NvDecoder:
@@ -125,24 +158,25 @@ def decode_batch(items: Sequence[Any], names: Sequence[str], *, device: str,
     import torch
 
     out: list[Any] = [None] * len(items)
-    encoded: dict[int, tuple[bytes, Header]] = {}
+    encoded: dict[int, tuple[bytes, Header, tuple[int, int]]] = {}
     for i, (src, name) in enumerate(zip(items, names)):
         try:
             require_image(src, name)
             if decoder is not None and isinstance(src, (str, os.PathLike, bytes, bytearray, memoryview)):
                 src = read_input_bytes(src, max_pixels, name)  # read once: the CPU decode reuses it
                 hdr = inspect_bytes(src, max_pixels, name)
-                if gpu_decodable(src, hdr):
-                    encoded[i] = (src, hdr)
+                shape = gpu_shape(src, hdr)
+                if shape is not None:
+                    encoded[i] = (src, hdr, shape)
                     continue
             img, _, notes = decode_image(bgr_to_rgb(src) if bgr else src, max_pixels, name=name)
             out[i] = (_tensor(img, device), tuple(notes))
         except Exception as e:  # recorded per input: one bad file never fails the batch
             out[i] = (as_input_error(e, name), ())
     if encoded:
-        for i, t in zip(encoded, decoder.decode([data for data, _ in encoded.values()], cuda_stream)):
-            data, hdr = encoded[i]
-            if t is not None and sorted(t.shape[:2]) == sorted((hdr.height, hdr.width)):
+        for i, t in zip(encoded, decoder.decode([data for data, _, _ in encoded.values()], cuda_stream)):
+            data, hdr, shape = encoded[i]
+            if t is not None and tuple(t.shape[:2]) == shape:  # any other orientation: the CPU decides
                 out[i] = (t, tuple(hdr.notes))
                 continue
             try:  # nvImageCodec failed on a checked file: the CPU decoder's verdict is the outcome
