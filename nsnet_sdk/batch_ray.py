@@ -99,8 +99,8 @@ def scan():
             continue
         try:
             parent[int(pid)], start[int(pid)] = stat(pid)
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if mark in f.read():
+            with open(f"/proc/{pid}/environ", "rb") as f:  # a whole NAME=value entry, not a substring
+                if (b"\0" + f.read()).find(b"\0" + mark) >= 0:
                     marked.add(int(pid))
         except (OSError, IndexError, ValueError):
             continue

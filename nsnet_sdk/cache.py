@@ -141,15 +141,17 @@ CHUNK_BYTES = 256 << 20  # ... and this many bytes of them held at once
 
 def reused(row: Mapping[str, Any], name: str) -> Any:
     """The `Prediction` a stored row (`ResultCache.get`) gives the identical file ``name``."""
-    return _renamed(_prediction(row), row["source"], name)
+    from .prediction import renamed
+
+    return renamed(_prediction(row), row["source"], name)
 
 
-def _renamed(pred: Any, old: str, new: str) -> Any:
-    """``pred`` of a file named ``old`` as the result of the identical file ``new``."""
-    from dataclasses import replace
+def storable(pred: Any) -> bool:
+    """Whether a result describes the file itself, and so may answer for its bytes later: not a
+    model failure, nor a decode worker that failed for reasons of its own."""
+    from .pipeline.executors import WORKER_FAILED
 
-    error = pred.error.replace(old, new) if pred.error else pred.error
-    return replace(pred, source=new, error=error)
+    return not pred.error or not (pred.error.startswith("InferenceError") or WORKER_FAILED in pred.error)
 
 
 def _prediction(row: Mapping[str, Any]) -> Any:
@@ -219,7 +221,7 @@ def score_chunk(det: Any, chunk: Sequence[tuple[str, Any, str | None]],
     yielded as soon as it is known (a backend failure mid-chunk leaves every earlier one
     delivered): a file already in ``store`` or earlier in the chunk is reused, the others scored
     by ``det`` and stored."""
-    from .prediction import Prediction, rename_source
+    from .prediction import Prediction, rename_source, renamed
 
     known = {i: store.get(sha) for i, (_, _, sha) in enumerate(chunk) if sha is not None}
     _, first = first_of_each([None if sha is None or known[i] else sha for i, (_, _, sha) in enumerate(chunk)])
@@ -233,8 +235,9 @@ def score_chunk(det: Any, chunk: Sequence[tuple[str, Any, str | None]],
         elif known[i]:
             yield reused(known[i], name), True
         elif first[i] != i:
-            yield _renamed(scored[first[i]], chunk[first[i]][0], name), True
+            yield renamed(scored[first[i]], chunk[first[i]][0], name), True
         else:
             pred = scored[i] = rename_source(next(preds), position[i], name)
-            store.put(sha, pred.to_dict())
+            if storable(pred):
+                store.put(sha, pred.to_dict())
             yield pred, False

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from .artifact import ModelMeta, artifact_kind, read_model_meta
-from .constants import DEFAULT_BATCH_SIZE
 from .backends import Backend, load_backend
 from .pipeline.executors import make_decoder
 from .errors import (InferenceError, PreprocessMismatchError, RandomWeightsWarning, as_input_error,
@@ -172,6 +171,14 @@ class Detector:
         from .explain import explain_image
 
         return explain_image(self, img)
+
+    def settings(self) -> str:
+        """What, beside the model and the threshold, changes a result's values: pixel limit,
+        pipeline, engine and precision (``nsnet detect``'s ``settings`` column, which ``--resume``
+        checks, and part of every result cache's key)."""
+        pipeline = self.pipeline.split(":")[0]  # cpu or gpu: which device changes no rule
+        precision = self.backend_options.precision or self.meta.precision
+        return f"max_pixels={self.max_pixels} pipeline={pipeline} engine={self.kind} precision={precision}"
 
     def info(self) -> dict[str, Any]:
         """What `nsnet info` prints: artifact, backend, device, threshold, preprocessing, metadata."""

@@ -72,10 +72,21 @@ class Prediction:
                    error=f"{type(exc).__name__}: {exc}")
 
 
-def rename_source(pred: Prediction, index: int, name: str) -> Prediction:
-    """``pred`` (from bytes at position ``index`` of a Detector call) named ``name`` instead of
-    ``<bytes #index>``, in ``source`` and in its error message, as if the file had been given."""
+def renamed(pred: Prediction, old: str, new: str) -> Prediction:
+    """``pred`` of the input named ``old`` as the result of the input named ``new``: its ``source``,
+    and the name its error message starts with (``"ErrorClass: old: ..."``); nothing else of the
+    message is touched, whatever the names contain."""
     from dataclasses import replace
 
-    error = pred.error.replace(f"<bytes #{index}>", name) if pred.error else pred.error
-    return replace(pred, source=name, error=error)
+    error = pred.error
+    if error:
+        kind, sep, rest = error.partition(": ")
+        if rest.startswith(old):
+            error = kind + sep + new + rest[len(old):]
+    return replace(pred, source=new, error=error)
+
+
+def rename_source(pred: Prediction, index: int, name: str) -> Prediction:
+    """``pred`` (from bytes at position ``index`` of a Detector call) named ``name`` instead of
+    ``<bytes #index>``, as if the file had been given."""
+    return renamed(pred, f"<bytes #{index}>", name)

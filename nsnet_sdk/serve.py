@@ -219,7 +219,7 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
 
                 band = self.det.meta.band.to_dict() if self.det.meta.band is not None else None
                 self.cache = ResultCache(cache, model_sha256=sha, options={
-                    "threshold": self.det.threshold, "band": band, "max_pixels": max_pixels,
+                    "threshold": self.det.threshold, "band": band, "settings": self.det.settings(),
                     "preprocess": self.det.config.to_json(), "service": True})
             self.score.set_max_batch_size(max_batch)
             self.score.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
@@ -262,14 +262,14 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
             """(Prediction, images in its forward pass, answered from the cache)."""
             import hashlib
 
-            from .cache import reused
+            from .cache import reused, storable
 
             key = hashlib.sha256(item[1]).hexdigest() if self.cache is not None else None
             row = self.cache.get(key) if key is not None else None
             if row is not None:  # a re-upload: answered without decoding
                 return reused(row, item[0]), 0, True
             pred, shared = await self.score(item)
-            if key is not None and not (pred.error or "").startswith("InferenceError"):
+            if key is not None and storable(pred):
                 self.cache.put(key, pred.to_dict())
             return pred, shared, False
 

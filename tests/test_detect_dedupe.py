@@ -89,3 +89,19 @@ def test_a_corrupt_cache_is_reported_and_rebuilt(model, folder, tmp_path, capsys
     rows = _detect(model, folder, tmp_path / "r.jsonl", "--cache", str(cache))
     assert "not a usable result cache" in capsys.readouterr().err
     assert len(rows) == 6 and rows["b.png"]["cached"] is False
+
+
+def test_a_reused_error_names_its_own_input_and_nothing_else_changes(model, tmp_path, monkeypatch):
+    """Two identical unreadable files named with short names that occur inside the message: the
+    second's error is the first's with only the input's name changed."""
+    from nsnet_sdk import Detector, InputOptions
+    from nsnet_sdk.cache import score_once
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("e", "x"):
+        Path(name).write_bytes(b"not an image")
+    with Detector(model, options=InputOptions(workers=0)) as det:
+        (first, reused_first), (second, reused_second) = score_once(det, ["e", "x"])
+    assert (reused_first, reused_second) == (False, True)
+    assert first.error.startswith("ImageDecodeError: e: not a recognised image")
+    assert second.error == "ImageDecodeError: x" + first.error[len("ImageDecodeError: e"):]

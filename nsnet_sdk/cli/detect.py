@@ -204,15 +204,6 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple
         parser.error(str(e).replace("executor=", "--decode ").replace("pipeline=", "--pipeline "))
 
 
-def run_settings(det: Any) -> str:
-    """What, beside the model and the threshold, changes a row's values: the ``settings`` column
-    a resumed file is checked against."""
-    pipeline = det.pipeline.split(":")[0]  # cpu or gpu: where it runs changes no rule
-    precision = det.backend_options.precision or det.meta.precision
-    return (f"max_pixels={det.max_pixels} pipeline={pipeline} engine={det.kind} "
-            f"precision={precision}")
-
-
 def _check_resume(det: Any, writers: list[ResultWriter], settings: str) -> str | None:
     """Why a resumed file cannot take this run's rows, or None."""
     for w in writers:
@@ -237,7 +228,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: lis
     except (NSNetError, ValueError) as e:
         _say(f"error: cannot load model: {e}")
         return 1
-    settings = run_settings(det)
+    settings = det.settings()
     refused = _check_resume(det, writers, settings)
     if refused:
         det.close()

@@ -22,6 +22,9 @@ from .patches import preprocess
 from .decode import decode_image
 
 DECODE_MODES = ("threads", "processes")
+# The failure of an executor rather than of an input (a worker lost, an input that could not be sent):
+# such a result says nothing about the file, so caches never keep it.
+WORKER_FAILED = "decode worker failed"
 # (Future, index into the future's list of outcomes or None for a single outcome, and for worker
 # processes the task's arguments, to retry the input alone when its worker died)
 Handle = tuple
@@ -93,7 +96,7 @@ class _Decoder:
             out = fut.result()
             return out if index is None else out[index]
         except Exception as e:
-            err = ImageDecodeError(f"{name}: decode worker failed: {type(e).__name__}: {e}", source=name)
+            err = ImageDecodeError(f"{name}: {WORKER_FAILED}: {type(e).__name__}: {e}", source=name)
             err.__cause__ = e
             return err, ()
 
