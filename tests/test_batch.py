@@ -407,15 +407,17 @@ def test_max_pixels_flag_holds_in_batch_as_in_detect(model, tmp_path):
     assert "ImageTooLargeError" in low[0]["error"] and "4,800 pixels" in low[0]["error"]
 
 
-def test_a_normal_ray_run_prints_only_its_own_lines(model, tmp_path):
-    """Ray's start-up notices (token authentication, "Started a local Ray instance") and its native
-    log lines (``core_worker ... E``) stay off the terminal of a run that went well; --verbose shows them."""
+def test_a_normal_ray_run_prints_only_its_own_lines(ray_local, model, tmp_path):
+    """Ray's notices (token authentication, connecting) and its native log lines (``core_worker
+    ... E``) stay off the terminal of a run that went well; --verbose shows them. (The job joins the
+    running test cluster: starting one more Ray would only add seconds.)"""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(3):
         write_png(src / f"{i}.png", textured(48, 48, i))
+    address = ray_local.get_runtime_context().gcs_address
     r = subprocess.run([sys.executable, "-m", "nsnet_sdk.cli", "batch", str(src), "--model", str(model),
-                        "--out", str(tmp_path / "out"), "--ray", "--workers", "1"],
+                        "--out", str(tmp_path / "out"), "--ray", "--workers", "1", "--address", address],
                        capture_output=True, text=True, cwd=REPO, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr[-2000:]
