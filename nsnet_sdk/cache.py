@@ -141,9 +141,9 @@ CHUNK_BYTES = 256 << 20  # ... and this many bytes of them held at once
 
 def reused(row: Mapping[str, Any], name: str) -> Any:
     """The `Prediction` a stored row (`ResultCache.get`) gives the identical file ``name``."""
-    from .prediction import renamed
+    from .prediction import Prediction, renamed
 
-    return renamed(_prediction(row), row["source"], name)
+    return renamed(Prediction.from_dict({k: v for k, v in row.items() if k != "cached"}), row["source"], name)
 
 
 def storable(pred: Any) -> bool:
@@ -154,12 +154,13 @@ def storable(pred: Any) -> bool:
     return not pred.error or not (pred.error.startswith("InferenceError") or WORKER_FAILED in pred.error)
 
 
-def _prediction(row: Mapping[str, Any]) -> Any:
-    from .prediction import Prediction
-
-    return Prediction(source=row["source"], prob_fake=row["prob_fake"], is_fake=row["is_fake"],
-                      logit=row["logit"], error=row["error"], warnings=tuple(row["warnings"]),
-                      verdict=row["verdict"], provenance=row["provenance"])
+def result_options(det: Any, **extra: Any) -> dict[str, Any]:
+    """Every option beside the model that changes ``det``'s results (threshold, verdict band,
+    pixel limit, pipeline, engine, precision, preprocessing), plus the caller's ``extra``: what a
+    cache of its results is keyed by."""
+    band = det.meta.band.to_dict() if det.meta.band is not None else None
+    return {"threshold": det.threshold, "band": band, "settings": det.settings(),
+            "preprocess": det.config.to_json(), **extra}
 
 
 @contextlib.contextmanager

@@ -66,6 +66,11 @@ class Prediction:
         return d
 
     @classmethod
+    def from_dict(cls, d: dict) -> "Prediction":
+        """The Prediction `to_dict` gave ``d`` for."""
+        return cls(**{**d, "warnings": tuple(d["warnings"])})
+
+    @classmethod
     def failed(cls, source: str, exc: BaseException) -> "Prediction":
         """The record of an input that could not be scored."""
         return cls(source=source, prob_fake=None, is_fake=None, logit=None,

@@ -215,12 +215,9 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
                                 options=InputOptions(batch_size=max_batch, workers=0, max_pixels=max_pixels))
             self.cache = None
             if cache is not None:  # keyed by the model and every option that changes an answer
-                from .cache import ResultCache
+                from .cache import ResultCache, result_options
 
-                band = self.det.meta.band.to_dict() if self.det.meta.band is not None else None
-                self.cache = ResultCache(cache, model_sha256=sha, options={
-                    "threshold": self.det.threshold, "band": band, "settings": self.det.settings(),
-                    "preprocess": self.det.config.to_json(), "service": True})
+                self.cache = ResultCache(cache, model_sha256=sha, options=result_options(self.det, service=True))
             self.score.set_max_batch_size(max_batch)
             self.score.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
             self.stats = {"requests": 0, "images": 0, "forward_passes": 0, "batched_images": 0}

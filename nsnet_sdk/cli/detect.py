@@ -242,7 +242,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: lis
         already = len(scan.files) - len(todo)
         bar = progress_bar(len(todo), args.quiet)
         counts, failure, interrupted = _score(det, todo, writers, sha, settings, bar, args.batch_size,
-                                              _cache(args, det, sha, settings))
+                                              _cache(args, det, sha))
         if bar is not None:
             bar.close()
     finally:
@@ -276,17 +276,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: lis
     return 0
 
 
-def _cache(args: argparse.Namespace, det: Any, sha: str, settings: str) -> Any:
+def _cache(args: argparse.Namespace, det: Any, sha: str) -> Any:
     """The --cache `ResultCache`, keyed by this model and every option that changes a row; None
     without --cache. A damaged cache file is reported, moved aside and rebuilt."""
     if not args.cache:
         return None
-    from ..cache import ResultCache
+    from ..cache import ResultCache, result_options
 
-    band = det.meta.band.to_dict() if det.meta.band is not None else None
-    options = {"threshold": det.threshold, "band": band, "settings": settings,
-               "preprocess": det.config.to_json(), "provenance": args.provenance,
-               "trust_anchors": args.trust_anchors}
+    options = result_options(det, provenance=args.provenance, trust_anchors=args.trust_anchors)
     cache = ResultCache(args.cache, model_sha256=sha, options=options)
     for problem in cache.problems:
         _say(f"warning: {problem}")

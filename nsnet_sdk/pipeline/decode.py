@@ -17,7 +17,8 @@ from .read import file_byte_limit, read_image_file
 from .orient import apply_orientation, exif_orientation, flatten_alpha, xmp_orientation
 from .sniff import read_header
 
-__all__ = ["IMAGE_SUFFIXES", "image_size", "inspect_bytes", "decode_image", "load_image", "load_image_native"]
+__all__ = ["IMAGE_SUFFIXES", "image_size", "inspect_bytes", "decode_inspected", "decode_image", "load_image",
+           "load_image_native"]
 
 _DECODABLE = "JPEG, PNG, WebP, GIF, BMP, TIFF, PNM, AVIF, JPEG 2000"
 # File names treated as images when a folder is scanned (CLI, training data, benchmarks). HEIC is
@@ -198,7 +199,13 @@ def inspect_bytes(data: bytes, max_pixels: int, src: str) -> Header:
 
 def _decode_bytes(data: bytes, max_pixels: int, src: str,
                   swap: bool = True) -> tuple[np.ndarray, bool, list[str]]:
-    hdr = inspect_bytes(data, max_pixels, src)
+    return decode_inspected(data, inspect_bytes(data, max_pixels, src), max_pixels, src, swap)
+
+
+def decode_inspected(data: bytes, hdr: Header, max_pixels: int, src: str,
+                     swap: bool = True) -> tuple[np.ndarray, bool, list[str]]:
+    """`decode_image` of encoded ``data`` whose `Header` ``hdr`` came from `inspect_bytes`: the
+    checks are not run a second time (the PNG inflate check alone can cost as much as a decode)."""
     rgb, is_bgr = _opencv(data, hdr, src, swap), not swap
     if rgb is None:
         rgb, is_bgr = _pillow(data, hdr, max_pixels, src), False

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from ..errors import as_input_error
 from .config import MAX_PIXELS
-from .decode import decode_image, inspect_bytes
+from .decode import decode_image, decode_inspected, inspect_bytes
 from .header import Header
 from .inputs import bgr_to_rgb, require_image
 from .read import read_input_bytes
@@ -155,8 +155,6 @@ def decode_batch(items: Sequence[Any], names: Sequence[str], *, device: str,
     """Decode a batch to uint8 RGB H×W×3 torch tensors on ``device``: per item (tensor, the
     decoder's warnings), or (the typed error naming it, ()). ``bgr``: array inputs are in OpenCV's
     order. Outcomes are those of `decode.decode_image` on the same input."""
-    import torch
-
     out: list[Any] = [None] * len(items)
     encoded: dict[int, tuple[bytes, Header, tuple[int, int]]] = {}
     for i, (src, name) in enumerate(zip(items, names)):
@@ -169,7 +167,9 @@ def decode_batch(items: Sequence[Any], names: Sequence[str], *, device: str,
                 if shape is not None:
                     encoded[i] = (src, hdr, shape)
                     continue
-            img, _, notes = decode_image(bgr_to_rgb(src) if bgr else src, max_pixels, name=name)
+                img, _, notes = decode_inspected(src, hdr, max_pixels, name)
+            else:
+                img, _, notes = decode_image(bgr_to_rgb(src) if bgr else src, max_pixels, name=name)
             out[i] = (_tensor(img, device), tuple(notes))
         except Exception as e:  # recorded per input: one bad file never fails the batch
             out[i] = (as_input_error(e, name), ())
@@ -180,7 +180,7 @@ def decode_batch(items: Sequence[Any], names: Sequence[str], *, device: str,
                 out[i] = (t, tuple(hdr.notes))
                 continue
             try:  # nvImageCodec failed on a checked file: the CPU decoder's verdict is the outcome
-                img, _, notes = decode_image(data, max_pixels, name=names[i])
+                img, _, notes = decode_inspected(data, hdr, max_pixels, names[i])
                 out[i] = (_tensor(img, device), tuple(notes))
             except Exception as e:
                 out[i] = (as_input_error(e, names[i]), ())
