@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 
 # The compiled patch-entropy kernel, rebuilt in place whenever its source changes (the editable
 # install above builds it once; this keeps it current on a set-up tree).
-$(KERNEL): $(STAMP) setup.py nsnet_sdk/pipeline/_entropy.c
+$(KERNEL): $(STAMP) setup.py nsnet_sdk/pipeline/_entropy.c nsnet_sdk/pipeline/_entropy_lanes.h
 	$(PY) setup.py --quiet build_ext --inplace
 	touch $(KERNEL)
 

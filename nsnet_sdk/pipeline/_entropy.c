@@ -27,6 +27,8 @@
 
 /* exp(-2*pi*i*j/32), j = 0..15, rounded from double once at import. */
 static float TW_RE[P / 2], TW_IM[P / 2];
+/* For the log: c_j = 1 + (j + 1/2)/16, j = 0..15: log c_j and 2^-23 / c_j (see _entropy_lanes.h). */
+static float LOG_C[16] __attribute__((aligned(64))), INV_C[16] __attribute__((aligned(64)));
 static const int BITREV[P] = {0, 16, 8, 24, 4, 20, 12, 28, 2, 18, 10, 26, 6, 22, 14, 30,
                               1, 17, 9, 25, 5, 21, 13, 29, 3, 19, 11, 27, 7, 23, 15, 31};
 
@@ -185,6 +187,11 @@ PyMODINIT_FUNC PyInit__entropy(void) {
     for (int j = 0; j < P / 2; j++) {
         TW_RE[j] = (float)cos(2.0 * M_PI * j / P);
         TW_IM[j] = (float)-sin(2.0 * M_PI * j / P);
+    }
+    for (int j = 0; j < 16; j++) {
+        const double c = 1.0 + (j + 0.5) / 16;
+        LOG_C[j] = (float)log(c);
+        INV_C[j] = (float)(0x1p-23 / c);
     }
     N_VARIANTS = 0;
 #ifdef HAVE_X86

@@ -7,10 +7,12 @@
 #define bfly SFX(bfly)
 #define stage_pair SFX(stage_pair)
 #define fft32 SFX(fft32)
-#define vlog SFX(vlog)
 #define vsqrt SFX(vsqrt)
 #define group SFX(group)
 #define run_all SFX(run_all)
+#define load_row SFX(load_row)
+#define transpose16 SFX(transpose16)
+#define vector_u32 SFX(vector_u32)
 
 /* The L/8 transposed halves x[h][c] as one vector: a register shuffle where the compiler has one
  * (a memcpy through memory makes a 512-bit load wait for two 256-bit stores to retire). */
@@ -31,6 +33,7 @@ INLINE vf join16(vf8 a, vf8 b) {
 typedef float vf __attribute__((vector_size(L * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(L * sizeof(int32_t))));
 typedef double vd __attribute__((vector_size(L * sizeof(double))));
+typedef uint32_t vector_u32 __attribute__((vector_size(L * sizeof(uint32_t))));
 
 /* One radix-2 butterfly on (a, b) with twiddle TW[t]. Twiddles 1, -i and (+-1 - i)/sqrt(2) skip
  * multiplications (only the FFT's own rounding changes, not the result it approximates). */
@@ -85,77 +88,99 @@ INLINE void fft32(vf *re, vf *im, const vf *sr, const vf *si, const int stride) 
         bfly(&re[j], &im[j], &re[j + P / 2], &im[j + P / 2], j);
 }
 
-/* Natural log of positive normal floats (Cephes logf: ~1 ulp), vectorised with integer bit ops. */
-INLINE vf vlog(vf x) {
-    const vi b = (vi)x;
-    vi e = ((b >> 23) & 0xff) - 126;                 /* x = m * 2^e, m in [0.5, 1) */
-    const vf m = (vf)((b & 0x007fffff) | 0x3f000000);
-    const vi small = m < 0.707106781186547524f;      /* all-ones where m < sqrt(1/2) */
-    e = e + small;                                   /* ... then use 2m and e - 1 */
-    const vf f = (m + (vf)((vi)m & small)) - 1.0f;   /* exact: 2m - 1 or m - 1 */
-    const vf ef = __builtin_convertvector(e, vf);
-    const vf z = f * f;
-    vf y = 7.0376836292E-2f * f - 1.1514610310E-1f;
-    y = y * f + 1.1676998740E-1f;
-    y = y * f - 1.2420140846E-1f;
-    y = y * f + 1.4249322787E-1f;
-    y = y * f - 1.6668057665E-1f;
-    y = y * f + 2.0000714765E-1f;
-    y = y * f - 2.4999993993E-1f;
-    y = y * f + 3.3333331174E-1f;
-    y = y * f * z;
-    y = y + -2.12194440E-4f * ef;
-    y = y + -0.5f * z;
-    return (f + y) + 0.693359375f * ef;
-}
-
 INLINE vf vsqrt(vf x) {
     vf r;
     for (int l = 0; l < L; l++) r[l] = __builtin_sqrtf(x[l]);
     return r;
 }
 
-/* Work space of one group: the mean-removed grey patches, then their row spectra. */
+/* Work space of one group: the row spectra, real / imaginary: xr[i][k]. */
 typedef struct {
-    vf g[P][P];      /* g[i][n]: pixel row i, column n of each lane's patch */
-    vf xr[P][K];     /* row spectra, real / imaginary: xr[i][k] */
+    vf xr[P][K];
     vf xi[P][K];
 } work_t;
 
+#if L == 16
+typedef uint16_t vw32 __attribute__((vector_size(32 * sizeof(uint16_t))));
+
+/* 16 x 16 transpose of 32-bit elements in four steps of 16 two-register shuffles (log2 16): step
+ * b swaps the off-diagonal b x b blocks of every pair of rows (r, r + b). */
+INLINE void transpose16(vi w[16]) {
+#define TSTEP(b)                                                                                   \
+    for (int r = 0; r < 16; r++) {                                                                 \
+        if (r & (b)) continue;                                                                     \
+        const vi x = w[r], y = w[r + (b)];                                                         \
+        w[r] = __builtin_shuffle(x, y, LO##b);                                                     \
+        w[r + (b)] = __builtin_shuffle(x, y, HI##b);                                               \
+    }
+    const vi LO8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const vi HI8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    const vi LO4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    const vi HI4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    const vi LO2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    const vi HI2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    const vi LO1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    const vi HI1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    TSTEP(8) TSTEP(4) TSTEP(2) TSTEP(1)
+#undef TSTEP
+}
+
+/* One pixel row of the 16 lanes' patches as g[n] (pixel n of every lane), R+G+B as floats. s3 (16
+ * x 96 sliding sums, absent lanes zero) holds pixel n of lane l at s3[96 l + 3 n]: two 32-way
+ * shuffles per lane gather its 32 pixel sums, then one 16 x 16 transpose of pixel pairs. */
+INLINE void load_row(const uint16_t *s3, vf g[P]) {
+    const vw32 pick = {0,  3,  6,  9,  12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
+                       48, 51, 54, 57, 60, 63, 0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
+    const vw32 tail = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
+                       16, 17, 18, 19, 20, 21, 34, 37, 40, 43, 46, 49, 52, 55, 58, 61};
+    vi w[16];
+    for (int l = 0; l < 16; l++) {
+        vw32 a, b, c;
+        memcpy(&a, s3 + 96 * l, sizeof a), memcpy(&b, s3 + 96 * l + 32, sizeof b);
+        memcpy(&c, s3 + 96 * l + 64, sizeof c);
+        w[l] = (vi)__builtin_shuffle(__builtin_shuffle(a, b, pick), c, tail);
+    }
+    transpose16(w);  /* w[j]: pixels 2j (low half) and 2j + 1 (high half) of every lane */
+    for (int j = 0; j < P / 2; j++) {
+        g[2 * j] = __builtin_convertvector(w[j] & 0xffff, vf);
+        g[2 * j + 1] = __builtin_convertvector((vi)((vector_u32)w[j] >> 16), vf);
+    }
+}
+#else
+/* One pixel row of the 8 lanes' patches as g[n] (pixel n of every lane), R+G+B as floats. */
+INLINE void load_row(const uint16_t *s3, vf g[P]) {
+    for (int n0 = 0; n0 < P; n0 += 8) {
+        vf8 lo[4], hi[4];
+        transpose8(s3 + 3 * n0, lo, hi);
+        for (int c = 0; c < 4; c++) g[n0 + c] = lo[c], g[n0 + c + 4] = hi[c];
+    }
+}
+#endif
 
 INLINE void group(const uint8_t *px, Py_ssize_t stride, int lanes, work_t *w, double *out) {
     vf sum = {0};
     const int nb = lanes * P * 3;
     uint16_t s3[L * P * 3];  /* a local: the compiler sees it cannot alias the image */
     for (int j = nb - 2; j < L * P * 3; j++) s3[j] = 0;  /* absent lanes read zeros */
-    for (int i = 0; i < P; i++) {
-        const uint8_t *src = px + i * stride;
-        /* Sliding sums of 3 bytes over the interleaved row: contiguous, so it vectorises; the
-         * sums that start at a pixel (every third) are that pixel's R+G+B. */
-        for (int j = 0; j < nb - 2; j++)
-            s3[j] = (uint16_t)((uint16_t)src[j] + (uint16_t)src[j + 1] + (uint16_t)src[j + 2]);
-        for (int n0 = 0; n0 < P; n0 += 8) {
-            /* Pixels n0..n0+7 of 8 lanes at a time, transposed so that each vector holds one
-             * pixel of every lane; 16 lanes join two such halves. */
-            vf8 lo[L / 8][4], hi[L / 8][4];
-            for (int h = 0; h < L / 8; h++) transpose8(s3 + 3 * (h * 8 * P + n0), lo[h], hi[h]);
-            for (int c = 0; c < 4; c++) {
-                const vf a = JOIN(lo, c), b = JOIN(hi, c);
-                w->g[i][n0 + c] = a, w->g[i][n0 + c + 4] = b;
-                sum += a + b;  /* integer patch sums below 2^24: exact in any order */
-            }
-        }
-    }
-    /* sum / 1024 is exact, and so is every g - mean: a flat patch becomes exactly zero. */
-    const vf mean = sum * (1.0f / (P * P));
-    for (int i = 0; i < P; i++)
-        for (int n = 0; n < P; n++) w->g[i][n] -= mean;
-
-    vf re[P], im[P];
-    /* Rows 2m and 2m+1 as one complex row z = a + ib; A[k] = (Z[k] + conj Z[-k]) / 2,
-     * B[k] = (Z[k] - conj Z[-k]) / 2i. */
+    vf re[P], im[P], ga[P], gb[P];
+    /* The mean is not removed: it only enters the DC bin, which is replaced by the exact sum. Every
+     * other bin is bit-identical with or without it, because the values that hold the mean (the
+     * DC outputs of sub-FFTs: sums of integers below 2^24) are exact, so no rounding ever sees it;
+     * a flat patch still gets an exactly zero spectrum. */
     for (int m = 0; m < P / 2; m++) {
-        fft32(re, im, w->g[2 * m], w->g[2 * m + 1], 1);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *src = px + (2 * m + h) * stride;
+            /* Sliding sums of 3 bytes over the interleaved row: contiguous, so it vectorises; the
+             * sums that start at a pixel (every third) are that pixel's R+G+B. */
+            for (int j = 0; j < nb - 2; j++)
+                s3[j] = (uint16_t)((uint16_t)src[j] + (uint16_t)src[j + 1] + (uint16_t)src[j + 2]);
+            vf *g = h ? gb : ga;
+            load_row(s3, g);
+            for (int n = 0; n < P; n++) sum += g[n];  /* integer sums below 2^24: exact, any order */
+        }
+        /* Rows 2m and 2m+1 as one complex row z = a + ib; A[k] = (Z[k] + conj Z[-k]) / 2,
+         * B[k] = (Z[k] - conj Z[-k]) / 2i. */
+        fft32(re, im, ga, gb, 1);
         for (int k = 0; k < K; k++) {
             const int nk = (P - k) & (P - 1);
             w->xr[2 * m][k] = (re[k] + re[nk]) * 0.5f;
@@ -165,35 +190,59 @@ INLINE void group(const uint8_t *px, Py_ssize_t stride, int lanes, work_t *w, do
         }
     }
     /* Column FFTs over the half spectrum; columns 1..15 stand for their Hermitian mirrors too. */
-    double s_ac[L] = {0}, l_ac[L] = {0};
-    const vf tiny = (vf){0} + 1e-30f;
+    double s_ac[L] = {0}, e_ac[L] = {0}, l_ac[L] = {0};
+#if L == 16
+    vf logc, invs;
+    memcpy(&logc, LOG_C, sizeof logc), memcpy(&invs, INV_C, sizeof invs);
+#define LOOKUP(t, j) __builtin_shuffle(t, j)
+#else
+    vf logc[2], invs[2];
+    memcpy(logc, LOG_C, sizeof logc), memcpy(invs, INV_C, sizeof invs);
+#define LOOKUP(t, j) __builtin_shuffle((t)[0], (t)[1], j)
+#endif
     for (int k = 0; k < K; k++) {
         fft32(re, im, &w->xr[0][k], &w->xi[0][k], K);
         /* DC: the exact sum is used below; a zero term adds exactly +-0 to the sums, the same as
          * skipping it, and keeps the loop below branch-free so it unrolls. */
         if (k == 0) re[0] = im[0] = (vf){0};
-        /* Sums of 8 terms in float32, then float64: plain float32 sums over a column would add
-         * ~1e-6 of error to the entropy (more than the fallback's); this keeps it ~2e-7. */
-        vd sa = {0}, sl = {0};
+        /* A log A = A log(A^2) / 2 with A^2 = 2^e m, m in [1, 2): log(A^2) = e log 2 + log c_j +
+         * log1p(r), c_j the centre of m's sixteenth of [1, 2) (its top 4 mantissa bits j, a table
+         * lookup by register shuffle), r = (m - c_j) / c_j with |r| < 1/32, log1p a degree-4
+         * polynomial (error 1.3e-9). A e and A (log c_j + log1p r) are summed apart, so the large
+         * e log 2 is never rounded in float32. m - c_j is exact: the low 19 mantissa bits minus
+         * 2^18, times 2^-23 / c_j from the table. A^2 + 1e-30 equals A^2 for every A^2 above
+         * 1e-23 and keeps a zero bin's log finite (it is then multiplied by A = 0).
+         * Sums of 8 terms in float32, then float64: plain float32 sums over a column would add
+         * ~1e-6 of error to the entropy (more than the fallback's). */
+        vd sa = {0}, se = {0}, sl = {0};
         for (int u0 = 0; u0 < P; u0 += 8) {
-            vf pa = {0}, pl = {0};
+            vf pa = {0}, pe = {0}, pl = {0};
             _Pragma("GCC unroll 8") for (int u = u0; u < u0 + 8; u++) {
-                /* log A = log(A^2) / 2: the log no longer waits for the square root. */
                 const vf a2 = re[u] * re[u] + im[u] * im[u];
                 const vf a = vsqrt(a2);
-                const vf a2max = (vf)(((vi)a2 & (vi)(a2 > tiny)) | ((vi)tiny & ~(vi)(a2 > tiny)));
+                const vi bits = (vi)(a2 + 1e-30f);
+                const vf e = __builtin_convertvector((bits >> 23) - 127, vf);
+                const vi j = (bits >> 19) & 15;
+                const vf r = __builtin_convertvector((bits & 0x7ffff) - 0x40000, vf) * LOOKUP(invs, j);
+                const vf l1p = r + r * r * ((-0.25015315413475037f * r + 0.3334711492061615f) * r -
+                                            0.4999999701976776f);
                 pa += a;
-                pl += a * (vlog(a2max) * 0.5f);
+                pe += a * e;
+                pl += a * (LOOKUP(logc, j) + l1p);
             }
             sa += __builtin_convertvector(pa, vd);
+            se += __builtin_convertvector(pe, vd);
             sl += __builtin_convertvector(pl, vd);
         }
         const double wk = (k == 0 || k == K - 1) ? 1.0 : 2.0;
         for (int l = 0; l < L; l++) {
             s_ac[l] += wk * sa[l];
+            e_ac[l] += wk * se[l];
             l_ac[l] += wk * sl[l];
         }
     }
+#undef LOOKUP
+    for (int l = 0; l < L; l++) l_ac[l] = 0.5 * (M_LN2 * e_ac[l] + l_ac[l]);  /* sum of A log A */
     for (int l = 0; l < lanes; l++) {
         const double dc = (double)sum[l];
         const double s = dc + s_ac[l];
@@ -217,8 +266,10 @@ INLINE void run_all(const uint8_t *img, Py_ssize_t stride, Py_ssize_t nr, Py_ssi
 #undef bfly
 #undef stage_pair
 #undef fft32
-#undef vlog
 #undef vsqrt
 #undef group
 #undef run_all
+#undef load_row
+#undef transpose16
+#undef vector_u32
 #undef JOIN
