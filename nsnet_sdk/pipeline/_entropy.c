@@ -20,6 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#define HAVE_X86 1
+#include <immintrin.h>
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+#endif
+
 #define P 32  /* patch side */
 #define K 17  /* P/2 + 1 half-spectrum columns */
 
@@ -67,14 +73,25 @@ INLINE void transpose8(const uint16_t *s3, vf8 lo[4], vf8 hi[4]) {
 
 #define L 8
 #define SFX(n) n##_8
+#define TARGET
 #include "_entropy_lanes.h"
 #undef L
 #undef SFX
+#undef TARGET
+#ifdef HAVE_X86
+/* 16 lanes: AVX-512 only (its row loader uses AVX-512BW intrinsics), so every function of this
+ * instance is compiled for it and inlined into k_avx512x16 alone. */
 #define L 16
 #define SFX(n) n##_16
+#define TARGET AVX512
 #include "_entropy_lanes.h"
 #undef L
 #undef SFX
+#undef TARGET
+#define WORK_BYTES sizeof(work_t_16)  /* the larger work space */
+#else
+#define WORK_BYTES sizeof(work_t_8)
+#endif
 
 typedef void (*kernel_fn)(const uint8_t *, Py_ssize_t, Py_ssize_t, Py_ssize_t, void *, double *);
 
@@ -83,8 +100,7 @@ static void k_portable(const uint8_t *img, Py_ssize_t s, Py_ssize_t nr, Py_ssize
     run_all_8(img, s, nr, nc, w, out);
 }
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define HAVE_X86 1
+#ifdef HAVE_X86
 __attribute__((target("avx2"))) static void k_avx2(const uint8_t *img, Py_ssize_t s, Py_ssize_t nr,
                                                    Py_ssize_t nc, void *w, double *out) {
     run_all_8(img, s, nr, nc, w, out);
@@ -145,7 +161,7 @@ static PyObject *py_entropies(PyObject *self, PyObject *args) {
         PyBuffer_Release(&out);
         return PyErr_Format(PyExc_ValueError, "out holds %zd bytes, need %zd float64", out.len, nr * nc);
     }
-    void *w = aligned_alloc(64, (sizeof(work_t_16) + 63) / 64 * 64);  /* the larger work space */
+    void *w = aligned_alloc(64, (WORK_BYTES + 63) / 64 * 64);
     if (!w) {
         PyBuffer_Release(&img);
         PyBuffer_Release(&out);

@@ -12,6 +12,7 @@
 #define run_all SFX(run_all)
 #define load_row SFX(load_row)
 #define transpose16 SFX(transpose16)
+#define rgb_sums SFX(rgb_sums)
 #define vector_u32 SFX(vector_u32)
 
 /* The L/8 transposed halves x[h][c] as one vector: a register shuffle where the compiler has one
@@ -23,7 +24,7 @@
                                            11, 12, 13, 14, 15)
 #else
 #define JOIN(x, c) join16((x)[0][c], (x)[1][c])
-INLINE vf join16(vf8 a, vf8 b) {
+INLINE TARGET vf join16(vf8 a, vf8 b) {
     vf r;
     memcpy(&r, &a, sizeof a), memcpy((char *)&r + sizeof a, &b, sizeof b);
     return r;
@@ -37,7 +38,7 @@ typedef uint32_t vector_u32 __attribute__((vector_size(L * sizeof(uint32_t))));
 
 /* One radix-2 butterfly on (a, b) with twiddle TW[t]. Twiddles 1, -i and (+-1 - i)/sqrt(2) skip
  * multiplications (only the FFT's own rounding changes, not the result it approximates). */
-INLINE void bfly(vf *ar, vf *ai, vf *br, vf *bi, const int t) {
+INLINE TARGET void bfly(vf *ar, vf *ai, vf *br, vf *bi, const int t) {
     const vf xr = *br, xi = *bi;
     const float c = TW_RE[4];
     vf tr, ti;
@@ -60,7 +61,7 @@ INLINE void bfly(vf *ar, vf *ai, vf *br, vf *bi, const int t) {
 
 /* Radix-2 stages `half` and `2*half` in one pass over memory (a radix-2^2 pass): each group of
  * four elements goes through both stages in registers, with the same operations as two passes. */
-INLINE void stage_pair(vf *re, vf *im, const vf *sr, const vf *si, const int stride, const int half) {
+INLINE TARGET void stage_pair(vf *re, vf *im, const vf *sr, const vf *si, const int stride, const int half) {
     const int s1 = (P / 2) / half, s2 = s1 / 2;
     _Pragma("GCC unroll 32") for (int blk = 0; blk < P; blk += 4 * half)
         _Pragma("GCC unroll 32") for (int j = 0; j < half; j++) {
@@ -81,14 +82,14 @@ INLINE void stage_pair(vf *re, vf *im, const vf *sr, const vf *si, const int str
 }
 
 /* 32-point complex FFT of L lanes: sr[n*stride] + i si[n*stride], n = 0..31 → re[k] + i im[k]. */
-INLINE void fft32(vf *re, vf *im, const vf *sr, const vf *si, const int stride) {
+INLINE TARGET void fft32(vf *re, vf *im, const vf *sr, const vf *si, const int stride) {
     stage_pair(re, im, sr, si, stride, 1);       /* stages 1, 2 */
     stage_pair(re, im, NULL, NULL, 0, 4);        /* stages 4, 8 */
     _Pragma("GCC unroll 32") for (int j = 0; j < P / 2; j++)  /* stage 16 */
         bfly(&re[j], &im[j], &re[j + P / 2], &im[j + P / 2], j);
 }
 
-INLINE vf vsqrt(vf x) {
+INLINE TARGET vf vsqrt(vf x) {
     vf r;
     for (int l = 0; l < L; l++) r[l] = __builtin_sqrtf(x[l]);
     return r;
@@ -101,11 +102,9 @@ typedef struct {
 } work_t;
 
 #if L == 16
-typedef uint16_t vw32 __attribute__((vector_size(32 * sizeof(uint16_t))));
-
 /* 16 x 16 transpose of 32-bit elements in four steps of 16 two-register shuffles (log2 16): step
  * b swaps the off-diagonal b x b blocks of every pair of rows (r, r + b). */
-INLINE void transpose16(vi w[16]) {
+INLINE TARGET void transpose16(vi w[16]) {
 #define TSTEP(b)                                                                                   \
     for (int r = 0; r < 16; r++) {                                                                 \
         if (r & (b)) continue;                                                                     \
@@ -125,30 +124,51 @@ INLINE void transpose16(vi w[16]) {
 #undef TSTEP
 }
 
-/* One pixel row of the 16 lanes' patches as g[n] (pixel n of every lane), R+G+B as floats. s3 (16
- * x 96 sliding sums, absent lanes zero) holds pixel n of lane l at s3[96 l + 3 n]: two 32-way
- * shuffles per lane gather its 32 pixel sums, then one 16 x 16 transpose of pixel pairs. */
-INLINE void load_row(const uint16_t *s3, vf g[P]) {
-    const vw32 pick = {0,  3,  6,  9,  12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
-                       48, 51, 54, 57, 60, 63, 0,  0,  0,  0,  0,  0,  0,  0,  0,  0};
-    const vw32 tail = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
-                       16, 17, 18, 19, 20, 21, 34, 37, 40, 43, 46, 49, 52, 55, 58, 61};
+/* R+G+B of 16 pixels (48 bytes at the start of x's dwords d0..d0+11) as 16 int32: each 128-bit
+ * lane takes 4 pixels (vpermd), spreads them one per dword as R, G, B, 0 (vpshufb), and two
+ * multiply-adds with ones sum each dword's bytes. */
+INLINE TARGET __m512i rgb_sums(__m512i x, const int d0) {
+    const __m512i at = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 9, 10, 11, 0),
+                                        _mm512_set1_epi32(d0));
+    const __m512i spread = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1));
+    x = _mm512_shuffle_epi8(_mm512_permutexvar_epi32(at, x), spread);
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(x, _mm512_set1_epi8(1)), _mm512_set1_epi16(1));
+}
+
+/* One pixel row of the 16 lanes' patches (row pointer src, lanes present) as g[n] = pixel n of
+ * every lane, R+G+B as floats. Each lane's 96 bytes are read by two 64-byte loads (bytes 0..63 and
+ * 32..95: nothing outside the patch), summed per pixel, packed to 16 bits (pixels 4q..4q+3 and
+ * 16+4q..16+4q+3 in 128-bit lane q), and one 16 x 16 transpose of pixel pairs puts one pixel of
+ * every patch in each vector. */
+INLINE TARGET void load_row(const uint8_t *src, int lanes, vf g[P]) {
     vi w[16];
     for (int l = 0; l < 16; l++) {
-        vw32 a, b, c;
-        memcpy(&a, s3 + 96 * l, sizeof a), memcpy(&b, s3 + 96 * l + 32, sizeof b);
-        memcpy(&c, s3 + 96 * l + 64, sizeof c);
-        w[l] = (vi)__builtin_shuffle(__builtin_shuffle(a, b, pick), c, tail);
+        if (l < lanes) {
+            const __m512i lo = rgb_sums(_mm512_loadu_si512(src + 96 * l), 0);
+            const __m512i hi = rgb_sums(_mm512_loadu_si512(src + 96 * l + 32), 4);
+            w[l] = (vi)_mm512_packus_epi32(lo, hi);
+        } else {
+            w[l] = (vi){0};  /* absent lanes: zeros */
+        }
     }
-    transpose16(w);  /* w[j]: pixels 2j (low half) and 2j + 1 (high half) of every lane */
-    for (int j = 0; j < P / 2; j++) {
-        g[2 * j] = __builtin_convertvector(w[j] & 0xffff, vf);
-        g[2 * j + 1] = __builtin_convertvector((vi)((vector_u32)w[j] >> 16), vf);
+    transpose16(w);  /* w[d]: the d-th pixel pair of every lane */
+    for (int d = 0; d < 16; d++) {
+        const int q = d / 4, t = d % 4, n = (t < 2 ? 4 * q + 2 * t : 16 + 4 * q + 2 * (t - 2));
+        g[n] = __builtin_convertvector(w[d] & 0xffff, vf);
+        g[n + 1] = __builtin_convertvector((vi)((vector_u32)w[d] >> 16), vf);
     }
 }
 #else
-/* One pixel row of the 8 lanes' patches as g[n] (pixel n of every lane), R+G+B as floats. */
-INLINE void load_row(const uint16_t *s3, vf g[P]) {
+/* One pixel row of the 8 lanes' patches as g[n] (pixel n of every lane), R+G+B as floats: sliding
+ * sums of 3 bytes over the interleaved row (contiguous, so it vectorises; the sums that start at a
+ * pixel, every third, are that pixel's R+G+B), then 8 x 8 transposes. */
+INLINE TARGET void load_row(const uint8_t *src, int lanes, vf g[P]) {
+    const int nb = lanes * P * 3;
+    uint16_t s3[L * P * 3];  /* a local: the compiler sees it cannot alias the image */
+    for (int j = nb - 2; j < L * P * 3; j++) s3[j] = 0;  /* absent lanes read zeros */
+    for (int j = 0; j < nb - 2; j++)
+        s3[j] = (uint16_t)((uint16_t)src[j] + (uint16_t)src[j + 1] + (uint16_t)src[j + 2]);
     for (int n0 = 0; n0 < P; n0 += 8) {
         vf8 lo[4], hi[4];
         transpose8(s3 + 3 * n0, lo, hi);
@@ -157,11 +177,8 @@ INLINE void load_row(const uint16_t *s3, vf g[P]) {
 }
 #endif
 
-INLINE void group(const uint8_t *px, Py_ssize_t stride, int lanes, work_t *w, double *out) {
+INLINE TARGET void group(const uint8_t *px, Py_ssize_t stride, int lanes, work_t *w, double *out) {
     vf sum = {0};
-    const int nb = lanes * P * 3;
-    uint16_t s3[L * P * 3];  /* a local: the compiler sees it cannot alias the image */
-    for (int j = nb - 2; j < L * P * 3; j++) s3[j] = 0;  /* absent lanes read zeros */
     vf re[P], im[P], ga[P], gb[P];
     /* The mean is not removed: it only enters the DC bin, which is replaced by the exact sum. Every
      * other bin is bit-identical with or without it, because the values that hold the mean (the
@@ -169,13 +186,8 @@ INLINE void group(const uint8_t *px, Py_ssize_t stride, int lanes, work_t *w, do
      * a flat patch still gets an exactly zero spectrum. */
     for (int m = 0; m < P / 2; m++) {
         for (int h = 0; h < 2; h++) {
-            const uint8_t *src = px + (2 * m + h) * stride;
-            /* Sliding sums of 3 bytes over the interleaved row: contiguous, so it vectorises; the
-             * sums that start at a pixel (every third) are that pixel's R+G+B. */
-            for (int j = 0; j < nb - 2; j++)
-                s3[j] = (uint16_t)((uint16_t)src[j] + (uint16_t)src[j + 1] + (uint16_t)src[j + 2]);
             vf *g = h ? gb : ga;
-            load_row(s3, g);
+            load_row(px + (2 * m + h) * stride, lanes, g);
             for (int n = 0; n < P; n++) sum += g[n];  /* integer sums below 2^24: exact, any order */
         }
         /* Rows 2m and 2m+1 as one complex row z = a + ib; A[k] = (Z[k] + conj Z[-k]) / 2,
@@ -251,7 +263,7 @@ INLINE void group(const uint8_t *px, Py_ssize_t stride, int lanes, work_t *w, do
     }
 }
 
-INLINE void run_all(const uint8_t *img, Py_ssize_t stride, Py_ssize_t nr, Py_ssize_t nc,
+INLINE TARGET void run_all(const uint8_t *img, Py_ssize_t stride, Py_ssize_t nr, Py_ssize_t nc,
                     work_t *w, double *out) {
     for (Py_ssize_t r = 0; r < nr; r++)
         for (Py_ssize_t c = 0; c < nc; c += L) {
@@ -271,5 +283,6 @@ INLINE void run_all(const uint8_t *img, Py_ssize_t stride, Py_ssize_t nr, Py_ssi
 #undef run_all
 #undef load_row
 #undef transpose16
+#undef rgb_sums
 #undef vector_u32
 #undef JOIN
