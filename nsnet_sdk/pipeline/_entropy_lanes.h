@@ -153,7 +153,7 @@ INLINE TARGET void load_row(const uint8_t *src, int lanes, vf g[P]) {
         }
     }
     transpose16(w);  /* w[d]: the d-th pixel pair of every lane */
-    for (int d = 0; d < 16; d++) {
+    _Pragma("GCC unroll 16") for (int d = 0; d < 16; d++) {
         const int q = d / 4, t = d % 4, n = (t < 2 ? 4 * q + 2 * t : 16 + 4 * q + 2 * (t - 2));
         g[n] = __builtin_convertvector(w[d] & 0xffff, vf);
         g[n + 1] = __builtin_convertvector((vi)((vector_u32)w[d] >> 16), vf);
@@ -188,7 +188,6 @@ INLINE TARGET void group(const uint8_t *px, Py_ssize_t stride, int lanes, work_t
         for (int h = 0; h < 2; h++) {
             vf *g = h ? gb : ga;
             load_row(px + (2 * m + h) * stride, lanes, g);
-            for (int n = 0; n < P; n++) sum += g[n];  /* integer sums below 2^24: exact, any order */
         }
         /* Rows 2m and 2m+1 as one complex row z = a + ib; A[k] = (Z[k] + conj Z[-k]) / 2,
          * B[k] = (Z[k] - conj Z[-k]) / 2i. */
@@ -214,9 +213,10 @@ INLINE TARGET void group(const uint8_t *px, Py_ssize_t stride, int lanes, work_t
 #endif
     for (int k = 0; k < K; k++) {
         fft32(re, im, &w->xr[0][k], &w->xi[0][k], K);
-        /* DC: the exact sum is used below; a zero term adds exactly +-0 to the sums, the same as
+        /* DC: the patch sum, exact (every value it passes through is an integer below 2^24, in
+         * the row FFTs and here), kept apart; a zero term adds exactly +-0 to the sums, the same as
          * skipping it, and keeps the loop below branch-free so it unrolls. */
-        if (k == 0) re[0] = im[0] = (vf){0};
+        if (k == 0) sum = re[0], re[0] = im[0] = (vf){0};
         /* A log A = A log(A^2) / 2 with A^2 = 2^e m, m in [1, 2): log(A^2) = e log 2 + log c_j +
          * log1p(r), c_j the centre of m's sixteenth of [1, 2) (its top 4 mantissa bits j, a table
          * lookup by register shuffle), r = (m - c_j) / c_j with |r| < 1/32, log1p a degree-4
