@@ -1,16 +1,20 @@
 /* Fused spectral entropy of every 32x32 grid patch of an 8-bit 3-channel image, in one pass.
  *
  * 8 or 16 patches of one patch row sit side by side, one per SIMD lane, so every patch runs the same
- * instructions: read the 8-bit pixels once, R+G+B in integers, remove each patch's mean exactly,
- * a 2-D real FFT (32-point radix-2 butterflies: pairs of pixel rows packed as one complex row,
- * then 17 complex column FFTs), magnitude, A*log(A) and the sums. The scalar end (the entropy in
- * float64) follows nsnet_sdk/preprocess/patches.py (_band_entropies), the fallback it must agree with.
+ * instructions: read the 8-bit pixels once, R+G+B in integers, transposed so that one vector holds
+ * one pixel of every lane; a 2-D real FFT (32-point radix-2 butterflies: pairs of pixel rows packed
+ * as one complex row, then 17 complex column FFTs over the half spectrum); magnitude, A*log(A)
+ * (table + polynomial log) and the sums. The mean is never subtracted: it reaches only the DC bin,
+ * which is the exact integer sum. The scalar end (the entropy in float64) follows
+ * nsnet_sdk/pipeline/patches.py (_band_entropies), the fallback it must agree with.
  *
  * The lane-generic part (_entropy_lanes.h) is instantiated for 8 and 16 lanes and compiled four
- * times (portable, AVX2 and AVX-512 with 8 lanes; AVX-512 with 16: c-avx512x16); which runs is
- * measured at first use (nsnet_sdk/pipeline/patches.py, measured_variant). Built with
- * -ffp-contract=off, each lane performs the same IEEE operations in the same order on every ISA
- * and at either width, so every variant returns bit-identical results.
+ * times (portable, AVX2 and AVX-512 with 8 lanes; AVX-512 with 16 and its own row loader:
+ * c-avx512x16); which runs is measured at first use (nsnet_sdk/pipeline/patches.py,
+ * measured_variant). Built with -ffp-contract=off and using only IEEE additions, multiplications,
+ * square roots and exact integer / shuffle operations, each lane performs the same floating-point
+ * operations in the same order on every ISA and at either width, so every variant returns
+ * bit-identical results.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -4,15 +4,15 @@ lowest-entropy patches, CLIP normalisation and batching.
 The exact definition (README, "Patch selection") is implemented by :func:`patch_entropies` and
 :func:`patch_mosaic`; :func:`preprocess` adds CLIP normalisation.
 
-Speed: for 32×32 patches a compiled kernel (``_entropy.c``: 8 patches per SIMD lane group, integer
-R+G+B, exact mean removal, radix-2 FFT, A·log A and the sums fused, the GIL released) computes the
-entropies; :func:`kernel_name` says which variant runs. The fallback, used for other patch sizes,
-when the extension is not built, or with ``NSNET_KERNEL=reference``, does the per-patch 2-D DFTs as
-two matrix products over a band of patches inside a small ONNX Runtime graph (``entropy.onnx``,
-written by ``tools/make_entropy_graph.py``) on the calling thread. Both select the same patches
-(docs/preprocess-kernel.md): entropies agree to ~1e-6 relative, and only patches whose exact
-entropies tie or lie within that rounding (e.g. exact circular shifts, flips, transposes of each
-other) can be ordered differently.
+Speed: for 32×32 patches a compiled kernel (``_entropy.c``: 8 or 16 patches per SIMD lane group,
+integer R+G+B, radix-2 FFT with the mean only in the exact DC bin, A·log A and the sums fused, the
+GIL released) computes the entropies; :func:`kernel_name` says which variant runs. The fallback,
+used for other patch sizes, when the extension is not built, or with ``NSNET_KERNEL=reference``,
+does the per-patch 2-D DFTs as two matrix products over a band of patches inside a small ONNX
+Runtime graph (``entropy.onnx``, written by ``tools/make_entropy_graph.py``) on the calling thread.
+Both select the same patches (docs/preprocess-kernel.md): entropies agree to ~1e-6 relative, and
+only patches whose exact entropies tie or lie within that rounding (e.g. exact circular shifts,
+flips, transposes of each other) can be ordered differently.
 """
 from __future__ import annotations
 
