@@ -59,10 +59,11 @@ def _auto_kernel(cache_dir: Path) -> str:
 @pytest.mark.skipif(len(VARIANTS) < 2, reason="one compiled variant on this CPU: nothing to choose")
 def test_auto_kernel_is_measured_once_and_kept_per_cpu_model(tmp_path):
     from nsnet_sdk.cpuinfo import cpu_model
+    from nsnet_sdk.pipeline.patches import kernel_build_id
 
     first = _auto_kernel(tmp_path)
     cache = json.loads((tmp_path / "kernel.json").read_text())
-    key = f"{cpu_model()} | {','.join(VARIANTS)}"
+    key = f"{cpu_model()} | {','.join(VARIANTS)} | {kernel_build_id()}"
     assert cache == {key: first} and first in VARIANTS
     # A kept choice is used as is, even the slowest variant: no CPUID override, no re-measuring.
     (tmp_path / "kernel.json").write_text(json.dumps({key: "c-portable", "Other CPU | x": "c-avx2"}))
@@ -73,6 +74,13 @@ def test_auto_kernel_is_measured_once_and_kept_per_cpu_model(tmp_path):
     assert set(json.loads((tmp_path / "kernel.json").read_text())) == {"Other CPU | x", key}
     (tmp_path / "kernel.json").write_text("{not json")
     assert _auto_kernel(tmp_path) in VARIANTS and key in json.loads((tmp_path / "kernel.json").read_text())
+    # A choice made for another build of the kernel (same CPU, same variant names), or before
+    # builds were told apart, is not inherited: this build is measured and its entry added.
+    stale = {f"{cpu_model()} | {','.join(VARIANTS)} | 0123456789abcdef": "c-portable",
+             f"{cpu_model()} | {','.join(VARIANTS)}": "c-portable"}
+    (tmp_path / "kernel.json").write_text(json.dumps(stale))
+    assert _auto_kernel(tmp_path) in VARIANTS
+    assert set(json.loads((tmp_path / "kernel.json").read_text())) == {*stale, key}
 
 
 def test_measured_choice_picks_the_fastest_not_the_first(tmp_path, monkeypatch):

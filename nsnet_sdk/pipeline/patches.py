@@ -56,7 +56,7 @@ def _resolve(want: str) -> str:
                            "(run `make setup` or `python setup.py build_ext --inplace`)") from None
     variants = _entropy.variants()
     if want == "auto":
-        return measured_variant(variants, _entropy.entropies)
+        return measured_variant(variants, _entropy.entropies, kernel_build_id())
     if want not in variants:
         raise RuntimeError(f"NSNET_KERNEL={want}: this CPU/build offers {', '.join(variants)} or reference")
     return want
@@ -70,9 +70,22 @@ def kernel_cache_path() -> Path:
     return Path(root) / "kernel.json"
 
 
-def measured_variant(variants: Sequence[str], run: Callable[[np.ndarray, np.ndarray, str], None]) -> str:
+@lru_cache(maxsize=1)
+def kernel_build_id() -> str:
+    """A short hash of the compiled kernel file: a rebuilt kernel (new code, another compiler) is
+    measured again instead of inheriting the choice made for the previous build."""
+    import hashlib
+
+    from . import _entropy
+
+    return hashlib.sha256(Path(_entropy.__file__).read_bytes()).hexdigest()[:16]
+
+
+def measured_variant(variants: Sequence[str], run: Callable[[np.ndarray, np.ndarray, str], None],
+                     build: str = "") -> str:
     """The fastest of ``variants`` (the build's, CPUID order) on this CPU model, measured once on a
-    512×512 image at first use and kept in `kernel_cache_path` per CPU model and variant set.
+    512×512 image at first use and kept in `kernel_cache_path` per CPU model, variant set and
+    ``build`` (`kernel_build_id`: the same variant names can hide different code after an upgrade).
 
     CPUID alone misleads: on some AVX-512 parts the 512-bit variant is slower than the AVX2 one
     (frequency licence, port pressure). Where the choice cannot be kept (unwritable cache), the
@@ -84,7 +97,7 @@ def measured_variant(variants: Sequence[str], run: Callable[[np.ndarray, np.ndar
     import json
     import time
 
-    key = f"{cpu_model()} | {','.join(variants)}"
+    key = f"{cpu_model()} | {','.join(variants)}" + (f" | {build}" if build else "")
     path = kernel_cache_path()
     try:
         known = json.loads(path.read_text(encoding="utf-8"))
