@@ -4,9 +4,9 @@ the in-process `Detector` on the same model, images and machine, in one run.
     python -m benchmarks.batch_cost --model nsnet.onnx [--images DIR | --synthetic N [--size 512]]
         [--workers 2] [--batch-size 32] [--repeat 2] [--skip-ray] [--json out.json]
 
-Engines: the Detector; `run_batch` in process and on Ray, each decoding in worker processes (the
-default, which a native decoder crash cannot take down) and in threads (``*_threads``), so the
-cost of that isolation is measured too.
+Engines: the Detector; `run_batch` in process, decoding in worker processes (the default, which a
+native decoder crash cannot take down) and in threads (``batch_in_process_threads``), so the cost of
+that isolation is measured too; `run_batch` on a local Ray.
 
 Each engine scores every image from a cold start (a new Detector; a new output folder; for Ray a
 new local Ray), ``--repeat`` rounds with the engines interleaved, the best figure of each kept.
@@ -106,15 +106,13 @@ def main(argv: list[str] | None = None) -> int:
                      else synthetic_files(args.synthetic, args.size, work / "imgs"))
             if len(files) <= 2 * args.batch_size:
                 raise BenchError(f"need more than 2 batches of images, got {len(files)}")
-            # decode isolation (worker processes, the default) against threads: its cost
+            # in process: decode isolation (worker processes, the default) against threads: its cost
             engines = {"detector": _detector(args.model, args.batch_size),
                        "batch_in_process": _batch(args.model, args.batch_size, work, False, 1),
                        "batch_in_process_threads": _batch(args.model, args.batch_size, work, False, 1,
                                                           "threads")}
             if not args.skip_ray:
                 engines["batch_ray"] = _batch(args.model, args.batch_size, work, True, args.workers)
-                engines["batch_ray_threads"] = _batch(args.model, args.batch_size, work, True,
-                                                      args.workers, "threads")
             runs: dict[str, list] = {name: [] for name in engines}
             for _ in range(max(1, args.repeat)):  # interleaved, so load drifts hit every engine
                 for name, run in engines.items():
