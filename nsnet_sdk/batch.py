@@ -11,6 +11,7 @@ driver loses at most the batches in flight and ``--resume`` skips exactly the ro
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -300,23 +301,39 @@ def _ray_initialized() -> bool:
 def _score_in_process(batches: Iterator[list[Item]], model: str, sha: str,
                       take: Callable[[list[dict]], None], *, threshold: float,
                       batch_size: int, max_pixels: int, decode: str, provenance: Any) -> None:
-    from .batch_rows import iter_rows, read_items
     from .cache import run_store
     from .detector import Detector
     from .options import InputOptions
-    from .pipeline.read import file_byte_limit
 
     options = InputOptions(batch_size=batch_size, max_pixels=max_pixels, executor=decode,
                            provenance=provenance)
-    with Detector(model, threshold=threshold, options=options) as det, run_store() as store:
-        # Groups as large as detect's (one start of the decode workers each); rows handed on a
-        # batch at a time as they come, so a killed job loses at most one batch.
-        for chunk in read_items(itertools.chain.from_iterable(batches), file_byte_limit(max_pixels)):
-            rows: list[dict] = []
-            for row in iter_rows(det, chunk, sha, store):
-                rows.append(row)
-                if len(rows) == batch_size:
-                    take(rows)
-                    rows = []
-            if rows:
+    with contextlib.ExitStack() as stack:
+        if decode == "processes":
+            # A killed driver's decode workers would live on: a watcher kills them when it dies.
+            import tempfile
+
+            from .batch_reaper import Reaper
+
+            reaper = Reaper(tempfile.mkdtemp(prefix="nsbatch-"))
+            stack.callback(reaper.close, kill=False)
+            stack.enter_context(reaper.marking())
+        _score_with(stack.enter_context(Detector(model, threshold=threshold, options=options)),
+                    stack.enter_context(run_store()), batches, sha, take, batch_size, max_pixels)
+
+
+def _score_with(det: Any, store: Any, batches: Iterator[list[Item]], sha: str,
+                take: Callable[[list[dict]], None], batch_size: int, max_pixels: int) -> None:
+    from .batch_rows import iter_rows, read_items
+    from .pipeline.read import file_byte_limit
+
+    # Groups as large as detect's (one start of the decode workers each); rows handed on a batch
+    # at a time as they come, so a killed job loses at most one batch.
+    for chunk in read_items(itertools.chain.from_iterable(batches), file_byte_limit(max_pixels)):
+        rows: list[dict] = []
+        for row in iter_rows(det, chunk, sha, store):
+            rows.append(row)
+            if len(rows) == batch_size:
                 take(rows)
+                rows = []
+        if rows:
+            take(rows)

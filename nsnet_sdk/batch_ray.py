@@ -8,8 +8,8 @@ actors (`batch_rows.score_items`), so image bytes never pass through the driver.
 died is retried one input at a time, on the actors that are up; an input that kills its actor
 alone (a native decoder crash) is an error row. An actor that died takes no work until Ray has
 restarted it (which may be never, when its node is gone and the others are full).
-A local Ray started for the job runs in its own temp folder, watched by a small process that
-stops it when the driver exits in any way, SIGKILL included.
+A local Ray started for the job runs in its own temp folder, watched by a small process
+(`batch_reaper`) that stops it when the driver exits in any way, SIGKILL included.
 """
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ import collections
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any, Callable, Iterator
 
+from .batch_reaper import Reaper
 from .batch_rows import Item, failed_row, score_items
 from .cache import run_store
 
@@ -84,93 +83,26 @@ class Scorer:
         return rows, self.worker, time.perf_counter() - start
 
 
-# Ray's processes rename themselves (``ray::DashboardAgent``), so they are found by a variable
-# in the environment they inherit from the driver, which names the job's temp folder.
-OWNER_VAR = "NSNET_BATCH_RAY"
-_REAPER = r"""
-import os, select, shutil, signal, sys
-tmp = sys.argv[1]
-mark = ("%s=" % sys.argv[2]).encode() + tmp.encode() + b"\0"
-
-
-def stat(pid):
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        rest = f.read().rsplit(b")", 1)[1].split()
-    return int(rest[1]), int(rest[19])  # parent, start time
-
-
-def scan():
-    # This job's processes: those carrying the mark, and their descendants (the raylet starts its
-    # agents with an environment of its own, without the mark), as {pid: start time}.
-    parent, start, marked = {}, {}, set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            parent[int(pid)], start[int(pid)] = stat(pid)
-            with open(f"/proc/{pid}/environ", "rb") as f:  # a whole NAME=value entry, not a substring
-                if (b"\0" + f.read()).find(b"\0" + mark) >= 0:
-                    marked.add(int(pid))
-        except (OSError, IndexError, ValueError):
-            continue
-    doomed, grew = set(marked), True
-    while grew:
-        more = {p for p, pp in parent.items() if pp in doomed} - doomed
-        doomed |= more
-        grew = bool(more)
-    return {p: start[p] for p in doomed}
-
-
-# Watched while the driver lives: when it dies, Ray's own fate-sharing may end the raylet first,
-# and its orphaned agents could no longer be found as its descendants.
-known = {}
-while True:
-    ready, _, _ = select.select([0], [], [], 1.0)
-    if ready and not os.read(0, 4096):  # EOF: the driver closed its end, or died
-        break
-    known.update(scan())
-known.update(scan())
-for pid, started in known.items():
-    try:
-        if stat(pid)[1] == started:  # the same process, not a reused pid
-            os.kill(pid, signal.SIGKILL)
-    except (OSError, IndexError, ValueError):
-        pass
-shutil.rmtree(tmp, ignore_errors=True)
-"""
-
-
 class _LocalRay:
-    """A local Ray owned by this job: its own temp folder, and a reaper process that kills every
-    process started with `OWNER_VAR` naming that folder once the driver's end of a pipe closes
-    (the driver's exit, however it happens)."""
+    """A local Ray owned by this job: its own temp folder, and a `Reaper` that kills every process
+    it starts once the driver exits, however that happens."""
 
     def __init__(self, ray_init: dict[str, Any] | None) -> None:
         import ray
 
-        self.tmp = tempfile.mkdtemp(prefix="nsray-", dir="/tmp")  # short: socket paths are limited
-        read_end, self.pipe = os.pipe()
-        self.reaper = subprocess.Popen([sys.executable, "-c", _REAPER, self.tmp, OWNER_VAR],
-                                       stdin=read_end, start_new_session=True)
-        os.close(read_end)
+        # its own short folder (socket paths are limited), which also marks the processes
+        self.reaper = Reaper(tempfile.mkdtemp(prefix="nsray-", dir="/tmp"))
+        self.tmp = self.reaper.tmp
         args = dict(include_dashboard=False, log_to_driver=False, _temp_dir=self.tmp)
         args.update(ray_init or {})
-        saved = os.environ.get(OWNER_VAR)
-        os.environ[OWNER_VAR] = self.tmp  # inherited by every process Ray starts from here
-        try:
+        with self.reaper.marking():  # inherited by every process Ray starts from here
             ray.init(**args)
-        finally:
-            if saved is None:
-                os.environ.pop(OWNER_VAR, None)
-            else:
-                os.environ[OWNER_VAR] = saved
 
     def close(self) -> None:
         import ray
 
         ray.shutdown()
-        os.close(self.pipe)
-        self.reaper.wait(timeout=60)
+        self.reaper.close(kill=True)
 
 
 def connect(address: str | None, ray_init: dict[str, Any] | None) -> _LocalRay | None:

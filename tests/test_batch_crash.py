@@ -111,3 +111,50 @@ def test_a_decoder_abort_costs_one_row_and_the_job_ends(job, tmp_path, engine):
         assert row["prob_fake"] == pytest.approx(want["prob_fake"], abs=1e-6), path
         assert row["logit"] == pytest.approx(want["logit"], abs=1e-5), path
         assert row["warnings"] == want["warnings"], path
+
+
+_KILLED = """
+import os, signal, sys
+import psutil
+from nsnet_sdk.batch import run_batch
+def on_rows(rows):
+    # the decode workers are running: print them, then die as an OOM kill or `kill -9` would
+    print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+run_batch([sys.argv[1]], sys.argv[2], sys.argv[3], batch_size=2, use_ray=False, on_rows=on_rows)
+"""
+
+
+def test_a_killed_driver_leaves_no_decode_worker(job, tmp_path):
+    """Decode workers blocked on their queue would outlive a SIGKILLed driver (each holds the
+    queue's other end), with their shared batch buffers: the job's watcher ends them."""
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # no crash hook here
+    # output to files: a pipe would also wait for every process that inherited it
+    with open(tmp_path / "pids", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.run([sys.executable, "-c", _KILLED, str(job["src"]), str(job["model"]),
+                               str(tmp_path / "out")], env=env, cwd=REPO, stdout=out, stderr=err,
+                              timeout=120)
+    assert proc.returncode == -9, (tmp_path / "err").read_text()[-2000:]
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert pids, "no decode worker was running"
+
+    def alive() -> list[int]:
+        left = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    left.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return left
+
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = alive()
+    for pid in left:  # not left to the next test
+        os.kill(pid, 9)
+    assert not left
