@@ -111,7 +111,8 @@ def list_prefix(uri: str) -> Iterator[str]:
 
 def _picked(rel: str) -> bool:
     # hidden names (files or folders) are skipped, as the local folder scan skips them
-    return _looks_like_image(rel.rsplit("/", 1)[-1]) and not any(part.startswith(".") for part in rel.split("/"))
+    return (_looks_like_image(rel.rsplit("/", 1)[-1])
+            and not any(part.startswith(".") for part in rel.split("/")))
 
 
 def _has_boto3() -> bool:

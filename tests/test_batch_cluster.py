@@ -155,7 +155,8 @@ def worker_raylet(mark: str) -> int:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if argv and os.path.basename(argv[0]) == b"raylet" and not any(b"__internal_head__" in a for a in argv):
+        head = any(b"__internal_head__" in a for a in argv)
+        if argv and os.path.basename(argv[0]) == b"raylet" and not head:
             found.append(int(pid))
     assert len(found) == 1, found
     return found[0]
@@ -181,8 +182,8 @@ def test_a_raylet_killed_mid_job_loses_and_duplicates_no_input(cluster, tmp_path
     env = {**os.environ, "PYTHONPATH": str(REPO), **cluster["env"]}
     env.pop("RAY_ADDRESS", None)
     try:
-        proc = subprocess.run([sys.executable, "-c", _KILLS_A_RAYLET, str(src), str(model), str(tmp_path / "out"),
-                               cluster["gcs"], str(worker_raylet(cluster["mark"]))],
+        proc = subprocess.run([sys.executable, "-c", _KILLS_A_RAYLET, str(src), str(model),
+                               str(tmp_path / "out"), cluster["gcs"], str(worker_raylet(cluster["mark"]))],
                               env=env, capture_output=True, text=True, timeout=150)
     except subprocess.TimeoutExpired:
         pytest.fail("the job did not end after its worker node died")

@@ -89,10 +89,12 @@ def test_a_decoder_abort_costs_one_row_and_the_job_ends(job, tmp_path, engine):
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     try:
-        r = subprocess.run([sys.executable, "-c", _DRIVER, str(job["src"]), str(job["model"]), str(out), engine],
+        r = subprocess.run([sys.executable, "-c", _DRIVER, str(job["src"]), str(job["model"]), str(out),
+                            engine],
                            env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired:
-        pytest.fail("the job did not end within 240 s (a crashing input restarted its worker again and again)")
+        pytest.fail("the job did not end within 240 s (a crashing input restarted its worker again "
+                    "and again)")
     assert r.returncode == 0, r.stderr[-3000:]
     scored, errors, workers = json.loads(r.stdout.strip().splitlines()[-1])
     assert (scored, errors) == (10, 2)

@@ -50,8 +50,9 @@ def add_parser(subparsers: Any) -> None:
                    "that crashes on a file costs that file's row only) or in threads (no processes "
                    "to start; a crash ends the job). Ray actors decode on their own thread: an "
                    "input that kills one costs its row")
-    b.add_argument("--provenance", action="store_true", help="add what each file declares about its "
-                   "origin, as `nsnet detect --provenance` does, as columns: " + ", ".join(PROVENANCE_COLUMNS))
+    b.add_argument("--provenance", action="store_true", help="add what each file declares about "
+                   "its origin, as `nsnet detect --provenance` does, as columns: "
+                   + ", ".join(PROVENANCE_COLUMNS))
     b.add_argument("--trust-anchors", metavar="PEM", help="CA certificates whose C2PA signers count "
                    "as trusted (with --provenance; read here and sent to the workers)")
     b.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
