@@ -4,6 +4,10 @@ the in-process `Detector` on the same model, images and machine, in one run.
     python -m benchmarks.batch_cost --model nsnet.onnx [--images DIR | --synthetic N [--size 512]]
         [--workers 2] [--batch-size 32] [--repeat 2] [--skip-ray] [--json out.json]
 
+Engines: the Detector; `run_batch` in process, decoding in worker processes (the default, which a
+native decoder crash cannot take down) and in threads (``batch_in_process_threads``), so the cost of
+that isolation is measured too; `run_batch` on a local Ray.
+
 Each engine scores every image from a cold start (a new Detector; a new output folder; for Ray a
 new local Ray), ``--repeat`` rounds with the engines interleaved, the best figure of each kept.
 Per-image rate = the images after the first batch ÷ the time after it; fixed cost = the time to
@@ -40,7 +44,8 @@ def _detector(model: str, batch_size: int) -> Run:
     return run
 
 
-def _batch(model: str, batch_size: int, work: Path, use_ray: bool, workers: int) -> Run:
+def _batch(model: str, batch_size: int, work: Path, use_ray: bool, workers: int,
+           decode: str = "processes") -> Run:
     def run(files: list[str], seen: Callable[[int], None]) -> None:
         from nsnet_sdk.batch import run_batch
 
@@ -48,7 +53,7 @@ def _batch(model: str, batch_size: int, work: Path, use_ray: bool, workers: int)
         listing = out.with_suffix(".txt")
         listing.write_text("\n".join(files) + "\n")
         run_batch([str(listing)], model, out, use_ray=use_ray, workers=workers,
-                  batch_size=batch_size, on_rows=lambda rows: seen(len(rows)))
+                  batch_size=batch_size, decode=decode, on_rows=lambda rows: seen(len(rows)))
         shutil.rmtree(out)
     return run
 
@@ -101,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                      else synthetic_files(args.synthetic, args.size, work / "imgs"))
             if len(files) <= 2 * args.batch_size:
                 raise BenchError(f"need more than 2 batches of images, got {len(files)}")
+            # in process: decode isolation (worker processes, the default) against threads: its cost
             engines = {"detector": _detector(args.model, args.batch_size),
-                       "batch_in_process": _batch(args.model, args.batch_size, work, False, 1)}
+                       "batch_in_process": _batch(args.model, args.batch_size, work, False, 1),
+                       "batch_in_process_threads": _batch(args.model, args.batch_size, work, False, 1,
+                                                          "threads")}
             if not args.skip_ray:
                 engines["batch_ray"] = _batch(args.model, args.batch_size, work, True, args.workers)
             runs: dict[str, list] = {name: [] for name in engines}
@@ -122,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         "libraries": library_versions(), "images": len(files),
         "workers": args.workers, "batch_size": args.batch_size, "repeat": args.repeat,
         "results": results}
-    print(f"{'engine':18} {'fixed s':>8} {'img/s':>8} {'rate ×det':>10} {'total s':>8}")
+    print(f"{'engine':26} {'fixed s':>8} {'img/s':>8} {'rate ×det':>10} {'total s':>8}")
     for name, r in results.items():
-        print(f"{name:18} {r['fixed_s']:8.2f} {r['images_per_s']:8.1f} "
+        print(f"{name:26} {r['fixed_s']:8.2f} {r['images_per_s']:8.1f} "
               f"{r['rate_ratio_to_detector']:10.2f} {r['seconds']:8.2f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -11,6 +11,7 @@ driver loses at most the batches in flight and ``--resume`` skips exactly the ro
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .batch_inputs import iter_inputs, location
-from .batch_rows import ROW_FIELDS, Item, failed_row, prediction_row, row_schema, score_items
+from .batch_rows import (PROVENANCE_ROW_FIELDS, ROW_FIELDS, Item, failed_row, prediction_row,
+                         row_schema)
 
-__all__ = ["ROW_FIELDS", "BatchSummary", "PartWriter", "done_paths", "failed_row",
+__all__ = ["PROVENANCE_ROW_FIELDS", "ROW_FIELDS", "BatchSummary", "PartWriter", "done_paths", "failed_row",
            "prediction_row", "recover_journals", "run_batch"]
 from .artifact import model_sha256
 from .constants import DEFAULT_BATCH_SIZE
@@ -37,6 +39,10 @@ ROWS_PER_FILE = 5000
 FLUSH_SECONDS = 30.0
 # Below this many inputs (and with no cluster address) starting Ray costs more than it saves.
 SMALL_JOB = 2000
+# A job run in this process decodes in worker processes (`pipeline.executors`): a native decoder
+# crash (a segfault, an abort) kills a decode worker, which costs the one input that caused it
+# (retried alone, then its error row), not the job. (On Ray the actor is that process.)
+DECODE = "processes"
 
 # -- output ---------------------------------------------------------------------------------
 
@@ -50,11 +56,19 @@ def done_paths(out: str | os.PathLike) -> set[str]:
     return done
 
 
-def _table(rows: Sequence[dict[str, Any]]):
+def _table(rows: Sequence[dict[str, Any]], schema: Any):
     import pyarrow as pa
 
-    return pa.Table.from_pylist([{k: r[k] for k in ROW_FIELDS} for r in rows],
-                                schema=row_schema())
+    return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+
+
+def _columns(out: Path) -> tuple[str, ...] | None:
+    """The columns of the Parquet parts already in ``out`` (None when it has none)."""
+    import pyarrow.parquet as pq
+
+    for f in sorted(out.glob("*.parquet")):
+        return tuple(pq.read_schema(f).names)
+    return None
 
 
 def _write_part(table: Any, final: Path) -> None:
@@ -82,7 +96,7 @@ def recover_journals(out: Path) -> int:
         except (StopIteration, pa.ArrowInvalid, OSError):
             pass  # the end, or a batch cut short by the kill: what came before is whole
         if batches:
-            table = pa.Table.from_batches(batches, schema=row_schema())
+            table = pa.Table.from_batches(batches)  # the journal's own columns
             done = done_paths(out)  # a run killed between a part's rename and the journal's removal
             table = table.filter(pc.invert(pc.is_in(table.column("path"),
                                                     value_set=pa.array(sorted(done), pa.string()))))
@@ -101,8 +115,9 @@ class PartWriter:
     journal (`recover_journals`)."""
 
     def __init__(self, out: Path, rows_per_file: int = ROWS_PER_FILE,
-                 flush_seconds: float = FLUSH_SECONDS) -> None:
+                 flush_seconds: float = FLUSH_SECONDS, provenance: bool = False) -> None:
         self.out = out
+        self.schema = row_schema(provenance)
         self.run = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.rows_per_file = rows_per_file
         self.flush_seconds = flush_seconds
@@ -122,8 +137,8 @@ class PartWriter:
 
             path = self.out / f".journal-{self.run}-{self.files:05d}.arrows"
             sink = pa.OSFile(str(path), "wb")  # unbuffered: each batch reaches the file at once
-            self._journal = (sink, pa.ipc.new_stream(sink, row_schema()), path)
-        self._journal[1].write_table(_table(rows))
+            self._journal = (sink, pa.ipc.new_stream(sink, self.schema), path)
+        self._journal[1].write_table(_table(rows, self.schema))
         self.pending.extend(rows)
         self.tick()
 
@@ -137,7 +152,7 @@ class PartWriter:
     def flush(self) -> None:
         if not self.pending:
             return
-        _write_part(_table(self.pending), self.out / f"part-{self.run}-{self.files:05d}.parquet")
+        _write_part(_table(self.pending, self.schema), self.out / f"part-{self.run}-{self.files:05d}.parquet")
         self.files += 1
         self.written += len(self.pending)
         self.pending.clear()
@@ -179,7 +194,8 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
               on_start: Callable[[BatchSummary], None] | None = None,
               ray_init: dict[str, Any] | None = None, rows_per_file: int = ROWS_PER_FILE,
               limit: int | None = None, use_ray: bool | None = None,
-              max_pixels: int = MAX_PIXELS) -> BatchSummary:
+              max_pixels: int = MAX_PIXELS, decode: str = DECODE,
+              provenance: Any = None) -> BatchSummary:
     """Score ``inputs`` (see `batch_inputs.iter_inputs`), one Parquet row each under ``out``.
 
     ``use_ray`` None: Ray only for a job of `SMALL_JOB` inputs or more, or with an ``address``
@@ -190,11 +206,18 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
     ``on_start`` sees the summary once the first inputs are listed, ``on_rows`` each group of
     rows once written to the pending part (Ray rows also carry ``worker``: ``host:pid``);
     ``limit`` stops after that many new rows (a partial job that ``resume=True`` finishes).
+    ``decode`` (in process): ``"processes"`` (default: a decoder crash costs its input's row only)
+    or ``"threads"`` (no worker processes to start; a crash ends the job). A Ray actor decodes
+    on its own thread: an input that kills it costs its row (retried alone on a restarted actor).
+    ``provenance``: True or a `ProvenanceReader` adds the columns of ``nsnet detect --provenance``
+    (`PROVENANCE_ROW_FIELDS`), read from the bytes each input was scored from.
     Raises `FileExistsError` when ``out`` already holds results and ``resume`` is false,
     `NSNetError` when the model cannot be used.
     """
     from .artifact import read_model_meta
+    from .provenance import provenance_reader
 
+    reader = provenance_reader(provenance)  # a bad trust-anchors file fails here, on the driver
     start = time.perf_counter()
     out = Path(out)
     model = os.path.abspath(model)
@@ -210,6 +233,11 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
     if done and not resume:
         raise FileExistsError(f"{out} already holds results; pass --resume to continue that "
                               "job, or choose another --out")
+    fields = PROVENANCE_ROW_FIELDS if reader is not None else ROW_FIELDS
+    if _columns(out) not in (None, fields):
+        with_ = "with" if reader is None else "without"
+        raise FileExistsError(f"{out} holds results written {with_} --provenance; resume that job "
+                              f"{with_} it, or choose another --out")
     summary = BatchSummary()
     listed = iter_inputs(inputs, summary.warnings)
 
@@ -231,7 +259,7 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
     summary.engine = "ray" if use_ray else "in-process"
     if on_start is not None:
         on_start(summary)
-    writer = PartWriter(out, rows_per_file)
+    writer = PartWriter(out, rows_per_file, provenance=reader is not None)
 
     def take(rows: list[dict]) -> None:
         for r in rows:
@@ -251,10 +279,11 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
             score_on_ray(batches, model, sha, take, writer.tick, summary, address=address,
                          workers=workers, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
                          threshold=threshold, threads=threads_per_worker, ray_init=ray_init,
-                         max_pixels=max_pixels)
+                         max_pixels=max_pixels, provenance=reader)
         else:
             _score_in_process(batches, model, sha, take, threshold=threshold,
-                              batch_size=batch_size, max_pixels=max_pixels)
+                              batch_size=batch_size, max_pixels=max_pixels, decode=decode,
+                              provenance=reader)
     finally:
         writer.flush()
         summary.files = writer.files
@@ -271,13 +300,40 @@ def _ray_initialized() -> bool:
 
 def _score_in_process(batches: Iterator[list[Item]], model: str, sha: str,
                       take: Callable[[list[dict]], None], *, threshold: float,
-                      batch_size: int, max_pixels: int) -> None:
+                      batch_size: int, max_pixels: int, decode: str, provenance: Any) -> None:
+    from .cache import run_store
     from .detector import Detector
     from .options import InputOptions
 
-    from .cache import run_store
+    options = InputOptions(batch_size=batch_size, max_pixels=max_pixels, executor=decode,
+                           provenance=provenance)
+    with contextlib.ExitStack() as stack:
+        if decode == "processes":
+            # A killed driver's decode workers would live on: a watcher kills them when it dies.
+            import tempfile
 
-    with Detector(model, threshold=threshold,
-                  options=InputOptions(batch_size=batch_size, max_pixels=max_pixels)) as det, run_store() as store:
-        for chunk in batches:
-            take(score_items(det, chunk, sha, store))
+            from .batch_reaper import Reaper
+
+            reaper = Reaper(tempfile.mkdtemp(prefix="nsbatch-"))
+            stack.callback(reaper.close, kill=False)
+            stack.enter_context(reaper.marking())
+        _score_with(stack.enter_context(Detector(model, threshold=threshold, options=options)),
+                    stack.enter_context(run_store()), batches, sha, take, batch_size, max_pixels)
+
+
+def _score_with(det: Any, store: Any, batches: Iterator[list[Item]], sha: str,
+                take: Callable[[list[dict]], None], batch_size: int, max_pixels: int) -> None:
+    from .batch_rows import iter_rows, read_items
+    from .pipeline.read import file_byte_limit
+
+    # Groups as large as detect's (one start of the decode workers each); rows handed on a batch
+    # at a time as they come, so a killed job loses at most one batch.
+    for chunk in read_items(itertools.chain.from_iterable(batches), file_byte_limit(max_pixels)):
+        rows: list[dict] = []
+        for row in iter_rows(det, chunk, sha, store):
+            rows.append(row)
+            if len(rows) == batch_size:
+                take(rows)
+                rows = []
+        if rows:
+            take(rows)

@@ -4,10 +4,12 @@ Plain actors and tasks, not Ray Data: they work the same through a Ray Client (`
 connection, the driver bounds what is in flight (two batches per actor) so a listing of millions
 of inputs streams, and each batch's rows come back keyed as listed. The model file travels
 through the object store, so workers need no shared filesystem for it; inputs are read by the
-actors (`batch.score_items`), so image bytes never pass through the driver. A batch whose actor
-died is retried one input at a time; an input that kills its actor alone is an error row.
-A local Ray started for the job runs in its own temp folder, watched by a small process that
-stops it when the driver exits in any way, SIGKILL included.
+actors (`batch_rows.score_items`), so image bytes never pass through the driver. A batch whose actor
+died is retried one input at a time, on the actors that are up; an input that kills its actor
+alone (a native decoder crash) is an error row. An actor that died takes no work until Ray has
+restarted it (which may be never, when its node is gone and the others are full).
+A local Ray started for the job runs in its own temp folder, watched by a small process
+(`batch_reaper`) that stops it when the driver exits in any way, SIGKILL included.
 """
 from __future__ import annotations
 
@@ -15,16 +17,20 @@ import collections
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any, Callable, Iterator
 
+from .batch_reaper import Reaper
 from .batch_rows import Item, failed_row, score_items
 from .cache import run_store
 
 IN_FLIGHT_PER_ACTOR = 2
+# A job whose actors have all been down this long (their nodes died and Ray found no room to
+# restart them) fails, its finished rows kept for --resume, instead of waiting for ever.
+NO_ACTOR_SECONDS = 600.0
+PROBE_TRIES = 3  # probes of a lost actor answered "died" before it counts as gone for good
+PROBE_SECONDS = 1.0  # between probes of an actor that Ray is restarting
 # Tries of an input alone after its batch failed: a task sent to an actor that has just died
 # (before Ray has noticed) fails too, so one failure alone does not yet blame the input.
 SINGLE_TRIES = 3
@@ -37,7 +43,8 @@ class Scorer:
     """One actor: a `Detector` on the model sent by the driver; a batch of items in, rows out."""
 
     def __init__(self, model_name: str, model_ref: list, model_path: str, sha256: str,
-                 threshold: float, batch_size: int, threads: int | None, max_pixels: int) -> None:
+                 threshold: float, batch_size: int, threads: int | None, max_pixels: int,
+                 provenance: Any = None) -> None:
         from .detector import Detector
         from .options import BackendOptions, InputOptions
 
@@ -56,7 +63,8 @@ class Scorer:
         try:
             self.det = Detector(model_path, threshold=threshold,
                                 backend=BackendOptions(intra_op_threads=threads),
-                                options=InputOptions(batch_size=batch_size, workers=0, max_pixels=max_pixels))
+                                options=InputOptions(batch_size=batch_size, workers=0, max_pixels=max_pixels,
+                                                     provenance=provenance))
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -75,93 +83,26 @@ class Scorer:
         return rows, self.worker, time.perf_counter() - start
 
 
-# Ray's processes rename themselves (``ray::DashboardAgent``), so they are found by a variable
-# in the environment they inherit from the driver, which names the job's temp folder.
-OWNER_VAR = "NSNET_BATCH_RAY"
-_REAPER = r"""
-import os, select, shutil, signal, sys
-tmp = sys.argv[1]
-mark = ("%s=" % sys.argv[2]).encode() + tmp.encode() + b"\0"
-
-
-def stat(pid):
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        rest = f.read().rsplit(b")", 1)[1].split()
-    return int(rest[1]), int(rest[19])  # parent, start time
-
-
-def scan():
-    # This job's processes: those carrying the mark, and their descendants (the raylet starts its
-    # agents with an environment of its own, without the mark), as {pid: start time}.
-    parent, start, marked = {}, {}, set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            parent[int(pid)], start[int(pid)] = stat(pid)
-            with open(f"/proc/{pid}/environ", "rb") as f:  # a whole NAME=value entry, not a substring
-                if (b"\0" + f.read()).find(b"\0" + mark) >= 0:
-                    marked.add(int(pid))
-        except (OSError, IndexError, ValueError):
-            continue
-    doomed, grew = set(marked), True
-    while grew:
-        more = {p for p, pp in parent.items() if pp in doomed} - doomed
-        doomed |= more
-        grew = bool(more)
-    return {p: start[p] for p in doomed}
-
-
-# Watched while the driver lives: when it dies, Ray's own fate-sharing may end the raylet first,
-# and its orphaned agents could no longer be found as its descendants.
-known = {}
-while True:
-    ready, _, _ = select.select([0], [], [], 1.0)
-    if ready and not os.read(0, 4096):  # EOF: the driver closed its end, or died
-        break
-    known.update(scan())
-known.update(scan())
-for pid, started in known.items():
-    try:
-        if stat(pid)[1] == started:  # the same process, not a reused pid
-            os.kill(pid, signal.SIGKILL)
-    except (OSError, IndexError, ValueError):
-        pass
-shutil.rmtree(tmp, ignore_errors=True)
-"""
-
-
 class _LocalRay:
-    """A local Ray owned by this job: its own temp folder, and a reaper process that kills every
-    process started with `OWNER_VAR` naming that folder once the driver's end of a pipe closes
-    (the driver's exit, however it happens)."""
+    """A local Ray owned by this job: its own temp folder, and a `Reaper` that kills every process
+    it starts once the driver exits, however that happens."""
 
     def __init__(self, ray_init: dict[str, Any] | None) -> None:
         import ray
 
-        self.tmp = tempfile.mkdtemp(prefix="nsray-", dir="/tmp")  # short: socket paths are limited
-        read_end, self.pipe = os.pipe()
-        self.reaper = subprocess.Popen([sys.executable, "-c", _REAPER, self.tmp, OWNER_VAR],
-                                       stdin=read_end, start_new_session=True)
-        os.close(read_end)
+        # its own short folder (socket paths are limited), which also marks the processes
+        self.reaper = Reaper(tempfile.mkdtemp(prefix="nsray-", dir="/tmp"))
+        self.tmp = self.reaper.tmp
         args = dict(include_dashboard=False, log_to_driver=False, _temp_dir=self.tmp)
         args.update(ray_init or {})
-        saved = os.environ.get(OWNER_VAR)
-        os.environ[OWNER_VAR] = self.tmp  # inherited by every process Ray starts from here
-        try:
+        with self.reaper.marking():  # inherited by every process Ray starts from here
             ray.init(**args)
-        finally:
-            if saved is None:
-                os.environ.pop(OWNER_VAR, None)
-            else:
-                os.environ[OWNER_VAR] = saved
 
     def close(self) -> None:
         import ray
 
         ray.shutdown()
-        os.close(self.pipe)
-        self.reaper.wait(timeout=60)
+        self.reaper.close(kill=True)
 
 
 def connect(address: str | None, ray_init: dict[str, Any] | None) -> _LocalRay | None:
@@ -206,7 +147,8 @@ def score_on_ray(batches: Iterator[list[Item]], model: str, sha: str,
                  take: Callable[[list[dict]], None], tick: Callable[[], None],
                  summary: Any, *, address: str | None, workers: int,
                  gpus_per_worker: float, batch_size: int, threshold: float,
-                 threads: int | None, ray_init: dict[str, Any] | None, max_pixels: int) -> None:
+                 threads: int | None, ray_init: dict[str, Any] | None, max_pixels: int,
+                 provenance: Any = None) -> None:
     """Score ``batches`` on ``workers`` actors, handing each batch's rows to ``take`` as it
     finishes (``tick`` between results); per-actor counts go to ``summary.per_worker``."""
     import ray
@@ -220,9 +162,10 @@ def score_on_ray(batches: Iterator[list[Item]], model: str, sha: str,
         actor_cls = ray.remote(Scorer).options(
             num_cpus=1, num_gpus=gpus_per_worker or None, max_restarts=-1, max_task_retries=0)
         actors = [actor_cls.remote(os.path.basename(model), blob, model, sha, threshold,
-                                   batch_size, threads, max_pixels) for _ in range(workers)]
+                                   batch_size, threads, max_pixels, provenance)
+                  for _ in range(workers)]
         ray.get([a.ready.remote() for a in actors])  # a model no actor can load fails the job here
-        _dispatch(ray, actors, batches, take, tick, summary, threshold, sha)
+        _dispatch(ray, actors, batches, take, tick, summary, threshold, sha, provenance is not None)
     finally:
         if owned is not None:
             owned.close()
@@ -230,30 +173,44 @@ def score_on_ray(batches: Iterator[list[Item]], model: str, sha: str,
 
 def _dispatch(ray: Any, actors: list, batches: Iterator[list[Item]],
               take: Callable[[list[dict]], None], tick: Callable[[], None],
-              summary: Any, threshold: float, sha: str) -> None:
-    load = [0] * len(actors)
+              summary: Any, threshold: float, sha: str, provenance: bool) -> None:
+    pool = _Pool(ray, actors)
     inflight: dict[Any, tuple[int, list[Item], int]] = {}
     retry: collections.deque[tuple[list[Item], int]] = collections.deque()
     busy: dict[str, list] = {}
     exhausted = False
     while True:
-        while (retry or not exhausted) and min(load) < IN_FLIGHT_PER_ACTOR:
+        while retry or not exhausted:
+            # An input under suspicion runs alone on its actor: if the actor dies, it is the cause
+            # (or, the rarer case its tries allow for, the actor's node died meanwhile).
+            i = pool.pick(alone=bool(retry))
+            if i is None:
+                break
             chunk, tries = retry.popleft() if retry else (next(batches, None), 0)
             if chunk is None:
                 exhausted = True
                 break
-            i = load.index(min(load))
-            load[i] += 1
+            pool.load[i] += 1
+            if tries:
+                pool.solo.add(i)
             inflight[actors[i].score.remote(chunk)] = (i, chunk, tries)
-        if not inflight:
+        if not inflight and (exhausted and not retry):
             return
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
+        pool.check()
+        ready, _ = ray.wait(list(inflight) + pool.probes(), num_returns=1, timeout=0.5)
         for ref in ready:
+            if ref not in inflight:
+                pool.answered(ref)
+                continue
             i, chunk, tries = inflight.pop(ref)
-            load[i] -= 1
+            pool.load[i] -= 1
+            if tries:
+                pool.solo.discard(i)
             try:
                 rows, worker, seconds = ray.get(ref)
             except ray.exceptions.RayError as e:
+                if isinstance(e, ray.exceptions.RayActorError):
+                    pool.lost(i)  # no more work for it until it answers again
                 if len(chunk) > 1:  # find the input that failed: each alone, on any actor
                     retry.extend(([item], 1) for item in chunk)
                 elif tries < SINGLE_TRIES:
@@ -263,7 +220,7 @@ def _dispatch(ray: Any, actors: list, batches: Iterator[list[Item]],
                     reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
                     take([failed_row(key, f"InferenceError: {key}: the scoring worker failed on "
                                      f"this input, tried alone {SINGLE_TRIES} times "
-                                     f"({type(e).__name__}: {reason})", threshold, sha)])
+                                     f"({type(e).__name__}: {reason})", threshold, sha, provenance)])
                 continue
             acc = busy.setdefault(worker, [0, 0.0])
             acc[0] += len(rows)
@@ -273,3 +230,73 @@ def _dispatch(ray: Any, actors: list, batches: Iterator[list[Item]],
             take(rows)
         tick()
         summary.per_worker = {w: (n, s) for w, (n, s) in busy.items()}
+
+
+class _Pool:
+    """Which actors take work. An actor whose task failed with the actor itself (its process or
+    its node died) takes none until it answers a probe: Ray restarts it where resources allow, which
+    may be never (its node is gone and the others are full), and a task sent to it meanwhile fails
+    at once, which would use up an input's tries. Its batches go to the actors that are up; the job
+    fails only when none has been up for `NO_ACTOR_SECONDS`."""
+
+    def __init__(self, ray: Any, actors: list) -> None:
+        self.ray, self.actors = ray, actors
+        self.load = [0] * len(actors)
+        self.down: dict[int, Any] = {}  # actor index -> its pending probe (a ready() call) or None
+        self.due: dict[int, float] = {}  # when to probe again an actor Ray is restarting
+        self.gone: set[int] = set()  # died for good (Ray will not restart it)
+        self.died: dict[int, int] = {}  # probes answered "died" in a row, by actor
+        self.solo: set[int] = set()  # actors running an input alone
+        self.since = time.monotonic()  # when the last actor went down, while none is up
+
+    def pick(self, alone: bool = False) -> int | None:
+        """The least loaded actor that is up and has room (``alone``: that has nothing in flight),
+        or None. An actor running an input alone takes nothing else meanwhile."""
+        room = 1 if alone else IN_FLIGHT_PER_ACTOR
+        up = [i for i in range(len(self.actors)) if i not in self.down and i not in self.gone
+              and i not in self.solo and self.load[i] < room]
+        return min(up, key=self.load.__getitem__) if up else None
+
+    def up(self) -> int:
+        return len(self.actors) - len(self.down) - len(self.gone)
+
+    def lost(self, i: int) -> None:
+        if i not in self.down and i not in self.gone:
+            if self.up() == 1:
+                self.since = time.monotonic()
+            self.down[i] = self.actors[i].ready.remote()
+
+    def probes(self) -> list:
+        return [ref for ref in self.down.values() if ref is not None]
+
+    def answered(self, probe: Any) -> None:
+        i = next(j for j, ref in self.down.items() if ref == probe)
+        try:
+            self.ray.get(probe)
+        except self.ray.exceptions.ActorDiedError:
+            # a probe sent before Ray noticed the death can get this too; one that keeps getting
+            # it means Ray will not restart the actor
+            self.died[i] = self.died.get(i, 0) + 1
+            if self.died[i] >= PROBE_TRIES:
+                del self.down[i]
+                self.gone.add(i)
+            else:
+                self.down[i] = self.actors[i].ready.remote()
+        except self.ray.exceptions.RayError:  # restarting (or not yet placed): ask again shortly
+            self.down[i] = None
+            self.due[i] = time.monotonic() + PROBE_SECONDS
+        else:
+            self.died[i] = 0
+            del self.down[i]  # restarted: it takes work again
+
+    def check(self) -> None:
+        """Probe again the actors whose time has come; raise `RuntimeError` when no actor has been
+        up for `NO_ACTOR_SECONDS` (or every one died for good)."""
+        now = time.monotonic()
+        for i, ref in self.down.items():
+            if ref is None and now >= self.due[i]:
+                self.down[i] = self.actors[i].ready.remote()
+        if self.up() == 0 and (not self.down or now - self.since > NO_ACTOR_SECONDS):
+            raise RuntimeError("no scoring actor is running (each died, and Ray could not start it "
+                               f"again within {NO_ACTOR_SECONDS:.0f} s); the rows scored so far are "
+                               "written: add nodes or resources and rerun with --resume")

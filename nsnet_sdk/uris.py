@@ -91,23 +91,63 @@ def read_uri(uri: str, limit: int) -> bytes:
 
 def list_prefix(uri: str) -> Iterator[str]:
     """The image objects (by name, as a folder scan picks files) under the prefix ``uri`` (which
-    ends with ``/``), recursively, sorted, as URIs with the scheme and bucket of ``uri``. Raises
-    `OSError` naming ``uri`` when the prefix cannot be listed."""
-    import pyarrow.fs as pafs
+    ends with ``/``), recursively, in key order, as URIs with the scheme and bucket of ``uri``.
+    Raises `OSError` naming ``uri`` when the prefix cannot be listed (possibly after the first
+    names, since a listing is read as it is used).
 
+    ``s3://`` prefixes are listed a page (1,000 keys) at a time through boto3 when it is installed,
+    so a prefix of millions of objects is never held whole; other stores, through ``pyarrow.fs``,
+    are listed whole and sorted before the first name is given."""
+    scheme = urlsplit(uri).scheme.lower()
     try:
-        fs, inner = _filesystem(uri)
-        infos = fs.get_file_info(pafs.FileSelector(inner.rstrip("/"), recursive=True,
-                                                   allow_not_found=True))
+        if scheme == "s3" and _has_boto3():
+            yield from _list_s3(uri)
+            return
+        names = sorted(_list_pyarrow(uri))
     except Exception as e:
         raise OSError(f"{uri}: cannot list: {type(e).__name__}: {e}") from None
+    yield from names
+
+
+def _picked(rel: str) -> bool:
+    # hidden names (files or folders) are skipped, as the local folder scan skips them
+    return (_looks_like_image(rel.rsplit("/", 1)[-1])
+            and not any(part.startswith(".") for part in rel.split("/")))
+
+
+def _has_boto3() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("boto3") is not None
+
+
+def _s3_client() -> Any:
+    """An S3 client configured by the standard AWS environment and config (credentials, region,
+    ``AWS_ENDPOINT_URL``, profiles), as pyarrow's is for reading."""
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _list_s3(uri: str) -> Iterator[str]:
+    # S3 gives keys in UTF-8 byte order, which is the code-point order sorted() gives the others
+    parts = urlsplit(uri)
+    prefix = parts.path.lstrip("/")
+    pages = _s3_client().get_paginator("list_objects_v2").paginate(Bucket=parts.netloc, Prefix=prefix)
+    for page in pages:
+        for obj in page.get("Contents", ()):
+            rel = obj["Key"][len(prefix):]
+            if _picked(rel):
+                yield uri.rstrip("/") + "/" + rel
+
+
+def _list_pyarrow(uri: str) -> Iterator[str]:
+    import pyarrow.fs as pafs
+
+    fs, inner = _filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(inner.rstrip("/"), recursive=True, allow_not_found=True))
     base = inner.rstrip("/") + "/"
-    rels = []
     for info in infos:
         rel = info.path[len(base):] if info.path.startswith(base) else info.path
-        # hidden names (files or folders) are skipped, as the local folder scan skips them
-        if info.type == pafs.FileType.File and _looks_like_image(info.base_name) \
-                and not any(part.startswith(".") for part in rel.split("/")):
-            rels.append(rel)
-    for rel in sorted(rels):
-        yield uri.rstrip("/") + "/" + rel
+        if info.type == pafs.FileType.File and _picked(rel):
+            yield uri.rstrip("/") + "/" + rel

@@ -444,7 +444,8 @@ def test_identical_files_in_a_batch_job_are_decoded_once(model, tmp_path, monkey
     calls = []
     real = executors.decode_image
     monkeypatch.setattr(executors, "decode_image", lambda *a, **k: calls.append(1) or real(*a, **k))
-    run_batch([str(src)], model, tmp_path / "out", use_ray=False, batch_size=2)
+    # decoded in threads, where the spy sees the calls
+    run_batch([str(src)], model, tmp_path / "out", use_ray=False, batch_size=2, decode="threads")
     rows = by_key(read_rows(tmp_path / "out"))
     assert sorted(Path(k).name for k in rows) == ["a.png", "a0.png", "a1.png", "a2.png", "b.png"]
     assert len(calls) == 2

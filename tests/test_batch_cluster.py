@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -71,7 +70,7 @@ def cluster():
                                  "--node-ip-address", "127.0.0.1", *node_ports()], env=env,
                                 cwd="/", capture_output=True, text=True, timeout=180)
         assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
-        yield {"gcs": f"127.0.0.1:{gcs}", "client": f"ray://127.0.0.1:{client}", "env": auth}
+        yield {"gcs": f"127.0.0.1:{gcs}", "client": f"ray://127.0.0.1:{client}", "env": auth, "mark": mark}
     finally:
         kill_marked(mark)
         shutil.rmtree(mark, ignore_errors=True)
@@ -113,3 +112,89 @@ def test_unreachable_address_is_refused_with_the_forms_that_work(tmp_path):
                           timeout=300)
     assert proc.returncode == 1
     assert "cannot connect to the Ray cluster" in proc.stderr and "ray://HOST:10001" in proc.stderr
+
+
+_KILLS_A_RAYLET = """
+import json, os, signal, sys, time
+import psutil
+import ray
+from nsnet_sdk.batch import run_batch
+src, model, out, address, victim = sys.argv[1:]
+killed = []
+def on_rows(rows):
+    # The first rows are in the journal and the job is under way on both nodes: the worker node
+    # dies, its raylet and the processes it started (its actor among them) at once, as when a
+    # machine is lost. The job goes on once the cluster knows (Ray then restarts the actor where
+    # there is room: nowhere, the head's CPU is taken), so what follows does not depend on timing.
+    if not killed:
+        alive = sum(n["Alive"] for n in ray.nodes())
+        raylet = psutil.Process(int(victim))
+        node = [raylet] + raylet.children(recursive=True)
+        for p in node:
+            p.send_signal(signal.SIGKILL)
+        psutil.wait_procs(node, timeout=30)
+        deadline = time.monotonic() + 60
+        while sum(n["Alive"] for n in ray.nodes()) == alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+        killed.append(len(node))
+s = run_batch([src], model, out, address=address, workers=2, batch_size=4, on_rows=on_rows)
+print("result:", json.dumps([bool(killed), s.scored, s.errors, sorted(s.per_worker)]))
+"""
+
+
+def worker_raylet(mark: str) -> int:
+    """The pid of this cluster's worker-node raylet (the one that is not the head's)."""
+    needle = f"{MARK}={mark}\0".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle not in f.read():
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        head = any(b"__internal_head__" in a for a in argv)
+        if argv and os.path.basename(argv[0]) == b"raylet" and not head:
+            found.append(int(pid))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_raylet_killed_mid_job_loses_and_duplicates_no_input(cluster, tmp_path):
+    """(Last in this file: the worker node stays dead.) Every input has exactly one row, equal to
+    `nsnet detect`'s, after the worker node's raylet is SIGKILLed while its actor holds batches."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from nsnet_sdk.cli import main
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    model = build_stand_in_onnx(tmp_path / "tiny.onnx")
+    for i in range(60):
+        write_png(src / f"img{i:02d}.png", textured(36 + i % 5, 40, seed=100 + i))
+    (src / "broken.png").write_bytes(b"not a png")
+    assert main(["detect", str(src), "--model", str(model), "--jsonl", str(tmp_path / "d.jsonl"), "-q"]) == 0
+    want = {r["source"]: r for r in map(json.loads, (tmp_path / "d.jsonl").read_text().splitlines())}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **cluster["env"]}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _KILLS_A_RAYLET, str(src), str(model),
+                               str(tmp_path / "out"), cluster["gcs"], str(worker_raylet(cluster["mark"]))],
+                              env=env, capture_output=True, text=True, timeout=150)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the job did not end after its worker node died")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = [ln for ln in proc.stdout.splitlines() if ln.startswith("result: ")]
+    killed, scored, errors, workers = json.loads(result[-1][len("result: "):])
+    assert killed and (scored, errors) == (60, 1) and len(workers) >= 2, (killed, scored, errors, workers)
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert sorted(r["path"] for r in rows) == sorted(want)  # each input exactly once
+    for r in rows:
+        w = want[r["path"]]
+        assert r["error"] == w["error"], r
+        if w["error"] is None:
+            assert r["prob_fake"] == pytest.approx(w["prob_fake"], abs=1e-6), r

@@ -6,12 +6,15 @@ import logging
 import sys
 from typing import Any
 
-from ..batch import SMALL_JOB, BatchSummary, run_batch
+from ..batch import DECODE, SMALL_JOB, BatchSummary, run_batch
 from ..batch_ray import ADDRESS_FORMS
 from ..constants import DEFAULT_BATCH_SIZE
 from ..errors import NSNetError
 from ..pipeline.config import MAX_PIXELS
+from ..pipeline.executors import DECODE_MODES
+from ..provenance import PROVENANCE_COLUMNS
 from .args import plural, positive_int, probability, progress_bar
+from .detect import _provenance_option
 
 
 def add_parser(subparsers: Any) -> None:
@@ -42,6 +45,16 @@ def add_parser(subparsers: Any) -> None:
                    help=f"images per batch ({DEFAULT_BATCH_SIZE})")
     b.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
                    help=f"refuse images declaring more than N pixels ({MAX_PIXELS:,})")
+    b.add_argument("--decode", choices=DECODE_MODES, default=DECODE,
+                   help="a job run in this process decodes in worker processes (default: a decoder "
+                   "that crashes on a file costs that file's row only) or in threads (no processes "
+                   "to start; a crash ends the job). Ray actors decode on their own thread: an "
+                   "input that kills one costs its row")
+    b.add_argument("--provenance", action="store_true", help="add what each file declares about "
+                   "its origin, as `nsnet detect --provenance` does, as columns: "
+                   + ", ".join(PROVENANCE_COLUMNS))
+    b.add_argument("--trust-anchors", metavar="PEM", help="CA certificates whose C2PA signers count "
+                   "as trusted (with --provenance; read here and sent to the workers)")
     b.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
     b.add_argument("--resume", action="store_true",
                    help="skip inputs already in --out (continue a stopped job)")
@@ -60,6 +73,7 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("nsnet batch needs Ray: pip install 'nsnet-sdk[ray]'")
     if args.gpus_per_worker < 0:
         parser.error("--gpus-per-worker must be >= 0")
+    provenance = _provenance_option(args, parser)
 
     bar = None
 
@@ -84,6 +98,7 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                 batch_size=args.batch_size, resume=args.resume, threshold=args.threshold,
                                 threads_per_worker=None if args.gpus_per_worker else 1, ray_init=ray_init,
                                 on_start=start, use_ray=True if args.ray else None, max_pixels=args.max_pixels,
+                                decode=args.decode, provenance=provenance,
                                 on_rows=lambda rows: bar.update(len(rows)) if bar is not None else None)
         except FileExistsError as e:
             parser.error(str(e))
