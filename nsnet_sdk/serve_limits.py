@@ -49,11 +49,12 @@ class RequestLimits:
                              f"({self.max_pixels:,}), or no image of the largest size could be scored")
 
 
-async def read_body(request: Any, limits: RequestLimits, budget: Any) -> bytes | bytearray:
+async def read_body(request: Any, limits: RequestLimits, budget: Any,
+                    one_buffer: bool = True) -> bytes | bytearray:
     """The body, refused with 413 as soon as it is known to exceed ``max_bytes``, with 503 when
     the replica already holds its upload budget, with 408 when it is not all there within
-    ``body_timeout_s``. A body with a Content-Length is read into one buffer of that size (no
-    list of chunks plus a joined copy: half the peak memory of a large upload)."""
+    ``body_timeout_s``. With ``one_buffer``, a body with a Content-Length is read into one buffer
+    of that size (no list of chunks plus a joined copy: half the peak memory of a large upload)."""
     max_bytes = limits.max_bytes
     declared = request.headers.get("content-length")
     too_big = HTTPError(413, "PayloadTooLarge", f"request body over the {max_bytes:,}-byte limit")
@@ -72,7 +73,7 @@ async def read_body(request: Any, limits: RequestLimits, budget: Any) -> bytes |
         request.state.held = length
 
     async def receive() -> bytes | bytearray:
-        buf = bytearray(length) if length else None
+        buf = bytearray(length) if length and one_buffer else None
         chunks, size = [], 0
         async for chunk in request.stream():
             end = size + len(chunk)
@@ -103,15 +104,16 @@ async def read_body(request: Any, limits: RequestLimits, budget: Any) -> bytes |
 async def read_uploads(request: Any, most: int, limits: RequestLimits,
                        budget: Any) -> list[tuple[str, Any]]:
     """(name, bytes) of each image sent: a multipart upload's files, else the raw body."""
-    body = await read_body(request, limits, budget)
-    ctype = request.headers.get("content-type", "")
-    if not ctype.lower().startswith("multipart/form-data"):
+    multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+    # A multipart body is parsed from bytes: read as chunks and joined once, not copied twice.
+    body = await read_body(request, limits, budget, one_buffer=not multipart)
+    if not multipart:
         return [("<upload>", body)]
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
     async def once():
-        yield bytes(body)
+        yield body
 
     try:
         form = await MultiPartParser(request.headers, once(), max_files=most,
