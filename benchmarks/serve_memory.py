@@ -39,17 +39,20 @@ def noise_png(side: int) -> bytes:
     return buf.getvalue()
 
 
-def replica_rss() -> int:
-    """Resident bytes of the replica process and its children (decode workers); 0 if not found."""
+def replica_rss() -> tuple[int, int, int]:
+    """Resident bytes of the replica process, of its children (decode workers; pages they share
+    with the replica, the batch buffers, count in both), and the replica's own pages (USS: not
+    Ray's shared object-store mapping); zeros if not found."""
     import psutil
 
     for p in psutil.process_iter(["cmdline"]):
         if any(REPLICA_TITLE in part for part in p.info["cmdline"] or ()):
             try:
-                return p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+                full = p.memory_full_info()
+                return full.rss, sum(c.memory_info().rss for c in p.children(recursive=True)), full.uss
             except psutil.Error:
-                return 0
-    return 0
+                return 0, 0, 0
+    return 0, 0, 0
 
 
 async def burst(url: str, body: bytes, n: int) -> dict[str, int]:
@@ -68,7 +71,7 @@ async def burst(url: str, body: bytes, n: int) -> dict[str, int]:
 def measure(url: str, body: bytes, n: int, settle_s: float) -> dict[str, Any]:
     mb = lambda b: round(b / 2**20, 1)  # noqa: E731
     before = replica_rss()
-    if not before:
+    if not before[0]:
         raise BenchError(f"no process titled {REPLICA_TITLE!r} on this machine")
     peak, stop = [before], threading.Event()
 
@@ -85,9 +88,12 @@ def measure(url: str, body: bytes, n: int, settle_s: float) -> dict[str, Any]:
     stop.set()
     t.join()
     after = replica_rss()
+    rss = {"before": before, "peak": max(peak, key=lambda v: v[0] + v[1]), "after": after}
     return {"bodies": n, "body_mb": mb(len(body)), "answers": status, "burst_s": round(seconds, 1),
-            "rss_mb": {"before": mb(before), "peak": mb(max(peak)), "after": mb(after)},
-            "settle_s": settle_s}
+            "rss_mb": {k: mb(v[0] + v[1]) for k, v in rss.items()},
+            "replica_uss_mb": {k: mb(v[2]) for k, v in rss.items()},
+            "replica_mb": {k: mb(v[0]) for k, v in rss.items()},
+            "workers_mb": {k: mb(v[1]) for k, v in rss.items()}, "settle_s": settle_s}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve_memory: error: {e}", file=sys.stderr)
         return 2
     report = {"machine": machine(), "url": args.url or "local (started here)", **report}
-    r = report["rss_mb"]
-    print(f"{args.bodies} x {report['body_mb']} MB bodies: answers {report['answers']} in {report['burst_s']} s; "
-          f"replica RSS {r['before']} -> peak {r['peak']} -> {r['after']} MB after {args.settle:g} s")
+    print(f"{args.bodies} x {report['body_mb']} MB bodies: answers {report['answers']} in {report['burst_s']} s")
+    for key, what in (("rss_mb", "RSS replica + decode workers"), ("replica_mb", "RSS replica"), ("workers_mb", "RSS decode workers"),
+                      ("replica_uss_mb", "replica's own pages (USS)")):
+        r = report[key]
+        print(f"  {what}: {r['before']} -> peak {r['peak']} -> {r['after']} MB {args.settle:g} s after")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

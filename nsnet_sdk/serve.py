@@ -29,7 +29,7 @@ from .prediction import rename_source
 from .artifact import model_sha256
 from .pipeline.config import MAX_PIXELS
 from .serve_limits import (DEFAULT_SMALL_PIXELS, LARGE_BATCH, TRIM_BYTES, HTTPError, PriorityGate,
-                           RequestLimits, check_request_pixels, read_uploads, return_freed_memory)
+                           RequestLimits, batch_cost, check_request_pixels, read_uploads, return_freed_memory)
 
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 32
@@ -174,10 +174,6 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
                 from .cache import ResultCache, result_options
 
                 self.cache = ResultCache(cache, model_sha256=sha, options=result_options(self.det, service=True))
-            self.score.set_max_batch_size(max_batch)
-            self.score.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
-            self.score_large.set_max_batch_size(min(LARGE_BATCH, max_batch))
-            self.score_large.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
             self.stats = {"requests": 0, "images": 0, "forward_passes": 0, "batched_images": 0}
             self.metrics = replica["metrics"] = ServiceMetrics(sha)
             replica["budget"] = UploadBudget(limits.upload_bytes, self.metrics.upload_bytes.labels(sha))
@@ -187,12 +183,15 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
                 log.addHandler(handler)
                 log.setLevel(logging.INFO)
 
-        @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_MS / 1000)
+        # A batch holds at most 2 bodies of the largest size (a body alone always fits).
+        @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=batch_wait_ms / 1000,
+                     batch_size_fn=batch_cost(max_batch, 2 * max_bytes))
         async def score(self, items: list[tuple[str, bytes]]) -> list[tuple[Any, int]]:
             """A batch of small requests' images."""
             return await self.run_batch(items, small=True)
 
-        @serve.batch(max_batch_size=LARGE_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_MS / 1000)
+        @serve.batch(max_batch_size=min(LARGE_BATCH, max_batch), batch_wait_timeout_s=batch_wait_ms / 1000,
+                     batch_size_fn=batch_cost(min(LARGE_BATCH, max_batch), 2 * max_bytes))
         async def score_large(self, items: list[tuple[str, bytes]]) -> list[tuple[Any, int]]:
             """A batch of large requests' images: waits while small requests are waiting."""
             return await self.run_batch(items, small=False)

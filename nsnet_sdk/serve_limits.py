@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .pipeline.decode import image_size
 
@@ -143,6 +143,16 @@ def check_request_pixels(items: list[tuple[str, Any]], limits: RequestLimits) ->
                         f"per-request limit of {limits.request_pixels:,} (nsnet serve "
                         "--request-pixels); send them in several requests")
     return total
+
+
+def batch_cost(slots: int, batch_bytes: int) -> Callable[[list], int]:
+    """A ``@serve.batch`` size function: a batch of ``slots`` holds that many images and at most
+    ``batch_bytes`` of their encoded bytes (an image takes its share of the slots by size), so
+    the copies a batch makes on its way to the decoder stay bounded however large the bodies."""
+    def cost(items: list) -> int:
+        return max(len(items), -(-sum(len(data) for _, data in items) * slots // batch_bytes))
+
+    return cost
 
 
 class PriorityGate:
