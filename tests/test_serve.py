@@ -443,3 +443,14 @@ def test_a_request_over_the_pixel_budget_is_refused_before_decoding(url):
     assert "1,100,000,000" in r.json()["detail"]
     r = httpx.post(f"{url}/v1/detect/batch", files=over[:10], headers=AUTH, timeout=60)
     assert r.status_code == 200 and len(r.json()) == 10
+
+
+def test_a_batch_holds_at_most_its_byte_share_of_large_bodies():
+    """`batch_cost` (Serve's batch_size_fn): small images take one slot each; a body of the
+    largest size takes half the slots, so a batch never carries more than two of them."""
+    from nsnet_sdk.serve_limits import batch_cost
+
+    cost = batch_cost(32, 2 * MAX_BYTES)
+    assert cost([("a", b"x" * 100)] * 32) == 32
+    big = ("b", b"x" * MAX_BYTES)
+    assert cost([big]) == 16 and cost([big, big]) == 32 and cost([big, big, ("c", b"x")]) > 32
