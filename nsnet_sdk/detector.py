@@ -114,6 +114,7 @@ class Detector:
             self.backend.close()  # refused after loading: free its session / GPU memory now
             raise
         self._closed = False
+        self._kept: dict[tuple, Any] | None = None  # decoders kept between calls (keep_workers)
         _warn_if_random(self.model_path, self.meta)
 
     def _resolve_preprocess(self, override, force: bool) -> PatchConfig:
@@ -185,10 +186,22 @@ class Detector:
         return {**model_info(self.model_path, self.backend.name, self.backend.device, self.meta,
                              threshold=self.threshold, config=self.config), "pipeline": self.pipeline}
 
+    def keep_workers(self) -> "Detector":
+        """Keep the CPU pipeline's decode workers (and their batch buffers) from one call to the
+        next until `close`, instead of starting them for each call: a long-lived caller such as a
+        service replica pays the spawn of worker processes (~0.3 s each) once. Calls that run at
+        the same time each get their own; a worker process that dies is replaced. Returns self."""
+        if self._kept is None:
+            self._kept = {}
+        return self
+
     def close(self) -> None:
-        """Release the backend's resources (GPU buffers, sessions); predicting afterwards raises
-        `InferenceError`."""
+        """Release the backend's resources (GPU buffers, sessions) and kept decode workers;
+        predicting afterwards raises `InferenceError`."""
         self._closed = True
+        kept, self._kept = self._kept, None
+        for decoder in (kept or {}).values():
+            decoder.close()
         self.backend.close()
 
     def __enter__(self) -> "Detector":
@@ -240,7 +253,9 @@ class Detector:
         # CPU pipeline: 1 + ahead batch buffers (the one being inferred never overlaps the ones
         # being filled), filled by decode_pool's threads or processes.
         # The buffers are the backend's pinned memory where it lends some (TensorRT): no host copy.
-        decoder = None if self._gpu is not None else make_decoder(
+        key = (workers, bs, 1 + ahead)
+        kept = self._kept.pop(key, None) if self._kept is not None else None
+        decoder = None if self._gpu is not None else kept or make_decoder(
             self.decode, workers, self.config, self.max_pixels, bs, 1 + ahead,
             lend=getattr(self.backend, "input_buffer", None))
         free = list(range(1 + ahead))
@@ -317,7 +332,11 @@ class Detector:
                     f.cancel()
             pool.shutdown(wait=True)
             if decoder is not None:
-                decoder.close()
+                # Kept only after a complete run (a cancelled task may still write into its
+                # buffer) and where no other call has put one back meanwhile.
+                keep = not inflight and self._kept is not None
+                if not keep or self._kept.setdefault(key, decoder) is not decoder:
+                    decoder.close()
 
 
 def _done(value: Any) -> Future:

@@ -5,6 +5,9 @@ forward pass. A request can only send bytes (a raw body or multipart uploads), n
 or URL on the server; bodies over ``max_bytes`` are refused with 413 from their Content-Length or,
 when streamed, as soon as the count passes the limit; undecodable images and decompression bombs
 (the `Detector`'s own header guard) get 422 with the typed error; other requests are unaffected.
+Decoding runs in a worker process of the replica, so a native decoder crash costs one request;
+a request's images may declare ``request_pixels`` in all, and small requests go before waiting
+batches of large ones (`nsnet_sdk.serve_limits`).
 Ray, Ray Serve and FastAPI are imported only when the service is built (the ``[ray]`` extra).
 """
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request), which
@@ -25,6 +28,8 @@ from typing import Any
 from .prediction import rename_source
 from .artifact import model_sha256
 from .pipeline.config import MAX_PIXELS
+from .serve_limits import (DEFAULT_SMALL_PIXELS, LARGE_BATCH, TRIM_BYTES, HTTPError, PriorityGate,
+                           RequestLimits, batch_cost, check_request_pixels, read_uploads, return_freed_memory)
 
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 32
@@ -61,7 +66,9 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
               gpus_per_replica: float = 0.0, threshold: float | None = None,
               upload_bytes: int | None = None, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
               graceful_s: float = DEFAULT_GRACEFUL_S, max_pixels: int = MAX_PIXELS,
-              cache: str | os.PathLike | None = None) -> Any:
+              cache: str | os.PathLike | None = None, isolate_decode: bool = True,
+              request_pixels: int | None = None, small_pixels: int = DEFAULT_SMALL_PIXELS,
+              runtime_env: dict[str, Any] | None = None) -> Any:
     """The Ray Serve application (``serve.run(build_app(...))``).
 
     ``replicas``: a count or ``"auto"`` (Serve's autoscaling); ``token_sha256``: `token_digest`
@@ -70,6 +77,13 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
     (default 4 × ``max_bytes``; past it a request gets 503 before its body is read);
     ``body_timeout_s``: a body must arrive within this (else 408); ``graceful_s``: how long a
     replica Serve stops (scale-down, redeploy) lets its requests in flight finish.
+    ``isolate_decode``: decode in a worker process of the replica, so that a native decoder
+    crash costs the request that caused it, not the replica and every request in it.
+    ``request_pixels``: the pixels the images of one request may declare in all (413 past it;
+    default 10 × ``max_pixels``); ``small_pixels``: requests up to this many pixels are scored
+    before waiting batches of larger ones (`nsnet_sdk.serve_limits.PriorityGate`).
+    ``runtime_env``: Ray runtime environment of the replicas, merged over the service's own
+    (``MALLOC_ARENA_MAX``).
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
@@ -78,21 +92,16 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
     from . import __version__
     from .metrics import ServiceMetrics, UploadBudget
 
-    upload_bytes = 4 * max_bytes if upload_bytes is None else int(upload_bytes)
-    if upload_bytes < max_bytes:
-        raise ValueError(f"upload_bytes ({upload_bytes:,}) must be at least max_bytes "
-                         f"({max_bytes:,}), or no body of the largest size could be read")
+    limits = RequestLimits(
+        max_bytes=max_bytes, upload_bytes=4 * max_bytes if upload_bytes is None else int(upload_bytes),
+        body_timeout_s=body_timeout_s, max_pixels=max_pixels, small_pixels=small_pixels,
+        request_pixels=10 * max_pixels if request_pixels is None else int(request_pixels))
     replica: dict[str, Any] = {}  # this process's metrics and budget, made by the replica
 
     api = FastAPI(title="NS-Net detector", version=__version__,
                   description="Scores images as real or AI-generated. Requests send image bytes.")
     model = os.fspath(model)
     sha = model_sha256(model)
-
-    class HTTPError(Exception):
-        def __init__(self, status: int, error: str, detail: str) -> None:
-            super().__init__(detail)
-            self.status, self.error, self.detail = status, error, detail
 
     @api.exception_handler(HTTPError)
     async def _http_error(request: Request, exc: HTTPError) -> JSONResponse:
@@ -125,6 +134,8 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
         finally:
             if request.state.held and "budget" in replica:
                 await replica["budget"].release(request.state.held)
+                if request.state.held >= TRIM_BYTES:
+                    return_freed_memory()
             seconds = time.perf_counter() - start
             route = request.url.path if request.url.path in ROUTES else "other"
             if "metrics" in replica:
@@ -133,70 +144,11 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
                                  "status": status, "seconds": round(seconds, 4),
                                  "bytes": request.state.held}))
 
-    async def read_body(request: Request) -> bytes:
-        """The body, refused with 413 as soon as it is known to exceed ``max_bytes``, with 503
-        when the replica already holds its upload budget, with 408 when it is not all there
-        within ``body_timeout_s``."""
-        declared = request.headers.get("content-length")
-        too_big = HTTPError(413, "PayloadTooLarge", f"request body over the {max_bytes:,}-byte limit")
-        busy = HTTPError(503, "Busy", f"the service holds its {upload_bytes:,} bytes of uploads; "
-                         "retry shortly")
-        budget = replica["budget"]
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                raise HTTPError(400, "BadRequest", "invalid Content-Length") from None
-            if length > max_bytes:
-                raise too_big
-            if not await budget.reserve(length):  # before the first byte is read
-                raise busy
-            request.state.held = length
-
-        async def receive() -> bytes:
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise too_big
-                if size > request.state.held:  # sent without a length, or longer than declared
-                    if not await budget.reserve(size - request.state.held):
-                        raise busy
-                    request.state.held = size
-                chunks.append(chunk)
-            return b"".join(chunks)
-
-        try:
-            return await asyncio.wait_for(receive(), body_timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPError(408, "RequestTimeout", f"the request body did not arrive within "
-                            f"{body_timeout_s:g} s") from None
-
-    async def uploads(request: Request, most: int) -> list[tuple[str, bytes]]:
-        """(name, bytes) of each image sent: a multipart upload's files, else the raw body."""
-        body = await read_body(request)
-        ctype = request.headers.get("content-type", "")
-        if not ctype.lower().startswith("multipart/form-data"):
-            return [("<upload>", body)]
-        from starlette.datastructures import UploadFile
-        from starlette.formparsers import MultiPartException, MultiPartParser
-
-        async def once():
-            yield body
-
-        try:
-            form = await MultiPartParser(request.headers, once(), max_files=most,
-                                         max_fields=most).parse()
-        except MultiPartException as e:
-            raise HTTPError(400, "BadRequest", f"malformed multipart body: {e}") from None
-        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        if not files:
-            raise HTTPError(400, "BadRequest", "multipart body without a file part")
-        out = [(f.filename or f"<upload #{i}>", await f.read()) for i, f in enumerate(files)]
-        await form.close()
-        return out
-
-    ray_options: dict[str, Any] = {"num_cpus": 1}
+    # Fewer glibc arenas: the heap that concurrent uploads grow is shared and can be trimmed.
+    env = {"env_vars": {"MALLOC_ARENA_MAX": "2"}}
+    for key, value in (runtime_env or {}).items():
+        env[key] = {**env.get(key, {}), **value} if key == "env_vars" else value
+    ray_options: dict[str, Any] = {"num_cpus": 1, "runtime_env": env}
     if gpus_per_replica:
         ray_options["num_gpus"] = gpus_per_replica
 
@@ -211,33 +163,51 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
             from .detector import Detector
             from .options import InputOptions
 
-            self.det = Detector(model, threshold=threshold,
-                                options=InputOptions(batch_size=max_batch, workers=0, max_pixels=max_pixels))
+            # Isolated: one decode worker process, kept between requests; a crash in it is
+            # retried alone and recorded as that input's ImageDecodeError (pipeline.executors).
+            opts = (InputOptions(batch_size=max_batch, workers=1, executor="processes", max_pixels=max_pixels)
+                    if isolate_decode else InputOptions(batch_size=max_batch, workers=0, max_pixels=max_pixels))
+            self.det = Detector(model, threshold=threshold, options=opts).keep_workers()
+            self.gate = PriorityGate()
             self.cache = None
             if cache is not None:  # keyed by the model and every option that changes an answer
                 from .cache import ResultCache, result_options
 
                 self.cache = ResultCache(cache, model_sha256=sha, options=result_options(self.det, service=True))
-            self.score.set_max_batch_size(max_batch)
-            self.score.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
             self.stats = {"requests": 0, "images": 0, "forward_passes": 0, "batched_images": 0}
             self.metrics = replica["metrics"] = ServiceMetrics(sha)
-            replica["budget"] = UploadBudget(upload_bytes, self.metrics.upload_bytes.labels(sha))
+            replica["budget"] = UploadBudget(limits.upload_bytes, self.metrics.upload_bytes.labels(sha))
             if not log.handlers:  # one JSON line per request on the replica's stderr log
                 handler = logging.StreamHandler()
                 handler.setFormatter(logging.Formatter("%(message)s"))
                 log.addHandler(handler)
                 log.setLevel(logging.INFO)
 
-        @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_MS / 1000)
+        # A batch holds at most 2 bodies of the largest size (a body alone always fits).
+        @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=batch_wait_ms / 1000,
+                     batch_size_fn=batch_cost(max_batch, 2 * max_bytes))
         async def score(self, items: list[tuple[str, bytes]]) -> list[tuple[Any, int]]:
+            """A batch of small requests' images."""
+            return await self.run_batch(items, small=True)
+
+        @serve.batch(max_batch_size=min(LARGE_BATCH, max_batch), batch_wait_timeout_s=batch_wait_ms / 1000,
+                     batch_size_fn=batch_cost(min(LARGE_BATCH, max_batch), 2 * max_bytes))
+        async def score_large(self, items: list[tuple[str, bytes]]) -> list[tuple[Any, int]]:
+            """A batch of large requests' images: waits while small requests are waiting."""
+            return await self.run_batch(items, small=False)
+
+        async def run_batch(self, items: list[tuple[str, bytes]], small: bool) -> list[tuple[Any, int]]:
             import asyncio
 
             def run() -> list:
                 preds = self.det.predict_iter([b for _, b in items], on_error="record")
                 return [rename_source(p, i, items[i][0]) for i, p in enumerate(preds)]
 
-            preds = await asyncio.to_thread(run)  # requests keep queueing while the model runs
+            await self.gate.acquire(small)
+            try:
+                preds = await asyncio.to_thread(run)  # requests keep queueing while the model runs
+            finally:
+                self.gate.release()
             self.stats["forward_passes"] += 1
             self.stats["batched_images"] += len(items)
             self.metrics.forward_pass(len(items))
@@ -250,12 +220,13 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
             import asyncio
 
             authorize(request)
-            items = await uploads(request, most)
+            items = await read_uploads(request, most, limits, replica["budget"])
+            small = check_request_pixels(items, limits) <= limits.small_pixels
             self.stats["requests"] += 1
             self.stats["images"] += len(items)
-            return list(await asyncio.gather(*(self.answer(it) for it in items)))
+            return list(await asyncio.gather(*(self.answer(it, small) for it in items)))
 
-        async def answer(self, item: tuple[str, bytes]) -> tuple[Any, int, bool]:
+        async def answer(self, item: tuple[str, bytes], small: bool) -> tuple[Any, int, bool]:
             """(Prediction, images in its forward pass, answered from the cache)."""
             import hashlib
 
@@ -265,7 +236,7 @@ def build_app(model: str | os.PathLike, *, max_batch: int = DEFAULT_MAX_BATCH,
             row = self.cache.get(key) if key is not None else None
             if row is not None:  # a re-upload: answered without decoding
                 return reused(row, item[0]), 0, True
-            pred, shared = await self.score(item)
+            pred, shared = await (self.score(item) if small else self.score_large(item))
             if key is not None and storable(pred):
                 self.cache.put(key, pred.to_dict())
             return pred, shared, False

@@ -316,3 +316,141 @@ def test_a_cache_answers_re_uploads_without_decoding(url, model, images, referen
     a, b = batch.json()
     assert (a["source"], a["cached"], b["cached"]) == ("a.png", True, False)
     assert stats["images"] == 4 and stats["batched_images"] == 2  # only the two first uploads were scored
+
+
+# Loaded at start-up by every interpreter of the replica deployed below (its decode worker
+# processes included): decoding bytes that end with the marker calls abort() inside the decoder,
+# as a native decoder crash would (the same mechanism as tests/test_decode_pool.py).
+_ABORT_MARKER = b"nsnet-test-abort"
+_ABORT_HOOK = f"""
+import ctypes
+from nsnet_sdk.pipeline import decode as _decode
+
+_decode_bytes = _decode._decode_bytes
+
+
+def _crashing(data, max_pixels, src, swap=True):
+    if bytes(data[-{len(_ABORT_MARKER)}:]) == {_ABORT_MARKER!r}:
+        ctypes.CDLL(None).abort()
+    return _decode_bytes(data, max_pixels, src, swap)
+
+
+_decode._decode_bytes = _crashing
+"""
+
+
+def test_a_decoder_crash_costs_one_request_not_the_replica(url, model, images, reference, tmp_path):
+    """abort() inside the decoder on one upload: that request gets one typed 422, every good
+    request sent with it gets 200 and its exact score, and the replica is the same one after
+    (its counters were not reset by a restart)."""
+    import os
+
+    import httpx
+    from ray import serve
+
+    from _ray_util import REPO
+    from nsnet_sdk.serve import build_app, token_digest
+
+    (tmp_path / "sitecustomize.py").write_text(_ABORT_HOOK)
+    path = os.pathsep.join(p for p in (str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    serve.run(build_app(model, max_batch=8, batch_wait_ms=50, max_bytes=MAX_BYTES,
+                        token_sha256=token_digest(TOKEN),
+                        runtime_env={"env_vars": {"PYTHONPATH": path}}),
+              name="crashy", route_prefix="/crashy")
+    crash = images[5] + _ABORT_MARKER  # trailing bytes after IEND: a good PNG but for the hook
+    bodies = images[:8] + [crash] + images[8:] + [crash]
+
+    async def run():
+        async with httpx.AsyncClient(headers=AUTH, timeout=120) as c:
+            return await asyncio.gather(*(c.post(f"{url}/crashy/v1/detect", content=b) for b in bodies))
+
+    try:
+        answers = asyncio.run(run())
+        after = httpx.post(f"{url}/crashy/v1/detect", content=images[0], headers=AUTH, timeout=60)
+        stats = httpx.get(f"{url}/crashy/v1/model", headers=AUTH, timeout=60).json()["stats"]
+    finally:
+        serve.delete("crashy")
+    for body, a in zip(bodies, answers):
+        if body is crash:
+            assert a.status_code == 422, a.text
+            assert a.json()["error"] == "ImageDecodeError" and "decoder crashed" in a.json()["detail"]
+        else:
+            assert a.status_code == 200, a.text
+            assert a.json()["prob_fake"] == pytest.approx(reference[images.index(body)].prob_fake, abs=1e-6)
+    assert after.status_code == 200
+    assert stats["requests"] == len(bodies) + 1  # one replica answered all: it never restarted
+
+
+def _bilevel_png(side: int) -> bytes:
+    """A 1-bit PNG of side² pixels in a few KB: cheap to send, a real decode and mosaic to score."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.indices((side, side)).sum(0) // 7 % 2 * 255).astype(np.uint8)).convert("1").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_small_request_is_answered_before_a_large_one_finishes(url, images, reference):
+    """A /v1/detect/batch of 16 large images (16 Mpx each) is being scored when a one-image
+    request arrives: the small one is answered first, with its exact score."""
+    import time
+
+    import httpx
+
+    big = _bilevel_png(4000)
+    files = [("f", (f"big{i}.png", big, "image/png")) for i in range(16)]
+    done: dict[str, float] = {}
+
+    def requests_seen() -> int:
+        return httpx.get(f"{url}/v1/model", headers=AUTH, timeout=60).json()["stats"]["requests"]
+
+    async def run():
+        async with httpx.AsyncClient(headers=AUTH, timeout=300) as c:
+            async def large():
+                r = await c.post(f"{url}/v1/detect/batch", files=files)
+                done["large"] = time.monotonic()
+                return r
+
+            async def small():
+                while requests_seen() == seen:  # the large request is read and queued
+                    await asyncio.sleep(0.05)
+                r = await c.post(f"{url}/v1/detect", content=images[4])
+                done["small"] = time.monotonic()
+                return r
+
+            return await asyncio.gather(large(), small())
+
+    seen = requests_seen()
+    large, small = asyncio.run(run())
+    assert large.status_code == 200 and small.status_code == 200, (large.text, small.text)
+    assert [row["error"] for row in large.json()] == [None] * 16
+    assert small.json()["prob_fake"] == pytest.approx(reference[4].prob_fake, abs=1e-6)
+    assert done["small"] < done["large"]
+
+
+def test_a_request_over_the_pixel_budget_is_refused_before_decoding(url):
+    """The images of one request may declare 10 × max_pixels (1e9) in all: 11 headers of
+    100 Mpx each get 413 naming the limit and the flag; 10 are read and answered per image."""
+    import httpx
+
+    over = [("f", (f"h{i}.png", png_claiming(10000, 10000), "image/png")) for i in range(11)]
+    r = httpx.post(f"{url}/v1/detect/batch", files=over, headers=AUTH, timeout=60)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "TooManyPixels" and "--request-pixels" in r.json()["detail"]
+    assert "1,100,000,000" in r.json()["detail"]
+    r = httpx.post(f"{url}/v1/detect/batch", files=over[:10], headers=AUTH, timeout=60)
+    assert r.status_code == 200 and len(r.json()) == 10
+
+
+def test_a_batch_holds_at_most_its_byte_share_of_large_bodies():
+    """`batch_cost` (Serve's batch_size_fn): small images take one slot each; a body of the
+    largest size takes half the slots, so a batch never carries more than two of them."""
+    from nsnet_sdk.serve_limits import batch_cost
+
+    cost = batch_cost(32, 2 * MAX_BYTES)
+    assert cost([("a", b"x" * 100)] * 32) == 32
+    big = ("b", b"x" * MAX_BYTES)
+    assert cost([big]) == 16 and cost([big, big]) == 32 and cost([big, big, ("c", b"x")]) > 32

@@ -9,10 +9,12 @@ from typing import Any
 
 from ..errors import NSNetError
 from ..pipeline.config import MAX_PIXELS
+from ..serve_limits import DEFAULT_SMALL_PIXELS
 from ..serve import (APP_NAME, DEFAULT_BATCH_WAIT_MS, DEFAULT_BODY_TIMEOUT_S, DEFAULT_GRACEFUL_S,
                      DEFAULT_MAX_BATCH, DEFAULT_MAX_BYTES, DEFAULT_PORT, build_app, is_loopback,
                      parse_bytes, token_digest)
 from .args import positive_int, probability
+
 
 def _replicas(text: str) -> int | str:
     if text == "auto":
@@ -26,6 +28,26 @@ def _size(text: str) -> int:
         return parse_bytes(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _ray_init_options(address: str | None) -> dict[str, Any]:
+    """``ray.init`` options: a cluster named by ``--address`` or ``RAY_ADDRESS`` is joined as it
+    is; otherwise a local Ray of our own is started without Ray's dashboard, whose processes
+    cost start-up time and CPU beside the replicas (the service has its own /metrics)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return {"address": address, "log_to_driver": False}
+    return {"address": "local", "log_to_driver": False, "include_dashboard": False}
+
+
+def _drain(serve: Any) -> None:
+    """Delete the application before stopping Serve: the proxy stops routing to it (a new request
+    gets 404) while every replica lets its requests in flight, uploads included, finish for up to
+    --graceful-seconds; stopping Serve directly would close their connections."""
+    print("nsnet: draining requests in flight, then stopping", file=sys.stderr)
+    try:
+        serve.delete(APP_NAME)
+    except Exception as e:  # nothing was deployed yet, or Serve is already gone
+        print(f"nsnet: warning: drain: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -62,6 +84,15 @@ def add_parser(subparsers: Any) -> None:
     s.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
     s.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
                    help=f"refuse images declaring more than N pixels ({MAX_PIXELS:,})")
+    s.add_argument("--request-pixels", type=positive_int, metavar="N",
+                   help="pixels the images of one request may declare in all; past it 413 "
+                   "before decoding (10 x --max-pixels)")
+    s.add_argument("--small-pixels", type=positive_int, default=DEFAULT_SMALL_PIXELS, metavar="N",
+                   help="requests whose images declare at most N pixels in all are scored before "
+                   f"waiting batches of larger requests ({DEFAULT_SMALL_PIXELS:,})")
+    s.add_argument("--no-isolate-decode", dest="isolate_decode", action="store_false",
+                   help="decode in the replica process itself instead of a worker process of it "
+                   "(a native decoder crash then restarts the replica and fails every request in it)")
     s.add_argument("--cache", metavar="FILE", help="SQLite result cache shared by the replicas on this machine: a "
                    "re-upload of a file already scored with this model and options is answered from it "
                    "without decoding; answers carry cached=true")
@@ -95,11 +126,13 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                         max_bytes=args.max_bytes, token_sha256=token_sha, replicas=args.replicas,
                         gpus_per_replica=args.gpus_per_replica, threshold=args.threshold,
                         upload_bytes=args.upload_bytes, body_timeout_s=args.body_timeout,
-                        graceful_s=args.graceful_seconds, max_pixels=args.max_pixels, cache=args.cache)
+                        graceful_s=args.graceful_seconds, max_pixels=args.max_pixels, cache=args.cache,
+                        isolate_decode=args.isolate_decode, request_pixels=args.request_pixels,
+                        small_pixels=args.small_pixels)
     except (NSNetError, OSError) as e:
         print(f"nsnet: error: cannot load model: {e}", file=sys.stderr)
         return 1
-    except ValueError as e:  # --upload-bytes below --max-bytes
+    except ValueError as e:  # --upload-bytes below --max-bytes, --request-pixels below --max-pixels
         parser.error(str(e))
     if not is_loopback(args.host) and token_sha is None:
         print(f"nsnet: warning: serving on {args.host} without --token-env: anyone who can reach "
@@ -107,9 +140,10 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import signal
 
     def stop(signum, frame):  # SIGTERM (systemd, docker stop) stops as cleanly as Ctrl-C
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the drain is not interrupted
         raise KeyboardInterrupt
 
-    ray.init(address=args.address, log_to_driver=False)
+    ray.init(**_ray_init_options(args.address))
     signal.signal(signal.SIGTERM, stop)  # after ray.init, which installs its own crash handler
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
@@ -120,6 +154,7 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        _drain(serve)
         return 0
     except Exception as e:  # the deployment failed (model not loadable on a replica, port taken)
         print(f"nsnet: error: service failed: {type(e).__name__}: {e}", file=sys.stderr)
