@@ -61,10 +61,13 @@ class Scorer:
             with open(model_path, "wb") as f:
                 f.write(model_bytes)
         try:
+            # One decode worker process kept for the actor's life: a native decoder crash costs
+            # its input one error row (pipeline.executors), not the actor and its batch.
             self.det = Detector(model_path, threshold=threshold,
                                 backend=BackendOptions(intra_op_threads=threads),
-                                options=InputOptions(batch_size=batch_size, workers=0, max_pixels=max_pixels,
-                                                     provenance=provenance))
+                                options=InputOptions(batch_size=batch_size, workers=1, executor="processes",
+                                                     max_pixels=max_pixels, provenance=provenance)
+                                ).keep_workers()
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
