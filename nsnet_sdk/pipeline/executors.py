@@ -172,7 +172,7 @@ class _ProcessDecoder(_Decoder):
         except BrokenProcessPool as e:
             self._solo.shutdown(wait=False, cancel_futures=True)
             self._solo = None
-            err = ImageDecodeError(f"{name}: the decoder crashed on this input (its worker process died, "
+            err = ImageDecodeError(f"{name}: the decoder crashed the process decoding this input (its worker died, "
                                    "also when it was decoded alone); the other inputs are unaffected",
                                    source=name)
             err.__cause__ = e
