@@ -13,7 +13,7 @@ from typing import Any
 
 from .args import nonneg_int, plural, positive_int, probability, progress_bar, provider_list
 from ..errors import NSNetError
-from ..options import DEFAULT_BATCH_SIZE, ENGINES, PRECISIONS
+from ..options import AUTO, DEFAULT_BATCH_SIZE, ENGINES, PRECISIONS
 from ..pipeline import MAX_PIXELS, ImageScan, scan_image_paths
 from ..pipeline.executors import DECODE_MODES
 from ..pipeline.gpu import PIPELINES
@@ -64,9 +64,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--device", help="where the model and the GPU pipeline run: cpu, cuda, cuda:N "
                    "(default: the engine's choice); '--pipeline gpu --device cpu' runs the GPU "
                    "pipeline's code on the CPU")
-    d.add_argument("--backend", choices=ENGINES, metavar="ENGINE", help="the engine that runs the "
-                   f"model: {', '.join(ENGINES)} (default: by the model file; an .onnx file may "
-                   "also run on openvino)")
+    d.add_argument("--backend", choices=ENGINES + (AUTO,), metavar="ENGINE", help="the engine that runs "
+                   f"the model: {', '.join(ENGINES)} (default: by the model file; an .onnx file may "
+                   "also run on openvino), or auto: the fastest measured CPU engine for an .onnx file "
+                   "(nsnet info --backend auto says which and why)")
     d.add_argument("--precision", choices=PRECISIONS, help="the precision the engine runs "
                    "(default: the model file's)")
     d.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
