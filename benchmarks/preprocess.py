@@ -44,8 +44,8 @@ import numpy as np  # noqa: E402
 
 from nsnet_sdk.cpuinfo import cpu_model
 from nsnet_sdk.pipeline.executors import prepare_into  # noqa: E402
-from nsnet_sdk.pipeline import (DEFAULT, MAX_PIXELS, kernel_name, load_image, patch_entropies, patch_mosaic,  # noqa: E402
-                                select_kernel)
+from nsnet_sdk.pipeline import (DEFAULT, MAX_PIXELS, kernel_name, load_image,  # noqa: E402
+                                patch_entropies, patch_mosaic, select_kernel)
 
 cv2.setNumThreads(1)
 SIZES = ((512, 512), (768, 1024), (1536, 2048))  # (h, w)

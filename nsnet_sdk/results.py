@@ -339,8 +339,8 @@ class InflightJournal:
     a native decoder crash (a segfault or abort in a codec library: no row, no exception says which
     input did it) can be resumed without decoding the killer in-process again.
 
-    `record` (write + fsync, before each chunk of inputs is decoded) and `clear` (when the run ends
-    in any ordinary way) keep it naming only the last chunk of a run that died; `left_over` is what
+    `record` (write + fsync, before each chunk of inputs is decoded) and `clear` (when the run has
+    scored every input) keep it naming only the last chunk of a run that stopped; `left_over` is what
     ``--resume`` scores with every input decoded in a worker process of its own. One fsync per chunk
     of up to 512 inputs: under a microsecond per input (docs/guide.md). Result files that are not
     regular files (stdout, a FIFO) have no journal: such a run cannot be resumed anyway.
@@ -350,7 +350,7 @@ class InflightJournal:
         self.paths = [s + INFLIGHT for s in specs if s != "-" and os.path.isfile(s)]
 
     def left_over(self) -> set[str]:
-        """The names a run that died had in flight (empty after an ordinary end). A torn or foreign
+        """The names a run that stopped early had in flight (empty after a completed run). A torn or foreign
         line is ignored: at worst an input is decoded again in-process, never skipped unscored."""
         names: set[str] = set()
         for path in self.paths:
@@ -379,7 +379,8 @@ class InflightJournal:
                 os.fsync(f.fileno())
 
     def clear(self) -> None:
-        """The run ended in an ordinary way (done, interrupted, inference failed)."""
+        """The run has scored every input (an interrupted or failed run keeps its journal: the next
+        ``--resume`` decodes the inputs it names in worker processes, which costs only time)."""
         for path in self.paths:
             try:
                 os.unlink(path)

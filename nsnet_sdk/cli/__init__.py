@@ -104,7 +104,8 @@ def _print_info(info: dict[str, Any]) -> None:
         head = f"{choice['engine']} {choice['precision']}: "
         print(f"{'engine choice':15s} {head}{choice['why'].removeprefix(head)}")
         if "cpu" in choice:
-            print(f"  {'cpu':17s} {choice['cpu']} ({', '.join(choice['cpu_flags']) or 'none of the flags it looks at'})")
+            flags = ", ".join(choice["cpu_flags"]) or "none of the flags it looks at"
+            print(f"  {'cpu':17s} {choice['cpu']} ({flags})")
             print(f"  {'measured row':17s} {json.dumps(choice['row']) if choice['row'] else '(none: the baseline)'}")
     card = info.get("model_card") or {}
     print("model card:" if card else "model card:    (none recorded; exported before model cards)")

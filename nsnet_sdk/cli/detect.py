@@ -255,7 +255,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: lis
             journal=journal, isolated=_isolated(args, backend, options, isolate))
         if bar is not None:
             bar.close()
-        journal.clear()  # an ordinary end: no input of this run can have killed it
+        if failure is None and not interrupted:  # every input has its row: none killed a run
+            journal.clear()  # (otherwise the next --resume decodes the journal's rest in workers)
     finally:
         det.close()
     scored, errors, decided = counts
@@ -281,7 +282,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: lis
         if already:
             _say(f"{already} inputs already in the results were not scored again (--resume)")
         if isolate:
-            _say(f"{plural(len(isolate), 'input')} in flight when an earlier run died were decoded "
+            _say(f"{plural(len(isolate), 'input')} in flight when an earlier run stopped were decoded "
                  "in worker processes (a decoder crash costs only its own input)")
         for note in _scan_notes(scan, args.verbose):
             _say(note)
@@ -320,7 +321,8 @@ def _isolated(args: argparse.Namespace, backend: Any, options: Any, paths: list[
 
 def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, settings: str, bar: Any,
            batch_size: int, cache: Any = None, journal: InflightJournal | None = None,
-           isolated: tuple[list[str], Any] = ([], None)) -> tuple[tuple[int, int, Counter], NSNetError | None, bool]:
+           isolated: tuple[list[str], Any] = ([], None),
+           ) -> tuple[tuple[int, int, Counter], NSNetError | None, bool]:
     """Score ``todo``, writing each batch's rows before the progress bar counts them; the inputs
     of ``isolated`` (paths, Detector factory) first, by that Detector, the others by ``det``, each
     chunk named in ``journal`` before it is decoded in this process.
