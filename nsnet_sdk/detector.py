@@ -14,8 +14,8 @@ import math
 import os
 import warnings
 from collections import deque
-from dataclasses import replace
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
@@ -103,9 +103,10 @@ class Detector:
         # Every metadata field is validated before a runtime library parses the file.
         self.meta: ModelMeta = read_model_meta(self.model_path, kind)
         self.backend_options, self.engine_choice = bopts, _engine_choice(bopts, kind, self.meta)
-        if bopts.engine == AUTO:
-            bopts = self.backend_options = replace(bopts, engine=self.engine_choice["engine"], precision=(
-                self.engine_choice["precision"] if self.engine_choice["engine"] == "openvino" else None))
+        if bopts.engine == AUTO:  # ONNX Runtime runs the file's own precision; other artifacts keep the asked one
+            chosen = self.engine_choice["engine"]
+            precision = {"openvino": self.engine_choice["precision"], "onnxruntime": None}.get(chosen, bopts.precision)
+            bopts = self.backend_options = replace(bopts, engine=chosen, precision=precision)
         self.kind = bopts.engine or kind
         bopts.check(self.kind, self.meta.precision)
         self.threshold = self.meta.threshold if threshold is None else check_threshold(threshold)

@@ -113,3 +113,16 @@ def test_nsnet_info_prints_the_choice(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     line = next(x for x in r.stdout.splitlines() if x.startswith("engine choice"))
     assert f"{want['engine']} {want['precision']}" in line and want["cpu"] in r.stdout
+
+
+def test_auto_on_an_artifact_of_another_engine_runs_its_own_engine_and_says_so():
+    pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    from _sdk_util import tiny_export
+
+    run = tiny_export()["run"]
+    with Detector(run, backend=BackendOptions(engine="auto", device="cpu", precision="fp32"),
+                  options=InputOptions(workers=0)) as det:
+        choice = det.info()["engine_choice"]
+        assert det.kind == det.backend.name == choice["engine"] == "torch"
+        assert "its own engine" in choice["why"] and "engine=torch precision=fp32" in det.settings()
