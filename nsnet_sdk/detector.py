@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from .artifact import ModelMeta, artifact_kind, read_model_meta
-from .backends import Backend, cpu_engine_choice, load_backend
+from .backends import Backend, engine_choice, load_backend
 from .pipeline.executors import make_decoder
 from .errors import (InferenceError, PreprocessMismatchError, RandomWeightsWarning, as_input_error,
                      nonfinite_logit_error)
@@ -102,7 +102,7 @@ class Detector:
         self.provenance = provenance_reader(opts.provenance)
         # Every metadata field is validated before a runtime library parses the file.
         self.meta: ModelMeta = read_model_meta(self.model_path, kind)
-        self.backend_options, self.engine_choice = bopts, _engine_choice(bopts, kind, self.meta)
+        self.backend_options, self.engine_choice = bopts, engine_choice(bopts, kind, self.meta)
         if bopts.engine == AUTO:  # ONNX Runtime runs the file's own precision; other artifacts keep the asked one
             chosen = self.engine_choice["engine"]
             precision = {"openvino": self.engine_choice["precision"], "onnxruntime": None}.get(chosen, bopts.precision)
@@ -327,24 +327,6 @@ class Detector:
             pool.shutdown(wait=True)
             if decoder is not None:
                 decoder.close()
-
-
-def _engine_choice(bopts: BackendOptions, kind: str, meta: ModelMeta) -> dict[str, Any]:
-    """Which engine and precision run an artifact of ``kind`` under ``bopts``, and why; for
-    ``engine="auto"`` on an ``.onnx`` file, `cpu_engine_choice` on this CPU."""
-    precision = bopts.precision or meta.precision
-    if bopts.engine != AUTO:
-        why = (f"engine={bopts.engine!r} asked for" if bopts.engine is not None
-               else f"the model file's own engine (a {kind} artifact)")
-        return {"engine": bopts.engine or kind, "precision": precision, "why": why}
-    from .backends.openvino import PRECISIONS as CPU_PRECISIONS
-
-    if kind != "onnxruntime" or precision not in CPU_PRECISIONS or str(bopts.device or "cpu").lower() != "cpu":
-        return {"engine": kind, "precision": meta.precision, "why": (
-            f"engine='auto' chooses among CPU engines for an .onnx file of precision {', '.join(CPU_PRECISIONS)} "
-            f"on device 'cpu'; this is a {meta.precision} {kind} artifact on device {bopts.device or 'default'}: "
-            "its own engine")}
-    return cpu_engine_choice(precision, meta.precision)
 
 
 def _done(value: Any) -> Future:

@@ -106,6 +106,26 @@ def cpu_engine_choice(precision: str, artifact_precision: str, *, features: Iter
             "table": str(ov.ENGINE_TABLE) if table is None else "given"}
 
 
+def engine_choice(bopts: Any, kind: str, meta: Any) -> dict[str, Any]:
+    """Which engine and precision run an artifact of ``kind`` (its `ModelMeta` ``meta``) under
+    `BackendOptions` ``bopts``, and why (`Detector.info`'s ``engine_choice``); for ``engine="auto"``
+    on an ``.onnx`` file on the CPU, `cpu_engine_choice` on this CPU."""
+    from ..options import AUTO
+    from .openvino import PRECISIONS as CPU_PRECISIONS
+
+    precision = bopts.precision or meta.precision
+    if bopts.engine != AUTO:
+        why = (f"engine={bopts.engine!r} asked for" if bopts.engine is not None
+               else f"the model file's own engine (a {kind} artifact)")
+        return {"engine": bopts.engine or kind, "precision": precision, "why": why}
+    if kind != "onnxruntime" or precision not in CPU_PRECISIONS or str(bopts.device or "cpu").lower() != "cpu":
+        return {"engine": kind, "precision": precision, "why": (
+            f"engine='auto' chooses among CPU engines for an .onnx file ({', '.join(CPU_PRECISIONS)}) on "
+            f"device 'cpu'; this is a {meta.precision} {kind} artifact on device {bopts.device or 'default'}: "
+            "its own engine")}
+    return cpu_engine_choice(precision, meta.precision)
+
+
 def load_backend(kind: str, path: str | Path, **options: Any) -> Backend:
     """Build the backend ``kind`` (see `nsnet_sdk.artifact.artifact_kind`) for ``path``.
 
