@@ -13,8 +13,10 @@ Rows, at 512×512, 1024×768 and 2048×1536:
 - the allocator's page-fault tax (``--allocator``, on by default): decode and the whole per-image
   work at 1024×768 and 4000×3000 (a 36 MB decode buffer, above glibc's 32 MB mmap-threshold cap),
   each in a fresh process with glibc's defaults, with the SDK's tuning (`_keep_freed_frames`: what
-  the ``nsnet`` CLI and decode worker processes set) and with the tuning plus ``M_MMAP_MAX=0``;
-  minor faults from ``resource.getrusage``.
+  the ``nsnet`` CLI and decode worker processes set) and with the tuning plus ``M_MMAP_MAX=0``
+  (``large_frames``: what ``nsnet detect`` and its decode workers set); minor faults from
+  ``resource.getrusage``; ``kernel ms``: the entropy kernel alone on the decoded images, so that
+  ``rest/decode`` = (total − kernel) / decode shows the work outside the kernel.
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ import numpy as np  # noqa: E402
 
 from nsnet_sdk.cpuinfo import cpu_model
 from nsnet_sdk.pipeline.executors import prepare_into  # noqa: E402
-from nsnet_sdk.pipeline import DEFAULT, MAX_PIXELS, kernel_name, patch_mosaic, select_kernel  # noqa: E402
+from nsnet_sdk.pipeline import (DEFAULT, MAX_PIXELS, kernel_name, load_image,  # noqa: E402
+                                patch_entropies, patch_mosaic, select_kernel)
 
 cv2.setNumThreads(1)
 SIZES = ((512, 512), (768, 1024), (1536, 2048))  # (h, w)
@@ -172,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{w:>5}x{h:<4} {'per-patch':>10} {ref:>10.2f}")
 
     print("\nDetector per-image work from a JPEG q90 file: read + decode + mosaic + normalise (1 core)")
-    print(f"{'image':>10} {'kernel':>10} {'total ms':>9} {'decode ms':>10} {'GIL-held ms':>12} "
-          f"{'threads cap img/s':>18} {f'cores for {GPU_RATE}/s':>16}")
+    print(f"{'image':>10} {'kernel':>10} {'total ms':>9} {'decode ms':>10} {'kernel ms':>10} {'rest ms':>8} "
+          f"{'total/decode':>13} {'GIL-held ms':>12} {'threads cap img/s':>18} {f'cores for {GPU_RATE}/s':>16}")
     out = np.empty((3, DEFAULT.size, DEFAULT.size), np.float32)
     with tempfile.TemporaryDirectory() as d:
         for h, w in SIZES:
@@ -189,8 +192,12 @@ def main(argv: list[str] | None = None) -> int:
                     cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
             dec = per_call_ms(decode_only, 3) / len(paths)
+            rgbs = [load_image(p) for p in paths]
             for k in kernels:
                 select_kernel(k)
+                # The entropy kernel alone, on the decoded images: "rest" (read, checks, decode
+                # wrapper, selection, mosaic copy, normalise) is the per-image work minus decode and kernel.
+                kern = per_call_ms(lambda: [patch_entropies(x) for x in rgbs], 3) / len(paths)
 
                 def all_files() -> None:
                     for p in paths:
@@ -200,10 +207,13 @@ def main(argv: list[str] | None = None) -> int:
                 held = gil_held_ms(all_files, 3) / len(paths)
                 cap = 1e3 / held if held > 0 else float("inf")
                 cores = GPU_RATE * total / 1e3
+                rest = total - dec - kern
                 rows.append({"stage": "decode+preprocess", "size": f"{w}x{h} JPEG q90", "kernel": k, "ms": total,
-                             "decode_ms": dec, "gil_held_ms": held, "threads_cap_images_per_s": cap,
+                             "decode_ms": dec, "kernel_ms": kern, "rest_ms": rest, "total_over_decode": total / dec,
+                             "gil_held_ms": held, "threads_cap_images_per_s": cap,
                              "cores_for_4000_per_s": cores, "images_per_s_per_core": 1e3 / total})
-                print(f"{w:>5}x{h:<4} {k:>10} {total:>9.2f} {dec:>10.2f} {held:>12.3f} {cap:>18.0f} {cores:>16.1f}")
+                print(f"{w:>5}x{h:<4} {k:>10} {total:>9.2f} {dec:>10.2f} {kern:>10.2f} {rest:>8.2f} "
+                      f"{total / dec:>12.2f}x {held:>12.3f} {cap:>18.0f} {cores:>16.1f}")
         if args.allocator:
             rows += allocator_rows(Path(d), max(2, args.files // 6), max(2, args.repeat // 10))
     select_kernel(None)
@@ -218,13 +228,10 @@ def alloc_measure(mode: str, paths: list[str], repeat: int) -> dict:
     """In this (fresh) process: allocator set per ``mode``, then per image the CPU ms (user + sys)
     and minor page faults of ``cv2.imdecode`` alone and of the Detector's whole work (median)."""
     if mode != ALLOC_MODES[0]:
-        import ctypes
-
         from nsnet_sdk.pipeline.executors import _keep_freed_frames
 
-        _keep_freed_frames()
-        if mode == ALLOC_MODES[2]:
-            ctypes.CDLL("libc.so.6").mallopt(-4, 0)  # M_MMAP_MAX = 0: even > 32 MB from the heap
+        # large_frames: M_MMAP_MAX = 0, even > 32 MB from the heap (what `nsnet detect` sets)
+        _keep_freed_frames(large_frames=mode == ALLOC_MODES[2])
     datas = [Path(p).read_bytes() for p in paths]
     out = np.empty((3, DEFAULT.size, DEFAULT.size), np.float32)
 
@@ -243,8 +250,10 @@ def alloc_measure(mode: str, paths: list[str], repeat: int) -> dict:
 
     dec = cost(lambda i: cv2.imdecode(np.frombuffer(datas[i], np.uint8), cv2.IMREAD_COLOR))
     tot = cost(lambda i: prepare_into(paths[i], paths[i], DEFAULT, MAX_PIXELS, out))
+    rgbs = [load_image(p) for p in paths]
+    kern = cost(lambda i: patch_entropies(rgbs[i]))
     return {"decode_ms": dec[0], "decode_sys_ms": dec[1], "decode_faults": dec[2],
-            "total_ms": tot[0], "total_sys_ms": tot[1], "total_faults": tot[2]}
+            "total_ms": tot[0], "total_sys_ms": tot[1], "total_faults": tot[2], "kernel_ms": kern[0]}
 
 
 def allocator_rows(root: Path, files: int, repeat: int) -> list[dict]:
@@ -252,7 +261,7 @@ def allocator_rows(root: Path, files: int, repeat: int) -> list[dict]:
     rows = []
     print("\nallocator page-fault tax, per image on one core (each mode a fresh process; CPU ms = user + sys)")
     print(f"{'image':>10} {'allocator':>16} {'decode ms':>10} {'faults':>7} {'total ms':>9} {'faults':>7} "
-          f"{'sys ms':>7} {'total/decode':>13}")
+          f"{'sys ms':>7} {'total/decode':>13} {'kernel ms':>10} {'rest/decode':>12}")
     for h, w in ALLOC_SIZES:
         paths = []
         for i in range(files):
@@ -268,10 +277,12 @@ def allocator_rows(root: Path, files: int, repeat: int) -> list[dict]:
             r = dict(json.loads(proc.stdout.strip().splitlines()[-1]), stage="allocator",
                      size=f"{w}x{h} JPEG q90", allocator=mode)
             r["total_over_decode"] = r["total_ms"] / r["decode_ms"]
+            # (total − kernel) / decode: the Detector's work outside the entropy kernel, vs decode alone
+            r["rest_over_decode"] = (r["total_ms"] - r["kernel_ms"]) / r["decode_ms"]
             rows.append(r)
             print(f"{w:>5}x{h:<4} {mode:>16} {r['decode_ms']:>10.2f} {r['decode_faults']:>7.0f} "
                   f"{r['total_ms']:>9.2f} {r['total_faults']:>7.0f} {r['total_sys_ms']:>7.2f} "
-                  f"{r['total_over_decode']:>12.2f}x")
+                  f"{r['total_over_decode']:>12.2f}x {r['kernel_ms']:>10.2f} {r['rest_over_decode']:>11.2f}x")
     return rows
 
 

@@ -17,7 +17,7 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 SCHEMA = "nsnet-result-cache/1"
 _TABLE = ("CREATE TABLE IF NOT EXISTS results (file_sha256 TEXT NOT NULL, model_sha256 TEXT NOT NULL, "
@@ -201,18 +201,22 @@ def read_chunks(det: Any, paths: Iterable[str]) -> Iterator[list[tuple[str, Any,
         yield chunk
 
 
-def score_once(det: Any, paths: Sequence[str], cache: ResultCache | None = None) -> Iterator[tuple[Any, bool]]:
+def score_once(det: Any, paths: Sequence[str], cache: ResultCache | None = None,
+               on_chunk: Callable[[list[str]], None] | None = None) -> Iterator[tuple[Any, bool]]:
     """(Prediction, reused) for every path, in order, each distinct file decoded and scored once:
     a file whose bytes were already scored in this run, or are in ``cache`` (same model and
     options), takes that result under its own name (``reused`` True) without being decoded.
 
     Files are read once, through the pipeline's bounded reader, and the bytes handed to the
     Detector; a path that cannot be read gets the Detector's own error for it. Results of this run
-    are kept in ``cache``, or in a temporary `run_store`.
+    are kept in ``cache``, or in a temporary `run_store`. ``on_chunk(names)`` is called before
+    each chunk of inputs is decoded (no input of a later chunk is decoded before then).
     """
     with contextlib.ExitStack() as stack:
         store = cache if cache is not None else stack.enter_context(run_store())
         for chunk in read_chunks(det, paths):
+            if on_chunk is not None:
+                on_chunk([name for name, _, _ in chunk])
             yield from score_chunk(det, chunk, store)
 
 

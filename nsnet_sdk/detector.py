@@ -15,6 +15,7 @@ import os
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
@@ -22,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from .artifact import ModelMeta, artifact_kind, read_model_meta
-from .backends import Backend, load_backend
+from .backends import Backend, engine_choice, load_backend
 from .pipeline.executors import make_decoder
 from .errors import (InferenceError, PreprocessMismatchError, RandomWeightsWarning, as_input_error,
                      nonfinite_logit_error)
 from .pipeline.gpu import resolve_pipeline  # torch loads only when a GPU pipeline is built
 from .pipeline.inputs import check_channels, is_single_input, iter_inputs, source_name
-from .options import BackendOptions, InputOptions, as_backend_options, as_input_options, check_threshold
+from .options import AUTO, BackendOptions, InputOptions, as_backend_options, as_input_options, check_threshold
 from .prediction import Prediction, decide, sigmoid
 from .provenance import provenance_reader, with_provenance
 from .pipeline import PatchConfig, kernel_name
@@ -91,17 +92,22 @@ class Detector:
                  options: InputOptions | None = None) -> None:
         self.model_path = Path(model)
         self.options = opts = as_input_options(options)
-        self.backend_options = bopts = as_backend_options(backend)
+        bopts = as_backend_options(backend)
         kind = artifact_kind(self.model_path)
-        if bopts.engine is not None and bopts.engine != kind and {bopts.engine, kind} != ONNX_ENGINES:
+        if bopts.engine not in (None, AUTO) and bopts.engine != kind and {bopts.engine, kind} != ONNX_ENGINES:
             raise ValueError(f"{self.model_path} (an artifact for {kind}) cannot be run by engine="
                              f"{bopts.engine!r}; an .onnx file runs on onnxruntime or openvino")
-        self.kind = bopts.engine or kind
         self.batch_size, self.workers, self.max_pixels = opts.batch_size, opts.workers, opts.max_pixels
         self.channels, self.decode = opts.channels, opts.executor
         self.provenance = provenance_reader(opts.provenance)
         # Every metadata field is validated before a runtime library parses the file.
         self.meta: ModelMeta = read_model_meta(self.model_path, kind)
+        self.backend_options, self.engine_choice = bopts, engine_choice(bopts, kind, self.meta)
+        if bopts.engine == AUTO:  # ONNX Runtime runs the file's own precision; other artifacts keep the asked one
+            chosen = self.engine_choice["engine"]
+            precision = {"openvino": self.engine_choice["precision"], "onnxruntime": None}.get(chosen, bopts.precision)
+            bopts = self.backend_options = replace(bopts, engine=chosen, precision=precision)
+        self.kind = bopts.engine or kind
         bopts.check(self.kind, self.meta.precision)
         self.threshold = self.meta.threshold if threshold is None else check_threshold(threshold)
         self.backend: Backend = load_backend(self.kind, self.model_path, meta=self.meta, **bopts.load_options())
@@ -182,9 +188,12 @@ class Detector:
         return f"max_pixels={self.max_pixels} pipeline={pipeline} engine={self.kind} precision={precision}"
 
     def info(self) -> dict[str, Any]:
-        """What `nsnet info` prints: artifact, backend, device, threshold, preprocessing, metadata."""
+        """What `nsnet info` prints: artifact, backend, device, threshold, preprocessing, metadata,
+        and ``engine_choice``: the engine and precision that run the model and why (with
+        ``backend="auto"``: the measured table row and the CPU flags behind the choice)."""
         return {**model_info(self.model_path, self.backend.name, self.backend.device, self.meta,
-                             threshold=self.threshold, config=self.config), "pipeline": self.pipeline}
+                             threshold=self.threshold, config=self.config), "pipeline": self.pipeline,
+                "engine_choice": self.engine_choice}
 
     def keep_workers(self) -> "Detector":
         """Keep the CPU pipeline's decode workers (and their batch buffers) from one call to the

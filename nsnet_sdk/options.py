@@ -18,6 +18,7 @@ __all__ = ["InputOptions", "BackendOptions", "ENGINES", "PRECISIONS", "DEFAULT_B
            "default_workers"]
 
 ENGINES = ("onnxruntime", "tensorrt", "torch", "openvino")
+AUTO = "auto"  # engine: for an .onnx file, the fastest measured CPU engine on this CPU (docs/openvino.md)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 HINTS = ("latency", "throughput")  # OpenVINO's performance hints
 # What each engine can run; None: the model file decides (ONNX Runtime and TensorRT run the
@@ -96,7 +97,10 @@ class BackendOptions:
     Args:
         engine: ``"onnxruntime"``, ``"tensorrt"``, ``"torch"`` or ``"openvino"``; None: by the
             artifact's kind (``.onnx`` → ONNX Runtime, ``.engine`` → TensorRT, run directory →
-            torch). An ``.onnx`` file may also be run by ``"openvino"``.
+            torch). An ``.onnx`` file may also be run by ``"openvino"``. ``"auto"``: for an
+            ``.onnx`` file on the CPU, the engine and precision `cpu_engine_choice` picks from the
+            measured table (``precision`` is then the parity bound the choice must stay within);
+            other artifacts run on their own engine. `Detector.info` says which and why.
         device: where the model runs (and the GPU pipeline with it): torch: a torch device
             (default ``cuda`` when available, else ``cpu``); TensorRT: a GPU index or ``"cuda:N"``;
             ONNX Runtime: ``"cpu"`` or ``"cuda[:N]"`` picks the execution provider when
@@ -123,9 +127,9 @@ class BackendOptions:
     def __post_init__(self) -> None:
         if self.hint is not None and self.hint not in HINTS:
             raise ValueError(f"hint must be one of {HINTS} (or None: the engine's default), got {self.hint!r}")
-        if self.engine is not None and self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES} (or None: by the model file's "
-                             f"kind), got {self.engine!r}")
+        if self.engine is not None and self.engine not in ENGINES + (AUTO,):
+            raise ValueError(f"engine must be one of {ENGINES + (AUTO,)} (or None: by the model "
+                             f"file's kind), got {self.engine!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS} (or None: the model's), "
                              f"got {self.precision!r}")

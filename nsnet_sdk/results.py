@@ -329,3 +329,60 @@ def holds_result(spec: str) -> bool:
     """True when ``spec`` is a non-empty regular file (writing a new result there would lose it)."""
     return spec != "-" and os.path.isfile(spec) and os.path.getsize(spec) > 0
 
+
+
+INFLIGHT = ".inflight"
+
+
+class InflightJournal:
+    """``<result file>.inflight``: the inputs being decoded in this process, so that a run killed by
+    a native decoder crash (a segfault or abort in a codec library: no row, no exception says which
+    input did it) can be resumed without decoding the killer in-process again.
+
+    `record` (write + fsync, before each chunk of inputs is decoded) and `clear` (when the run has
+    scored every input) keep it naming only the last chunk of a run that stopped; `left_over` is what
+    ``--resume`` scores with every input decoded in a worker process of its own. One fsync per chunk
+    of up to 512 inputs: under a microsecond per input (docs/guide.md). Result files that are not
+    regular files (stdout, a FIFO) have no journal: such a run cannot be resumed anyway.
+    """
+
+    def __init__(self, specs: Sequence[str]) -> None:
+        self.paths = [s + INFLIGHT for s in specs if s != "-" and os.path.isfile(s)]
+
+    def left_over(self) -> set[str]:
+        """The names a run that stopped early had in flight (empty after a completed run). A torn or foreign
+        line is ignored: at worst an input is decoded again in-process, never skipped unscored."""
+        names: set[str] = set()
+        for path in self.paths:
+            try:
+                with open(path, "rb") as f:
+                    lines = f.read().splitlines()
+            except OSError:  # none: the last run ended normally, or never started
+                continue
+            for line in lines:
+                try:
+                    name = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(name, str):
+                    names.add(name)
+        return names
+
+    def record(self, names: Iterable[str]) -> None:
+        """Replace the journal with ``names``, on disk before the first of them is decoded. One JSON
+        string per line (ASCII): a name may hold a newline or bytes that are not UTF-8."""
+        text = "".join(json.dumps(n) + "\n" for n in names).encode("ascii")
+        for path in self.paths:
+            with open(path, "wb") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def clear(self) -> None:
+        """The run has scored every input (an interrupted or failed run keeps its journal: the next
+        ``--resume`` decodes the inputs it names in worker processes, which costs only time)."""
+        for path in self.paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass

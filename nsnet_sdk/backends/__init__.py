@@ -3,7 +3,7 @@ so `import nsnet_sdk` stays free of torch and tensorrt."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -64,6 +64,66 @@ def gpu_index(device: Any) -> int:
         raise ValueError(f"a TensorRT engine runs on a CUDA device: device must be a GPU index or "
                          f"'cuda:N', got {device!r}")
     return int(text)
+
+
+# The CPU flags that decide the engine choice (`backends.openvino.isa_class` and the rows' ``needs``).
+_CHOICE_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_engine_choice(precision: str, artifact_precision: str, *, features: Iterable[str] | None = None,
+                      table: Sequence[Mapping[str, Any]] | None = None,
+                      available: Iterable[str] | None = None) -> dict[str, Any]:
+    """The engine ``backend="auto"`` runs an ``.onnx`` file on, on this CPU, and why: ``engine``,
+    ``precision``, ``why`` (`backends.openvino.choose_cpu_engine`'s sentence), ``cpu`` (the CPU's
+    ISA class), ``cpu_flags`` (those of its flags the choice looks at), ``row`` (the measured row of
+    `cpu_engines.json` behind it; None for the baseline) and ``table`` (that file's path).
+
+    ``features``, ``table`` and ``available`` default to this machine's flags, the checked-in table
+    and the runtimes installed here; tests give their own. ``precision`` is the parity bound the
+    engine must stay within (a BF16 engine is allowed by ``"bf16"``, never by ``"fp32"``).
+    """
+    from importlib.util import find_spec
+
+    from ..cpuinfo import cpu_features
+    from . import openvino as ov  # the choice logic only: openvino itself is imported by the backend
+
+    feats = frozenset(cpu_features() if features is None else features)
+    rows = ov.load_engine_table() if table is None else list(table)
+    have = ([name for name in ("onnxruntime", "openvino") if find_spec(name) is not None]
+            if available is None else list(available))
+    choice = ov.choose_cpu_engine(feats, rows, precision=precision, artifact_precision=artifact_precision,
+                                  available=have)
+    mine = ov.isa_class(feats)
+    # The row chosen: of the first class, from this CPU's down, that has rows (the one the choice used).
+    order = ov._ISA_ORDER[ov._ISA_ORDER.index(mine):]
+    row = next((dict(r) for isa in order for r in rows
+                if r["isa"] == isa and (r["backend"], r["precision"]) == (choice.backend, choice.precision)
+                and r.get("artifact", "fp32") == artifact_precision and set(r.get("needs", ())) <= feats), None)
+    if row is not None and "baseline" in choice.why:
+        row = None  # ONNX Runtime as the fallback, not as a measured winner
+    return {"engine": choice.backend, "precision": choice.precision, "why": choice.why, "cpu": mine,
+            "cpu_flags": sorted(feats & set(_CHOICE_FLAGS)), "row": row,
+            "table": str(ov.ENGINE_TABLE) if table is None else "given"}
+
+
+def engine_choice(bopts: Any, kind: str, meta: Any) -> dict[str, Any]:
+    """Which engine and precision run an artifact of ``kind`` (its `ModelMeta` ``meta``) under
+    `BackendOptions` ``bopts``, and why (`Detector.info`'s ``engine_choice``); for ``engine="auto"``
+    on an ``.onnx`` file on the CPU, `cpu_engine_choice` on this CPU."""
+    from ..options import AUTO
+    from .openvino import PRECISIONS as CPU_PRECISIONS
+
+    precision = bopts.precision or meta.precision
+    if bopts.engine != AUTO:
+        why = (f"engine={bopts.engine!r} asked for" if bopts.engine is not None
+               else f"the model file's own engine (a {kind} artifact)")
+        return {"engine": bopts.engine or kind, "precision": precision, "why": why}
+    if kind != "onnxruntime" or precision not in CPU_PRECISIONS or str(bopts.device or "cpu").lower() != "cpu":
+        return {"engine": kind, "precision": precision, "why": (
+            f"engine='auto' chooses among CPU engines for an .onnx file ({', '.join(CPU_PRECISIONS)}) on "
+            f"device 'cpu'; this is a {meta.precision} {kind} artifact on device {bopts.device or 'default'}: "
+            "its own engine")}
+    return cpu_engine_choice(precision, meta.precision)
 
 
 def load_backend(kind: str, path: str | Path, **options: Any) -> Backend:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 from .. import __version__
 from .args import probability, provider_list
+from ..options import AUTO, ENGINES, PRECISIONS
 from ..errors import BackendUnavailableError, NSNetError, RandomWeightsWarning
 
 
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", metavar="MODEL")
     i.add_argument("--json", action="store_true", help="print as one JSON object")
     i.add_argument("--providers", help="ONNX Runtime providers, comma-separated, in order")
+    i.add_argument("--backend", choices=ENGINES + (AUTO,), metavar="ENGINE", help="describe the model as "
+                   f"run by this engine ({', '.join(ENGINES)}, or auto: the fastest measured CPU "
+                   "engine for an .onnx file); engine_choice says which engine and precision and why")
+    i.add_argument("--precision", choices=PRECISIONS, help="the precision (with auto: the parity bound "
+                   "the chosen engine must stay within; default: the model file's)")
     i.add_argument("--set-threshold", type=probability, metavar="T",
                    help="write threshold T on prob_fake into the model's metadata")
     i.add_argument("--threshold-source", metavar="TEXT",
@@ -90,9 +96,17 @@ def _restamp(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _print_info(info: dict[str, Any]) -> None:
     for key, value in info.items():
-        if key in ("metadata", "model_card"):
+        if key in ("metadata", "model_card", "engine_choice"):
             continue
         print(f"{key:15s} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    choice = info.get("engine_choice") or {}
+    if choice:
+        head = f"{choice['engine']} {choice['precision']}: "
+        print(f"{'engine choice':15s} {head}{choice['why'].removeprefix(head)}")
+        if "cpu" in choice:
+            flags = ", ".join(choice["cpu_flags"]) or "none of the flags it looks at"
+            print(f"  {'cpu':17s} {choice['cpu']} ({flags})")
+            print(f"  {'measured row':17s} {json.dumps(choice['row']) if choice['row'] else '(none: the baseline)'}")
     card = info.get("model_card") or {}
     print("model card:" if card else "model card:    (none recorded; exported before model cards)")
     for key, value in card.items():
@@ -111,7 +125,8 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..options import BackendOptions, InputOptions
 
     try:
-        det = Detector(args.model, backend=BackendOptions(providers=provider_list(args.providers)),
+        det = Detector(args.model, backend=BackendOptions(engine=args.backend, precision=args.precision,
+                                                          providers=provider_list(args.providers)),
                        options=InputOptions(workers=0))
     except BackendUnavailableError as e:
         info = _engine_info_from_sidecar(args.model)

@@ -13,14 +13,14 @@ from typing import Any
 
 from .args import nonneg_int, plural, positive_int, probability, progress_bar, provider_list
 from ..errors import NSNetError
-from ..options import DEFAULT_BATCH_SIZE, ENGINES, PRECISIONS
+from ..options import AUTO, DEFAULT_BATCH_SIZE, ENGINES, PRECISIONS
 from ..pipeline import MAX_PIXELS, ImageScan, scan_image_paths
 from ..pipeline.executors import DECODE_MODES
 from ..pipeline.gpu import PIPELINES
 from ..provenance import PROVENANCE_COLUMNS, provenance_columns
 from ..artifact import model_sha256
-from ..results import (CACHED, CSV, DETECT_FIELDS, JSONL, SETTINGS, ResultFileError, ResultWriter, holds_result,
-                       result_row)
+from ..results import (CACHED, CSV, DETECT_FIELDS, JSONL, SETTINGS, InflightJournal, ResultFileError,
+                       ResultWriter, holds_result, result_row)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -64,9 +64,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--device", help="where the model and the GPU pipeline run: cpu, cuda, cuda:N "
                    "(default: the engine's choice); '--pipeline gpu --device cpu' runs the GPU "
                    "pipeline's code on the CPU")
-    d.add_argument("--backend", choices=ENGINES, metavar="ENGINE", help="the engine that runs the "
-                   f"model: {', '.join(ENGINES)} (default: by the model file; an .onnx file may "
-                   "also run on openvino)")
+    d.add_argument("--backend", choices=ENGINES + (AUTO,), metavar="ENGINE", help="the engine that runs "
+                   f"the model: {', '.join(ENGINES)} (default: by the model file; an .onnx file may "
+                   "also run on openvino), or auto: the fastest measured CPU engine for an .onnx file "
+                   "(nsnet info --backend auto says which and why)")
     d.add_argument("--precision", choices=PRECISIONS, help="the precision the engine runs "
                    "(default: the model file's)")
     d.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
@@ -139,7 +140,10 @@ def _scan_notes(scan: ImageScan, verbose: bool) -> list[str]:
 
 def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``nsnet detect``; returns the exit status."""
+    from ..pipeline.executors import _keep_freed_frames
     from ..quiet import native_stderr_to_logging, quiet_libraries
+
+    _keep_freed_frames(large_frames=True)  # a batch job: frames over 32 MB reused too (executors)
 
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:  # a typo, not an image that failed: nothing has been done yet
@@ -233,6 +237,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: lis
     if refused:
         det.close()
         parser.error(refused)  # nothing written yet: the file is as it was
+    journal = InflightJournal([w.spec for w in writers])
+    if not args.resume:
+        journal.clear()  # another run's journal says nothing about this one's inputs
     try:
         for w in writers:
             w.begin()  # only now: a run that cannot start leaves an earlier file as it was
@@ -240,11 +247,16 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: lis
             _say(f"warning: {msg}")
         todo = [p for p in scan.files if not all(p in w.done for w in writers)]
         already = len(scan.files) - len(todo)
+        left_over = journal.left_over() if args.resume else set()
+        isolate = [p for p in todo if p in left_over]  # in flight when a run died: maybe its killer
         bar = progress_bar(len(todo), args.quiet)
-        counts, failure, interrupted = _score(det, todo, writers, sha, settings, bar, args.batch_size,
-                                              _cache(args, det, sha))
+        counts, failure, interrupted = _score(
+            det, todo, writers, sha, settings, bar, args.batch_size, _cache(args, det, sha),
+            journal=journal, isolated=_isolated(args, backend, options, isolate))
         if bar is not None:
             bar.close()
+        if failure is None and not interrupted:  # every input has its row: none killed a run
+            journal.clear()  # (otherwise the next --resume decodes the journal's rest in workers)
     finally:
         det.close()
     scored, errors, decided = counts
@@ -269,6 +281,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, writers: lis
              f"({rule}, {det.backend.name} on {det.backend.device})")
         if already:
             _say(f"{already} inputs already in the results were not scored again (--resume)")
+        if isolate:
+            _say(f"{plural(len(isolate), 'input')} in flight when an earlier run stopped were decoded "
+                 "in worker processes (a decoder crash costs only its own input)")
         for note in _scan_notes(scan, args.verbose):
             _say(note)
         where = ", ".join("stdout" if w.spec == "-" else w.spec for w in writers)
@@ -290,9 +305,27 @@ def _cache(args: argparse.Namespace, det: Any, sha: str) -> Any:
     return cache
 
 
+def _isolated(args: argparse.Namespace, backend: Any, options: Any, paths: list[str]) -> tuple[list[str], Any]:
+    """(``paths``, a factory of the Detector that scores them with every input decoded in a worker
+    process: CPU pipeline, ``--decode processes``), for the inputs a dead run had in flight."""
+    from dataclasses import replace
+
+    from ..detector import Detector
+
+    def make() -> Any:
+        workers = max(1, min(options.workers, len(paths)))
+        return Detector(args.model, threshold=args.threshold, backend=backend,
+                        options=replace(options, executor="processes", pipeline="cpu", workers=workers))
+    return paths, make
+
+
 def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, settings: str, bar: Any,
-           batch_size: int, cache: Any = None) -> tuple[tuple[int, int, Counter], NSNetError | None, bool]:
-    """Score ``todo``, writing each batch's rows before the progress bar counts them.
+           batch_size: int, cache: Any = None, journal: InflightJournal | None = None,
+           isolated: tuple[list[str], Any] = ([], None),
+           ) -> tuple[tuple[int, int, Counter], NSNetError | None, bool]:
+    """Score ``todo``, writing each batch's rows before the progress bar counts them; the inputs
+    of ``isolated`` (paths, Detector factory) first, by that Detector, the others by ``det``, each
+    chunk named in ``journal`` before it is decoded in this process.
     Returns ((scored, errors, count of each verdict and is_fake value), the backend's failure or
     None, interrupted).
 
@@ -317,10 +350,23 @@ def _score(det: Any, todo: list[str], writers: list[ResultWriter], sha: str, set
             bar.update(pending)
         pending = 0
 
+    def before_chunk(names: list[str]) -> None:
+        flush()  # every row so far on disk before the journal stops naming the earlier inputs
+        if journal is not None:
+            journal.record(names)
+
+    def results() -> Any:
+        first, make = isolated
+        if first:
+            with make() as iso:
+                yield from score_once(iso, first, cache)
+        chosen = set(first)
+        yield from score_once(det, [p for p in todo if p not in chosen], cache, on_chunk=before_chunk)
+
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
-        for pred, reused in score_once(det, todo, cache):
+        for pred, reused in results():
             row = result_row(pred, threshold=det.threshold, model_sha256=sha)
             row[SETTINGS], row[CACHED] = settings, reused
             if det.provenance is not None:

@@ -34,7 +34,11 @@ def read_image_file(path: str | os.PathLike, limit: int, label: str) -> bytes:
         with os.fdopen(fd, "rb", buffering=0) as f:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise ImageDecodeError(f"{label}: not a regular file; refused", label)
-            data = f.read(limit + 1)  # a file growing after the stat is still capped
+            # Read what the stat promised plus one byte: asking for ``limit + 1`` made Python
+            # allocate (mmap) and free that much per file and page-fault the data in fresh.
+            data = f.read(st.st_size + 1)
+            if data is not None and len(data) > st.st_size:  # it grew after the stat: still capped
+                data += f.read(limit + 1 - len(data)) or b""
         if data is None or len(data) > limit:
             raise ImageTooLargeError(f"{label}: file grew past the limit of {limit:,} bytes while read", label)
         return data
