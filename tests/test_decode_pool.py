@@ -203,3 +203,60 @@ def test_a_decoder_that_aborts_costs_only_its_own_input(tmp_path):
             assert error is None, (source, error)
             x = preprocess(load_image(path))[None]
             assert logit == pytest.approx(float(stand_in_logit(x)[0]), abs=1e-4), source
+
+
+_KILLED_OWNER = """
+import os, signal, sys
+import psutil
+from nsnet_sdk import Detector, InputOptions
+det = Detector(sys.argv[1], options=InputOptions(workers=2, executor="processes")).keep_workers()
+det.predict([sys.argv[2]])  # the worker pool is up and kept
+print(" ".join(str(p.pid) for p in psutil.Process().children()), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # as an OOM kill or `kill -9` would end it
+"""
+
+
+def test_decode_workers_end_with_a_killed_owner(tmp_path):
+    """A worker waits on a task queue whose write end it holds itself, so it never sees the
+    SIGKILLed owner go: without its parent watch it waited forever (held memory, held the
+    owner's output pipe). Every worker is gone soon after the owner is."""
+    import subprocess
+    import sys
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    model = build_stand_in_onnx(tmp_path / "m.onnx")
+    img = write_png(tmp_path / "a.png", textured(64, 64, 0))
+    repo = Path(__file__).resolve().parents[1]
+    with open(tmp_path / "pids", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.run([sys.executable, "-c", _KILLED_OWNER, str(model), str(img)],
+                              env={**os.environ, "PYTHONPATH": str(repo)}, stdout=out, stderr=err,
+                              timeout=120)
+    assert proc.returncode == -9, (tmp_path / "err").read_text()[-2000:]
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    workers = []
+    for pid in pids:
+        try:
+            if "spawn_main" in " ".join(psutil.Process(pid).cmdline()):
+                workers.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    assert len(workers) >= 1, pids
+
+    def alive() -> list[int]:
+        left = []
+        for pid in workers:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    left.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return left
+
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = alive()
+    for pid in left:  # not left to the next test
+        os.kill(pid, 9)
+    assert left == [], "decode workers outlived their SIGKILLed owner"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -231,6 +232,7 @@ def _attach(shm_name: str, shape: tuple[int, ...], cfg_json: str, max_pixels: in
 
     cv2.setNumThreads(1)  # each worker is one core's worth of work; OpenCV's own pool would oversubscribe
     _keep_freed_frames(large_frames)
+    _exit_with_parent()
 
     if sys.version_info >= (3, 13):
         shm = SharedMemory(shm_name, track=False)
@@ -242,6 +244,24 @@ def _attach(shm_name: str, shape: tuple[int, ...], cfg_json: str, max_pixels: in
             resource_tracker.register = register
     _W.update(shm=shm, buffers=np.ndarray(shape, np.float32, buffer=shm.buf),
               cfg=PatchConfig.from_json(cfg_json), max_pixels=max_pixels)
+
+
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    """End this worker when the process that started it is gone. A worker waiting on its task
+    queue holds that queue's write end itself, so it never sees end-of-file when the parent is
+    SIGKILLed (or OOM-killed) and would wait forever, holding memory and the parent's output
+    pipes. Polled rather than PR_SET_PDEATHSIG: that signal follows the parent *thread* that
+    spawned the worker, and pools are started from short-lived threads."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nsnet-parent-watch", daemon=True).start()
 
 
 def _keep_freed_frames(large_frames: bool = False) -> None:
