@@ -8,6 +8,31 @@ from typing import Callable
 
 import pytest
 
+_BACKGROUND = pytest.StashKey[list]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the slow, CPU-light work a selected test waits on (a module's
+    ``start_background_work(selected test names)``, e.g. pip's resolver waiting on the package
+    index) before the first test runs, so the wait overlaps the tests before it. Under
+    pytest-xdist each test does its own: a worker does not know which tests it will get."""
+    if hasattr(session.config, "workerinput"):
+        return
+    by_module: dict = {}
+    for item in session.items:
+        module = getattr(item, "module", None)
+        if module is not None and hasattr(module, "start_background_work"):
+            by_module.setdefault(module, set()).add(getattr(item, "originalname", item.name))
+    for module, names in by_module.items():
+        module.start_background_work(names)
+    session.config.stash[_BACKGROUND] = list(by_module)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop what `pytest_collection_finish` started and no test collected."""
+    for module in session.config.stash.get(_BACKGROUND, []):
+        module.stop_background_work()
+
 
 @pytest.fixture(scope="session")
 def tiny_artifacts() -> dict[str, Path]:
