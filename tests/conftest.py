@@ -60,3 +60,20 @@ def real_run(tmp_path_factory) -> Callable[[str], Path]:
         return runs[backbone]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def hundred_thousand_report(tmp_path_factory) -> dict:
+    """100,000 scored rows of one model with verdicts, and their review page (no thumbnails), built
+    once for the report and label tests that drive it in Chromium: {"probs", "rows", "page"}."""
+    import numpy as np
+
+    from nsnet_sdk.report import build_report, normalise_row
+
+    probs = np.random.default_rng(2).random(100_000)
+    rows = [normalise_row({"source": f"/data/review/image_{i:06d}.jpg", "prob_fake": float(p),
+                           "model_sha256": "ab" * 32,
+                           "verdict": "ai-generated" if p > 0.9 else "real" if p < 0.2 else "uncertain"})
+            for i, p in enumerate(probs)]
+    page = build_report(rows, tmp_path_factory.mktemp("big-report") / "big.html", top=0)
+    return {"probs": probs, "rows": rows, "page": page}
