@@ -8,6 +8,31 @@ from typing import Callable
 
 import pytest
 
+_BACKGROUND = pytest.StashKey[list]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the slow, CPU-light work a selected test waits on (a module's
+    ``start_background_work(selected test names)``, e.g. pip's resolver waiting on the package
+    index) before the first test runs, so the wait overlaps the tests before it. Under
+    pytest-xdist each test does its own: a worker does not know which tests it will get."""
+    if hasattr(session.config, "workerinput"):
+        return
+    by_module: dict = {}
+    for item in session.items:
+        module = getattr(item, "module", None)
+        if module is not None and hasattr(module, "start_background_work"):
+            by_module.setdefault(module, set()).add(getattr(item, "originalname", item.name))
+    for module, names in by_module.items():
+        module.start_background_work(names)
+    session.config.stash[_BACKGROUND] = list(by_module)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop what `pytest_collection_finish` started and no test collected."""
+    for module in session.config.stash.get(_BACKGROUND, []):
+        module.stop_background_work()
+
 
 @pytest.fixture(scope="session")
 def tiny_artifacts() -> dict[str, Path]:
@@ -35,3 +60,20 @@ def real_run(tmp_path_factory) -> Callable[[str], Path]:
         return runs[backbone]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def hundred_thousand_report(tmp_path_factory) -> dict:
+    """100,000 scored rows of one model with verdicts, and their review page (no thumbnails), built
+    once for the report and label tests that drive it in Chromium: {"probs", "rows", "page"}."""
+    import numpy as np
+
+    from nsnet_sdk.report import build_report, normalise_row
+
+    probs = np.random.default_rng(2).random(100_000)
+    rows = [normalise_row({"source": f"/data/review/image_{i:06d}.jpg", "prob_fake": float(p),
+                           "model_sha256": "ab" * 32,
+                           "verdict": "ai-generated" if p > 0.9 else "real" if p < 0.2 else "uncertain"})
+            for i, p in enumerate(probs)]
+    page = build_report(rows, tmp_path_factory.mktemp("big-report") / "big.html", top=0)
+    return {"probs": probs, "rows": rows, "page": page}

@@ -133,6 +133,18 @@ def test_ends_with_the_review_report_of_the_held_out_images(demo):
     assert demo["report"]["report"] == {"path": str(path), "bytes": path.stat().st_size}
 
 
+# What each printed command reads that an earlier one writes (by its module or nsnet subcommand):
+# the commands run in that order, those with nothing left to wait for side by side (two cores).
+NEEDS = {"training.synthetic": (), "training.train": (), "export.to_onnx": ("training.train",),
+         "training.evaluate": ("training.train",), "export.verify": ("export.to_onnx",),
+         "detect": ("export.to_onnx",), "report": ("detect",)}
+
+
+def _tool_of(argv: list[str]) -> str:
+    """The module after ``-m`` or the nsnet subcommand of a printed command."""
+    return argv[argv.index("-m") + 1] if "-m" in argv else argv[1]
+
+
 def test_printed_step_commands_run_as_printed(demo, tmp_path):
     """Each `$ ...` line the demo printed, re-run in a shell from the repo root, succeeds (the train
     command carries --overwrite, so it replaces the demo's run rather than being refused)."""
@@ -140,13 +152,33 @@ def test_printed_step_commands_run_as_printed(demo, tmp_path):
 
     cmds = [ln[2:] for ln in demo["stdout"].splitlines() if ln.startswith("$ ")]
     assert len(cmds) == len(STEPS) + 1  # synthesise prints two
-    for cmd in cmds:
-        if "training.synthetic" in cmd:  # re-writing the data would only cost time; point it elsewhere
-            argv = shlex.split(cmd)
-            argv[argv.index("-m") + 2] = str(tmp_path / "data")
+    pending = []
+    for i, cmd in enumerate(cmds):
+        argv = shlex.split(cmd)
+        tool = _tool_of(argv)
+        assert tool in NEEDS, f"a printed command this test does not know the inputs of: {cmd}"
+        if tool == "training.synthetic":  # re-writing the data would only cost time; point it elsewhere
+            argv[argv.index("-m") + 2] = str(tmp_path / f"data{i}")
             cmd = shlex.join(argv)
-        r = subprocess.run(cmd, shell=True, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, f"{cmd}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+        pending.append((tool, cmd))
+    done: set[str] = set()
+    while pending:
+        wave = [(t, c) for t, c in pending if set(NEEDS[t]) <= done]
+        assert wave, f"commands waiting on a step that never runs: {pending}"
+        procs = [(t, c, subprocess.Popen(c, shell=True, cwd=REPO, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)) for t, c in wave]
+        try:
+            for tool, cmd, proc in procs:
+                out, err = proc.communicate(timeout=300)
+                assert proc.returncode == 0, f"{cmd}\n{out[-2000:]}\n{err[-2000:]}"
+        finally:
+            for *_, proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+        pending = [p for p in pending if p not in wave]
+        done |= {t for t, _ in wave}
+    assert done == set(NEEDS)
 
 
 def test_failing_step_is_named_and_exits_1(tmp_path, monkeypatch, capsys):

@@ -8,11 +8,12 @@ pypi.nvidia.com, which a machine reaching only PyPI cannot do.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -48,13 +49,77 @@ def _index_reason() -> str | None:
     return None
 
 
-def _resolve(requirements: list[str]) -> dict[str, dict]:
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
-           "--disable-pip-version-check", "--report", "-", *requirements]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"pip could not resolve {requirements}:\n{r.stderr[-3000:]}"
-    report = json.loads(r.stdout)
-    return {re.sub(r"[-_.]+", "-", i["metadata"]["name"].lower()): i["metadata"] for i in report["install"]}
+class _Resolution:
+    """pip's resolver run on each GPU extra in child processes, started early: it waits on the
+    package index, not on the CPU, so the session starts it (`start_resolution`, called from
+    tests/conftest.py when the test below is selected) and the test collects the answer."""
+
+    def __init__(self) -> None:
+        self.reason = _index_reason()
+        self.procs: dict[str, tuple[subprocess.Popen, list[str], object, object]] = {}
+        if self.reason:
+            return
+        extras = _extras()
+        for extra in EXTRAS:
+            requirements = [r for r in extras[extra] if "-libs" not in r.split(">")[0]]
+            cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+                   "--disable-pip-version-check", "--report", "-", *requirements]
+            # Files, not pipes: a pipe nobody reads until the test runs would stall pip when full.
+            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+            # At the lowest priority until the test waits on it: pip's CPU work (TLS, metadata,
+            # the resolver) would otherwise take a core from the tests running meanwhile, which
+            # slows their two-thread torch work more than the overlap gains.
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, preexec_fn=lambda: os.nice(19))
+            self.procs[extra] = (proc, requirements, out, err)
+
+    def result(self) -> dict[str, dict[str, dict]]:
+        """{extra: {normalised name: metadata}} of what pip would install for each extra."""
+        resolved = {}
+        for proc, *_ in self.procs.values():
+            try:  # the test waits on it now: back to normal priority where the user may raise it
+                os.setpriority(os.PRIO_PROCESS, proc.pid, 0)
+            except OSError:
+                pass
+        for extra, (proc, requirements, out, err) in self.procs.items():
+            rc = proc.wait(timeout=600)
+            out.seek(0), err.seek(0)
+            assert rc == 0, f"pip could not resolve {requirements}:\n{err.read()[-3000:]}"
+            report = json.loads(out.read())
+            resolved[extra] = {re.sub(r"[-_.]+", "-", i["metadata"]["name"].lower()): i["metadata"]
+                               for i in report["install"]}
+        return resolved
+
+    def close(self) -> None:
+        for proc, _, out, err in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            out.close(), err.close()
+
+
+_resolution: _Resolution | None = None
+
+
+def start_resolution() -> None:
+    """Start resolving the GPU extras in the background (once per process)."""
+    global _resolution
+    if _resolution is None:
+        _resolution = _Resolution()
+
+
+def stop_resolution() -> None:
+    """End the resolver processes if still running (the session ends without the test)."""
+    if _resolution is not None:
+        _resolution.close()
+
+
+def start_background_work(selected: set[str]) -> None:
+    """tests/conftest.py, when collection is done: start the resolver if its test will run."""
+    if "test_each_gpu_extra_resolves_to_one_cuda_major" in selected and sys.platform.startswith("linux"):
+        start_resolution()
+
+
+stop_background_work = stop_resolution
 
 
 def _extras() -> dict[str, list[str]]:
@@ -82,13 +147,13 @@ def test_the_gpu_alias_is_one_of_the_per_major_extras():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CUDA wheels are Linux wheels")
 def test_each_gpu_extra_resolves_to_one_cuda_major():
-    reason = _index_reason()
-    if reason:
-        pytest.skip(reason)
-    extras = _extras()
-    wanted = {e: [r for r in extras[e] if "-libs" not in r.split(">")[0]] for e in EXTRAS}
-    with ThreadPoolExecutor(len(EXTRAS)) as pool:
-        resolved = dict(zip(wanted, pool.map(_resolve, wanted.values())))
+    start_resolution()  # a no-op when the session started it
+    if _resolution.reason:
+        pytest.skip(_resolution.reason)
+    try:
+        resolved = _resolution.result()
+    finally:
+        stop_resolution()
     for extra, major in EXTRAS.items():
         got = resolved[extra]
         majors = {n: cuda_major(n, m["version"]) for n, m in got.items()}

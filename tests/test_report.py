@@ -226,13 +226,9 @@ def test_report_renders_in_chromium(results, browser, tmp_path):
     assert browser.errors == []
 
 
-def test_hundred_thousand_rows_in_chromium(browser, tmp_path):
-    rng = np.random.default_rng(1)
-    rows = [normalise_row({"source": f"/data/review/image_{i:06d}.jpg", "prob_fake": float(p),
-                           "verdict": "ai-generated" if p > 0.9 else "real" if p < 0.2 else "uncertain"})
-            for i, p in enumerate(rng.random(100_000))]
-    out = build_report(rows, tmp_path / "big.html", top=0)
-    browser.open(out)
+def test_hundred_thousand_rows_in_chromium(browser, hundred_thousand_report):
+    rows = hundred_thousand_report["rows"]  # the session's page (tests/conftest.py), shared with test_report_labels
+    browser.open(hundred_thousand_report["page"])
     assert browser.js(f"{ROWS}.length") == 100
     assert browser.js("document.getElementById('status').textContent") == "rows 1–100 of 100000, page 1 of 1000"
     browser.js("document.getElementById('next').click()")

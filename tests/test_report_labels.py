@@ -97,13 +97,9 @@ def test_labels_survive_reload_and_export_what_was_clicked(report, browser, tmp_
     assert browser.errors == []
 
 
-def test_hundred_thousand_rows_label_next_and_export(browser, tmp_path):  # noqa: F811
-    rng = np.random.default_rng(2)
-    probs = rng.random(100_000)
-    rows = [normalise_row({"source": f"/data/review/image_{i:06d}.jpg", "prob_fake": float(p),
-                           "model_sha256": MODEL, "verdict": "ai-generated" if p > 0.9 else "real" if p < 0.2
-                           else "uncertain"}) for i, p in enumerate(probs)]
-    out = build_report(rows, tmp_path / "big.html", top=0)
+def test_hundred_thousand_rows_label_next_and_export(browser, hundred_thousand_report):  # noqa: F811
+    # The session's page (tests/conftest.py), shared with test_report.py; labels live in this browser only.
+    probs, out = hundred_thousand_report["probs"], hundred_thousand_report["page"]
     browser.open(out)
     browser.js("localStorage.clear()")
     browser.open(out)
