@@ -100,7 +100,7 @@ def test_a_decoder_abort_costs_one_row_and_the_job_ends(job, tmp_path, engine):
     assert (scored, errors) == (10, 2)
     # in process and in each Ray actor alike: the decode worker process died, its input was tried
     # again alone, and only that input is an error (the actor and the rest of its batch go on)
-    cause = "ImageDecodeError: {}: the decoder crashed on this input"
+    cause = "ImageDecodeError: {}: the decoder crashed the process decoding this input"
     rows = read_rows(out)
     assert set(rows) == set(job["ref"])
     for path, row in rows.items():
