@@ -286,6 +286,14 @@ def mosaic_slots(entropies: np.ndarray, slots: int) -> np.ndarray:
     return np.resize(order, slots)
 
 
+@lru_cache(maxsize=64)
+def _row_runs(p: int, nc: int) -> np.ndarray:
+    """Offsets, in 3p-byte runs, of a patch's p rows from its first: (1, p, 1)."""
+    runs = np.arange(0, p * nc, nc).reshape(1, p, 1)
+    runs.flags.writeable = False  # shared by every call
+    return runs
+
+
 def patch_mosaic(
     rgb: np.ndarray, cfg: PatchConfig = DEFAULT, rng: np.random.Generator | None = None, *,
     slots: np.ndarray | None = None
@@ -307,8 +315,8 @@ def patch_mosaic(
     if padded.flags.c_contiguous and padded.shape[1] == nc * p:
         # Each 3p-byte run of the buffer is one patch row: a single take gathers them in mosaic
         # order (row (gy, y), slot column gx), ~2x faster than the tile gather and transpose below.
-        slot = idx.reshape(gsz, 1, gsz)
-        run = (slot // nc) * (p * nc) + np.arange(0, p * nc, nc).reshape(1, p, 1) + slot % nc
+        q, r = np.divmod(idx, nc)
+        run = (q * (p * nc) + r).reshape(gsz, 1, gsz) + _row_runs(p, nc)
         return np.take(padded.reshape(-1, p * 3), run, axis=0).reshape(cfg.size, cfg.size, 3)
     tiles = padded[: nr * p, : nc * p].reshape(nr, p, nc, p, 3)[idx // nc, :, idx % nc]  # (slots, p, p, 3)
     return np.ascontiguousarray(tiles.reshape(gsz, gsz, p, p, 3).transpose(0, 2, 1, 3, 4)).reshape(
