@@ -119,3 +119,34 @@ def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
     base = (127 + 60 * np.sin(x / (3 + seed % 5)) * np.cos(y / 7.0))[..., None]
     noise = rng.normal(0, 1, (h, w, 3)) * (8 + 40 * (x[..., None] > w // 2))
     return np.clip(base + noise + rng.integers(-60, 60, 3), 0, 255).astype(np.uint8)
+
+
+def survivors(pids: list[int], within_s: float) -> list[int]:
+    """The processes of ``pids`` still running (zombies count as gone) after waiting up to
+    ``within_s`` seconds for them to end; those are then SIGKILLed, not left to the next test."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    def alive() -> list[int]:
+        left = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    left.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return left
+
+    deadline = time.monotonic() + within_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = alive()
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left

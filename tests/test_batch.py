@@ -8,15 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from _ray_util import REPO, local_ray
 from _s3_util import put_objects, s3_server
-from _sdk_util import build_stand_in_onnx, textured, write_png
+from _sdk_util import build_stand_in_onnx, survivors, textured, write_png
 from test_sdk_inputs import png_claiming
 from nsnet_sdk.batch import ROW_FIELDS, run_batch
 from nsnet_sdk.batch_inputs import expand_inputs
@@ -363,7 +361,7 @@ run_batch([sys.argv[1]], sys.argv[2], sys.argv[3], batch_size=8, use_ray=True, o
 
 
 def test_killed_driver_takes_its_local_ray_with_it(model, folder, tmp_path):
-    psutil = pytest.importorskip("psutil")  # installed with Ray
+    pytest.importorskip("psutil")  # installed with Ray
     root, _ = folder
     proc = subprocess.run([sys.executable, "-c", _KILLED_RAY_DRIVER, str(root), str(model),
                            str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO,
@@ -372,23 +370,8 @@ def test_killed_driver_takes_its_local_ray_with_it(model, folder, tmp_path):
     pids = [int(p) for p in proc.stdout.split()]
     assert len(pids) >= 3, proc.stdout  # GCS, raylet, a worker at least
 
-    def alive() -> list[int]:
-        out = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    out.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return out
-
-    deadline = time.monotonic() + 60
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = alive()
-    for pid in left:  # do not leave them to the next test
-        os.kill(pid, signal.SIGKILL)
-    assert not left, [psutil.Process(p).cmdline()[:2] for p in left if psutil.pid_exists(p)]
+    left = survivors(pids, within_s=60)
+    assert not left, left
 
 
 def test_max_pixels_flag_holds_in_batch_as_in_detect(model, tmp_path):

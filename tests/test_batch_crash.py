@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from _ray_util import REPO
-from _sdk_util import build_stand_in_onnx, textured, write_png
+from _sdk_util import build_stand_in_onnx, survivors, textured, write_png
 from benchmarks.provenance_samples import png_bytes, png_chunk, png_with
 from nsnet_sdk.cli import main
 from nsnet_sdk.results import unescape_text
@@ -129,9 +129,7 @@ run_batch([sys.argv[1]], sys.argv[2], sys.argv[3], batch_size=2, use_ray=False, 
 def test_a_killed_driver_leaves_no_decode_worker(job, tmp_path):
     """Decode workers blocked on their queue would outlive a SIGKILLed driver (each holds the
     queue's other end), with their shared batch buffers: the job's watcher ends them."""
-    import time
-
-    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("psutil")
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # no crash hook here
     # output to files: a pipe would also wait for every process that inherited it
     with open(tmp_path / "pids", "w") as out, open(tmp_path / "err", "w") as err:
@@ -142,20 +140,4 @@ def test_a_killed_driver_leaves_no_decode_worker(job, tmp_path):
     pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
     assert pids, "no decode worker was running"
 
-    def alive() -> list[int]:
-        left = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    left.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return left
-
-    deadline = time.monotonic() + 30
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = alive()
-    for pid in left:  # not left to the next test
-        os.kill(pid, 9)
-    assert not left
+    assert survivors(pids, within_s=30) == []

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from _sdk_util import build_stand_in_onnx, stand_in_logit, textured, write_png
+from _sdk_util import build_stand_in_onnx, stand_in_logit, survivors, textured, write_png
 
 from nsnet_sdk import Detector, InputOptions
 from nsnet_sdk.pipeline.executors import prepare_into
@@ -222,7 +222,6 @@ def test_decode_workers_end_with_a_killed_owner(tmp_path):
     owner's output pipe). Every worker is gone soon after the owner is."""
     import subprocess
     import sys
-    import time
 
     psutil = pytest.importorskip("psutil")
     model = build_stand_in_onnx(tmp_path / "m.onnx")
@@ -243,20 +242,4 @@ def test_decode_workers_end_with_a_killed_owner(tmp_path):
             pass
     assert len(workers) >= 1, pids
 
-    def alive() -> list[int]:
-        left = []
-        for pid in workers:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    left.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return left
-
-    deadline = time.monotonic() + 30
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = alive()
-    for pid in left:  # not left to the next test
-        os.kill(pid, 9)
-    assert left == [], "decode workers outlived their SIGKILLed owner"
+    assert survivors(workers, within_s=30) == [], "decode workers outlived their SIGKILLed owner"
