@@ -77,3 +77,21 @@ def hundred_thousand_report(tmp_path_factory) -> dict:
             for i, p in enumerate(probs)]
     page = build_report(rows, tmp_path_factory.mktemp("big-report") / "big.html", top=0)
     return {"probs": probs, "rows": rows, "page": page}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on loopback for one test module, its endpoint and credentials in the
+    standard AWS environment; started before `ray_local`, so Ray's workers inherit them."""
+    from _s3_util import s3_server
+
+    yield from s3_server()
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3):
+    """A local Ray for one test module (after `s3`)."""
+    pytest.importorskip("pyarrow")
+    from _ray_util import local_ray
+
+    yield from local_ray()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from _ray_util import REPO, local_ray
-from _s3_util import put_objects, s3_server
+from _ray_util import REPO
+from _s3_util import put_objects
 from _sdk_util import build_stand_in_onnx, survivors, textured, write_png
 from test_sdk_inputs import png_claiming
 from nsnet_sdk.batch import ROW_FIELDS, run_batch
@@ -22,18 +22,6 @@ from nsnet_sdk.cli import main
 from nsnet_sdk.results import unescape_text
 
 N_FILES = 300
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """The S3 server; started before Ray, so Ray's workers inherit its AWS environment."""
-    yield from s3_server()
-
-
-@pytest.fixture(scope="module")
-def ray_local(s3):
-    pytest.importorskip("pyarrow")
-    yield from local_ray()
 
 
 @pytest.fixture(scope="module")

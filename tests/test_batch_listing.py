@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from _s3_util import put_objects, s3_server
+from _s3_util import put_objects
 from _sdk_util import build_stand_in_onnx, textured, write_png
 from nsnet_sdk import batch_inputs
 from nsnet_sdk.batch import SMALL_JOB, run_batch
@@ -16,11 +16,6 @@ from nsnet_sdk.results import unescape_text
 
 BUCKET = "nsnet-listing"
 KEYS = 2500  # three pages of S3's 1,000 keys
-
-
-@pytest.fixture(scope="module")
-def s3():
-    yield from s3_server()
 
 
 def test_an_s3_prefix_is_listed_as_it_is_used(s3):

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from _ray_util import local_ray
-from _s3_util import put_objects, s3_server
+from _s3_util import put_objects
 from _sdk_util import build_stand_in_onnx
 from benchmarks.provenance_samples import (AI_URI, jpeg_bytes, make_chain, png_bytes, png_chunk,
                                            png_with, sign_jpeg, xmp_packet)
@@ -21,18 +20,6 @@ from nsnet_sdk.results import result_row, unescape_text
 
 BUCKET = "nsnet-provenance"
 COMPARED = ("error", "prob_fake", "is_fake", "warnings", "verdict") + PROVENANCE_COLUMNS
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """Started before Ray, so Ray's workers inherit its AWS environment."""
-    yield from s3_server()
-
-
-@pytest.fixture(scope="module")
-def ray_local(s3):
-    pytest.importorskip("pyarrow")
-    yield from local_ray()
 
 
 @pytest.fixture(scope="module")
