@@ -48,8 +48,8 @@ def add_parser(subparsers: Any) -> None:
     b.add_argument("--decode", choices=DECODE_MODES, default=DECODE,
                    help="a job run in this process decodes in worker processes (default: a decoder "
                    "that crashes on a file costs that file's row only) or in threads (no processes "
-                   "to start; a crash ends the job). Ray actors decode on their own thread: an "
-                   "input that kills one costs its row")
+                   "to start; a crash ends the job). Ray actors always decode in a worker process "
+                   "of their own: a crash costs its input's row")
     b.add_argument("--provenance", action="store_true", help="add what each file declares about "
                    "its origin, as `nsnet detect --provenance` does, as columns: "
                    + ", ".join(PROVENANCE_COLUMNS))
