@@ -82,27 +82,17 @@ def cpu_engine_choice(precision: str, artifact_precision: str, *, features: Iter
     and the runtimes installed here; tests give their own. ``precision`` is the parity bound the
     engine must stay within (a BF16 engine is allowed by ``"bf16"``, never by ``"fp32"``).
     """
-    from importlib.util import find_spec
-
     from ..cpuinfo import cpu_features
     from . import openvino as ov  # the choice logic only: openvino itself is imported by the backend
 
     feats = frozenset(cpu_features() if features is None else features)
     rows = ov.load_engine_table() if table is None else list(table)
-    have = ([name for name in ("onnxruntime", "openvino") if find_spec(name) is not None]
-            if available is None else list(available))
+    have = ov.installed_cpu_engines() if available is None else list(available)
     choice = ov.choose_cpu_engine(feats, rows, precision=precision, artifact_precision=artifact_precision,
                                   available=have)
-    mine = ov.isa_class(feats)
-    # The row chosen: of the first class, from this CPU's down, that has rows (the one the choice used).
-    order = ov._ISA_ORDER[ov._ISA_ORDER.index(mine):]
-    row = next((dict(r) for isa in order for r in rows
-                if r["isa"] == isa and (r["backend"], r["precision"]) == (choice.backend, choice.precision)
-                and r.get("artifact", "fp32") == artifact_precision and set(r.get("needs", ())) <= feats), None)
-    if row is not None and "baseline" in choice.why:
-        row = None  # ONNX Runtime as the fallback, not as a measured winner
-    return {"engine": choice.backend, "precision": choice.precision, "why": choice.why, "cpu": mine,
-            "cpu_flags": sorted(feats & set(_CHOICE_FLAGS)), "row": row,
+    return {"engine": choice.backend, "precision": choice.precision, "why": choice.why,
+            "cpu": ov.isa_class(feats), "cpu_flags": sorted(feats & set(_CHOICE_FLAGS)),
+            "row": None if choice.row is None else dict(choice.row),
             "table": str(ov.ENGINE_TABLE) if table is None else "given"}
 
 

@@ -70,6 +70,7 @@ class EngineChoice(NamedTuple):
     backend: str
     precision: str
     why: str
+    row: Mapping[str, Any] | None = None  # the measured table row chosen (None: the baseline)
 
 
 def load_engine_table(path: str | Path = ENGINE_TABLE) -> list[dict[str, Any]]:
@@ -106,18 +107,21 @@ def choose_cpu_engine(features: Iterable[str], table: Sequence[Mapping[str, Any]
     return EngineChoice(best["backend"], best["precision"],
                         f"{best['backend']} {best['precision']}: {float(best['ratio']):.2f}x ONNX Runtime "
                         f"FP32, measured on the {measured[0]} class ({best.get('measured', 'measured table')}; "
-                        f"uses {used}); parity within the {precision} bound; this CPU: {mine}")
+                        f"uses {used}); parity within the {precision} bound; this CPU: {mine}", dict(best))
+
+
+def installed_cpu_engines() -> list[str]:
+    """The CPU runtimes installed here that the choice may pick (found, not imported)."""
+    from importlib.util import find_spec
+
+    return [name for name in ("onnxruntime", "openvino") if find_spec(name) is not None]
 
 
 def auto_cpu_engine(precision: str = "fp32", artifact_precision: str = "fp32") -> EngineChoice:
     """`choose_cpu_engine` for this machine: its /proc/cpuinfo flags, the checked-in table, and the
     runtimes installed here (``device="cpu"`` with backend auto)."""
-    from importlib.util import find_spec
-
-    have = [name for name, mod in (("onnxruntime", "onnxruntime"), ("openvino", "openvino"))
-            if find_spec(mod) is not None]
     return choose_cpu_engine(cpu_features(), load_engine_table(), precision=precision,
-                             artifact_precision=artifact_precision, available=have)
+                             artifact_precision=artifact_precision, available=installed_cpu_engines())
 
 
 # -- the backend --------------------------------------------------------------------------------
