@@ -11,7 +11,6 @@ driver loses at most the batches in flight and ``--resume`` skips exactly the ro
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import time
@@ -41,7 +40,7 @@ FLUSH_SECONDS = 30.0
 SMALL_JOB = 2000
 # A job run in this process decodes in worker processes (`pipeline.executors`): a native decoder
 # crash (a segfault, an abort) kills a decode worker, which costs the one input that caused it
-# (retried alone, then its error row), not the job. (On Ray the actor is that process.)
+# (retried alone, then its error row), not the job. (Ray actors always decode that way.)
 DECODE = "processes"
 
 # -- output ---------------------------------------------------------------------------------
@@ -207,8 +206,8 @@ def run_batch(inputs: Sequence[str], model: str | os.PathLike, out: str | os.Pat
     rows once written to the pending part (Ray rows also carry ``worker``: ``host:pid``);
     ``limit`` stops after that many new rows (a partial job that ``resume=True`` finishes).
     ``decode`` (in process): ``"processes"`` (default: a decoder crash costs its input's row only)
-    or ``"threads"`` (no worker processes to start; a crash ends the job). A Ray actor decodes
-    on its own thread: an input that kills it costs its row (retried alone on a restarted actor).
+    or ``"threads"`` (no worker processes to start; a crash ends the job). A Ray actor always
+    decodes in one worker process it keeps: a crash there costs its input's row too.
     ``provenance``: True or a `ProvenanceReader` adds the columns of ``nsnet detect --provenance``
     (`PROVENANCE_ROW_FIELDS`), read from the bytes each input was scored from.
     Raises `FileExistsError` when ``out`` already holds results and ``resume`` is false,
@@ -305,20 +304,11 @@ def _score_in_process(batches: Iterator[list[Item]], model: str, sha: str,
     from .detector import Detector
     from .options import InputOptions
 
+    # Decode workers end by themselves when a killed driver is gone (pipeline.executors).
     options = InputOptions(batch_size=batch_size, max_pixels=max_pixels, executor=decode,
                            provenance=provenance)
-    with contextlib.ExitStack() as stack:
-        if decode == "processes":
-            # A killed driver's decode workers would live on: a watcher kills them when it dies.
-            import tempfile
-
-            from .batch_reaper import Reaper
-
-            reaper = Reaper(tempfile.mkdtemp(prefix="nsbatch-"))
-            stack.callback(reaper.close, kill=False)
-            stack.enter_context(reaper.marking())
-        _score_with(stack.enter_context(Detector(model, threshold=threshold, options=options)),
-                    stack.enter_context(run_store()), batches, sha, take, batch_size, max_pixels)
+    with Detector(model, threshold=threshold, options=options) as det, run_store() as store:
+        _score_with(det, store, batches, sha, take, batch_size, max_pixels)
 
 
 def _score_with(det: Any, store: Any, batches: Iterator[list[Item]], sha: str,

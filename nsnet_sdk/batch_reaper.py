@@ -1,6 +1,5 @@
-"""A watcher that kills the processes a `nsnet batch` job started when the driver dies, SIGKILL
-included: a local Ray, or the decode workers of a job run in process (multiprocessing's workers
-would otherwise live on, blocked on a queue whose other end they hold themselves)."""
+"""A watcher that kills the local Ray a `nsnet batch` job started when the driver dies, SIGKILL
+included (decode worker processes end by themselves: `pipeline.executors`)."""
 from __future__ import annotations
 
 import contextlib

@@ -128,7 +128,7 @@ run_batch([sys.argv[1]], sys.argv[2], sys.argv[3], batch_size=2, use_ray=False, 
 
 def test_a_killed_driver_leaves_no_decode_worker(job, tmp_path):
     """Decode workers blocked on their queue would outlive a SIGKILLed driver (each holds the
-    queue's other end), with their shared batch buffers: the job's watcher ends them."""
+    queue's other end), with their shared batch buffers: each ends when its parent is gone."""
     pytest.importorskip("psutil")
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # no crash hook here
     # output to files: a pipe would also wait for every process that inherited it
