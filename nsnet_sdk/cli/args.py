@@ -43,3 +43,28 @@ def progress_bar(total: int, quiet: bool):
 def plural(count: int, noun: str) -> str:
     """``1 input``, ``2 inputs``: a count with its noun, as a summary line says it."""
     return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def add_provenance_options(p: argparse.ArgumentParser, anchors_note: str = "") -> None:
+    """``--provenance`` and ``--trust-anchors``, as `nsnet detect` and `nsnet batch` take them."""
+    from ..provenance import PROVENANCE_COLUMNS
+
+    p.add_argument("--provenance", action="store_true", help="add what each file declares about its "
+                   "origin (C2PA, IPTC digital source type, generator metadata) as columns: "
+                   + ", ".join(PROVENANCE_COLUMNS))
+    p.add_argument("--trust-anchors", metavar="PEM", help="CA certificates whose C2PA signers count "
+                   f"as trusted (with --provenance{anchors_note})")
+
+
+def provenance_option(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+    """The Detector's ``provenance=`` from --provenance / --trust-anchors (usage errors here)."""
+    if not args.provenance:
+        if args.trust_anchors:
+            parser.error("--trust-anchors needs --provenance")
+        return False
+    from ..provenance import ProvenanceReader
+
+    try:
+        return ProvenanceReader(trust_anchors=args.trust_anchors)
+    except (OSError, ValueError) as e:
+        parser.error(f"--trust-anchors: {e}")

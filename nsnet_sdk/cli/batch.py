@@ -12,9 +12,7 @@ from ..constants import DEFAULT_BATCH_SIZE
 from ..errors import NSNetError
 from ..pipeline.config import MAX_PIXELS
 from ..pipeline.executors import DECODE_MODES
-from ..provenance import PROVENANCE_COLUMNS
-from .args import plural, positive_int, probability, progress_bar
-from .detect import _provenance_option
+from .args import add_provenance_options, plural, positive_int, probability, progress_bar, provenance_option
 
 
 def add_parser(subparsers: Any) -> None:
@@ -50,11 +48,7 @@ def add_parser(subparsers: Any) -> None:
                    "that crashes on a file costs that file's row only) or in threads (no processes "
                    "to start; a crash ends the job). Ray actors always decode in a worker process "
                    "of their own: a crash costs its input's row")
-    b.add_argument("--provenance", action="store_true", help="add what each file declares about "
-                   "its origin, as `nsnet detect --provenance` does, as columns: "
-                   + ", ".join(PROVENANCE_COLUMNS))
-    b.add_argument("--trust-anchors", metavar="PEM", help="CA certificates whose C2PA signers count "
-                   "as trusted (with --provenance; read here and sent to the workers)")
+    add_provenance_options(b, "; read here and sent to the workers")
     b.add_argument("--threshold", type=probability, help="decision threshold (default: the model's)")
     b.add_argument("--resume", action="store_true",
                    help="skip inputs already in --out (continue a stopped job)")
@@ -73,7 +67,7 @@ def cmd_batch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("nsnet batch needs Ray: pip install 'nsnet-sdk[ray]'")
     if args.gpus_per_worker < 0:
         parser.error("--gpus-per-worker must be >= 0")
-    provenance = _provenance_option(args, parser)
+    provenance = provenance_option(args, parser)
 
     bar = None
 

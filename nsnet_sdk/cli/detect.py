@@ -11,7 +11,8 @@ import threading
 from collections import Counter
 from typing import Any
 
-from .args import nonneg_int, plural, positive_int, probability, progress_bar, provider_list
+from .args import (add_provenance_options, nonneg_int, plural, positive_int, probability, progress_bar,
+                   provenance_option, provider_list)
 from ..errors import NSNetError
 from ..options import AUTO, DEFAULT_BATCH_SIZE, ENGINES, PRECISIONS
 from ..pipeline import MAX_PIXELS, ImageScan, scan_image_paths
@@ -77,11 +78,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "a file already scored with this model and these options is answered from it "
                    "without decoding (column cached=true); identical files within one run are "
                    "scored once whether or not it is given")
-    d.add_argument("--provenance", action="store_true", help="add what each file declares about its "
-                   "origin (C2PA, IPTC digital source type, generator metadata) as columns: "
-                   + ", ".join(PROVENANCE_COLUMNS))
-    d.add_argument("--trust-anchors", metavar="PEM", help="CA certificates whose C2PA signers count "
-                   "as trusted (with --provenance)")
+    add_provenance_options(d)
     talk = d.add_mutually_exclusive_group()
     talk.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     talk.add_argument("--verbose", "-v", action="store_true",
@@ -149,7 +146,7 @@ def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if missing:  # a typo, not an image that failed: nothing has been done yet
         parser.error("no such file or folder: " + ", ".join(repr(p) for p in missing))
     outputs = _outputs(args, parser)
-    args.provenance_reader = _provenance_option(args, parser)
+    args.provenance_reader = provenance_option(args, parser)
     fields = DETECT_FIELDS + (PROVENANCE_COLUMNS if args.provenance else ())
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     writers: list[ResultWriter] = []
@@ -177,20 +174,6 @@ def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     finally:
         for w in writers:
             w.close()
-
-
-def _provenance_option(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
-    """The Detector's ``provenance=`` from --provenance / --trust-anchors (usage errors here)."""
-    if not args.provenance:
-        if args.trust_anchors:
-            parser.error("--trust-anchors needs --provenance")
-        return False
-    from ..provenance import ProvenanceReader
-
-    try:
-        return ProvenanceReader(trust_anchors=args.trust_anchors)
-    except (OSError, ValueError) as e:
-        parser.error(f"--trust-anchors: {e}")
 
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, Any]:
