@@ -122,14 +122,17 @@ from nsnet_sdk.batch import run_batch
 src, model, out, address, victim = sys.argv[1:]
 killed = []
 def on_rows(rows):
-    # The first rows are in the journal and the job is under way on both nodes: the worker node
-    # dies, its raylet and the processes it started (its actor among them) at once, as when a
-    # machine is lost. The job goes on once the cluster knows (Ray then restarts the actor where
-    # there is room: nowhere, the head's CPU is taken), so what follows does not depend on timing.
-    if not killed:
+    # The worker node's actor has delivered rows (so the job is under way on both nodes, however
+    # slowly that actor started) and holds its next batches: the worker node dies, its raylet and
+    # the processes it started (its actor among them) at once, as when a machine is lost. The job
+    # goes on once the cluster knows (Ray then restarts the actor where there is room: nowhere,
+    # the head's CPU is taken), so what follows does not depend on timing.
+    if killed:
+        return
+    raylet = psutil.Process(int(victim))
+    node = [raylet] + raylet.children(recursive=True)
+    if any(int(r["worker"].rsplit(":", 1)[1]) in {p.pid for p in node} for r in rows):
         alive = sum(n["Alive"] for n in ray.nodes())
-        raylet = psutil.Process(int(victim))
-        node = [raylet] + raylet.children(recursive=True)
         for p in node:
             p.send_signal(signal.SIGKILL)
         psutil.wait_procs(node, timeout=30)
