@@ -39,9 +39,14 @@ $(TRITON_STAMP): pyproject.toml setup.py $(shell git ls-files nsnet_sdk 2>/dev/n
 	  $(TRITON_ENV)/bin/python -m pip install --quiet '.[cpu]' && touch $@; \
 	else echo "make: no Python 3.12 found: the Triton model's clean-environment test will skip"; fi
 
+# Two pytest workers, each taking whole files (module fixtures such as a Ray cluster or a served
+# model are built once): alone, the suite keeps one core busy about 80 % of its time, because much
+# of it waits on Ray, servers and subprocesses. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: setup $(TRITON_STAMP)
 	NSNET_REQUIRE_KERNEL=1 NSNET_TRITON_PYTHON=$$([ -f $(TRITON_STAMP) ] && echo $(CURDIR)/$(TRITON_ENV)/bin/python) \
-	  $(PY) -m pytest -q $(PYTEST_ARGS)
+	  $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m demo $(DEMO_ARGS)
