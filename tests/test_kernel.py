@@ -353,6 +353,38 @@ def test_strided_and_reversed_channel_views_are_accepted():
 
 
 @needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 300), w=st.integers(1, 300), view=st.sampled_from(["plain", "cropped", "bgr"]),
+       data=st.data())
+def test_compiled_gather_copies_what_the_numpy_gather_copies(h, w, view, data):
+    """The mosaic copy of the compiled path (`_entropy.mosaic`) against the numpy gather of the
+    reference path, for any slots (repeats, any order, a permutation by ``rng``) and image views."""
+    rgb = np.random.default_rng(h * 1000 + w).integers(0, 256, (h + 7, w + 5, 3), dtype=np.uint8)
+    rgb = {"plain": rgb[:h, :w].copy(), "cropped": rgb[3 : 3 + h, 2 : 2 + w], "bgr": rgb[:h, :w, ::-1]}[view]
+    n = max(h, P) // P * (max(w, P) // P)
+    slots = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=K, max_size=K)))
+    seed = data.draw(st.integers(0, 3))
+    mosaics = []
+    for name in (VARIANTS[0], "reference"):
+        with kernel(name):
+            mosaics.append(patch_mosaic(rgb, slots=slots, rng=np.random.default_rng(seed) if seed else None))
+    np.testing.assert_array_equal(*mosaics)
+
+
+@needs_kernel
+def test_compiled_gather_refuses_what_names_no_patch():
+    img, out = np.zeros((64, 96, 3), np.uint8), np.empty((224, 224, 3), np.uint8)
+    ok = np.zeros(K, np.int64)
+    _entropy.mosaic(img, ok, out, P)
+    for slots, dst, why in [(np.full(K, 6, np.int64), out, "names no patch"),  # 2 x 3 patches
+                            (np.full(K, -1, np.int64), out, "names no patch"),
+                            (ok[:48], out, "square"), (ok.astype(np.int32), out, "int64"),
+                            (ok, out[:223], "out must be")]:
+        with pytest.raises(ValueError, match=why):
+            _entropy.mosaic(img, slots, dst, P)
+
+
+@needs_kernel
 def test_kernel_releases_the_gil():
     """Python code in another thread runs while a kernel call is under way: it sees the call's output
     half written, which it never could if the call held the GIL (the writes would then look atomic

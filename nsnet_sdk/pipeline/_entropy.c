@@ -180,6 +180,63 @@ static PyObject *py_entropies(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(mosaic_doc,
+"mosaic(image, slots, out, patch)\n--\n\n"
+"Copy grid patch `slots[i]` (raster index into the (H//patch) x (W//patch) grid of `image`,\n"
+"uint8 HxWx3 with contiguous pixels, any row stride) to mosaic slot i of `out` (a C-contiguous\n"
+"uint8 (g*patch, g*patch, 3) buffer, g*g = len(slots)): row i // g, column i % g. `slots`: a\n"
+"contiguous int64 buffer. The compiled twin of the gather in patches.patch_mosaic.");
+
+static PyObject *py_mosaic(PyObject *self, PyObject *args) {
+    PyObject *img_obj, *idx_obj, *out_obj;
+    Py_ssize_t p;
+    if (!PyArg_ParseTuple(args, "OOOn", &img_obj, &idx_obj, &out_obj, &p)) return NULL;
+    Py_buffer img, idx, out;
+    if (PyObject_GetBuffer(img_obj, &img, PyBUF_RECORDS_RO) < 0) return NULL;
+    if (PyObject_GetBuffer(idx_obj, &idx, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&img);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&img);
+        PyBuffer_Release(&idx);
+        return NULL;
+    }
+    const char *why = NULL;
+    Py_ssize_t g = 0, n = idx.len / (Py_ssize_t)sizeof(int64_t);
+    while ((g + 1) * (g + 1) <= n) g++;
+    if (img.ndim != 3 || img.itemsize != 1 || img.shape[2] != 3 || img.strides[2] != 1 ||
+        img.strides[1] != 3 || img.strides[0] < 3 * img.shape[1])
+        why = "image must be uint8 HxWx3 with contiguous pixels";
+    else if (idx.itemsize != 8 || !idx.format || strchr("qlLQ", idx.format[strlen(idx.format) - 1]) == NULL)
+        why = "slots must be int64";
+    else if (p < 1 || n < 1 || g * g != n)
+        why = "slots must hold a square number of patches";
+    else if (out.len != g * p * g * p * 3)
+        why = "out must be uint8 (g*patch, g*patch, 3) for g*g slots";
+    const Py_ssize_t nr = why ? 0 : img.shape[0] / p, nc = why ? 0 : img.shape[1] / p;
+    const int64_t *slot = (const int64_t *)idx.buf;
+    for (Py_ssize_t i = 0; !why && i < n; i++)
+        if (slot[i] < 0 || slot[i] >= nr * nc) why = "a slot names no patch of the image";
+    if (!why) {
+        const uint8_t *src = (const uint8_t *)img.buf;
+        uint8_t *dst = (uint8_t *)out.buf;
+        const Py_ssize_t run = p * 3, line = g * run;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const uint8_t *from = src + (slot[i] / nc) * p * img.strides[0] + (slot[i] % nc) * run;
+            uint8_t *to = dst + (i / g) * p * line + (i % g) * run;
+            for (Py_ssize_t y = 0; y < p; y++) memcpy(to + y * line, from + y * img.strides[0], run);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&img);
+    PyBuffer_Release(&idx);
+    PyBuffer_Release(&out);
+    if (why) return PyErr_Format(PyExc_ValueError, "%s", why);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_variants(PyObject *self, PyObject *unused) {
     PyObject *t = PyTuple_New(N_VARIANTS);
     if (!t) return NULL;
@@ -196,6 +253,7 @@ static PyObject *py_variants(PyObject *self, PyObject *unused) {
 
 static PyMethodDef methods[] = {
     {"entropies", py_entropies, METH_VARARGS, entropies_doc},
+    {"mosaic", py_mosaic, METH_VARARGS, mosaic_doc},
     {"variants", py_variants, METH_NOARGS, "Kernel variants this CPU runs, best first."},
     {NULL, NULL, 0, NULL},
 };

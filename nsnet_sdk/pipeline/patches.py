@@ -286,14 +286,6 @@ def mosaic_slots(entropies: np.ndarray, slots: int) -> np.ndarray:
     return np.resize(order, slots)
 
 
-@lru_cache(maxsize=64)
-def _row_runs(p: int, nc: int) -> np.ndarray:
-    """Offsets, in 3p-byte runs, of a patch's p rows from its first: (1, p, 1)."""
-    runs = np.arange(0, p * nc, nc).reshape(1, p, 1)
-    runs.flags.writeable = False  # shared by every call
-    return runs
-
-
 def patch_mosaic(
     rgb: np.ndarray, cfg: PatchConfig = DEFAULT, rng: np.random.Generator | None = None, *,
     slots: np.ndarray | None = None
@@ -308,16 +300,21 @@ def patch_mosaic(
     _check_rgb(rgb)
     p, gsz = cfg.patch, cfg.grid
     padded = _pad(rgb, p)
-    nr, nc = padded.shape[0] // p, padded.shape[1] // p
-    idx = mosaic_slots(_entropies(padded, p), cfg.slots) if slots is None else np.asarray(slots)
+    kernel = _kernel_variant() if p == KERNEL_PATCH else REFERENCE
+    if kernel != REFERENCE and (padded.strides[1:] != (3, 1) or padded.strides[0] < 3 * padded.shape[1]):
+        padded = np.ascontiguousarray(padded)  # the compiled kernel and gather read pixels contiguously
+    idx = mosaic_slots(_entropies(padded, p, kernel), cfg.slots) if slots is None else np.asarray(slots)
     if rng is not None:
         idx = rng.permutation(idx)
-    if padded.flags.c_contiguous and padded.shape[1] == nc * p:
-        # Each 3p-byte run of the buffer is one patch row: a single take gathers them in mosaic
-        # order (row (gy, y), slot column gx), ~2x faster than the tile gather and transpose below.
-        q, r = np.divmod(idx, nc)
-        run = (q * (p * nc) + r).reshape(gsz, 1, gsz) + _row_runs(p, nc)
-        return np.take(padded.reshape(-1, p * 3), run, axis=0).reshape(cfg.size, cfg.size, 3)
+    if kernel != REFERENCE:
+        from . import _entropy
+
+        # The compiled twin of the gather below (tests/test_kernel.py holds them equal): 49 patches
+        # of row copies in C cost ~3 µs, numpy's fancy indexing ~12 µs of a ~150 µs mosaic.
+        out = np.empty((cfg.size, cfg.size, 3), np.uint8)
+        _entropy.mosaic(padded, np.ascontiguousarray(idx, np.int64), out, p)
+        return out
+    nr, nc = padded.shape[0] // p, padded.shape[1] // p
     tiles = padded[: nr * p, : nc * p].reshape(nr, p, nc, p, 3)[idx // nc, :, idx % nc]  # (slots, p, p, 3)
     return np.ascontiguousarray(tiles.reshape(gsz, gsz, p, p, 3).transpose(0, 2, 1, 3, 4)).reshape(
         cfg.size, cfg.size, 3
