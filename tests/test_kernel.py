@@ -372,6 +372,28 @@ def test_compiled_gather_copies_what_the_numpy_gather_copies(h, w, view, data):
 
 
 @needs_kernel
+@settings(max_examples=300, deadline=None)
+@given(e=st.lists(st.one_of(st.sampled_from([0.0, -0.0, 1.0, 2.5]), st.floats(-1e3, 1e3)), min_size=1,
+                  max_size=600),
+       k=st.integers(1, 70))
+def test_compiled_selection_equals_mosaic_slots(e, k):
+    """`_entropy.select` (the compiled path's selection) against the definition, `mosaic_slots`:
+    ties (many equal values, ±0), fewer patches than slots, any slot count."""
+    got = np.empty(k, np.int64)
+    _entropy.select(np.array(e, np.float64), got)
+    np.testing.assert_array_equal(got, mosaic_slots(np.array(e), k))
+
+
+@needs_kernel
+def test_compiled_selection_refuses_nan_and_wrong_types():
+    out = np.empty(K, np.int64)
+    for e, dst, why in [(np.array([1.0, np.nan]), out, "NaN"), (np.zeros(4, np.float32), out, "float64"),
+                        (np.zeros(4), out.astype(np.int32), "int64"), (np.zeros(0), out, "empty")]:
+        with pytest.raises(ValueError, match=why):
+            _entropy.select(e, dst)
+
+
+@needs_kernel
 def test_compiled_gather_refuses_what_names_no_patch():
     img, out = np.zeros((64, 96, 3), np.uint8), np.empty((224, 224, 3), np.uint8)
     ok = np.zeros(K, np.int64)

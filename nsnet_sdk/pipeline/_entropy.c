@@ -180,6 +180,69 @@ static PyObject *py_entropies(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(select_doc,
+"select(entropies, out)\n--\n\n"
+"Write into `out` (a C-contiguous int64 buffer of k items) the raster indices of the patches for\n"
+"the k mosaic slots, given `entropies` (a C-contiguous float64 buffer, no NaN): order patches by\n"
+"entropy descending, ties by index ascending; take the first ceil(k/2), then the last floor(k/2)\n"
+"of that order from the end; with fewer than k patches, the order repeated. The compiled twin\n"
+"of patches.mosaic_slots.");
+
+/* Patch a comes before patch b in the selection order. */
+static inline int before(const double *e, int64_t a, int64_t b) {
+    return e[a] > e[b] || (e[a] == e[b] && a < b);
+}
+
+/* The first m of the order (after = 0), or the last m from the end (after = 1), into top[0..m):
+ * one pass, each index inserted into a sorted list of at most m. */
+static void extreme(const double *e, Py_ssize_t n, int64_t *top, Py_ssize_t m, int after) {
+    Py_ssize_t t = 0;
+    for (int64_t i = 0; m > 0 && i < n; i++) {
+        if (t == m && (after ? !before(e, top[m - 1], i) : !before(e, i, top[m - 1]))) continue;
+        Py_ssize_t j = t < m ? t++ : m - 1;
+        while (j > 0 && (after ? before(e, top[j - 1], i) : before(e, i, top[j - 1]))) {
+            top[j] = top[j - 1];
+            j--;
+        }
+        top[j] = i;
+    }
+}
+
+static PyObject *py_select(PyObject *self, PyObject *args) {
+    PyObject *e_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OO", &e_obj, &out_obj)) return NULL;
+    Py_buffer eb, ob;
+    if (PyObject_GetBuffer(e_obj, &eb, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(out_obj, &ob, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&eb);
+        return NULL;
+    }
+    const char *why = NULL;
+    const Py_ssize_t n = eb.len / 8, k = ob.len / 8;
+    const double *e = (const double *)eb.buf;
+    int64_t *out = (int64_t *)ob.buf;
+    if (eb.itemsize != 8 || !eb.format || eb.format[strlen(eb.format) - 1] != 'd')
+        why = "entropies must be float64";
+    else if (ob.itemsize != 8 || !ob.format || strchr("qlLQ", ob.format[strlen(ob.format) - 1]) == NULL)
+        why = "out must be int64";
+    else if (n < 1 || k < 1)
+        why = "entropies and out must not be empty";
+    for (Py_ssize_t i = 0; !why && i < n; i++)
+        if (isnan(e[i])) why = "an entropy is NaN";
+    if (!why && n >= k) {
+        const Py_ssize_t high = (k + 1) / 2;
+        extreme(e, n, out, high, 0);
+        extreme(e, n, out + high, k - high, 1);
+    } else if (!why) {
+        extreme(e, n, out, n, 0);  /* the whole order (n < k patches: a small image) */
+        for (Py_ssize_t i = n; i < k; i++) out[i] = out[i % n];
+    }
+    PyBuffer_Release(&eb);
+    PyBuffer_Release(&ob);
+    if (why) return PyErr_Format(PyExc_ValueError, "%s", why);
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(mosaic_doc,
 "mosaic(image, slots, out, patch)\n--\n\n"
 "Copy grid patch `slots[i]` (raster index into the (H//patch) x (W//patch) grid of `image`,\n"
@@ -254,6 +317,7 @@ static PyObject *py_variants(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"entropies", py_entropies, METH_VARARGS, entropies_doc},
     {"mosaic", py_mosaic, METH_VARARGS, mosaic_doc},
+    {"select", py_select, METH_VARARGS, select_doc},
     {"variants", py_variants, METH_NOARGS, "Kernel variants this CPU runs, best first."},
     {NULL, NULL, 0, NULL},
 };
