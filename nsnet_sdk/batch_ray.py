@@ -17,6 +17,7 @@ import collections
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Iterator
@@ -35,6 +36,10 @@ PROBE_SECONDS = 1.0  # between probes of an actor that Ray is restarting
 # (before Ray has noticed) fails too, so one failure alone does not yet blame the input.
 SINGLE_TRIES = 3
 CLIENT_TRIES = 3  # Ray Client connections whose server died while starting (see connect)
+# What the Ray Client proxy answers when the server it starts for a connection died at once
+# ("Starting Ray client server failed") or did not answer within the cluster's
+# RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S ("Proxy failed to Connect to backend").
+CLIENT_START_FAULTS = ("client server failed", "Proxy failed to Connect to backend")
 ADDRESS_FORMS = ("'auto' (the cluster this machine belongs to), 'HOST:6379' (a head node's GCS "
                  "port), 'ray://HOST:10001' (Ray Client), or RAY_ADDRESS")
 
@@ -128,8 +133,13 @@ def connect(address: str | None, ray_init: dict[str, Any] | None) -> _LocalRay |
             except ConnectionAbortedError as e:
                 # The Ray Client proxy forks a server per connection, and that server sometimes
                 # dies in gRPC's fork handling (ray-project/ray#63202); a new one usually starts.
-                if "client server failed" not in str(e) or attempt == CLIENT_TRIES - 1:
+                # Ray's client returns only once the proxy gives up on the dead server's log
+                # stream, after the cluster's channel timeout (30 s by default).
+                if not any(f in str(e) for f in CLIENT_START_FAULTS) or attempt == CLIENT_TRIES - 1:
                     raise
+                print(f"nsnet: the Ray Client server for this connection to {where} did not start "
+                      f"(ray-project/ray#63202); connecting again ({attempt + 2}/{CLIENT_TRIES})",
+                      file=sys.stderr)
     except Exception as e:
         raise ConnectionError(f"cannot connect to the Ray cluster at {where}: "
                               f"{type(e).__name__}: {e}; --address takes {ADDRESS_FORMS}") from None
