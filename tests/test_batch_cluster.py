@@ -28,18 +28,32 @@ def free_port() -> int:
 
 
 def kill_marked(mark: str) -> None:
-    """SIGKILL every process started with ``MARK=mark`` in its environment: this test's cluster
-    only (``ray stop`` would stop every Ray on the machine)."""
+    """SIGKILL every process started with ``MARK=mark`` in its environment, and their descendants
+    (a raylet starts its agents with an environment of its own): this test's cluster only
+    (``ray stop`` would stop every Ray on the machine)."""
+    import psutil
+
     needle = f"{MARK}={mark}\0".encode()
+    marked = []
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 if needle in f.read():
-                    os.kill(int(pid), signal.SIGKILL)
-        except OSError:
+                    marked.append(psutil.Process(int(pid)))
+        except (OSError, ValueError, psutil.Error):
             pass
+    doomed = set(marked)
+    for p in marked:
+        try:
+            doomed.update(p.children(recursive=True))
+        except psutil.Error:
+            pass
+    for p in doomed:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(list(doomed), timeout=30)
 
 
 _ABORT_ONE_CLIENT_SERVER = f"""
