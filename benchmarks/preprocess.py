@@ -12,7 +12,7 @@ Rows, at 512×512, 1024×768 and 2048×1536:
 - the CPU cores one 4,000 images/s GPU needs at that cost;
 - the allocator's page-fault tax (``--allocator``, on by default): decode and the whole per-image
   work at 1024×768 and 4000×3000 (a 36 MB decode buffer, above glibc's 32 MB mmap-threshold cap),
-  each in a fresh process with glibc's defaults, with the SDK's tuning (`_keep_freed_frames`: what
+  each in a fresh process with glibc's defaults, with the SDK's tuning (`nsnet_sdk.allocator.keep_freed_frames`: what
   the ``nsnet`` CLI and decode worker processes set) and with the tuning plus ``M_MMAP_MAX=0``
   (``large_frames``: what ``nsnet detect`` and its decode workers set); minor faults from
   ``resource.getrusage``; ``kernel ms``: the entropy kernel alone on the decoded images, so that
@@ -228,10 +228,10 @@ def alloc_measure(mode: str, paths: list[str], repeat: int) -> dict:
     """In this (fresh) process: allocator set per ``mode``, then per image the CPU ms (user + sys)
     and minor page faults of ``cv2.imdecode`` alone and of the Detector's whole work (median)."""
     if mode != ALLOC_MODES[0]:
-        from nsnet_sdk.pipeline.executors import _keep_freed_frames
+        from nsnet_sdk.allocator import keep_freed_frames
 
         # large_frames: M_MMAP_MAX = 0, even > 32 MB from the heap (what `nsnet detect` sets)
-        _keep_freed_frames(large_frames=mode == ALLOC_MODES[2])
+        keep_freed_frames(large_frames=mode == ALLOC_MODES[2])
     datas = [Path(p).read_bytes() for p in paths]
     out = np.empty((3, DEFAULT.size, DEFAULT.size), np.float32)
 

@@ -28,8 +28,9 @@ from typing import Any
 from .prediction import rename_source
 from .artifact import model_sha256
 from .pipeline.config import MAX_PIXELS
+from .allocator import return_freed_memory
 from .serve_limits import (DEFAULT_SMALL_PIXELS, LARGE_BATCH, TRIM_BYTES, HTTPError, PriorityGate,
-                           RequestLimits, batch_cost, check_request_pixels, read_uploads, return_freed_memory)
+                           RequestLimits, batch_cost, check_request_pixels, read_uploads)
 
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BATCH = 32

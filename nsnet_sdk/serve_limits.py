@@ -186,16 +186,3 @@ class PriorityGate:
                     turn.set_result(None)
                     return
         self._busy = False
-
-
-def return_freed_memory() -> None:
-    """Give the heap that large bodies and their copies left free back to the system
-    (glibc's ``malloc_trim``; nothing elsewhere): without it a burst of large uploads leaves the
-    replica at its peak size, as freed blocks below the mmap threshold stay in the arenas."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass

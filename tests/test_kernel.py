@@ -474,9 +474,9 @@ def test_nsnet_cli_tunes_the_allocator_of_its_own_process(tmp_path, monkeypatch)
     from _sdk_util import build_stand_in_onnx
 
     from nsnet_sdk import cli
-    from nsnet_sdk.pipeline import executors
+    from nsnet_sdk import allocator
 
     calls = []
-    monkeypatch.setattr(executors, "_keep_freed_frames", lambda: calls.append(1))
+    monkeypatch.setattr(allocator, "keep_freed_frames", lambda: calls.append(1))
     assert cli.main(["info", str(build_stand_in_onnx(tmp_path / "m.onnx")), "--json"]) == 0
     assert calls == [1]

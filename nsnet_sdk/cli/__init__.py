@@ -166,9 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nsnet`` console script; returns the exit status."""
     # The CLI owns its process: keep freed decode buffers in the heap instead of paying their
     # page faults again on every image (the tuning the decode worker processes get too).
-    from ..pipeline.executors import _keep_freed_frames
+    from ..allocator import keep_freed_frames
 
-    _keep_freed_frames()
+    keep_freed_frames()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # an unknown flag after the command: show that command's usage, not nsnet's

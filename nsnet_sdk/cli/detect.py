@@ -137,10 +137,10 @@ def _scan_notes(scan: ImageScan, verbose: bool) -> list[str]:
 
 def cmd_detect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``nsnet detect``; returns the exit status."""
-    from ..pipeline.executors import _keep_freed_frames
+    from ..allocator import keep_freed_frames
     from ..quiet import native_stderr_to_logging, quiet_libraries
 
-    _keep_freed_frames(large_frames=True)  # a batch job: frames over 32 MB reused too (executors)
+    keep_freed_frames(large_frames=True)  # a batch job: frames over 32 MB reused too
 
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:  # a typo, not an image that failed: nothing has been done yet

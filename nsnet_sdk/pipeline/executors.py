@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..allocator import keep_freed_frames, large_frames
 from ..errors import ImageDecodeError, as_input_error
 from .inputs import require_image, size_warnings
 from .config import PatchConfig
@@ -130,7 +131,7 @@ class _ProcessDecoder(_Decoder):
         self._ctx = mp.get_context("spawn")
         self._shm = SharedMemory(create=True, size=int(np.prod(self.shape)) * 4)
         self._local = list(np.ndarray(self.shape, np.float32, buffer=self._shm.buf))
-        self._initargs = (self._shm.name, self.shape, self.cfg.to_json(), self.max_pixels, _LARGE_FRAMES[0])
+        self._initargs = (self._shm.name, self.shape, self.cfg.to_json(), self.max_pixels, large_frames())
         self._solo = None  # the one-worker pool that retries inputs whose worker died
         self._pool = self._start()
 
@@ -220,7 +221,6 @@ class _ProcessDecoder(_Decoder):
 
 # -- worker-process side ---------------------------------------------------------------------------
 _W: dict[str, Any] = {}
-_LARGE_FRAMES = [False]  # set by _keep_freed_frames(large_frames=True); passed on to decode workers
 
 
 def _attach(shm_name: str, shape: tuple[int, ...], cfg_json: str, max_pixels: int,
@@ -231,7 +231,7 @@ def _attach(shm_name: str, shape: tuple[int, ...], cfg_json: str, max_pixels: in
     import cv2
 
     cv2.setNumThreads(1)  # each worker is one core's worth of work; OpenCV's own pool would oversubscribe
-    _keep_freed_frames(large_frames)
+    keep_freed_frames(large_frames)
     _exit_with_parent()
 
     if sys.version_info >= (3, 13):
@@ -262,32 +262,6 @@ def _exit_with_parent(poll_s: float = 0.5) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="nsnet-parent-watch", daemon=True).start()
-
-
-def _keep_freed_frames(large_frames: bool = False) -> None:
-    """Let glibc reuse freed decode buffers instead of mmap/munmap-ing each one: a fresh process
-    otherwise pays the page faults of every decoded frame again (measured in a worker: 3.6 → 2.3 ms
-    CPU per 512×512 JPEG). Only in processes the SDK owns (the ``nsnet`` CLI, decode workers).
-
-    glibc caps the mmap threshold at 32 MB, so larger frames (a 4000×3000 decode is 36 MB) are
-    still mapped and faulted in afresh on every image; OpenCV's Python ``imdecode`` cannot decode
-    into a preallocated array, so the buffer cannot be reused either. ``large_frames`` (batch
-    work: ``nsnet detect``) takes them from the heap too (M_MMAP_MAX=0; so do the decode worker
-    processes this process starts afterwards):
-    measured 120 → 85 ms CPU per 4000×3000 JPEG on a 2-vCPU Xeon. Not for a long-lived service: up
-    to M_TRIM_THRESHOLD of freed heap stays with the process, and fragmentation can keep more."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: heap-allocate blocks below 32 MB
-        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: keep up to 128 MB of freed heap
-        if large_frames:
-            libc.mallopt(-4, 0)  # M_MMAP_MAX: no mmap-ed blocks at all, whatever their size
-            _LARGE_FRAMES[0] = True  # decode worker processes started from now on do the same
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 def _work(src: Any, name: str, buf: int, row: int, bgr: bool) -> Outcome:
