@@ -135,6 +135,17 @@ static kernel_fn find(const char *name) {
     return NULL;
 }
 
+/* uint8 H x W x 3 with contiguous pixels and channels, any row stride: what the kernels read. */
+static int is_image(const Py_buffer *b) {
+    return b->ndim == 3 && b->itemsize == 1 && b->shape[2] == 3 && b->strides[2] == 1 &&
+           b->strides[1] == 3 && b->strides[0] >= 3 * b->shape[1];
+}
+
+/* 8-byte integer items (numpy's int64 is 'q' or 'l'). */
+static int is_int64(const Py_buffer *b) {
+    return b->itemsize == 8 && b->format && strchr("qlLQ", b->format[strlen(b->format) - 1]) != NULL;
+}
+
 PyDoc_STRVAR(entropies_doc,
 "entropies(image, out, variant)\n--\n\n"
 "Write the spectral entropy of every 32x32 grid patch of `image` (uint8 HxWx3, pixels and\n"
@@ -150,8 +161,7 @@ static PyObject *py_entropies(PyObject *self, PyObject *args) {
     if (!fn) return PyErr_Format(PyExc_ValueError, "unknown or unsupported kernel variant %s", name);
     Py_buffer img, out;
     if (PyObject_GetBuffer(img_obj, &img, PyBUF_RECORDS_RO) < 0) return NULL;
-    if (img.ndim != 3 || img.itemsize != 1 || img.shape[2] != 3 || img.strides[2] != 1 ||
-        img.strides[1] != 3 || img.strides[0] < 3 * img.shape[1]) {
+    if (!is_image(&img)) {
         PyBuffer_Release(&img);
         return PyErr_Format(PyExc_ValueError, "image must be uint8 HxWx3 with contiguous pixels");
     }
@@ -223,7 +233,7 @@ static PyObject *py_select(PyObject *self, PyObject *args) {
     int64_t *out = (int64_t *)ob.buf;
     if (eb.itemsize != 8 || !eb.format || eb.format[strlen(eb.format) - 1] != 'd')
         why = "entropies must be float64";
-    else if (ob.itemsize != 8 || !ob.format || strchr("qlLQ", ob.format[strlen(ob.format) - 1]) == NULL)
+    else if (!is_int64(&ob))
         why = "out must be int64";
     else if (n < 1 || k < 1)
         why = "entropies and out must not be empty";
@@ -268,10 +278,9 @@ static PyObject *py_mosaic(PyObject *self, PyObject *args) {
     const char *why = NULL;
     Py_ssize_t g = 0, n = idx.len / (Py_ssize_t)sizeof(int64_t);
     while ((g + 1) * (g + 1) <= n) g++;
-    if (img.ndim != 3 || img.itemsize != 1 || img.shape[2] != 3 || img.strides[2] != 1 ||
-        img.strides[1] != 3 || img.strides[0] < 3 * img.shape[1])
+    if (!is_image(&img))
         why = "image must be uint8 HxWx3 with contiguous pixels";
-    else if (idx.itemsize != 8 || !idx.format || strchr("qlLQ", idx.format[strlen(idx.format) - 1]) == NULL)
+    else if (!is_int64(&idx))
         why = "slots must be int64";
     else if (p < 1 || n < 1 || g * g != n)
         why = "slots must hold a square number of patches";

@@ -185,14 +185,21 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise ValueError(f"empty image of shape {rgb.shape}")
 
 
+def _pixels_contiguous(img: np.ndarray) -> np.ndarray:
+    """``img``, copied where its pixels and channels are not contiguous (any row stride is fine):
+    the compiled routines read them so."""
+    if img.strides[1:] != (3, 1) or img.strides[0] < 3 * img.shape[1]:
+        return np.ascontiguousarray(img)
+    return img
+
+
 def _entropies(padded: np.ndarray, p: int, kernel: str | None = None) -> np.ndarray:
     kernel = kernel or (_kernel_variant() if p == KERNEL_PATCH else REFERENCE)
     nr, nc = padded.shape[0] // p, padded.shape[1] // p
     if kernel != REFERENCE:
         from . import _entropy
 
-        if padded.strides[1:] != (3, 1) or padded.strides[0] < 3 * padded.shape[1]:
-            padded = np.ascontiguousarray(padded)  # the kernel reads pixels and channels contiguously
+        padded = _pixels_contiguous(padded)
         out = np.empty((nr, nc), np.float64)
         _entropy.entropies(padded, out, kernel)
         return out
@@ -301,11 +308,10 @@ def patch_mosaic(
     p, gsz = cfg.patch, cfg.grid
     padded = _pad(rgb, p)
     kernel = _kernel_variant() if p == KERNEL_PATCH else REFERENCE
-    if kernel != REFERENCE and (padded.strides[1:] != (3, 1) or padded.strides[0] < 3 * padded.shape[1]):
-        padded = np.ascontiguousarray(padded)  # the compiled kernel and gather read pixels contiguously
     if kernel != REFERENCE:
         from . import _entropy
 
+        padded = _pixels_contiguous(padded)  # read once more by the gather below
         # The compiled twins of mosaic_slots and of the gather below (tests/test_kernel.py holds
         # them equal): ~2 + 6 µs where numpy takes ~6 + 12 µs of a ~160 µs mosaic at 512x512.
         if slots is None:
